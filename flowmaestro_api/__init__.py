@@ -1,0 +1,1 @@
+"""The FlowMaestro HTTP API (workflows, versions, executions, approvals): see issue #4."""

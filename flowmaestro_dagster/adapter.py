@@ -1,0 +1,230 @@
+"""The one adapter between executors and Dagster: op definitions and their compute function.
+
+There is one op definition per node type (`llm_node`, `transform_node`, ...), invoked under an
+alias per node with the node's `NodePlan` as op config, so any number of workflows share one
+code location without op-name collisions. A few shapes need their own variant of a type's
+definition: loop-body joins (`_j3`: Dagster forbids fan-in below a dynamic output), loop exits
+(`_c2`: collect inputs), branch nodes (one optional output per handle) and loops with a
+dynamic body (`items`). Variants are memoised by shape, so equal shapes share one definition.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from dagster import (
+    DynamicOut,
+    DynamicOutput,
+    Failure,
+    In,
+    MetadataValue,
+    OpDefinition,
+    OpExecutionContext,
+    Out,
+    Output,
+    Permissive,
+)
+
+from flowmaestro_dagster.errors import NodeExecutionError
+from flowmaestro_dagster.plan import NodePlan
+from flowmaestro_dagster.runtime.runner import NodeOutcome, RunContext, run_node
+from flowmaestro_dagster.runtime.state import ExecutionState
+
+UPSTREAM = "upstream"
+RESULT = "result"
+ITEMS = "items"
+INPUTS_RESOURCE = "workflow_inputs"
+SERVICES_RESOURCE = "flowmaestro"
+METADATA_PREVIEW_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class OpShape:
+    """Everything that distinguishes one op definition of a node type from another."""
+
+    node_type: str
+    joins: int = 0  # extra single inputs in_1..in_n (loop-body joins)
+    collects: int = 0  # collect_0..collect_n inputs (loop exits)
+    handles: tuple[str, ...] = ()  # branch outputs besides `result`
+    dynamic: bool = False  # an `items` DynamicOut (loops with a mapped body)
+
+    @property
+    def name(self) -> str:
+        base = self.node_type.replace("-", "_") + "_node"
+        if self.joins:
+            base += f"_j{self.joins + 1}"
+        if self.collects:
+            base += f"_c{self.collects}"
+        if self.dynamic:
+            base += "_map"
+        if self.handles and self.handles != STANDARD_HANDLES.get(self.node_type):
+            digest = hashlib.sha1("\0".join(self.handles).encode()).hexdigest()[:8]
+            base += f"_{digest}"
+        return base
+
+
+# Conditional nodes always have both outputs, so they share one definition.
+STANDARD_HANDLES: dict[str, tuple[str, ...]] = {"conditional": ("true", "false")}
+
+
+def join_input(index: int) -> str:
+    return f"in_{index}"
+
+
+def collect_input(index: int) -> str:
+    return f"collect_{index}"
+
+
+@lru_cache(maxsize=None)
+def node_op(shape: OpShape) -> OpDefinition:
+    """The (memoised) op definition for a shape: equal shapes give the same object."""
+    ins = {UPSTREAM: In(default_value=[], description="states of the upstream nodes")}
+    for index in range(1, shape.joins + 1):
+        ins[join_input(index)] = In(description="state of another upstream body node")
+    for index in range(shape.collects):
+        ins[collect_input(index)] = In(description="per-item states of a loop body node")
+    outs: dict[str, Out] = {RESULT: Out(is_required=False, description="state after this node")}
+    for handle in shape.handles:
+        outs[handle] = Out(is_required=False, description=f"branch output {handle}")
+    if shape.dynamic:
+        outs[ITEMS] = DynamicOut(description="one state per loop item")
+    return OpDefinition(
+        name=shape.name,
+        ins=ins,
+        outs=outs,
+        compute_fn=_compute,
+        config_schema=Permissive(),
+        required_resource_keys={INPUTS_RESOURCE, SERVICES_RESOURCE},
+        description=f"Runs a FlowMaestro '{shape.node_type}' node (its plan is the op config).",
+        tags={"flowmaestro/node_type": shape.node_type},
+    )
+
+
+def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator[Any]:
+    plan = NodePlan.model_validate(context.op_config)
+    incoming = _incoming_states(inputs)
+    live = [s for s in incoming if not s.skipped]
+    if incoming and not live:
+        # Inside a loop body every branch output is yielded; untaken ones carry a skip marker.
+        marker = incoming[0].as_skipped(plan.node_id)
+        context.log.info(f"{plan.node_id}: not run in this iteration (branch not taken)")
+        yield from _outputs(plan, marker, None, skipped=True)
+        return
+    if live:
+        state = ExecutionState.merge(live)
+    else:
+        state = ExecutionState.start(getattr(context.resources, INPUTS_RESOURCE))
+    upstream = tuple(s.producer for s in live if s.producer)
+    state = _fold_loops(plan, state, inputs)
+    run = RunContext(
+        services=getattr(context.resources, SERVICES_RESOURCE).services(),
+        run_id=context.run_id,
+        attempt=context.retry_number + 1,
+        log=context.log,  # type: ignore[arg-type]
+    )
+    try:
+        outcome = run_node(plan, state, upstream, run)
+    except NodeExecutionError as exc:
+        if exc.retryable:
+            raise
+        raise Failure(
+            description=str(exc),
+            metadata={"node_id": plan.node_id, "node_type": plan.type, **_safe(exc.details)},
+            allow_retries=False,
+        ) from exc
+    yield from _outputs(plan, outcome.state, outcome, skipped=False)
+
+
+def _incoming_states(inputs: Mapping[str, Any]) -> list[ExecutionState]:
+    states: list[ExecutionState] = []
+    for name, value in inputs.items():
+        if name.startswith("collect_"):
+            continue
+        values = value if isinstance(value, list) else [value]
+        states.extend(v for v in values if isinstance(v, ExecutionState))
+    return states
+
+
+def _fold_loops(plan: NodePlan, state: ExecutionState, inputs: Mapping[str, Any]) -> ExecutionState:
+    """At a loop exit: turn each loop's collected per-item states into lists of results."""
+    for summary in plan.loops:
+        per_input = [
+            sorted(inputs[c.input], key=lambda s: s.iteration[-1] if s.iteration else 0)
+            for c in plan.collects
+            if c.loop_id == summary.loop_id
+        ]
+        count = max((len(states) for states in per_input), default=0)
+        items: list[ExecutionState | None] = []
+        for index in range(count):
+            live = [
+                states[index]
+                for states in per_input
+                if index < len(states) and not states[index].skipped
+            ]
+            items.append(ExecutionState.merge(live) if live else None)
+        current = state.outputs.get(summary.loop_id)
+        base = dict(current) if isinstance(current, dict) else {}
+        if summary.output_variable:
+            base["__output_variable__"] = summary.output_variable
+        state = state.with_collected(
+            loop_id=summary.loop_id,
+            loop_rank=summary.loop_rank,
+            loop_output=base,
+            body=summary.body,
+            body_ranks=summary.body_ranks,
+            items=items,
+            result_nodes=[c.source for c in plan.collects if c.loop_id == summary.loop_id],
+            scope_names=(summary.item_variable, summary.index_variable),
+        )
+    return state
+
+
+def _outputs(
+    plan: NodePlan, state: ExecutionState, outcome: NodeOutcome | None, *, skipped: bool
+) -> Iterator[Any]:
+    node_output = state.outputs.get(plan.node_id) if not skipped else None
+    metadata = _metadata(plan, node_output, skipped)
+    yield Output(state, RESULT, metadata=metadata)
+    chosen = outcome.result.branches if outcome is not None else None
+    for output_name, branch in plan.branches.items():
+        taken = not skipped and chosen is not None and branch in chosen
+        if taken:
+            yield Output(state, output_name)
+        elif plan.in_body:
+            yield Output(state.as_skipped(plan.node_id), output_name)
+    if plan.loop is not None and plan.loop.mode == "dynamic" and outcome is not None:
+        width = len(str(max(len(outcome.item_states) - 1, 0)))
+        for index, item_state in enumerate(outcome.item_states):
+            yield DynamicOutput(item_state, mapping_key=str(index).zfill(width), output_name=ITEMS)
+
+
+def _metadata(plan: NodePlan, node_output: Any, skipped: bool) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"node_id": plan.node_id, "label": plan.label}
+    if skipped:
+        metadata["skipped"] = "branch not taken in this iteration"
+        return metadata
+    try:
+        text = json.dumps(node_output, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return metadata
+    if len(text) <= METADATA_PREVIEW_BYTES:
+        metadata["output"] = MetadataValue.json(node_output if node_output is not None else {})
+    else:
+        metadata["output_preview"] = text[:METADATA_PREVIEW_BYTES] + "..."
+    return metadata
+
+
+def _safe(details: Mapping[str, Any]) -> dict[str, Any]:
+    safe: dict[str, Any] = {}
+    for key, value in details.items():
+        if isinstance(value, str | int | float | bool):
+            safe[key] = value
+        else:
+            safe[key] = json.dumps(value, default=str)[:1000]
+    return safe
+
+
+__all__ = ["OpShape", "node_op"]

@@ -1,0 +1,86 @@
+"""Errors raised by the FlowMaestro compiler and node runtime.
+
+FlowMaestroError
+├── InvalidWorkflowError          the definition has validation errors; carries every problem
+├── ExpressionError               an expression or template cannot be parsed or evaluated
+└── NodeExecutionError            a node failed at run time (names the node and its type)
+    ├── TransientNodeError        worth retrying: timeouts, connection errors, 429, 5xx
+    ├── NodeConfigurationError    the node's settings cannot work (bad value at run time)
+    └── ConnectorNotConfiguredError
+                                  no executor / connector is configured for this node
+"""
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flowmaestro_dagster.spec.problems import Problem
+
+
+class FlowMaestroError(Exception):
+    """A FlowMaestro error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class InvalidWorkflowError(FlowMaestroError):
+    """The workflow definition has errors and cannot become a job."""
+
+    def __init__(self, problems: Sequence["Problem"]) -> None:
+        self.problems = list(problems)
+        errors = [p for p in self.problems if p.severity == "error"]
+        summary = "; ".join(p.describe() for p in errors[:5])
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"invalid workflow: {summary}{more}")
+
+
+class ExpressionError(FlowMaestroError):
+    """An expression could not be parsed or evaluated."""
+
+
+class NodeExecutionError(FlowMaestroError):
+    """A node failed while it ran."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node_id: str | None = None,
+        node_type: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.node_type = node_type
+        self.details = details or {}
+        where = f"node '{node_id}' ({node_type}): " if node_id else ""
+        super().__init__(f"{where}{message}")
+        self.reason = message
+
+
+class TransientNodeError(NodeExecutionError):
+    """A node failed for a reason that may pass: retry it."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_seconds: float | None = None,
+        node_id: str | None = None,
+        node_type: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, node_id=node_id, node_type=node_type, details=details)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class NodeConfigurationError(NodeExecutionError):
+    """A node's settings cannot work with the values it received."""
+
+
+class ConnectorNotConfiguredError(NodeExecutionError):
+    """No executor or connector is configured for this node."""

@@ -1,0 +1,52 @@
+"""Executors by node type. Plain functions of a `NodeContext`; no Dagster here."""
+
+from collections.abc import Mapping
+
+from flowmaestro_dagster.executors.base import (
+    Executor,
+    MemoryOp,
+    NodeContext,
+    NodeResult,
+    wrap_output,
+)
+from flowmaestro_dagster.executors.io_nodes import (
+    execute_files,
+    execute_input,
+    execute_output,
+    execute_trigger,
+)
+from flowmaestro_dagster.executors.logic import execute_conditional, execute_switch
+from flowmaestro_dagster.executors.loop import execute_loop
+from flowmaestro_dagster.executors.memory import execute_shared_memory
+from flowmaestro_dagster.executors.transform import execute_transform
+from flowmaestro_dagster.executors.unavailable import execute_unavailable
+
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "MemoryOp",
+    "NodeContext",
+    "NodeResult",
+    "get_executor",
+    "wrap_output",
+]
+
+EXECUTORS: Mapping[str, Executor] = {
+    "input": execute_input,
+    "files": execute_files,
+    "trigger": execute_trigger,
+    "output": execute_output,
+    "transform": execute_transform,
+    "conditional": execute_conditional,
+    "switch": execute_switch,
+    "loop": execute_loop,
+    "shared-memory": execute_shared_memory,
+}
+
+
+def get_executor(node_type: str, overrides: Mapping[str, Executor] | None = None) -> Executor:
+    """The executor for a node type; types without one fail with 'no executor configured'."""
+    if overrides and node_type in overrides:
+        return overrides[node_type]
+    return EXECUTORS.get(node_type, execute_unavailable)
+

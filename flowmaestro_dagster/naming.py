@@ -1,0 +1,77 @@
+"""Deterministic, collision-free Dagster names for node ids, handles and workflows."""
+
+import hashlib
+import re
+from collections.abc import Iterable
+
+# Names Dagster refuses for nodes, inputs and outputs (dagster._core.definitions.utils).
+DISALLOWED_NAMES = frozenset(
+    {
+        "context",
+        "conf",
+        "config",
+        "meta",
+        "arg_dict",
+        "dict",
+        "input_arg_dict",
+        "output_arg_dict",
+        "int",
+        "str",
+        "float",
+        "bool",
+        "input",
+        "output",
+        "type",
+    }
+)
+MAX_NAME = 80
+_INVALID = re.compile(r"[^A-Za-z0-9_]+")
+
+
+def _digest(raw: str, size: int = 6) -> str:
+    return hashlib.sha1(raw.encode("utf-8")).hexdigest()[:size]
+
+
+def sanitize(raw: str, *, reserved: Iterable[str] = ()) -> str:
+    """A valid Dagster name that reads like `raw` (`llm-1` → `llm_1`, `input` → `input_`)."""
+    name = _INVALID.sub("_", raw).strip("_") or "n"
+    if name[0].isdigit():
+        name = f"n_{name}"
+    if len(name) > MAX_NAME:
+        name = f"{name[: MAX_NAME - 7]}_{_digest(raw)}"
+    if name in DISALLOWED_NAMES or name in set(reserved):
+        name = f"{name}_"
+    return name
+
+
+def unique_aliases(raw_names: Iterable[str], *, reserved: Iterable[str] = ()) -> dict[str, str]:
+    """Sanitised names for a set of ids; ids that would collide get a suffix from their hash.
+
+    The id whose sanitised form equals itself keeps the plain name (else the first one in
+    sorted order), so adding a node never renames the existing ones' ops.
+    """
+    reserved_set = set(reserved)
+    groups: dict[str, list[str]] = {}
+    for raw in raw_names:
+        groups.setdefault(sanitize(raw, reserved=reserved_set), []).append(raw)
+    aliases: dict[str, str] = {}
+    taken = set(groups)
+    for name, members in groups.items():
+        keeper = name if name in members else sorted(members)[0]
+        for raw in members:
+            if raw == keeper:
+                aliases[raw] = name
+                continue
+            candidate = f"{name}_{_digest(raw)}"
+            size = 6
+            while candidate in taken:
+                size += 2
+                candidate = f"{name}_{_digest(raw, size)}"
+            taken.add(candidate)
+            aliases[raw] = candidate
+    return aliases
+
+
+def job_name_for(workflow_name: str) -> str:
+    """A job name from a workflow name: `Lead Scoring v2` → `lead_scoring_v2`."""
+    return sanitize(workflow_name.lower())

@@ -1,0 +1,41 @@
+"""Running a compiled workflow in this process (CLI `run`, tests, benchmarks)."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from dagster import DagsterInstance
+
+from flowmaestro_dagster.adapter import INPUTS_RESOURCE
+from flowmaestro_dagster.compiler import CompiledWorkflow
+from flowmaestro_dagster.results import WorkflowRunResult, output_states, summarize
+
+
+def run_config_for(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Run config that sets an execution's inputs (node plans come from the job's defaults)."""
+    return {"resources": {INPUTS_RESOURCE: {"config": {"inputs": dict(inputs)}}}}
+
+
+def execute_locally(
+    compiled: CompiledWorkflow,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    instance: DagsterInstance | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> WorkflowRunResult:
+    """Execute in this process (on `instance`, else an ephemeral one) and summarise the run."""
+    config = run_config_for(inputs or {})
+    result = compiled.job.execute_in_process(
+        run_config=config, instance=instance, raise_on_error=False, tags=dict(tags or {})
+    )
+    states = output_states(
+        compiled,
+        lambda alias: result.output_for_node(alias),
+        list(compiled.aliases.values()),
+    )
+    return summarize(
+        compiled,
+        run_id=result.run_id,
+        success=result.success,
+        events=result.all_events,
+        states=states,
+    )

@@ -1,0 +1,733 @@
+"""One canonical config model per node type, and the dialect normalisers that fill them.
+
+Real definitions spell the same setting several ways (see docs/node-types.md). Each normaliser
+takes the node's original config, picks every known spelling of a setting into one canonical
+field, and keeps any key it does not know as an extra field: nothing a builder saved is lost.
+"""
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from flowmaestro_dagster.spec.problems import Problem, error
+
+_MISSING: Any = object()
+
+
+class NodeConfig(BaseModel):
+    """Base of every canonical config: unknown keys are kept, not rejected."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    output_variable: str | None = None
+
+    def extras(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class InputConfig(NodeConfig):
+    name: str | None = None
+    names: list[str] = Field(default_factory=list)
+    input_type: str = "text"
+    required: bool = False
+    has_default: bool = False
+    default_value: Any = None
+    description: str | None = None
+
+
+class OutputConfig(NodeConfig):
+    name: str | None = None
+    has_value: bool = False
+    value: Any = None
+    format: str | None = None
+
+
+class TriggerConfig(NodeConfig):
+    trigger_type: str = "manual"
+    schedule: str | None = None
+    timezone: str | None = None
+    provider: str | None = None
+    event: str | None = None
+
+
+TRANSFORM_OPERATIONS = frozenset(
+    {
+        "passthrough",
+        "template",
+        "merge",
+        "aggregate",
+        "map",
+        "filter",
+        "reduce",
+        "sort",
+        "extract",
+        "custom",
+        "parseJSON",
+        "parseXML",
+        "flatten",
+        "first_non_null",
+        "select",
+        "compare",
+    }
+)
+
+
+class TransformConfig(NodeConfig):
+    operation: str = "passthrough"
+    input_data: Any = None
+    expression: Any = None
+    template: Any = None
+    sources: list[Any] | None = None
+    merge_data: Any = None
+    path: str | None = None
+    operations: list[str] = Field(default_factory=list)
+    condition: Any = None
+    delay_ms: float | None = None
+
+
+OPERATOR_ALIASES: dict[str, str] = {
+    "==": "==",
+    "===": "==",
+    "eq": "==",
+    "equals": "==",
+    "is": "==",
+    "!=": "!=",
+    "!==": "!=",
+    "ne": "!=",
+    "neq": "!=",
+    "notequals": "!=",
+    "not_equals": "!=",
+    ">": ">",
+    "gt": ">",
+    "greaterthan": ">",
+    ">=": ">=",
+    "gte": ">=",
+    "ge": ">=",
+    "greaterthanorequal": ">=",
+    "<": "<",
+    "lt": "<",
+    "lessthan": "<",
+    "<=": "<=",
+    "lte": "<=",
+    "le": "<=",
+    "lessthanorequal": "<=",
+    "contains": "contains",
+    "includes": "contains",
+    "notcontains": "not_contains",
+    "not_contains": "not_contains",
+    "startswith": "startsWith",
+    "starts_with": "startsWith",
+    "endswith": "endsWith",
+    "ends_with": "endsWith",
+    "isempty": "isEmpty",
+    "is_empty": "isEmpty",
+    "isnotempty": "isNotEmpty",
+    "is_not_empty": "isNotEmpty",
+}
+
+
+class ConditionalConfig(NodeConfig):
+    mode: Literal["comparison", "expression"] = "comparison"
+    left_value: Any = None
+    operator: str = "=="
+    right_value: Any = None
+    expression: str | None = None
+
+    @field_validator("operator", mode="before")
+    @classmethod
+    def _canonical_operator(cls, value: Any) -> str:
+        key = str(value).strip()
+        canonical = OPERATOR_ALIASES.get(key) or OPERATOR_ALIASES.get(key.lower())
+        if canonical is None:
+            known = ", ".join(sorted(set(OPERATOR_ALIASES.values())))
+            raise ValueError(f"unknown operator {value!r} (known: {known})")
+        return canonical
+
+
+class SwitchCase(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    value: str
+    label: str | None = None
+
+
+class SwitchConfig(NodeConfig):
+    expression: Any = None
+    cases: list[SwitchCase] = Field(default_factory=list)
+    default_case: str | None = None
+
+
+class Route(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    value: str
+    label: str | None = None
+    description: str | None = None
+
+
+class RouterConfig(NodeConfig):
+    router_type: str = "llm"
+    provider: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    routes: list[Route] = Field(default_factory=list)
+    default_route: str | None = None
+
+
+class LoopConfig(NodeConfig):
+    loop_type: Literal["forEach", "while", "count"] = "forEach"
+    items: Any = None
+    count: Any = None
+    condition: str | None = None
+    item_variable: str = "item"
+    index_variable: str = "index"
+    max_iterations: int = Field(default=1000, ge=0)
+
+
+class WaitConfig(NodeConfig):
+    wait_type: Literal["duration", "until", "webhook"] = "duration"
+    duration: Any = None
+    duration_unit: Literal["ms", "seconds", "minutes", "hours", "days"] = "ms"
+    timestamp: Any = None
+    provider: str | None = None
+    event: str | None = None
+
+
+class HumanReviewConfig(NodeConfig):
+    prompt: str | None = None
+    variable_name: str | None = None
+    input_type: Literal["text", "number", "boolean", "json"] = "text"
+    required: bool = True
+    default_value: Any = None
+    validation: Any = None
+    placeholder: str | None = None
+    timeout_ms: float | None = None
+    on_timeout: str | None = None
+    approvers: list[str] = Field(default_factory=list)
+
+
+class CodeConfig(NodeConfig):
+    language: Literal["javascript", "python"] = "javascript"
+    code: str | None = None
+    timeout_ms: float = Field(default=30_000, gt=0)
+    memory_mb: float | None = Field(default=None, gt=0)
+
+
+class KeyValue(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    key: str
+    value: Any = None
+
+
+class HttpConfig(NodeConfig):
+    method: str = "GET"
+    url: str | None = None
+    headers: list[KeyValue] | str = Field(default_factory=list)
+    query_params: list[KeyValue] | str = Field(default_factory=list)
+    auth_type: str = "none"
+    auth_credentials: Any = None
+    body_type: str | None = None
+    body: Any = None
+    timeout_s: float = Field(default=30, gt=0)
+    retry_count: int | None = Field(default=None, ge=0)
+    fail_on_error: bool = False
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> str:
+        return str(value).upper()
+
+
+class LLMConfig(NodeConfig):
+    provider: str = "openai"
+    model: str | None = None
+    prompt: str | None = None
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+class IntegrationConfig(NodeConfig):
+    provider: str | None = None
+    operation: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    connection_id: str | None = None
+
+
+class DatabaseConfig(NodeConfig):
+    provider: str | None = None
+    operation: str = "query"
+    query: str | None = None
+    parameters: Any = None
+    connection_id: str | None = None
+
+
+class SharedMemoryConfig(NodeConfig):
+    operation: Literal["store", "get", "append", "search", "delete"] = "store"
+    key: str | None = None
+    value: Any = None
+    search_query: str | None = None
+    top_k: int = Field(default=5, ge=1)
+
+
+class MediaConfig(NodeConfig):
+    provider: str | None = None
+    model: str | None = None
+    operation: str | None = None
+
+
+class _Raw:
+    """Picks dialect spellings out of a raw config, remembering where each value came from."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.rest = dict(data)
+        self.rest.pop("label", None)
+        self.values: dict[str, Any] = {}
+        self.origin: dict[str, str] = {}
+
+    def take(self, canonical: str, *keys: str) -> Any:
+        found: Any = _MISSING
+        for key in keys:
+            if key in self.rest:
+                value = self.rest.pop(key)
+                if found is _MISSING and value is not None:
+                    found = value
+                    self.origin[canonical] = key
+        if found is not _MISSING:
+            self.values[canonical] = found
+        return found
+
+    def peek(self, *keys: str) -> Any:
+        for key in keys:
+            if self.rest.get(key) is not None:
+                return self.rest[key]
+        return _MISSING
+
+    def set(self, canonical: str, value: Any, origin: str | None = None) -> None:
+        self.values[canonical] = value
+        if origin:
+            self.origin[canonical] = origin
+
+    def result(self) -> dict[str, Any]:
+        return {**self.rest, **self.values}
+
+
+Normaliser = Callable[[_Raw], None]
+_NORMALISERS: dict[str, tuple[type[NodeConfig], Normaliser]] = {}
+
+
+def _normaliser(*types: str, model: type[NodeConfig]) -> Callable[[Normaliser], Normaliser]:
+    def register(fn: Normaliser) -> Normaliser:
+        for node_type in types:
+            _NORMALISERS[node_type] = (model, fn)
+        return fn
+
+    return register
+
+
+def _output_variable(raw: _Raw) -> None:
+    raw.take("output_variable", "outputVariable")
+
+
+@_normaliser("input", model=InputConfig)
+def _input(raw: _Raw) -> None:
+    names = [raw.rest.get(k) for k in ("inputName", "variableName", "inputVariable", "name")]
+    found = [n for n in names if isinstance(n, str) and n]
+    raw.take("name", "inputName", "variableName", "inputVariable", "name")
+    raw.set("names", list(dict.fromkeys(found)))
+    raw.take("input_type", "inputType", "type")
+    raw.take("required", "required")
+    if "defaultValue" in raw.rest or "default" in raw.rest:
+        raw.set("has_default", True)
+        value = raw.rest.pop("defaultValue", raw.rest.pop("default", None))
+        raw.rest.pop("default", None)
+        raw.set("default_value", value, "defaultValue")
+    raw.take("description", "description")
+    _output_variable(raw)
+
+
+@_normaliser("output", model=OutputConfig)
+def _output(raw: _Raw) -> None:
+    raw.take("name", "outputName", "name", "variableName")
+    if "value" in raw.rest:
+        raw.set("has_value", True)
+        raw.set("value", raw.rest.pop("value"), "value")
+    raw.take("format", "format")
+    _output_variable(raw)
+
+
+@_normaliser("trigger", model=TriggerConfig)
+def _trigger(raw: _Raw) -> None:
+    raw.take("trigger_type", "triggerType", "type")
+    raw.take("schedule", "schedule", "cron")
+    raw.take("timezone", "timezone")
+    raw.take("provider", "provider", "webhookProvider")
+    raw.take("event", "event")
+    _output_variable(raw)
+
+
+_TRANSFORM_TYPE_TO_OPERATION = {
+    "template": "template",
+    "merge": "merge",
+    "aggregate": "aggregate",
+    "map": "map",
+    "flatten": "flatten",
+    "filter": "filter",
+    "sort": "sort",
+    "reduce": "reduce",
+    "custom": "custom",
+    "extract": "extract",
+}
+
+
+@_normaliser("transform", model=TransformConfig)
+def _transform(raw: _Raw) -> None:
+    kind = raw.take("operation", "operation")
+    transform_type = raw.rest.pop("transformType", None)
+    if kind is _MISSING and transform_type is not None:
+        raw.set(
+            "operation",
+            _TRANSFORM_TYPE_TO_OPERATION.get(str(transform_type), str(transform_type)),
+            "transformType",
+        )
+    elif kind is _MISSING:
+        raw.set("operation", "template" if "template" in raw.rest else "passthrough")
+    raw.take("input_data", "inputData", "input", "data")
+    raw.take("expression", "expression", "jsonata")
+    raw.take("template", "template")
+    raw.take("sources", "sources")
+    raw.take("merge_data", "mergeData")
+    raw.take("path", "path")
+    raw.take("operations", "operations")
+    raw.take("condition", "condition")
+    raw.take("delay_ms", "delayMs")
+    _output_variable(raw)
+
+
+@_normaliser("conditional", model=ConditionalConfig)
+def _conditional(raw: _Raw) -> None:
+    condition_type = raw.rest.pop("conditionType", None)
+    has_comparison = raw.peek("leftValue", "operator") is not _MISSING
+    expression = raw.take("expression", "expression", "condition")
+    if expression is not _MISSING and (condition_type == "expression" or not has_comparison):
+        raw.set("mode", "expression")
+        raw.set("expression", str(expression), raw.origin.get("expression"))
+    else:
+        raw.set("mode", "comparison")
+    raw.take("left_value", "leftValue", "left")
+    raw.take("operator", "operator")
+    raw.take("right_value", "rightValue", "right")
+    _output_variable(raw)
+
+
+def _case_list(value: Any) -> Any:
+    if not isinstance(value, list):
+        return value
+    cases = []
+    for case in value:
+        if isinstance(case, dict):
+            item = dict(case)
+            if item.get("value") is None:
+                item["value"] = item.get("label", "")
+            item["value"] = _scalar_text(item["value"])
+            cases.append(item)
+        else:
+            cases.append({"value": _scalar_text(case)})
+    return cases
+
+
+def _scalar_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    return value
+
+
+@_normaliser("switch", model=SwitchConfig)
+def _switch(raw: _Raw) -> None:
+    raw.take("expression", "expression", "switchVariable", "variable", "value")
+    cases = raw.take("cases", "cases")
+    if cases is not _MISSING:
+        raw.set("cases", _case_list(cases), "cases")
+    default = raw.take("default_case", "defaultCase", "default")
+    if default is not _MISSING:
+        raw.set("default_case", _scalar_text(default), raw.origin.get("default_case"))
+    _output_variable(raw)
+
+
+@_normaliser("router", model=RouterConfig)
+def _router(raw: _Raw) -> None:
+    raw.take("router_type", "routerType")
+    raw.take("provider", "provider")
+    raw.take("model", "model")
+    raw.take("prompt", "prompt", "routingPrompt")
+    raw.take("system_prompt", "systemPrompt")
+    raw.take("temperature", "temperature")
+    raw.take("max_tokens", "maxTokens")
+    routes = raw.take("routes", "routes")
+    if routes is not _MISSING:
+        raw.set("routes", _case_list(routes), "routes")
+    default = raw.take("default_route", "defaultRoute")
+    if default is not _MISSING:
+        raw.set("default_route", _scalar_text(default), "defaultRoute")
+    _output_variable(raw)
+
+
+@_normaliser("loop", model=LoopConfig)
+def _loop(raw: _Raw) -> None:
+    loop_type = raw.take("loop_type", "loopType", "type")
+    items = raw.take("items", "arrayPath", "collection", "items", "arrayVariable", "array")
+    count = raw.take("count", "count", "times", "iterations")
+    condition = raw.take("condition", "condition", "whileCondition")
+    if loop_type is _MISSING:
+        if items is _MISSING and count is not _MISSING:
+            raw.set("loop_type", "count")
+        elif items is _MISSING and condition is not _MISSING:
+            raw.set("loop_type", "while")
+        else:
+            raw.set("loop_type", "forEach")
+    else:
+        aliases = {"foreach": "forEach", "for_each": "forEach", "each": "forEach", "times": "count"}
+        raw.set("loop_type", aliases.get(str(loop_type).lower(), loop_type), "loopType")
+    raw.take("item_variable", "itemVariable")
+    raw.take("index_variable", "indexVariable", "iterationVariable")
+    raw.take("max_iterations", "maxIterations")
+    _output_variable(raw)
+
+
+_UNIT_ALIASES = {
+    "ms": "ms",
+    "millisecond": "ms",
+    "milliseconds": "ms",
+    "s": "seconds",
+    "sec": "seconds",
+    "second": "seconds",
+    "seconds": "seconds",
+    "m": "minutes",
+    "min": "minutes",
+    "minute": "minutes",
+    "minutes": "minutes",
+    "h": "hours",
+    "hour": "hours",
+    "hours": "hours",
+    "d": "days",
+    "day": "days",
+    "days": "days",
+}
+
+
+@_normaliser("wait", model=WaitConfig)
+def _wait(raw: _Raw) -> None:
+    wait_type = raw.take("wait_type", "waitType")
+    trigger_type = raw.rest.pop("triggerType", None)
+    unit = raw.rest.pop("durationUnit", None)
+    value = raw.take("duration", "durationValue", "duration")
+    timestamp = raw.take("timestamp", "timestamp", "untilDate", "until", "dateTime")
+    raw.rest.pop("delayType", None)
+    if unit == "timestamp":
+        raw.set("wait_type", "until", "durationUnit")
+        raw.set("timestamp", value, raw.origin.get("duration"))
+        raw.values.pop("duration", None)
+    elif unit is not None:
+        canonical_unit = _UNIT_ALIASES.get(str(unit).lower())
+        raw.set("duration_unit", canonical_unit or unit, "durationUnit")
+    elif value is not _MISSING and wait_type == "duration":
+        # Templates wrote `waitType: duration, duration: 86400` meaning seconds; a bare
+        # `duration` (the backend shape) is milliseconds. See docs/node-types.md.
+        raw.set("duration_unit", "seconds", "duration")
+    if wait_type is _MISSING or wait_type in ("delay", "fixed"):
+        if trigger_type == "webhook" or raw.peek("event") is not _MISSING:
+            raw.set("wait_type", "webhook", "triggerType")
+        elif timestamp is not _MISSING or unit == "timestamp":
+            raw.set("wait_type", "until")
+        else:
+            raw.set("wait_type", "duration")
+    elif wait_type in ("timestamp", "datetime", "date"):
+        raw.set("wait_type", "until", "waitType")
+    elif wait_type in ("event", "callback", "approval"):
+        raw.set("wait_type", "webhook", "waitType")
+    raw.take("provider", "provider")
+    raw.take("event", "event")
+    _output_variable(raw)
+
+
+@_normaliser("humanReview", model=HumanReviewConfig)
+def _human_review(raw: _Raw) -> None:
+    raw.take("prompt", "prompt", "reviewPrompt", "message")
+    variable = raw.take("variable_name", "variableName", "outputVariable")
+    if variable is not _MISSING:
+        raw.set("output_variable", variable)
+    raw.take("input_type", "inputType")
+    raw.take("required", "required")
+    raw.take("default_value", "defaultValue")
+    raw.take("validation", "validation")
+    raw.take("placeholder", "placeholder")
+    raw.take("timeout_ms", "timeout", "timeoutMs")
+    raw.take("on_timeout", "onTimeout", "timeoutAction")
+    raw.take("approvers", "approvers", "assignees")
+
+
+@_normaliser("code", model=CodeConfig)
+def _code(raw: _Raw) -> None:
+    language = raw.take("language", "language")
+    if isinstance(language, str):
+        lang = {"js": "javascript", "node": "javascript", "py": "python", "python3": "python"}
+        raw.set("language", lang.get(language.lower(), language.lower()), "language")
+    raw.take("code", "code", "script")
+    raw.take("timeout_ms", "timeout")
+    raw.take("memory_mb", "memory", "memoryLimit")
+    _output_variable(raw)
+
+
+def _pairs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return [{"key": str(k), "value": v} for k, v in value.items()]
+    if isinstance(value, list):
+        pairs = []
+        for item in value:
+            if isinstance(item, dict) and ("key" in item or "name" in item):
+                pairs.append({"key": str(item.get("key", item.get("name"))), "value": item.get("value")})
+            else:
+                pairs.append(item)
+        return pairs
+    return value
+
+
+@_normaliser("http", model=HttpConfig)
+def _http(raw: _Raw) -> None:
+    raw.take("method", "method")
+    raw.take("url", "url", "endpoint")
+    headers = raw.take("headers", "headers")
+    if headers is not _MISSING:
+        raw.set("headers", _pairs(headers), "headers")
+    query = raw.take("query_params", "queryParams", "params", "query")
+    if query is not _MISSING:
+        raw.set("query_params", _pairs(query), raw.origin.get("query_params"))
+    raw.take("auth_type", "authType")
+    raw.take("auth_credentials", "authCredentials", "auth")
+    raw.take("body_type", "bodyType")
+    raw.take("body", "body", "data")
+    raw.take("timeout_s", "timeout")
+    raw.take("retry_count", "retryCount")
+    raw.take("fail_on_error", "failOnError", "failOnNon2xx")
+    _output_variable(raw)
+
+
+@_normaliser("llm", model=LLMConfig)
+def _llm(raw: _Raw) -> None:
+    raw.take("provider", "provider")
+    raw.take("model", "model")
+    raw.take("prompt", "prompt", "userPrompt")
+    raw.take("system_prompt", "systemPrompt", "system")
+    raw.take("temperature", "temperature")
+    raw.take("max_tokens", "maxTokens", "max_tokens")
+    _output_variable(raw)
+
+
+@_normaliser("integration", model=IntegrationConfig)
+def _integration(raw: _Raw) -> None:
+    raw.take("provider", "provider")
+    raw.take("operation", "operation", "action")
+    params = raw.take("parameters", "parameters", "params")
+    raw.take("connection_id", "connectionId", "connection")
+    _output_variable(raw)
+    # Everything else at the top level is a parameter of the operation.
+    merged = {k: v for k, v in raw.rest.items()}
+    if isinstance(params, dict):
+        merged.update(params)
+    elif params is not _MISSING:
+        raw.set("parameters", params, "parameters")
+        return
+    raw.rest.clear()
+    raw.set("parameters", merged)
+
+
+@_normaliser("database", model=DatabaseConfig)
+def _database(raw: _Raw) -> None:
+    raw.take("provider", "provider", "databaseType", "type")
+    raw.take("operation", "operation")
+    raw.take("query", "query", "sql")
+    raw.take("parameters", "parameters", "params")
+    raw.take("connection_id", "connectionId", "connection")
+    _output_variable(raw)
+
+
+_MEMORY_OPERATIONS = {
+    "store": "store",
+    "set": "store",
+    "save": "store",
+    "write": "store",
+    "get": "get",
+    "read": "get",
+    "retrieve": "get",
+    "load": "get",
+    "append": "append",
+    "push": "append",
+    "search": "search",
+    "query": "search",
+    "delete": "delete",
+    "remove": "delete",
+}
+
+
+@_normaliser("shared-memory", model=SharedMemoryConfig)
+def _shared_memory(raw: _Raw) -> None:
+    operation = raw.take("operation", "operation", "action")
+    if isinstance(operation, str):
+        raw.set(
+            "operation", _MEMORY_OPERATIONS.get(operation.lower(), operation), "operation"
+        )
+    raw.take("key", "key")
+    raw.take("value", "value")
+    raw.take("search_query", "searchQuery", "query")
+    raw.take("top_k", "topK")
+    _output_variable(raw)
+
+
+def _media(raw: _Raw) -> None:
+    raw.take("provider", "provider")
+    raw.take("model", "model")
+    raw.take("operation", "operation", "action")
+    _output_variable(raw)
+
+
+def normalise_config(
+    node_type: str, raw_config: dict[str, Any], *, node_id: str
+) -> tuple[NodeConfig, list[Problem]]:
+    """Canonical config of a node, plus a problem per field whose value has the wrong type."""
+    model, normalise = _NORMALISERS.get(node_type, (MediaConfig, _media))
+    raw = _Raw(raw_config)
+    normalise(raw)
+    values = raw.result()
+    try:
+        return model.model_validate(values), []
+    except ValidationError as exc:
+        problems = []
+        bad_fields = set()
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            bad_fields.add(field)
+            original = raw.origin.get(field, field)
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(
+                error(
+                    "invalid_config",
+                    f"{original}: {message} (got {_short(values.get(field))})",
+                    node_id=node_id,
+                    field=original,
+                )
+            )
+        # Keep the node usable for further checks: drop the bad fields.
+        kept = {k: v for k, v in values.items() if k not in bad_fields}
+        try:
+            return model.model_validate(kept), problems
+        except ValidationError:
+            return model.model_construct(), problems
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

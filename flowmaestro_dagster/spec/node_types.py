@@ -1,0 +1,102 @@
+"""The node types a FlowMaestro definition may contain, and what each one is."""
+
+from dataclasses import dataclass
+
+from flowmaestro_dagster.spec.providers import PROVIDER_IDS
+
+MEDIA_TYPES: frozenset[str] = frozenset(
+    {
+        "vision",
+        "embeddings",
+        "knowledgeBaseQuery",
+        "imageGeneration",
+        "videoGeneration",
+        "files",
+        "url",
+        "audioInput",
+        "audioOutput",
+        "audio",
+        "chartGeneration",
+        "spreadsheetGeneration",
+        "audioTranscription",
+        "ocrExtraction",
+        "pdfGeneration",
+        "screenshotCapture",
+        "webSearch",
+        "webBrowse",
+        "pdfExtract",
+        "fileDownload",
+        "fileRead",
+        "fileWrite",
+        "templateOutput",
+    }
+)
+
+CORE_TYPES: frozenset[str] = frozenset(
+    {
+        "trigger",
+        "llm",
+        "router",
+        "conditional",
+        "switch",
+        "loop",
+        "code",
+        "wait",
+        "humanReview",
+        "input",
+        "transform",
+        "shared-memory",
+        "output",
+        "http",
+        "database",
+        "integration",
+    }
+    | MEDIA_TYPES
+)
+
+# Spellings the builder (or older definitions) use for a core type.
+TYPE_ALIASES: dict[str, str] = {
+    "userInput": "input",
+    "kbQuery": "knowledgeBaseQuery",
+    "action": "integration",
+}
+
+BRANCH_TYPES: frozenset[str] = frozenset({"conditional", "switch", "router"})
+WAITPOINT_TYPES: frozenset[str] = frozenset({"wait", "humanReview"})
+
+# Node types whose executors ship with the compiler itself (pure, no external service).
+CORE_RUNNABLE: frozenset[str] = frozenset(
+    {
+        "input",
+        "files",
+        "output",
+        "trigger",
+        "transform",
+        "conditional",
+        "switch",
+        "loop",
+        "shared-memory",
+    }
+)
+
+# Sticky notes on the canvas: dropped, with the edges that touch them.
+COMMENT_TYPE = "comment"
+
+
+@dataclass(frozen=True)
+class ResolvedType:
+    """A node's canonical type; `provider` is set when the type was a provider id."""
+
+    type: str
+    provider: str | None = None
+
+
+def resolve_type(raw_type: str) -> ResolvedType | None:
+    """Canonical type of a node, or None if the builder does not know the type."""
+    if raw_type in CORE_TYPES:
+        return ResolvedType(raw_type)
+    if raw_type in TYPE_ALIASES:
+        return ResolvedType(TYPE_ALIASES[raw_type])
+    if raw_type in PROVIDER_IDS:
+        return ResolvedType("integration", provider=raw_type)
+    return None

@@ -1,0 +1,17 @@
+"""Helpers for tests of workflows (shipped, so deployments can test their own workflows)."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from flowmaestro_dagster.compiler import compile_workflow
+from flowmaestro_dagster.results import WorkflowRunResult
+from flowmaestro_dagster.running import execute_locally
+
+__all__ = ["run_workflow"]
+
+
+def run_workflow(
+    definition: Any, inputs: Mapping[str, Any] | None = None, **compile_options: Any
+) -> WorkflowRunResult:
+    """Compile and run a definition in process on an ephemeral instance."""
+    return execute_locally(compile_workflow(definition, **compile_options), inputs)
