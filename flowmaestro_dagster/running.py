@@ -10,9 +10,12 @@ from flowmaestro_dagster.compiler import CompiledWorkflow
 from flowmaestro_dagster.results import WorkflowRunResult, output_states, summarize
 
 
-def run_config_for(inputs: Mapping[str, Any]) -> dict[str, Any]:
+def run_config_for(inputs: Mapping[str, Any], *, log_level: str | None = None) -> dict[str, Any]:
     """Run config that sets an execution's inputs (node plans come from the job's defaults)."""
-    return {"resources": {INPUTS_RESOURCE: {"config": {"inputs": dict(inputs)}}}}
+    config: dict[str, Any] = {"resources": {INPUTS_RESOURCE: {"config": {"inputs": dict(inputs)}}}}
+    if log_level:
+        config["loggers"] = {"console": {"config": {"log_level": log_level}}}
+    return config
 
 
 def execute_locally(
@@ -21,9 +24,10 @@ def execute_locally(
     *,
     instance: DagsterInstance | None = None,
     tags: Mapping[str, str] | None = None,
+    log_level: str | None = None,
 ) -> WorkflowRunResult:
     """Execute in this process (on `instance`, else an ephemeral one) and summarise the run."""
-    config = run_config_for(inputs or {})
+    config = run_config_for(inputs or {}, log_level=log_level)
     result = compiled.job.execute_in_process(
         run_config=config, instance=instance, raise_on_error=False, tags=dict(tags or {})
     )

@@ -263,9 +263,16 @@ def _reference_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[Pr
         for node in spec.nodes.values()
         if node.type == "files" and node.config.extras().get("inputVariable")
     }
+    regions = graph.loop_regions(graph.topological_order())
+    # A loop's exits (and what follows them) read its body nodes' per-item results.
+    via_loop: dict[str, set[str]] = {}
+    for region in regions.values():
+        for exit_id in region.exits:
+            for follower in {exit_id, *graph.descendants(exit_id)}:
+                via_loop.setdefault(follower, set()).update(region.body)
     count = 0
     for node in spec.nodes.values():
-        ancestors = graph.ancestors(node.id)
+        ancestors = graph.ancestors(node.id) | via_loop.get(node.id, set())
         if any(spec.nodes[a].type in _OPEN_OUTPUT_TYPES for a in ancestors):
             open_keys = True
         else:

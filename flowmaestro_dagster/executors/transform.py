@@ -14,7 +14,7 @@ from flowmaestro_dagster.runtime.js import run_js
 from flowmaestro_dagster.spec.configs import TransformConfig
 
 MAX_DELAY_MS = 60_000
-_JS_HINT = re.compile(r"=>|===|!==|&&|\|\||\.\w+\s*\(|\bnew\s|\.\.\.|\$\.")
+_JS_HINT = re.compile(r"=>|===|!==|&&|\|\||\.\w+\s*\(|\bnew\s|\.\.\.")
 
 
 def looks_like_js(expression: str) -> bool:

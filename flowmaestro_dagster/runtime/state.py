@@ -195,22 +195,29 @@ class ExecutionState:
         return True
 
     def _name_index(self) -> dict[str, Any]:
-        if self._names is None:
-            index: dict[str, Any] = {}
-            for node_id in sorted(self.outputs, key=lambda n: (self.ranks.get(n, 0), n)):
-                value = self.outputs[node_id]
-                if node_id in self.collected and isinstance(value, list):
-                    keys = {k for item in value if isinstance(item, dict) for k in item}
-                    for key in sorted(keys):
-                        index.setdefault(
-                            key, [item.get(key) if isinstance(item, dict) else None for item in value]
-                        )
-                elif isinstance(value, dict):
-                    for key, item in value.items():
-                        index.setdefault(key, item)
-            object.__setattr__(self, "_names", index)
-            return index
-        return self._names
+        if self._names is not None:
+            return self._names
+        index: dict[str, Any] = {}
+        per_item: set[str] = set()  # keys whose value is a list of per-item values
+        for node_id in sorted(self.outputs, key=lambda n: (self.ranks.get(n, 0), n)):
+            value = self.outputs[node_id]
+            if node_id in self.collected and isinstance(value, list):
+                # After a loop: a key is the list of its per-item values; alternative
+                # branches of the body fill each other's gaps.
+                for position, item in enumerate(value):
+                    if not isinstance(item, dict):
+                        continue
+                    for key, item_value in item.items():
+                        if key not in index:
+                            index[key] = [None] * len(value)
+                            per_item.add(key)
+                        if key in per_item and index[key][position] is None:
+                            index[key][position] = item_value
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    index.setdefault(key, item)
+        object.__setattr__(self, "_names", index)
+        return index
 
     def memory_view(self) -> dict[str, Any]:
         """Shared memory as upstream writes left it, replayed in order."""
