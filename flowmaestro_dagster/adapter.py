@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from dagster import (
@@ -78,7 +78,7 @@ def collect_input(index: int) -> str:
     return f"collect_{index}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def node_op(shape: OpShape) -> OpDefinition:
     """The (memoised) op definition for a shape: equal shapes give the same object."""
     ins = {UPSTREAM: In(default_value=[], description="states of the upstream nodes")}
@@ -123,7 +123,7 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
         services=getattr(context.resources, SERVICES_RESOURCE).services(),
         run_id=context.run_id,
         attempt=context.retry_number + 1,
-        log=context.log,  # type: ignore[arg-type]
+        log=context.log,
     )
     try:
         outcome = run_node(plan, state, upstream, run)

@@ -154,7 +154,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         str(args.port or settings.webserver_port),
     ]
     print(f"DAGSTER_HOME={home}")
-    print(f"Dagster UI: http://{args.host or settings.webserver_host}:{args.port or settings.webserver_port}")
+    host, port = args.host or settings.webserver_host, args.port or settings.webserver_port
+    print(f"Dagster UI: http://{host}:{port}")
     process = subprocess.Popen(command, cwd=PROJECT_ROOT)
     try:
         return process.wait()

@@ -300,7 +300,11 @@ class _Compiler:
     def _default_inputs(self) -> dict[str, Any]:
         defaults: dict[str, Any] = {}
         for node in self.spec.nodes.values():
-            if isinstance(node.config, InputConfig) and node.config.has_default and node.config.name:
+            if (
+                isinstance(node.config, InputConfig)
+                and node.config.has_default
+                and node.config.name
+            ):
                 value = input_value(node.config, {})
                 if value is not _MISSING:
                     defaults[node.config.name] = value
@@ -333,10 +337,10 @@ class _Compiler:
                 sources.append((loop_alias, RESULT))
             feeds = dict.fromkeys(self.owner.get(f, f) for f in loop_region.feeds.get(node_id, ()))
             for feed in feeds:
-                edge = next(
+                feed_edge = next(
                     (e for e in self.graph.incoming[node_id] if e.source == feed), None
                 )
-                output = self._edge_output(edge) if edge is not None else RESULT
+                output = self._edge_output(feed_edge) if feed_edge is not None else RESULT
                 name = collect_input(len(collects))
                 collects.append(CollectPlan(input=name, loop_id=loop_region.loop_id, source=feed))
                 collect_deps.append(DynamicCollectDependencyDefinition(self.aliases[feed], output))
@@ -372,7 +376,9 @@ class _Compiler:
         )
         loop_region_here = self.regions.get(node_id)
         dynamic = bool(
-            loop_region_here is not None and loop_region_here.mode == "dynamic" and loop_region_here.body
+            loop_region_here is not None
+            and loop_region_here.mode == "dynamic"
+            and loop_region_here.body
         )
         shape = OpShape(
             node_type=node.type,

@@ -168,7 +168,9 @@ class WorkflowGraph:
         body_entry = {
             e.target for e in outgoing if not handle_mode or e.handle in LOOP_BODY_HANDLES
         }
-        direct_exits = {e.target for e in outgoing if handle_mode and e.handle not in LOOP_BODY_HANDLES}
+        direct_exits = {
+            e.target for e in outgoing if handle_mode and e.handle not in LOOP_BODY_HANDLES
+        }
         downstream = self.descendants(loop_id)
         body: list[str] = []
         members: set[str] = set()
@@ -193,9 +195,7 @@ class WorkflowGraph:
             else:
                 body.append(node_id)
                 members.add(node_id)
-        sinks = tuple(
-            n for n in body if not any(s in members for s in self.successors(n))
-        )
+        sinks = tuple(n for n in body if not any(s in members for s in self.successors(n)))
         feeds: dict[str, tuple[str, ...]] = {}
         for exit_id in exits:
             from_body = tuple(p for p in self.predecessors(exit_id) if p in members)

@@ -21,7 +21,7 @@ def workflow_inputs_resource(init_context: InitResourceContext) -> dict[str, Any
     return dict(init_context.resource_config["inputs"])
 
 
-class FlowMaestroResource(ConfigurableResource):  # type: ignore[type-arg]
+class FlowMaestroResource(ConfigurableResource):
     """Platform services the executors use (providers, connections, connectors)."""
 
     def services(self) -> Mapping[str, Any]:

@@ -78,8 +78,10 @@ def summarize(
     for event in events:
         if not event.step_key:
             continue
-        alias, _ = _step_node(event.step_key)
-        info = by_alias.setdefault(alias, {"success": 0, "failure": 0, "skipped": 0, "retries": 0})
+        step_alias, _ = _step_node(event.step_key)
+        info = by_alias.setdefault(
+            step_alias, {"success": 0, "failure": 0, "skipped": 0, "retries": 0}
+        )
         kind = event.event_type
         if kind == DagsterEventType.STEP_SUCCESS:
             info["success"] += 1
@@ -97,9 +99,9 @@ def summarize(
     spec = compiled.spec
     nodes: dict[str, NodeRun] = {}
     for node_id, node in spec.nodes.items():
-        alias = compiled.aliases.get(node_id)
         run = NodeRun(node_id, node.label, node.source_type, "not_run")
         nodes[node_id] = run
+        alias = compiled.aliases.get(node_id)
         if alias is None:
             continue  # runs inside its loop's op; filled from the loop's state below
         info = by_alias.get(alias, {})
@@ -180,7 +182,7 @@ def output_states(
     for alias in aliases:
         try:
             value = get_output(alias)
-        except Exception:  # noqa: BLE001 - Dagster raises several types for "no output"
+        except Exception:
             continue
         if isinstance(value, ExecutionState):
             found[alias] = value

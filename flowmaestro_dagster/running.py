@@ -33,7 +33,7 @@ def execute_locally(
     )
     states = output_states(
         compiled,
-        lambda alias: result.output_for_node(alias),
+        result.output_for_node,
         list(compiled.aliases.values()),
     )
     return summarize(

@@ -11,7 +11,12 @@ __all__ = ["run_workflow"]
 
 
 def run_workflow(
-    definition: Any, inputs: Mapping[str, Any] | None = None, **compile_options: Any
+    definition: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    log_level: str = "WARNING",
+    **compile_options: Any,
 ) -> WorkflowRunResult:
     """Compile and run a definition in process on an ephemeral instance."""
-    return execute_locally(compile_workflow(definition, **compile_options), inputs)
+    compiled = compile_workflow(definition, **compile_options)
+    return execute_locally(compiled, inputs, log_level=log_level)

@@ -17,13 +17,13 @@ from flowmaestro_dagster.graph import (
 from flowmaestro_dagster.runtime import expressions
 from flowmaestro_dagster.runtime.templates import template_roots
 from flowmaestro_dagster.spec.configs import (
+    TRANSFORM_OPERATIONS,
     ConditionalConfig,
     InputConfig,
     LoopConfig,
     SharedMemoryConfig,
     SwitchConfig,
     TransformConfig,
-    TRANSFORM_OPERATIONS,
 )
 from flowmaestro_dagster.spec.models import NodeSpec, WorkflowSpec
 from flowmaestro_dagster.spec.node_types import BRANCH_TYPES, resolve_type
@@ -151,9 +151,8 @@ def _node_config_problems(node: NodeSpec) -> Iterator[Problem]:
                 yield _missing(node, "condition", "a while loop needs a condition")
             else:
                 yield from _expression_problems(node, config.condition, "condition")
-    elif isinstance(config, SharedMemoryConfig):
-        if config.operation != "search" and not config.key:
-            yield _missing(node, "key", f"shared-memory {config.operation} needs a key")
+    elif isinstance(config, SharedMemoryConfig) and config.operation != "search" and not config.key:
+        yield _missing(node, "key", f"shared-memory {config.operation} needs a key")
 
 
 def _field(node: NodeSpec, default: str) -> str:
@@ -344,10 +343,10 @@ def _node_references(node: NodeSpec) -> Iterator[tuple[str, str | None, str]]:
         if node.type == "conditional" and key in ("condition", "expression"):
             yield from _expression_roots(key, value)
             continue
-        if key in _PATH_FIELDS.get(node.type, ()) and isinstance(value, str):
-            if "{{" not in value and "${" not in value:
-                yield from _expression_roots(key, value)
-                continue
+        is_path = key in _PATH_FIELDS.get(node.type, ()) and isinstance(value, str)
+        if is_path and "{{" not in value and "${" not in value:
+            yield from _expression_roots(key, value)
+            continue
         yield from _string_roots(key, value)
 
 

@@ -49,4 +49,3 @@ def get_executor(node_type: str, overrides: Mapping[str, Executor] | None = None
     if overrides and node_type in overrides:
         return overrides[node_type]
     return EXECUTORS.get(node_type, execute_unavailable)
-

@@ -1,6 +1,7 @@
 """input, trigger and output nodes: where values enter and leave a workflow."""
 
 import json
+import math
 from typing import Any
 
 from flowmaestro_dagster.errors import NodeConfigurationError
@@ -28,7 +29,9 @@ def coerce_input(value: Any, input_type: str) -> Any:
     kind = input_type.lower()
     if kind == "number":
         number = to_number(value)
-        return value if number != number else (int(number) if number.is_integer() else number)
+        if math.isnan(number):
+            return value
+        return int(number) if number.is_integer() else number
     if kind in ("boolean", "bool"):
         lowered = value.strip().lower()
         if lowered in ("true", "yes", "1"):

@@ -1,5 +1,6 @@
 """conditional and switch nodes: choose which outgoing branches run."""
 
+import math
 import re
 from functools import lru_cache
 from typing import Any
@@ -21,7 +22,7 @@ from flowmaestro_dagster.spec.configs import ConditionalConfig, SwitchConfig
 def compare(left: Any, operator: str, right: Any) -> bool:
     """A comparison of the builder's operator list (values as the UI typed them)."""
     if operator in ("isEmpty", "isNotEmpty"):
-        empty = left is None or left == "" or left == [] or left == {}
+        empty = left is None or left in ("", [], {})
         return empty if operator == "isEmpty" else not empty
     if operator in ("contains", "not_contains"):
         if isinstance(left, list):
@@ -61,7 +62,7 @@ def _numbers_if_numeric(left: Any, right: Any) -> tuple[Any, Any]:
             return False
         if isinstance(value, int | float):
             return True
-        return isinstance(value, str) and to_number(value) == to_number(value) and value.strip() != ""
+        return isinstance(value, str) and value.strip() != "" and not math.isnan(to_number(value))
 
     if numeric(left) and numeric(right):
         return to_number(left), to_number(right)
@@ -100,9 +101,7 @@ def execute_conditional(ctx: NodeContext) -> NodeResult:
 
 @lru_cache(maxsize=1024)
 def _wildcard(pattern: str) -> re.Pattern[str]:
-    escaped = "".join(
-        ".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern
-    )
+    escaped = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
     return re.compile(f"^{escaped}$", re.IGNORECASE | re.DOTALL)
 
 

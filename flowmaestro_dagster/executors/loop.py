@@ -1,6 +1,7 @@
 """loop nodes: decide the items a loop iterates over (the compiler runs the body per item)."""
 
 import json
+import math
 from typing import Any
 
 from flowmaestro_dagster.errors import NodeConfigurationError
@@ -15,8 +16,10 @@ def loop_items(ctx: NodeContext, config: LoopConfig) -> list[Any]:
     if config.loop_type == "count":
         count = ctx.render(config.count)
         number = to_number(count)
-        if number != number or number < 0:
-            raise ctx.error(f"loop count must be a number >= 0, got {count!r}", NodeConfigurationError)
+        if math.isnan(number) or number < 0:
+            raise ctx.error(
+                f"loop count must be a number >= 0, got {count!r}", NodeConfigurationError
+            )
         return list(range(min(int(number), config.max_iterations)))
     value = _collection(ctx, config.items)
     if value is None:

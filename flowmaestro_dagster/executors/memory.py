@@ -26,8 +26,7 @@ def execute_shared_memory(ctx: NodeContext) -> NodeResult:
         value = ctx.state.memory_view().get(key)
         return NodeResult(wrap_output(value, config.output_variable, default_key="value"))
     if config.operation == "delete":
-        output = {"key": key, "operation": "delete"}
-        return NodeResult(output, memory=[MemoryOp("delete", key)])
+        return NodeResult({"key": key, "operation": "delete"}, memory=[MemoryOp("delete", key)])
     value = ctx.render(config.value)
     output: dict[str, Any] = {"key": key, "value": value, "operation": config.operation}
     if config.output_variable:

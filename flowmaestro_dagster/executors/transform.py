@@ -1,6 +1,8 @@
 """transform nodes: templates, merges, JSONata, JS arrow functions, parsing, aggregation."""
 
+import contextlib
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -104,10 +106,8 @@ def _source(ctx: NodeContext, source: Any) -> Any:
 def _items(ctx: NodeContext, config: TransformConfig) -> list[Any]:
     data = _data(ctx, config)
     if isinstance(data, str):
-        try:
+        with contextlib.suppress(ValueError):
             data = json.loads(data)
-        except ValueError:
-            pass
     if data is None:
         return []
     if not isinstance(data, list):
@@ -219,7 +219,9 @@ def _parse_json(ctx: NodeContext, config: TransformConfig) -> Any:
     try:
         return json.loads(data)
     except ValueError as exc:
-        raise ctx.error(f"parseJSON: input is not valid JSON ({exc})", NodeConfigurationError) from exc
+        raise ctx.error(
+            f"parseJSON: input is not valid JSON ({exc})", NodeConfigurationError
+        ) from exc
 
 
 def _parse_xml(ctx: NodeContext, config: TransformConfig) -> Any:
@@ -247,7 +249,9 @@ def _xml_to_data(element: Any) -> Any:
         value = _xml_to_data(child)
         if child.tag in result:
             existing = result[child.tag]
-            result[child.tag] = [*existing, value] if isinstance(existing, list) else [existing, value]
+            result[child.tag] = (
+                [*existing, value] if isinstance(existing, list) else [existing, value]
+            )
         else:
             result[child.tag] = value
     if text:
@@ -266,14 +270,14 @@ def _flatten(ctx: NodeContext, config: TransformConfig) -> Any:
 
 def _aggregate(ctx: NodeContext, config: TransformConfig) -> Any:
     data = _data(ctx, config)
-    items = data if isinstance(data, list) else list(data.values()) if isinstance(data, dict) else []
+    items = (
+        data if isinstance(data, list) else list(data.values()) if isinstance(data, dict) else []
+    )
     field = config.extras().get("field") or config.path
     group_by = config.extras().get("groupBy")
     values = [templates.walk(i, field.split(".")) if field else i for i in items]
-    numbers = [
-        to_number(v) for v in values if not templates.is_missing(v) and v is not None
-    ]
-    numbers = [n for n in numbers if n == n]
+    numbers = [to_number(v) for v in values if not templates.is_missing(v) and v is not None]
+    numbers = [n for n in numbers if not math.isnan(n)]
     result: dict[str, Any] = {}
     for operation in config.operations or ["count"]:
         name = operation.lower()
@@ -292,7 +296,9 @@ def _aggregate(ctx: NodeContext, config: TransformConfig) -> Any:
             key = group_by or field
             for item in items:
                 bucket = templates.walk(item, key.split(".")) if key else None
-                groups.setdefault("" if templates.is_missing(bucket) else str(bucket), []).append(item)
+                groups.setdefault("" if templates.is_missing(bucket) else str(bucket), []).append(
+                    item
+                )
             result["groups"] = {k: len(v) for k, v in groups.items()}
     return result
 

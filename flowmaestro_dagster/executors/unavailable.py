@@ -8,7 +8,9 @@ def execute_unavailable(ctx: NodeContext) -> NodeResult:
     provider = getattr(ctx.config, "provider", None)
     operation = getattr(ctx.config, "operation", None)
     if ctx.node_type == "integration" or provider:
-        what = f"provider {provider or 'unknown'}" + (f" (operation {operation})" if operation else "")
+        what = f"provider {provider or 'unknown'}" + (
+            f" (operation {operation})" if operation else ""
+        )
         message = f"no connector configured for {what}"
     else:
         message = f"no executor configured for node type '{ctx.node_type}'"

@@ -216,7 +216,10 @@ class _Parser:
         if text == "}" and self.current.kind == "ref_close":
             # `}}` closing two object literals, not a `{{ref}}`: split it.
             pos = self.current.pos
-            self.tokens[self.index : self.index + 1] = [Token("op", "}", pos), Token("op", "}", pos + 1)]
+            self.tokens[self.index : self.index + 1] = [
+                Token("op", "}", pos),
+                Token("op", "}", pos + 1),
+            ]
         if self.current.kind in ("op", "ref_open", "ref_close") and self.current.text == text:
             self.index += 1
             return True
@@ -306,7 +309,7 @@ class _Parser:
         while True:
             if self.accept("."):
                 name = self.advance()
-                if name.kind != "name" and name.kind != "number":
+                if name.kind not in {"name", "number"}:
                     raise ExpressionError(f"expected a property name at position {name.pos}")
                 node = Member(node, Literal(name.text))
             elif self.accept("?."):
@@ -505,8 +508,10 @@ def strict_equals(left: Any, right: Any) -> bool:
 
 
 def _compare(op: str, left: Any, right: Any) -> bool:
-    if isinstance(left, str) and isinstance(right, str) and not (
-        isinstance(left, Timestamp) or isinstance(right, Timestamp)
+    if (
+        isinstance(left, str)
+        and isinstance(right, str)
+        and not (isinstance(left, Timestamp) or isinstance(right, Timestamp))
     ):
         a: Any = left
         b: Any = right
@@ -687,8 +692,10 @@ def _string_method(value: str, name: str, args: list[Any], budget: _Budget) -> A
     if name in ("padStart", "padEnd"):
         width = min(int(to_number(args[0])) if args else 0, MAX_STRING)
         fill = to_text(args[1]) if len(args) > 1 else " "
-        return value.rjust(width, fill[:1] or " ") if name == "padStart" else value.ljust(
-            width, fill[:1] or " "
+        return (
+            value.rjust(width, fill[:1] or " ")
+            if name == "padStart"
+            else value.ljust(width, fill[:1] or " ")
         )
     raise ExpressionError(f"string method '{name}' is not supported")
 
@@ -763,7 +770,7 @@ def _get_member(target: Any, key: Any) -> Any:
     if isinstance(target, list):
         if key == "length":
             return len(target)
-        if isinstance(key, int | float) and not isinstance(key, bool) or (
+        if (isinstance(key, int | float) and not isinstance(key, bool)) or (
             isinstance(key, str) and key.isdigit()
         ):
             index = int(to_number(key))
@@ -772,7 +779,7 @@ def _get_member(target: Any, key: Any) -> Any:
     if isinstance(target, str):
         if key == "length":
             return len(target)
-        if isinstance(key, int | float) and not isinstance(key, bool) or (
+        if (isinstance(key, int | float) and not isinstance(key, bool)) or (
             isinstance(key, str) and key.isdigit()
         ):
             index = int(to_number(key))

@@ -26,9 +26,7 @@ def run_js(
     names = list(bindings)
     params = ", ".join(names)
     args = ", ".join(json.dumps(bindings[n], default=str) for n in names)
-    source = (
-        f"JSON.stringify(((function({params}) {{ return ({body}); }})({args})) ?? null)"
-    )
+    source = f"JSON.stringify(((function({params}) {{ return ({body}); }})({args})) ?? null)"
     context = MiniRacer()
     try:
         text = context.eval(source, timeout_sec=timeout_s, max_memory=max_memory)

@@ -198,7 +198,5 @@ def _run_region(
         outcome = run_node(node, merged, producers, run)
         states[node.node_id] = outcome.state
         taken[node.node_id] = outcome.result.branches
-    finals = [
-        states[n] for n in region.result_nodes if n in states and not states[n].skipped
-    ]
+    finals = [states[n] for n in region.result_nodes if n in states and not states[n].skipped]
     return ExecutionState.merge(finals) if finals else None

@@ -7,8 +7,9 @@ shared memory made upstream. It is plain data (`to_dict` / `from_dict`) so any I
 store it and any worker can resume from it.
 
 Names resolve in this order (see docs/semantics.md): loop variables (innermost first), node
-ids, execution inputs, then the top-level keys of node outputs in topological order (the first
-writer wins), then `inputs` (the whole inputs object).
+ids (a node whose outputVariable equals its id resolves to that variable), execution inputs,
+then the top-level keys of node outputs in topological order (the first writer wins), then
+`inputs` (the whole inputs object).
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -132,7 +133,7 @@ class ExecutionState:
         """
         outputs = dict(self.outputs)
         ranks = dict(self.ranks)
-        results = []
+        results: list[Any] = []
         for state in items:
             if state is None:
                 results.append(None)
@@ -177,7 +178,10 @@ class ExecutionState:
         if name in self.scope:
             return self.scope[name]
         if name in self.outputs:
-            return self.outputs[name]
+            output = self.outputs[name]
+            if isinstance(output, dict) and name in output and name not in self.collected:
+                return output[name]  # a node named like its own outputVariable
+            return output
         if name in self.inputs:
             return self.inputs[name]
         names = self._name_index()

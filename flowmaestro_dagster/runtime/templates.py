@@ -8,7 +8,7 @@ provides stays verbatim, as in the upstream engine. Inside the braces: a path, o
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +127,12 @@ def resolve(ref: Reference, scope: Scope) -> Any:
         if path is not None:
             value = walk(lookup_root(scope, str(path[0])), path[1:])
         else:
-            value = Evaluator(scope).evaluate(node)
+            # `a || b`: names nothing provides are undefined, unless none resolves at all.
+            evaluator = Evaluator(scope, lenient=True)
+            value = evaluator.evaluate(node)
+            names = set(free_names(node))
+            if names and names <= set(evaluator.unresolved):
+                return _MISSING
     except (Unresolved, ExpressionError):
         return _MISSING
     if value is _MISSING:
@@ -148,7 +153,7 @@ def lookup_path(scope: Scope, expression: str) -> Any:
     return resolve(Reference(text, text, ()), scope)
 
 
-def walk(value: Any, parts: list[str | int]) -> Any:
+def walk(value: Any, parts: Sequence[str | int]) -> Any:
     for part in parts:
         if isinstance(value, dict):
             key = part if isinstance(part, str) else str(part)
@@ -205,7 +210,7 @@ def apply_filter(name: str, arg: str | None, value: Any) -> Any:
         return value[-1] if isinstance(value, list | str) and value else None
     if lowered == "round":
         digits = int(to_number(argument)) if argument is not None else 0
-        return round(to_number(value), digits) if digits else int(round(to_number(value)))
+        return round(to_number(value), digits) if digits else round(to_number(value))
     return _MISSING
 
 

@@ -589,7 +589,9 @@ def _pairs(value: Any) -> Any:
         pairs = []
         for item in value:
             if isinstance(item, dict) and ("key" in item or "name" in item):
-                pairs.append({"key": str(item.get("key", item.get("name"))), "value": item.get("value")})
+                pairs.append(
+                    {"key": str(item.get("key", item.get("name"))), "value": item.get("value")}
+                )
             else:
                 pairs.append(item)
         return pairs
@@ -677,9 +679,7 @@ _MEMORY_OPERATIONS = {
 def _shared_memory(raw: _Raw) -> None:
     operation = raw.take("operation", "operation", "action")
     if isinstance(operation, str):
-        raw.set(
-            "operation", _MEMORY_OPERATIONS.get(operation.lower(), operation), "operation"
-        )
+        raw.set("operation", _MEMORY_OPERATIONS.get(operation.lower(), operation), "operation")
     raw.take("key", "key")
     raw.take("value", "value")
     raw.take("search_query", "searchQuery", "query")

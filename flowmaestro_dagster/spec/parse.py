@@ -10,11 +10,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from flowmaestro_dagster.spec.configs import MediaConfig, normalise_config
+from flowmaestro_dagster.spec.configs import MediaConfig, NodeConfig, normalise_config
 from flowmaestro_dagster.spec.models import EdgeSpec, NodeSpec, WorkflowSettings, WorkflowSpec
 from flowmaestro_dagster.spec.node_types import COMMENT_TYPE, resolve_type
 from flowmaestro_dagster.spec.policies import parse_on_error, parse_retry
-from flowmaestro_dagster.spec.problems import Problem, error, warning
+from flowmaestro_dagster.spec.problems import Problem, error
 
 MAX_NESTING = 200
 
@@ -51,9 +51,7 @@ def load_json(text: str | bytes) -> tuple[Any, list[Problem]]:
         except UnicodeDecodeError as exc:
             return None, [error("malformed_json", f"not UTF-8 text: {exc.reason}", path="$")]
     try:
-        return json.loads(
-            text, object_pairs_hook=_pairs_hook, parse_constant=_reject_constant
-        ), []
+        return json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_reject_constant), []
     except json.JSONDecodeError as exc:
         return None, [
             error(
@@ -150,7 +148,9 @@ class _Parser:
         description = metadata.get("description", definition.get("description"))
         entry_point = definition.get("entryPoint")
         if entry_point is not None and not isinstance(entry_point, str):
-            self.problem("invalid_type", "entryPoint must be a node id", f"{self.prefix}.entryPoint")
+            self.problem(
+                "invalid_type", "entryPoint must be a node id", f"{self.prefix}.entryPoint"
+            )
             entry_point = None
         spec = WorkflowSpec(
             name=name.strip() or "workflow",
@@ -190,7 +190,9 @@ class _Parser:
             if data is None:
                 data = {}
             if not isinstance(data, Mapping):
-                self.problem("invalid_type", "data must be an object", f"{path}.data", node_id=node_id)
+                self.problem(
+                    "invalid_type", "data must be an object", f"{path}.data", node_id=node_id
+                )
                 data = {}
             label = data.get("label")
             config = {k: v for k, v in data.items() if k != "label"}
@@ -230,7 +232,14 @@ class _Parser:
             on_error = raw.get("onError", config.pop("onError", None))
             label = raw.get("name") or raw.get("label")
             node = self._node(
-                node_id, raw.get("type"), label, config, raw.get("position"), on_error, path, "config"
+                node_id,
+                raw.get("type"),
+                label,
+                config,
+                raw.get("position"),
+                on_error,
+                path,
+                "config",
             )
             entries.append((node_id, node))
         return entries
@@ -256,7 +265,10 @@ class _Parser:
     ) -> NodeSpec | None:
         if not isinstance(raw_type, str) or not raw_type:
             self.problem(
-                "invalid_type", "node type must be a non-empty string", f"{path}.type", node_id=node_id
+                "invalid_type",
+                "node type must be a non-empty string",
+                f"{path}.type",
+                node_id=node_id,
             )
             raw_type = str(raw_type) if raw_type else "unknown"
         if raw_type == COMMENT_TYPE:
@@ -271,7 +283,7 @@ class _Parser:
                 field="type",
             )
             node_type = raw_type
-            canonical = MediaConfig.model_validate({})
+            canonical: NodeConfig = MediaConfig.model_validate({})
         else:
             node_type = resolved.type
             if resolved.provider and not config.get("provider"):

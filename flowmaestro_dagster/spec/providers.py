@@ -1,6 +1,7 @@
 """Integration provider ids known to the FlowMaestro builder.
 
-Each id is also a node type rendered as an integration node. Source: nbaghiro/flowmaestro shared/src/providers.ts @7a063de7.
+Each id is also a node type rendered as an integration node.
+Source: nbaghiro/flowmaestro shared/src/providers.ts @7a063de7.
 """
 
 PROVIDER_IDS: frozenset[str] = frozenset(
