@@ -122,7 +122,7 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
     run = RunContext(
         services=getattr(context.resources, SERVICES_RESOURCE).services(),
         run_id=context.run_id,
-        attempt=context.retry_number + 1,
+        attempt=_attempt(context),
         log=context.log,
     )
     try:
@@ -136,6 +136,13 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
             allow_retries=False,
         ) from exc
     yield from _outputs(plan, outcome.state, outcome, skipped=False)
+
+
+def _attempt(context: OpExecutionContext) -> int:
+    try:
+        return context.retry_number + 1
+    except AttributeError:  # a context built with build_op_context has no step to retry
+        return 1
 
 
 def _incoming_states(inputs: Mapping[str, Any]) -> list[ExecutionState]:

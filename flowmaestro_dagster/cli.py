@@ -157,6 +157,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     host, port = args.host or settings.webserver_host, args.port or settings.webserver_port
     print(f"Dagster UI: http://{host}:{port}")
     process = subprocess.Popen(command, cwd=PROJECT_ROOT)
+
+    def stop(signum: int, _frame: object) -> None:
+        # `dagster dev` shuts its webserver, daemon and code servers down on SIGINT.
+        process.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         return process.wait()
     except KeyboardInterrupt:

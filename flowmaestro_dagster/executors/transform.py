@@ -16,7 +16,9 @@ from flowmaestro_dagster.runtime.js import run_js
 from flowmaestro_dagster.spec.configs import TransformConfig
 
 MAX_DELAY_MS = 60_000
-_JS_HINT = re.compile(r"=>|===|!==|&&|\|\||\.\w+\s*\(|\bnew\s|\.\.\.")
+# Arrow functions, strict equality, method calls, `new`, spread, and object literals with bare
+# keys (`{ total: ... }`) are JavaScript; JSONata quotes its object keys.
+_JS_HINT = re.compile(r"=>|===|!==|&&|\|\||\.\w+\s*\(|\bnew\s|\.\.\.|[{,]\s*[A-Za-z_$][\w$]*\s*:")
 
 
 def looks_like_js(expression: str) -> bool:
