@@ -3,7 +3,16 @@
 from collections.abc import Mapping
 from typing import Any
 
-from dagster import ConfigurableResource, Field, InitResourceContext, Permissive, resource
+from dagster import (
+    ConfigurableResource,
+    Field,
+    InitResourceContext,
+    Permissive,
+    ResourceDefinition,
+    resource,
+)
+
+from flowmaestro_dagster.settings import Settings, get_settings
 
 
 @resource(
@@ -22,7 +31,25 @@ def workflow_inputs_resource(init_context: InitResourceContext) -> dict[str, Any
 
 
 class FlowMaestroResource(ConfigurableResource):
-    """Platform services the executors use (providers, connections, connectors)."""
+    """Platform services the executors use: settings (providers, connections, limits).
+
+    Settings come from the environment of the process that runs the step, so secrets are
+    never part of a run's config.
+    """
 
     def services(self) -> Mapping[str, Any]:
-        return {}
+        return {"settings": get_settings()}
+
+
+class StaticServices:
+    """Services from given settings (tests, embedding): bind with `hardcoded_resource`."""
+
+    def __init__(self, settings: Settings, **extra: Any) -> None:
+        self._services = {"settings": settings, **extra}
+
+    def services(self) -> Mapping[str, Any]:
+        return self._services
+
+
+def static_services_resource(settings: Settings, **extra: Any) -> ResourceDefinition:
+    return ResourceDefinition.hardcoded_resource(StaticServices(settings, **extra))

@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 
+from flowmaestro_dagster.executors import code, database, http, integration, llm
 from flowmaestro_dagster.executors.base import (
     Executor,
     MemoryOp,
@@ -41,6 +42,11 @@ EXECUTORS: Mapping[str, Executor] = {
     "switch": execute_switch,
     "loop": execute_loop,
     "shared-memory": execute_shared_memory,
+    **llm.EXECUTORS,
+    **http.EXECUTORS,
+    **code.EXECUTORS,
+    **database.EXECUTORS,
+    **integration.EXECUTORS,
 }
 
 
