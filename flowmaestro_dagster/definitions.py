@@ -1,4 +1,15 @@
-"""The Dagster code location: example workflows as jobs. The only place that wires Dagster."""
+"""The Dagster code locations; the only place that wires Dagster.
+
+* `defs` — the example workflows in `workflows/` (location `flowmaestro-examples`);
+* `platform_defs` — the platform's sensors (location `flowmaestro-platform`);
+* `shard_<i>` — the workflow versions deployed through the API, split over
+  `FLOWMAESTRO_CODE_LOCATION_SHARDS` locations so a deploy reloads only one
+  (location `flowmaestro-workflows-<i>`). Jobs there are built lazily: a run worker compiles
+  only its own job.
+"""
+
+from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 
@@ -8,13 +19,20 @@ from flowmaestro_dagster.resources import FlowMaestroResource, workflow_inputs_r
 from flowmaestro_dagster.settings import get_settings
 
 
-def build_definitions() -> dg.Definitions:
-    settings = get_settings()
-    resources = {
+def node_resources(*, database_outputs: bool = False) -> dict[str, Any]:
+    resources: dict[str, Any] = {
         INPUTS_RESOURCE: workflow_inputs_resource,
         SERVICES_RESOURCE: FlowMaestroResource(),
     }
-    catalog = load_catalog(settings.workflows_dir, resource_defs=resources)
+    if database_outputs:
+        from flowmaestro_dagster.io_manager import NodeOutputIOManager
+
+        resources["io_manager"] = NodeOutputIOManager()
+    return resources
+
+
+def build_definitions() -> dg.Definitions:
+    catalog = load_catalog(get_settings().workflows_dir, resource_defs=node_resources())
     jobs = [entry.compiled.job for entry in catalog if entry.compiled is not None]
     return dg.Definitions(jobs=jobs)
 
@@ -22,3 +40,49 @@ def build_definitions() -> dg.Definitions:
 @dg.definitions
 def defs() -> dg.Definitions:
     return build_definitions()
+
+
+@dg.definitions
+def platform_defs() -> dg.Definitions:
+    from flowmaestro_api.db import get_engine, migrate
+    from flowmaestro_api.settings import get_api_settings
+    from flowmaestro_dagster.sensors import platform_sensors
+
+    settings = get_api_settings()
+    migrate(settings.database_url)
+    get_engine(settings.database_url)
+    return dg.Definitions(sensors=platform_sensors())
+
+
+def build_shard(shard: int) -> dg.RepositoryDefinition:
+    """Deployed workflow versions of one shard, as a repository of lazily built jobs."""
+    from flowmaestro_api.db import get_engine, migrate, session_scope
+    from flowmaestro_api.services.workflows import loadable_versions
+    from flowmaestro_api.settings import get_api_settings
+    from flowmaestro_dagster.compiler import compile_workflow
+
+    settings = get_api_settings()
+    migrate(settings.database_url)
+    with session_scope(get_engine(settings.database_url)) as session:
+        versions = [
+            (row.job_name, row.definition)
+            for row in loadable_versions(session, shard=shard, shards=settings.code_location_shards)
+        ]
+    resources = node_resources(database_outputs=True)
+
+    def loader(job_name: str, definition: dict[str, Any]) -> Callable[[], dg.JobDefinition]:
+        return lambda: compile_workflow(definition, job_name=job_name, resource_defs=resources).job
+
+    jobs = {job_name: loader(job_name, definition) for job_name, definition in versions}
+
+    @dg.repository(name="__repository__")
+    def shard_repository() -> dict[str, Any]:
+        return {"jobs": jobs}
+
+    return shard_repository
+
+
+def __getattr__(name: str) -> Any:
+    if name.startswith("shard_") and name.removeprefix("shard_").isdigit():
+        return build_shard(int(name.removeprefix("shard_")))
+    raise AttributeError(name)

@@ -182,7 +182,7 @@ def output_states(
     for alias in aliases:
         try:
             value = get_output(alias)
-        except Exception:
+        except Exception:  # noqa: BLE001 - Dagster raises several types for "no output"
             continue
         if isinstance(value, ExecutionState):
             found[alias] = value

@@ -1,0 +1,55 @@
+"""Request dependencies: the session, the settings, Dagster, and the user behind the API key."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from flowmaestro_api.models import User
+from flowmaestro_api.security import authenticate
+from flowmaestro_api.services.dagster import DagsterClient
+from flowmaestro_api.settings import ApiSettings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    session: Session = request.app.state.sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
+    return settings
+
+
+def get_dagster(request: Request) -> DagsterClient:
+    client: DagsterClient = request.app.state.dagster
+    return client
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+DagsterDep = Annotated[DagsterClient, Depends(get_dagster)]
+
+
+def current_user(
+    session: SessionDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> User:
+    raw = x_api_key
+    if authorization and authorization.lower().startswith("bearer "):
+        raw = authorization[7:]
+    user = authenticate(session, raw)
+    session.commit()
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]

@@ -1,0 +1,80 @@
+"""`create_app()`: the only place the API is wired."""
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from flowmaestro_api.db import get_engine, migrate, session_factory, session_scope
+from flowmaestro_api.errors import PayloadTooLarge, problem_response, register_error_handlers
+from flowmaestro_api.routes import executions, health, workflows
+from flowmaestro_api.services.dagster import DagsterClient
+from flowmaestro_api.services.executions import launch_execution
+from flowmaestro_api.settings import ApiSettings, get_api_settings
+
+log = logging.getLogger("flowmaestro.api")
+
+
+class BodyLimit(BaseHTTPMiddleware):
+    """Refuse oversized bodies before they are read (413 problem+json)."""
+
+    def __init__(self, app: FastAPI, limit: int) -> None:
+        super().__init__(app)
+        self.limit = limit
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            error = PayloadTooLarge(f"the request body is larger than {self.limit} bytes")
+            return problem_response(error.status, error.code, error.title, error.detail, request)
+        return await call_next(request)
+
+
+def create_app(
+    settings: ApiSettings | None = None, *, dagster: DagsterClient | None = None
+) -> FastAPI:
+    settings = settings or get_api_settings()
+    migrate(settings.database_url)
+    engine = get_engine(settings.database_url)
+    client = dagster or DagsterClient(
+        settings.dagster_graphql_url, timeout=settings.graphql_timeout_seconds
+    )
+    launcher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
+
+    def launch(execution_id: str) -> None:
+        try:
+            with session_scope(engine) as session:
+                launch_execution(
+                    session, client, execution_id, lease_seconds=settings.launch_lease_seconds
+                )
+        except Exception as exc:  # noqa: BLE001 - the reconciler launches it later
+            log.warning("launch of execution %s deferred: %s", execution_id, exc)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        launcher.shutdown(wait=True)
+
+    app = FastAPI(
+        title="FlowMaestro API",
+        version="1.0.0",
+        description=(
+            "Store FlowMaestro workflows and their versions, deploy them as Dagster jobs, and "
+            "start executions idempotently. Errors are RFC 9457 problem+json documents."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.sessions = session_factory(engine)
+    app.state.dagster = client
+    app.state.launcher = launcher
+    app.state.launch = launch
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # type: ignore[arg-type]
+    register_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(workflows.router)
+    app.include_router(executions.router)
+    return app

@@ -1,0 +1,158 @@
+"""The platform database: SQLAlchemy 2 models. Invariants live in constraints, not in code."""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JsonType}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key; only its SHA-256 is stored (keys are long random strings)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    user: Mapped[User] = relationship()
+
+
+class Workflow(Base):
+    __tablename__ = "workflows"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    latest_version: Mapped[int] = mapped_column(Integer, default=0)
+    deployed_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    queue: Mapped[str | None] = mapped_column(String(100), default=None)
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer, default=None)
+    one_at_a_time_per_user: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_ttl_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    archived_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WorkflowVersion(Base):
+    __tablename__ = "workflow_versions"
+    __table_args__ = (UniqueConstraint("workflow_id", "version", name="uq_workflow_version"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    definition: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    status: Mapped[str] = mapped_column(String(20), default="draft")  # draft|deployed|archived
+    source_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    job_name: Mapped[str] = mapped_column(String(200))
+    created_by: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deployed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Execution(Base):
+    __tablename__ = "executions"
+    __table_args__ = (
+        Index("ix_executions_workflow_created", "workflow_id", "created_at"),
+        Index("ix_executions_pending_launch", "launched_at", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    queue: Mapped[str | None] = mapped_column(String(100), default=None)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    job_name: Mapped[str] = mapped_column(String(200))
+    location_name: Mapped[str] = mapped_column(String(200))
+    run_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    latest_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    launch_token: Mapped[str | None] = mapped_column(String(36), default=None)
+    launch_claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    launch_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    launched_at: Mapped[datetime | None] = mapped_column(default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    outputs: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class IdempotencyKey(Base):
+    """A request's Idempotency-Key: unique per user and workflow (a constraint, not a check)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("user_id", "workflow_id", "key", name="uq_idempotency_key"),
+        Index("ix_idempotency_expires", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class NodeOutput(Base):
+    """A step output (the execution state after a node), stored by the IO manager."""
+
+    __tablename__ = "node_outputs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step_key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    output_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    execution_id: Mapped[str | None] = mapped_column(String(36), index=True, default=None)
+    node_id: Mapped[str | None] = mapped_column(String(300), default=None)
+    mapping_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    value: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,179 @@
+"""Executions: start (idempotently), read, list, cancel, retry, follow (server-sent events)."""
+
+from concurrent.futures import Executor
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+
+from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SettingsDep
+from flowmaestro_api.errors import ApiError
+from flowmaestro_api.schemas import (
+    ExecutionCreate,
+    ExecutionList,
+    ExecutionPublic,
+    ExecutionStatus,
+    NodeStatusPublic,
+    RunPublic,
+)
+from flowmaestro_api.services import executions as service
+from flowmaestro_api.services.events import execution_events
+from flowmaestro_api.settings import ApiSettings
+
+router = APIRouter(tags=["executions"])
+
+
+def _public(view: service.ExecutionView, settings: ApiSettings) -> ExecutionPublic:
+    execution = view.execution
+    public = ExecutionPublic.model_validate(execution)
+    ui = settings.dagster_ui_url.rstrip("/")
+    public.runs = [
+        RunPublic(
+            run_id=r.run_id,
+            status=r.status,
+            parent_run_id=r.parent_run_id,
+            url=f"{ui}/runs/{r.run_id}",
+        )
+        for r in view.runs
+    ]
+    latest = execution.latest_run_id or execution.run_id
+    public.url = f"{ui}/runs/{latest}" if latest else None
+    public.nodes = [NodeStatusPublic.model_validate(n) for n in view.nodes]
+    return public
+
+
+def _launch_later(request: Request, execution_id: str) -> None:
+    """Launch after the response: the execution is committed, the reconciler covers a crash."""
+    pool: Executor = request.app.state.launcher
+    launch = request.app.state.launch
+    pool.submit(launch, execution_id)
+
+
+@router.post(
+    "/workflows/{workflow_id}/executions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExecutionPublic,
+    responses={
+        200: {"description": "a replay of an earlier request with the same Idempotency-Key"}
+    },
+)
+def start_execution(
+    workflow_id: str,
+    body: ExecutionCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> ExecutionPublic:
+    """Start an execution of the deployed version.
+
+    With `Idempotency-Key`, a repeat of the same request returns the same execution (200,
+    `Idempotent-Replayed: true`); the same key with a different body is 422. Keys are scoped
+    to the user and the workflow and expire after the workflow's TTL (default 24 h).
+    """
+    execution, replayed = service.start_execution(
+        session,
+        user=user,
+        workflow_id=workflow_id,
+        body=body,
+        idempotency_key=idempotency_key,
+        default_ttl_seconds=settings.idempotency_ttl_seconds,
+        shards=settings.code_location_shards,
+    )
+    if replayed:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        _launch_later(request, execution.id)
+    response.headers["Location"] = f"/executions/{execution.id}"
+    return _public(service.ExecutionView(execution, [], []), settings)
+
+
+@router.get("/executions", response_model=ExecutionList)
+def list_executions(
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    workflow_id: str | None = None,
+    status_filter: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ExecutionList:
+    rows, total = service.list_executions(
+        session,
+        user=user,
+        workflow_id=workflow_id,
+        status=status_filter,
+        limit=limit,
+        offset=offset,
+    )
+    return ExecutionList(
+        items=[_public(service.ExecutionView(r, [], []), settings) for r in rows], total=total
+    )
+
+
+@router.get("/executions/{execution_id}", response_model=ExecutionPublic)
+def get_execution(
+    execution_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    dagster: DagsterDep,
+) -> ExecutionPublic:
+    """Status, per-node status / attempts / durations / outputs, and every Dagster run."""
+    execution = service.get_execution(session, user=user, execution_id=execution_id)
+    return _public(service.refresh(session, dagster, execution), settings)
+
+
+@router.post("/executions/{execution_id}/cancel", response_model=ExecutionPublic, status_code=202)
+def cancel_execution(
+    execution_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    dagster: DagsterDep,
+) -> ExecutionPublic:
+    execution = service.get_execution(session, user=user, execution_id=execution_id)
+    service.cancel_execution(session, dagster, execution)
+    return _public(service.refresh(session, dagster, execution), settings)
+
+
+@router.post("/executions/{execution_id}/retry", response_model=ExecutionPublic, status_code=202)
+def retry_execution(
+    execution_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    dagster: DagsterDep,
+) -> ExecutionPublic:
+    """Re-execute from failure: finished nodes are not run again."""
+    execution = service.get_execution(session, user=user, execution_id=execution_id)
+    service.retry_execution(session, dagster, execution)
+    return _public(service.refresh(session, dagster, execution), settings)
+
+
+@router.get(
+    "/executions/{execution_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def execution_event_stream(
+    execution_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    dagster: DagsterDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """Node start / finish / fail / retry and status changes, as server-sent events."""
+    execution = service.get_execution(session, user=user, execution_id=execution_id)
+    version = service.version_row(session, execution)
+    node_ids = service.compiled_for(version).node_ids if version is not None else {}
+    stream = execution_events(dagster, execution.id, node_ids, last_event_id=last_event_id)
+    return StreamingResponse(
+        stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+__all__ = ["ApiError", "router"]

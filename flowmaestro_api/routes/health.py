@@ -1,0 +1,16 @@
+"""Liveness and readiness."""
+
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from flowmaestro_api.deps import SessionDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+def health(session: SessionDep) -> dict[str, Any]:
+    session.execute(text("SELECT 1"))
+    return {"status": "ok"}

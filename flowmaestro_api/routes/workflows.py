@@ -1,0 +1,188 @@
+"""Workflows and versions."""
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+
+from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SettingsDep
+from flowmaestro_api.errors import ApiError
+from flowmaestro_api.schemas import (
+    Deployment,
+    VersionDiff,
+    VersionList,
+    VersionPublic,
+    WorkflowCreate,
+    WorkflowList,
+    WorkflowPublic,
+    WorkflowUpdate,
+)
+from flowmaestro_api.services import workflows as service
+
+router = APIRouter(prefix="/workflows", tags=["workflows"])
+
+
+def _public(workflow: Any, warnings: list[Any] | None = None) -> WorkflowPublic:
+    public = WorkflowPublic.model_validate(workflow)
+    public.warnings = [w.model_dump(exclude_none=True) for w in warnings or []]
+    return public
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=WorkflowPublic)
+def create_workflow(body: WorkflowCreate, session: SessionDep, user: CurrentUser) -> WorkflowPublic:
+    """Store a workflow (either FlowMaestro shape) as version 1, a draft. 422 lists the problems."""
+    workflow, warnings = service.create_workflow(
+        session,
+        user=user,
+        definition=body.definition,
+        name=body.name,
+        description=body.description,
+        settings=body.settings,
+    )
+    session.commit()
+    return _public(workflow, warnings)
+
+
+@router.get("", response_model=WorkflowList)
+def list_workflows(
+    session: SessionDep,
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    include_archived: bool = False,
+) -> WorkflowList:
+    rows, total = service.list_workflows(
+        session, user=user, limit=limit, offset=offset, include_archived=include_archived
+    )
+    return WorkflowList(items=[_public(r) for r in rows], total=total)
+
+
+@router.get("/{workflow_id}", response_model=WorkflowPublic)
+def get_workflow(workflow_id: str, session: SessionDep, user: CurrentUser) -> WorkflowPublic:
+    return _public(service.get_workflow(session, user=user, workflow_id=workflow_id))
+
+
+@router.patch("/{workflow_id}", response_model=WorkflowPublic)
+def update_workflow(
+    workflow_id: str, body: WorkflowUpdate, session: SessionDep, user: CurrentUser
+) -> WorkflowPublic:
+    """Change name, description or settings; a new definition becomes a new draft version."""
+    workflow, warnings = service.update_workflow(
+        session,
+        user=user,
+        workflow_id=workflow_id,
+        definition=body.definition,
+        name=body.name,
+        description=body.description,
+        settings=body.settings,
+    )
+    session.commit()
+    return _public(workflow, warnings)
+
+
+@router.delete("/{workflow_id}", status_code=status.HTTP_204_NO_CONTENT)
+def archive_workflow(workflow_id: str, session: SessionDep, user: CurrentUser) -> Response:
+    """Archive (soft-delete): no new executions; running ones finish."""
+    service.archive_workflow(session, user=user, workflow_id=workflow_id)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{workflow_id}/versions", response_model=VersionList)
+def list_versions(workflow_id: str, session: SessionDep, user: CurrentUser) -> VersionList:
+    workflow = service.get_workflow(session, user=user, workflow_id=workflow_id)
+    rows = service.list_versions(session, workflow=workflow)
+    return VersionList(
+        items=[
+            VersionPublic.model_validate(r).model_copy(update={"definition": None}) for r in rows
+        ]
+    )
+
+
+@router.get("/{workflow_id}/versions/{version}", response_model=VersionPublic)
+def get_version(
+    workflow_id: str, version: int, session: SessionDep, user: CurrentUser
+) -> VersionPublic:
+    workflow = service.get_workflow(session, user=user, workflow_id=workflow_id)
+    return VersionPublic.model_validate(
+        service.get_version(session, workflow=workflow, version=version)
+    )
+
+
+@router.post("/{workflow_id}/versions/{version}/deploy", response_model=Deployment)
+def deploy_version(
+    workflow_id: str,
+    version: int,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    dagster: DagsterDep,
+) -> Deployment:
+    """Deploy a version: it becomes the job new executions run; running ones keep theirs.
+
+    The version's code location is reloaded (only that one); `runnable` says whether the job
+    was visible in Dagster when this answered.
+    """
+    row = service.mark_deployed(session, user=user, workflow_id=workflow_id, version=version)
+    session.commit()
+    location = service.location_for(workflow_id, settings.code_location_shards)
+    started = time.monotonic()
+    try:
+        dagster.reload_location(location)
+        runnable = dagster.wait_for_job(location, row.job_name, timeout=30)
+        detail = None if runnable else "the code location reloaded but the job is not visible yet"
+    except ApiError as exc:
+        runnable, detail = (
+            False,
+            f"deployed; Dagster will pick it up on its next reload ({exc.detail})",
+        )
+    return Deployment(
+        workflow_id=workflow_id,
+        version=version,
+        job_name=row.job_name,
+        location=location,
+        runnable=runnable,
+        reload_seconds=round(time.monotonic() - started, 3),
+        detail=detail,
+    )
+
+
+@router.post("/{workflow_id}/versions/{version}/archive", response_model=VersionPublic)
+def archive_version(
+    workflow_id: str, version: int, session: SessionDep, user: CurrentUser
+) -> VersionPublic:
+    row = service.archive_version(session, user=user, workflow_id=workflow_id, version=version)
+    session.commit()
+    return VersionPublic.model_validate(row).model_copy(update={"definition": None})
+
+
+@router.post(
+    "/{workflow_id}/versions/{version}/revert",
+    status_code=status.HTTP_201_CREATED,
+    response_model=VersionPublic,
+)
+def revert_version(
+    workflow_id: str, version: int, session: SessionDep, user: CurrentUser
+) -> VersionPublic:
+    """A new draft version with the definition of an older one."""
+    row = service.revert_to(session, user=user, workflow_id=workflow_id, version=version)
+    session.commit()
+    return VersionPublic.model_validate(row)
+
+
+@router.get("/{workflow_id}/diff", response_model=VersionDiff)
+def diff_versions(
+    workflow_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    from_version: Annotated[int, Query(alias="from", ge=1)],
+    to_version: Annotated[int, Query(alias="to", ge=1)],
+) -> VersionDiff:
+    """Nodes, edges and config added, removed or changed (positions are ignored)."""
+    workflow = service.get_workflow(session, user=user, workflow_id=workflow_id)
+    old = service.get_version(session, workflow=workflow, version=from_version)
+    new = service.get_version(session, workflow=workflow, version=to_version)
+    diff = service.diff_definitions(old.definition, new.definition)
+    return VersionDiff(
+        workflow_id=workflow_id, from_version=from_version, to_version=to_version, **diff
+    )

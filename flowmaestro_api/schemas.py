@@ -1,0 +1,189 @@
+"""Request and response schemas (XCreate / XUpdate / XPublic / XList)."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ExecutionStatus = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
+PRIORITY_NAMES: dict[str, int] = {"low": -10, "normal": 0, "high": 10}
+
+
+def parse_priority(value: Any) -> int:
+    """`low` / `normal` / `high`, or an integer (higher runs first)."""
+    if isinstance(value, bool):
+        raise ValueError("priority must be low, normal, high or an integer")
+    if isinstance(value, int):
+        if not -1000 <= value <= 1000:
+            raise ValueError("priority must be between -1000 and 1000")
+        return value
+    if isinstance(value, str) and value.strip().lower() in PRIORITY_NAMES:
+        return PRIORITY_NAMES[value.strip().lower()]
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return parse_priority(int(value))
+    raise ValueError("priority must be low, normal, high or an integer")
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class WorkflowSettingsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int | str | None = None
+    queue: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    concurrency_limit: int | None = Field(default=None, ge=1, le=10)
+    one_at_a_time_per_user: bool | None = None
+    idempotency_ttl_seconds: int | None = Field(default=None, ge=60, le=30 * 86_400)
+
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, value: Any) -> int | None:
+        return None if value is None else parse_priority(value)
+
+
+class WorkflowCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=300)
+    description: str | None = Field(default=None, max_length=10_000)
+    definition: dict[str, Any]
+    settings: WorkflowSettingsIn | None = None
+
+
+class WorkflowUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=300)
+    description: str | None = Field(default=None, max_length=10_000)
+    definition: dict[str, Any] | None = None
+    settings: WorkflowSettingsIn | None = None
+
+
+class WorkflowPublic(_Schema):
+    id: str
+    name: str
+    description: str | None
+    latest_version: int
+    deployed_version: int | None
+    priority: int
+    queue: str | None
+    concurrency_limit: int | None
+    one_at_a_time_per_user: bool
+    idempotency_ttl_seconds: int | None
+    created_at: datetime
+    updated_at: datetime
+    archived_at: datetime | None
+    warnings: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class WorkflowList(BaseModel):
+    items: list[WorkflowPublic]
+    total: int
+
+
+class VersionPublic(_Schema):
+    version: int
+    status: str
+    job_name: str
+    source_version: int | None
+    created_at: datetime
+    deployed_at: datetime | None
+    definition: dict[str, Any] | None = None
+
+
+class VersionList(BaseModel):
+    items: list[VersionPublic]
+
+
+class Deployment(BaseModel):
+    workflow_id: str
+    version: int
+    job_name: str
+    location: str
+    runnable: bool
+    reload_seconds: float | None = None
+    detail: str | None = None
+
+
+class DiffChange(BaseModel):
+    id: str
+    changes: dict[str, dict[str, Any]]
+
+
+class DiffSection(BaseModel):
+    added: list[Any] = Field(default_factory=list)
+    removed: list[Any] = Field(default_factory=list)
+    changed: list[DiffChange] = Field(default_factory=list)
+
+
+class VersionDiff(BaseModel):
+    workflow_id: str
+    from_version: int
+    to_version: int
+    nodes: DiffSection
+    edges: DiffSection
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class ExecutionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    priority: int | str | None = None
+    queue: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, value: Any) -> int | None:
+        return None if value is None else parse_priority(value)
+
+
+class NodeStatusPublic(BaseModel):
+    node_id: str
+    label: str
+    type: str
+    status: str
+    attempts: int = 0
+    iterations: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+    output: Any = None
+    error: str | None = None
+
+
+class RunPublic(BaseModel):
+    run_id: str
+    status: str
+    parent_run_id: str | None = None
+    created_at: datetime | None = None
+    url: str
+
+
+class ExecutionPublic(_Schema):
+    id: str
+    workflow_id: str
+    version: int
+    status: ExecutionStatus
+    priority: int
+    queue: str | None
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: datetime
+    launched_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    run_id: str | None = None
+    url: str | None = None
+    runs: list[RunPublic] = Field(default_factory=list)
+    nodes: list[NodeStatusPublic] = Field(default_factory=list)
+    queue_position: int | None = None
+    queued_reason: str | None = None
+
+
+class ExecutionList(BaseModel):
+    items: list[ExecutionPublic]
+    total: int
