@@ -9,8 +9,18 @@ from flowmaestro_dagster.resources import static_services_resource
 from flowmaestro_dagster.results import WorkflowRunResult
 from flowmaestro_dagster.running import execute_locally
 from flowmaestro_dagster.settings import Settings
+from flowmaestro_dagster.testing.fake_llm import FakeLLMServer, FakeReply, RecordedRequest
+from flowmaestro_dagster.testing.http_server import EchoRequest, EchoServer
 
-__all__ = ["resources_for", "run_workflow"]
+__all__ = [
+    "EchoRequest",
+    "EchoServer",
+    "FakeLLMServer",
+    "FakeReply",
+    "RecordedRequest",
+    "resources_for",
+    "run_workflow",
+]
 
 
 def resources_for(settings: Settings | None = None) -> dict[str, Any]:

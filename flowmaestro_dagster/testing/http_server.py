@@ -1,0 +1,189 @@
+"""A small threaded HTTP server for tests of outbound HTTP (http node, webhook connectors).
+
+Real sockets on 127.0.0.1 (a free port), served from a thread, used as a context manager::
+
+    with EchoServer() as server:
+        url = server.url("/anything?x=1")
+
+Every request is recorded (`server.requests`). Paths:
+
+* anything else: 200 and a JSON echo `{method, path, query, headers, body, json, form}`
+* `/status/<code>`: that status with the echo as body (`?retry_after=5` adds `Retry-After`)
+* `/delay/<seconds>`: the echo after a delay (cut short when the server closes)
+* `/redirect?to=<url>&status=302`: a redirect to `to`
+* `/text?body=<text>`: a `text/plain` body; `/bytes/<n>`: n bytes of octet-stream
+"""
+
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
+
+MAX_DELAY_S = 30.0
+
+
+@dataclass(frozen=True)
+class EchoRequest:
+    """A request the server received (header names in lower case)."""
+
+    method: str
+    path: str
+    query: Mapping[str, list[str]]
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+class EchoServer:
+    """An HTTP server that echoes requests and answers chosen statuses, delays and redirects."""
+
+    def __init__(self) -> None:
+        self.requests: list[EchoRequest] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        if self._server is None:
+            server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+            server.daemon_threads = True
+            server.echo = self  # type: ignore[attr-defined]
+            self._server = server
+            self._thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the echo server is not running (use it as a context manager)")
+        return int(self._server.server_address[1])
+
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path if path.startswith('/') else '/' + path}"
+
+    def _record(self, request: EchoRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def respond(self, request: EchoRequest) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body) for a request."""
+        parts = [p for p in request.path.split("/") if p]
+        echo = _echo(request)
+        json_type = {"Content-Type": "application/json"}
+        if len(parts) == 2 and parts[0] == "status" and parts[1].isdigit():
+            headers = dict(json_type)
+            if request.query.get("retry_after"):
+                headers["Retry-After"] = request.query["retry_after"][0]
+            return int(parts[1]), headers, json.dumps(echo).encode()
+        if len(parts) == 2 and parts[0] == "delay":
+            self._closing.wait(min(float(parts[1]), MAX_DELAY_S))
+            return 200, json_type, json.dumps(echo).encode()
+        if parts == ["redirect"]:
+            status = int(request.query.get("status", ["302"])[0])
+            return status, {"Location": request.query.get("to", ["/"])[0]}, b""
+        if parts == ["text"]:
+            body = request.query.get("body", ["hello"])[0].encode()
+            return 200, {"Content-Type": "text/plain; charset=utf-8"}, body
+        if len(parts) == 2 and parts[0] == "bytes" and parts[1].isdigit():
+            return 200, {"Content-Type": "application/octet-stream"}, b"x" * int(parts[1])
+        return 200, json_type, json.dumps(echo).encode()
+
+
+def _echo(request: EchoRequest) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "")
+    parsed_json: Any = None
+    form: dict[str, Any] | None = None
+    if "json" in content_type:
+        try:
+            parsed_json = json.loads(request.body or b"null")
+        except ValueError:
+            parsed_json = None
+    if "x-www-form-urlencoded" in content_type:
+        form = {k: v if len(v) > 1 else v[0] for k, v in parse_qs(request.text).items()}
+    return {
+        "method": request.method,
+        "path": request.path,
+        "query": {k: v if len(v) > 1 else v[0] for k, v in request.query.items()},
+        "headers": dict(request.headers),
+        "body": request.text,
+        "json": parsed_json,
+        "form": form,
+    }
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    server_version = "EchoServer/1.0"
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        split = urlsplit(self.path)
+        request = EchoRequest(
+            method=self.command,
+            path=split.path,
+            query=parse_qs(split.query, keep_blank_values=True),
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+        )
+        echo: EchoServer = self.server.echo  # type: ignore[attr-defined]
+        echo._record(request)
+        try:
+            status, headers, payload = echo.respond(request)
+        except Exception as exc:  # noqa: BLE001 - a bad test path shows as a 500 with the reason
+            status, headers, payload = 500, {}, str(exc).encode()
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test)
+
+    do_GET = _handle
+    do_POST = _handle
+    do_PUT = _handle
+    do_PATCH = _handle
+    do_DELETE = _handle
+    do_HEAD = _handle
+    do_OPTIONS = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: tests read `requests`, not the log."""
+
+
+__all__ = ["EchoRequest", "EchoServer"]
