@@ -18,8 +18,10 @@ Use `guarded_client(settings)` for any request whose URL comes from a workflow.
 
 import contextlib
 import email.utils
+import functools
 import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -315,17 +317,24 @@ class GuardedTransport(httpx.HTTPTransport):
         verify: bool = True,
         limits: httpx.Limits = DEFAULT_LIMITS,
     ) -> None:
-        super().__init__(verify=verify, trust_env=False, limits=limits)
+        ssl_context = default_ssl_context() if verify else httpx.create_ssl_context(verify=False)
+        super().__init__(verify=ssl_context, trust_env=False, limits=limits)
         # HTTPTransport keeps its httpcore pool in `_pool`; replace it with one whose network
         # backend is guarded (httpx has no public hook for the backend). tests/test_net.py
         # fails if this ever stops taking effect.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=GuardedBackend(policy),
         )
+
+
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """One verifying SSL context per process: loading the CA bundle takes ~0.1 s."""
+    return httpx.create_ssl_context(verify=True, trust_env=False)
 
 
 def guarded_client(
