@@ -318,3 +318,104 @@ def test_an_unconfigured_provider_fails_the_run_with_its_name(llm: FakeLLMServer
     result = run_workflow(definition, INPUTS, settings=llm.settings("openai"))
     assert result.status == "failed"
     assert "no provider configured for 'mistral'" in (result.nodes["llm-1"].error or "")
+
+
+# -- vision and embeddings -------------------------------------------------------------------------
+
+PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+
+
+def test_vision_sends_the_images_as_image_url_parts(llm: FakeLLMServer) -> None:
+    llm.enqueue("A cat on a sofa")
+    raw = {
+        "provider": "openai",
+        "model": "gpt-4o",
+        "operation": "analyze",
+        "imageInput": "{{photo.url}}",
+        "prompt": "Describe the {{what}}",
+        "detail": "high",
+        "maxTokens": 300,
+        "outputVariable": "analysis",
+    }
+    inputs = {"photo": {"url": "https://img.example/cat.jpg"}, "what": "scene"}
+    output = run_node("vision", raw, llm.settings(), inputs).output
+    assert output["analysis"]["text"] == "A cat on a sofa"
+    assert set(output["analysis"]) == {"text", "usage", "model", "provider"}
+    [request] = llm.chat_requests
+    [message] = request.messages
+    assert message["content"] == [
+        {"type": "text", "text": "Describe the scene"},
+        {
+            "type": "image_url",
+            "image_url": {"url": "https://img.example/cat.jpg", "detail": "high"},
+        },
+    ]
+    assert request.max_tokens == 300
+
+
+def test_vision_turns_base64_into_a_data_url_and_needs_an_image(llm: FakeLLMServer) -> None:
+    run_node("vision", {"model": "m", "image": PNG_BASE64}, llm.settings())
+    part = llm.chat_requests[0].messages[0]["content"][1]
+    assert part["image_url"]["url"] == f"data:image/png;base64,{PNG_BASE64}"
+    with pytest.raises(NodeConfigurationError, match="no image"):
+        run_node("vision", {"model": "m", "prompt": "describe"}, llm.settings())
+
+
+def test_embeddings_of_a_text_and_of_a_list(llm: FakeLLMServer) -> None:
+    from flowmaestro_dagster.testing.fake_llm import fake_embedding
+
+    one = run_node(
+        "embeddings",
+        {"model": "text-embedding-3-small", "input": "{{topic}}", "dimensions": 8},
+        llm.settings(),
+        INPUTS,
+    ).output
+    assert one["embedding"] == fake_embedding("Dagster")
+    assert one["embeddings"] == [fake_embedding("Dagster")]
+    assert one["dimensions"] == 8
+    assert one["model"] == "text-embedding-3-small"
+    request = llm.requests[0].body
+    assert (request["model"], request["input"], request["dimensions"]) == (
+        "text-embedding-3-small",
+        ["Dagster"],
+        8,
+    )
+    many = run_node(
+        "embeddings", {"model": "m", "texts": ["a", "b"], "outputVariable": "vec"}, llm.settings()
+    ).output
+    assert many["vec"]["embeddings"] == [fake_embedding("a"), fake_embedding("b")]
+
+
+def test_embeddings_errors_are_classified(llm: FakeLLMServer) -> None:
+    llm.enqueue(FakeReply.rate_limited(retry_after=2))
+    with pytest.raises(TransientNodeError) as info:
+        run_node("embeddings", {"model": "m", "input": "x"}, llm.settings())
+    assert info.value.retry_after_seconds == 2.0
+    with pytest.raises(NodeConfigurationError, match="no input"):
+        run_node("embeddings", {"model": "m", "input": ""}, llm.settings())
+
+
+def test_vision_and_embeddings_in_a_compiled_job(llm: FakeLLMServer) -> None:
+    llm.enqueue("a red bicycle")
+    definition = flow(
+        [
+            {"id": "photo", "type": "input", "inputName": "photoUrl"},
+            {
+                "id": "look",
+                "type": "vision",
+                "model": "gpt-4o",
+                "imageInput": "{{photoUrl}}",
+                "prompt": "What is it?",
+                "outputVariable": "seen",
+            },
+            {"id": "embed", "type": "embeddings", "model": "e", "input": "{{seen.text}}"},
+            {"id": "out", "type": "output", "outputName": "dims", "value": "{{embed.dimensions}}"},
+        ],
+        [("photo", "look"), ("look", "embed"), ("embed", "out")],
+    )
+    result = run_workflow(
+        definition, {"photoUrl": "https://img.example/b.png"}, settings=llm.settings()
+    )
+    assert result.status == "succeeded", result.nodes
+    assert result.outputs == {"dims": 8}
+    assert llm.requests[-1].body["input"] == ["a red bicycle"]

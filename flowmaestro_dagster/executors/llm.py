@@ -1,4 +1,4 @@
-"""llm and router nodes: chat completions on OpenAI-compatible endpoints.
+"""llm, router, vision and embeddings nodes on OpenAI-compatible endpoints.
 
 Providers are named in settings (`FLOWMAESTRO_LLM__PROVIDERS__<NAME>__BASE_URL` ...); a node's
 `provider` picks one, so the same workflow runs on OpenAI, a gateway, vLLM or a local Ollama.
@@ -13,11 +13,14 @@ Outputs (see docs/providers.md):
 * router: `{route, label, reason, text, usedDefault, usage, model, provider}` and, like the
   switch node, `outputVariable: <route value>`. Branch keys: `route-<index>` of the chosen
   route; on fallback `default` and the `defaultRoute`'s own key.
+* vision: as llm, with the node's image(s) sent as `image_url` parts.
+* embeddings: `{embedding, embeddings, dimensions, usage, model, provider}`.
 """
 
+import contextlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +33,9 @@ from flowmaestro_dagster.errors import (
 )
 from flowmaestro_dagster.executors.base import Executor, NodeContext, NodeResult, wrap_output
 from flowmaestro_dagster.net import parse_retry_after
+from flowmaestro_dagster.runtime.expressions import to_text
 from flowmaestro_dagster.settings import LLMProvider, Settings, get_settings
-from flowmaestro_dagster.spec.configs import LLMConfig, Route, RouterConfig
+from flowmaestro_dagster.spec.configs import LLMConfig, MediaConfig, Route, RouterConfig
 
 # Sent as the key to endpoints that need none (Ollama, vLLM): the SDK insists on some key, and
 # leaving it empty would make it read OPENAI_API_KEY and send that key to a foreign endpoint.
@@ -108,6 +112,18 @@ def make_client(provider: LLMProvider) -> openai.OpenAI:
     )
 
 
+@contextlib.contextmanager
+def provider_call(
+    ctx: NodeContext, provider_name: str, provider: LLMProvider, model: str
+) -> Iterator[openai.OpenAI]:
+    """A client for one call; the SDK's errors leave as transient or permanent node errors."""
+    try:
+        with make_client(provider) as client:
+            yield client
+    except openai.OpenAIError as exc:
+        raise provider_error(ctx, exc, provider_name, provider, model) from exc
+
+
 def chat(
     ctx: NodeContext,
     *,
@@ -124,15 +140,12 @@ def chat(
         options["temperature"] = temperature
     if max_tokens is not None:
         options[provider.max_tokens_field] = int(max_tokens)
-    try:
-        with make_client(provider) as client:
-            completion = client.chat.completions.create(
-                model=model,
-                messages=list(messages),  # type: ignore[arg-type]
-                **options,
-            )
-    except openai.OpenAIError as exc:
-        raise provider_error(ctx, exc, provider_name, provider, model) from exc
+    with provider_call(ctx, provider_name, provider, model) as client:
+        completion = client.chat.completions.create(
+            model=model,
+            messages=list(messages),  # type: ignore[arg-type]
+            **options,
+        )
     if not completion.choices:
         raise ctx.error(
             f"provider '{provider_name}' returned no choices for model '{model}'",
@@ -380,7 +393,117 @@ def execute_router(ctx: NodeContext) -> NodeResult:
     return NodeResult(output, branches=frozenset(branches))
 
 
+# -- vision and embeddings -------------------------------------------------------------------------
+
+_IMAGE_KEYS = ("imageInput", "image", "imageUrl", "imageURL", "images", "imageData", "url")
+_BASE64_IMAGE_TYPES = {"/9j/": "image/jpeg", "iVBOR": "image/png", "R0lG": "image/gif"}
+
+
+def _extra(config: MediaConfig, *names: str) -> Any:
+    extras = config.extras()
+    for name in names:
+        if extras.get(name) is not None:
+            return extras[name]
+    return None
+
+
+def image_urls(value: Any) -> list[str]:
+    """Image references as the URLs a vision model takes: http(s) or data: URLs."""
+    items = value if isinstance(value, list) else [value]
+    urls: list[str] = []
+    for item in items:
+        found = item
+        if isinstance(item, dict):
+            found = next(
+                (item[k] for k in ("url", "imageUrl", "data", "base64") if item.get(k)), None
+            )
+        if found is None or not str(found).strip():
+            continue
+        text = str(found).strip()
+        if not text.startswith(("http://", "https://", "data:")):
+            mime = next(
+                (m for prefix, m in _BASE64_IMAGE_TYPES.items() if text.startswith(prefix)),
+                "image/png",
+            )
+            text = f"data:{mime};base64,{text}"
+        urls.append(text)
+    return urls
+
+
+def execute_vision(ctx: NodeContext) -> NodeResult:
+    """A chat completion with the node's image(s) as `image_url` parts of the user message."""
+    config = ctx.typed_config(MediaConfig)
+    provider_name, provider = resolve_provider(ctx, config.provider)
+    model = resolve_model(ctx, provider_name, provider, config.model)
+    urls = image_urls(ctx.render(_extra(config, *_IMAGE_KEYS)))
+    if not urls:
+        raise ctx.error(
+            "the vision node has no image (imageInput: a URL, a data: URL or base64)",
+            NodeConfigurationError,
+        )
+    prompt = ctx.render_text(_extra(config, "prompt") or "Describe this image.")
+    detail = _extra(config, "detail")
+    image_part: dict[str, Any]
+    content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
+    for url in urls:
+        image_part = {"url": url}
+        if detail:
+            image_part["detail"] = str(detail)
+        content.append({"type": "image_url", "image_url": image_part})
+    messages: list[dict[str, Any]] = []
+    system_prompt = _extra(config, "systemPrompt", "system")
+    if system_prompt:
+        messages.append({"role": "system", "content": ctx.render_text(system_prompt)})
+    messages.append({"role": "user", "content": content})
+    temperature = _extra(config, "temperature")
+    max_tokens = _extra(config, "maxTokens", "max_tokens")
+    reply = chat(
+        ctx,
+        provider_name=provider_name,
+        provider=provider,
+        model=model,
+        messages=messages,
+        temperature=float(temperature) if temperature is not None else None,
+        max_tokens=int(max_tokens) if max_tokens is not None else None,
+    )
+    return NodeResult(wrap_output(reply.as_output(), config.output_variable))
+
+
+def execute_embeddings(ctx: NodeContext) -> NodeResult:
+    """OpenAI-compatible /embeddings of one text or a list of texts.
+
+    Output `{embedding, embeddings, dimensions, usage, model, provider}`: `embedding` is the
+    first vector, `embeddings` all of them in input order.
+    """
+    config = ctx.typed_config(MediaConfig)
+    provider_name, provider = resolve_provider(ctx, config.provider)
+    model = resolve_model(ctx, provider_name, provider, config.model)
+    raw = _extra(config, "input", "text", "texts", "content", "inputText", "query")
+    value = ctx.render(raw) if raw is not None else ctx.upstream_value()
+    texts = [to_text(v) for v in (value if isinstance(value, list) else [value]) if v is not None]
+    if not texts or not any(t.strip() for t in texts):
+        raise ctx.error("the embeddings node has no input text", NodeConfigurationError)
+    options: dict[str, Any] = {}
+    dimensions = _extra(config, "dimensions")
+    if dimensions is not None:
+        options["dimensions"] = int(dimensions)
+    with provider_call(ctx, provider_name, provider, model) as client:
+        response = client.embeddings.create(model=model, input=texts, **options)
+    vectors = [list(item.embedding) for item in sorted(response.data, key=lambda d: d.index)]
+    output = {
+        "embedding": vectors[0] if vectors else [],
+        "embeddings": vectors,
+        "dimensions": len(vectors[0]) if vectors else 0,
+        "usage": usage_of(response.usage),
+        "model": response.model or model,
+        "provider": provider_name,
+    }
+    return NodeResult(wrap_output(output, config.output_variable))
+
+
 EXECUTORS: Mapping[str, Executor] = {
     "llm": execute_llm,
     "router": execute_router,
+    "vision": execute_vision,
+    "embeddings": execute_embeddings,
 }

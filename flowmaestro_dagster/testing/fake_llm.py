@@ -14,8 +14,10 @@ optional `responder(request)` function, then a default text. Every request is re
 Endpoints: `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models`.
 """
 
+import base64
 import hashlib
 import json
+import struct
 import threading
 import time
 from collections import deque
@@ -266,10 +268,14 @@ class FakeLLMServer:
         body = request.body if isinstance(request.body, dict) else {}
         inputs = body.get("input", "")
         texts = inputs if isinstance(inputs, list) else [inputs]
-        data = [
-            {"object": "embedding", "index": i, "embedding": fake_embedding(str(t))}
-            for i, t in enumerate(texts)
-        ]
+        as_base64 = body.get("encoding_format") == "base64"  # what the openai SDK asks for
+        data = []
+        for index, text in enumerate(texts):
+            vector = fake_embedding(str(text))
+            encoded: Any = vector
+            if as_base64:
+                encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
         tokens = sum(len(str(t).split()) for t in texts)
         return {
             "object": "list",
@@ -300,9 +306,12 @@ class FakeLLMServer:
 
 
 def fake_embedding(text: str, dimensions: int = 8) -> list[float]:
-    """A deterministic unit-free vector of a text (equal texts, equal vectors)."""
+    """A deterministic vector of a text (equal texts, equal vectors).
+
+    Multiples of 1/256 survive the float32 round trip of `encoding_format: base64` exactly.
+    """
     digest = hashlib.sha256(text.encode()).digest()
-    return [round(b / 255, 6) for b in digest[:dimensions]]
+    return [b / 256 for b in digest[:dimensions]]
 
 
 def _as_reply(reply: FakeReply | str) -> FakeReply:
