@@ -106,6 +106,7 @@ def validate_spec(spec: WorkflowSpec) -> list[Problem]:
         problems.extend(_on_error_problems(spec, node))
     if cycle is None:
         problems.extend(_reference_problems(spec, graph))
+    problems += __import__("flowmaestro_dagster.connectors").connectors.connector_problems(spec)
     return problems
 
 
