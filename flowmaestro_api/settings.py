@@ -31,6 +31,7 @@ class ApiSettings(BaseSettings):
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
     launch_lease_seconds: int = Field(default=60, ge=5)
     reconcile_after_seconds: float = Field(default=10.0, ge=0)
+    reconciler_interval_seconds: int = Field(default=10, ge=1)
     graphql_timeout_seconds: float = Field(default=30.0, gt=0)
     max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
 

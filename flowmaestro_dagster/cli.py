@@ -178,6 +178,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     workspace = write_workspace(home / "workspace.yaml", api.code_location_shards)
     key = _dev_api_key(home)
     bin_dir = Path(sys.executable).parent
+    # A shell's background job starts with SIGINT ignored, and children inherit "ignored";
+    # with a handler installed here, exec resets it to the default in the children.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     dagster = subprocess.Popen(
         [str(bin_dir / "dagster"), "dev", "-w", str(workspace), "-h", host, "-p", str(port)],
         cwd=PROJECT_ROOT,
@@ -197,7 +201,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 ],
                 cwd=PROJECT_ROOT,
                 env=env,
-            )
+                    )
         )
     print(f"DAGSTER_HOME={home}")
     print(f"Dagster UI:  http://{host}:{port}")
@@ -217,7 +221,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     stop(signal.SIGINT, None)
-    codes = [p.wait(timeout=60) for p in processes]
+    codes = []
+    for process in processes:
+        try:
+            codes.append(process.wait(timeout=60))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            codes.append(process.wait())
     return max(codes, default=0)
 
 

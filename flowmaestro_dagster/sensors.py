@@ -77,7 +77,7 @@ def make_execution_status_sensor(status: DagsterRunStatus) -> SensorDefinition:
 
 def platform_sensors() -> list[SensorDefinition]:
     return [
-        make_launch_reconciler_sensor(),
+        make_launch_reconciler_sensor(get_api_settings().reconciler_interval_seconds),
         *(
             make_execution_status_sensor(status)
             for status in (

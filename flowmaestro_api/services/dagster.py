@@ -22,17 +22,10 @@ mutation Launch($params: ExecutionParams!) {
   launchRun(executionParams: $params) {
     __typename
     ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
+    ... on Error { message }
     ... on RunConfigValidationInvalid { errors { message } }
-    ... on InvalidSubsetError { message }
-    ... on JobNotFoundError { message }
-    ... on RunConflict { message }
-    ... on UnauthorizedError { message }
     ... on InvalidStepError { invalidStepKey }
     ... on InvalidOutputError { invalidOutputName }
-    ... on PresetNotFoundError { message }
-    ... on ConflictingExecutionParamsError { message }
-    ... on NoModeProvidedError { message }
   }
 }
 """
@@ -42,13 +35,10 @@ mutation Reexecute($params: ReexecutionParams) {
   launchRunReexecution(reexecutionParams: $params) {
     __typename
     ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
+    ... on Error { message }
     ... on RunConfigValidationInvalid { errors { message } }
-    ... on InvalidSubsetError { message }
-    ... on JobNotFoundError { message }
-    ... on RunConflict { message }
-    ... on UnauthorizedError { message }
     ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { invalidOutputName }
   }
 }
 """
@@ -58,13 +48,10 @@ mutation ReexecuteSteps($params: ExecutionParams!) {
   launchRunReexecution(executionParams: $params) {
     __typename
     ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
+    ... on Error { message }
     ... on RunConfigValidationInvalid { errors { message } }
-    ... on InvalidSubsetError { message }
-    ... on JobNotFoundError { message }
-    ... on RunConflict { message }
-    ... on UnauthorizedError { message }
     ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { invalidOutputName }
   }
 }
 """
@@ -74,9 +61,7 @@ mutation Terminate($runId: String!) {
   terminateRun(runId: $runId) {
     __typename
     ... on TerminateRunFailure { message }
-    ... on RunNotFoundError { message }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
+    ... on Error { message }
   }
 }
 """
@@ -92,10 +77,7 @@ mutation Reload($name: String!) {
         ... on PythonError { message }
       }
     }
-    ... on ReloadNotSupported { message }
-    ... on RepositoryLocationNotFound { message }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
+    ... on Error { message }
   }
 }
 """
@@ -156,7 +138,7 @@ class DagsterClient:
         if result["__typename"] == "LaunchRunSuccess":
             return str(result["run"]["runId"])
         message = result.get("message") or result.get("errors") or result["__typename"]
-        if result["__typename"] in ("JobNotFoundError", "RepositoryNotFoundError"):
+        if result["__typename"] in ("PipelineNotFoundError", "RepositoryNotFoundError"):
             raise Conflict(f"the job is not loaded in Dagster yet: {message}")
         raise ApiError(f"Dagster refused the launch ({result['__typename']}): {message}")
 
@@ -253,7 +235,10 @@ class DagsterClient:
     def instance(self) -> Any:
         from dagster import DagsterInstance
 
-        return DagsterInstance.get()
+        try:
+            return DagsterInstance.get()
+        except Exception as exc:
+            raise DagsterUnavailable(f"cannot open the Dagster instance: {exc}") from exc
 
     def runs_for_execution(self, execution_id: str) -> list[RunInfo]:
         """Every Dagster run of an execution (first launch, re-executions), oldest first."""

@@ -5,25 +5,27 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from dagster import DagsterEventType
+
 from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.services.executions import RUN_STATUS, TERMINAL
 
-# Dagster event type -> (event name for the builder, node-level?)
-EVENT_NAMES: dict[str, str] = {
-    "STEP_START": "node.started",
-    "STEP_SUCCESS": "node.succeeded",
-    "STEP_FAILURE": "node.failed",
-    "STEP_SKIPPED": "node.skipped",
-    "STEP_UP_FOR_RETRY": "node.retry",
-    "STEP_RESTARTED": "node.restarted",
-    "RUN_ENQUEUED": "execution.queued",
-    "RUN_DEQUEUED": "execution.dequeued",
-    "RUN_STARTING": "execution.starting",
-    "RUN_START": "execution.running",
-    "RUN_SUCCESS": "execution.succeeded",
-    "RUN_FAILURE": "execution.failed",
-    "RUN_CANCELED": "execution.cancelled",
-    "RUN_CANCELING": "execution.cancelling",
+# Dagster event type -> the event name the builder sees
+EVENT_NAMES: dict[DagsterEventType, str] = {
+    DagsterEventType.STEP_START: "node.started",
+    DagsterEventType.STEP_SUCCESS: "node.succeeded",
+    DagsterEventType.STEP_FAILURE: "node.failed",
+    DagsterEventType.STEP_SKIPPED: "node.skipped",
+    DagsterEventType.STEP_UP_FOR_RETRY: "node.retry",
+    DagsterEventType.STEP_RESTARTED: "node.restarted",
+    DagsterEventType.RUN_ENQUEUED: "execution.queued",
+    DagsterEventType.RUN_DEQUEUED: "execution.dequeued",
+    DagsterEventType.RUN_STARTING: "execution.starting",
+    DagsterEventType.RUN_START: "execution.running",
+    DagsterEventType.RUN_SUCCESS: "execution.succeeded",
+    DagsterEventType.RUN_FAILURE: "execution.failed",
+    DagsterEventType.RUN_CANCELED: "execution.cancelled",
+    DagsterEventType.RUN_CANCELING: "execution.cancelling",
 }
 
 
@@ -62,7 +64,7 @@ def execution_events(
                     event = entry.dagster_event
                     if event is None:
                         continue
-                    name = EVENT_NAMES.get(event.event_type_value)
+                    name = EVENT_NAMES.get(event.event_type)
                     if name is None:
                         continue
                     step_key = event.step_key
@@ -77,7 +79,7 @@ def execution_events(
                         data["step_key"] = step_key
                         if "[" in step_key:
                             data["iteration"] = step_key.split("[", 1)[1].rstrip("]")
-                    if event.event_type_value == "STEP_FAILURE":
+                    if event.event_type == DagsterEventType.STEP_FAILURE:
                         failure = getattr(event.event_specific_data, "user_failure_data", None)
                         error = getattr(event.event_specific_data, "error", None)
                         data["error"] = getattr(failure, "description", None) or getattr(

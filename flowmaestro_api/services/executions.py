@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from flowmaestro_api.errors import (
     Conflict,
+    DagsterUnavailable,
     IdempotencyKeyReused,
     InvalidInputs,
     InvalidRequest,
@@ -277,15 +278,8 @@ def launch_execution(
     assert execution is not None
     try:
         existing = client.runs_for_execution(execution_id)
-        if existing:
-            run_id = existing[0].run_id  # launched before a crash: record it, don't relaunch
-        else:
-            run_id = client.launch(
-                location=execution.location_name,
-                job=execution.job_name,
-                run_config=run_config_for(execution.inputs),
-                tags=run_tags(execution),
-            )
+        # Launched before a crash? Record that run, never launch a second one.
+        run_id = existing[0].run_id if existing else _launch_loading_if_needed(client, execution)
     except Exception as exc:
         # Leave it to the reconciler: release the claim and record why.
         session.execute(
@@ -308,6 +302,25 @@ def launch_execution(
     )
     session.commit()
     return run_id
+
+
+def _launch_loading_if_needed(client: DagsterClient, execution: Execution) -> str:
+    """Launch; if the job is not loaded yet (a deploy whose reload failed), reload and retry."""
+
+    def launch() -> str:
+        return client.launch(
+            location=execution.location_name,
+            job=execution.job_name,
+            run_config=run_config_for(execution.inputs),
+            tags=run_tags(execution),
+        )
+
+    try:
+        return launch()
+    except Conflict:
+        client.reload_location(execution.location_name)
+        client.wait_for_job(execution.location_name, execution.job_name, timeout=30)
+        return launch()
 
 
 def pending_launches(session: Session, *, older_than_seconds: float, limit: int = 100) -> list[str]:
@@ -403,7 +416,11 @@ def version_row(session: Session, execution: Execution) -> WorkflowVersion | Non
 def refresh(session: Session, client: DagsterClient, execution: Execution) -> ExecutionView:
     """Read the execution's runs, steps and node outputs from Dagster and the output store,
     and write the status back so lists and filters stay current."""
-    runs = client.runs_for_execution(execution.id)
+    try:
+        runs = client.runs_for_execution(execution.id)
+    except DagsterUnavailable as exc:
+        log.warning("showing stored state of execution %s: %s", execution.id, exc)
+        return ExecutionView(execution, [], [])
     status = execution_status(execution, runs)
     version = version_row(session, execution)
     nodes: list[dict[str, Any]] = []
