@@ -401,7 +401,7 @@ def test_unconfigured_providers_and_media_types_fail_precisely() -> None:
     )
     with pytest.raises(
         ConnectorNotConfiguredError,
-        match=r"no connector configured for audioTranscription \(provider openai\)",
+        match=r"no connector configured for node type 'audioTranscription' \(provider openai\)",
     ):
         execute_media(ctx)
     with pytest.raises(ConnectorNotConfiguredError, match="no connection named 'conn-9'"):

@@ -255,7 +255,7 @@ NATIVE_MEDIA_TYPES = frozenset({"templateOutput"})
 def describe(provider: str | None, operation: str | None, node_type: str = "integration") -> str:
     """`provider hubspot (operation updateContact)`, as the failure message words it."""
     if node_type != "integration":
-        return node_type + (f" (operation {operation})" if operation else "")
+        return f"node type '{node_type}'" + (f" (operation {operation})" if operation else "")
     what = f"provider {provider}" if provider else "an integration node that names no provider"
     return what + (f" (operation {operation})" if operation else "")
 
