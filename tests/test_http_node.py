@@ -301,6 +301,13 @@ def test_the_settings_cap_a_nodes_timeout(echo: EchoServer) -> None:
         http({"url": echo.url("/delay/5"), "timeout": 600}, settings(max_timeout_s=0.2))
 
 
+def test_the_timeout_bounds_the_whole_response_not_each_read(echo: EchoServer) -> None:
+    started = time.monotonic()
+    with pytest.raises(TransientNodeError, match="timed out"):
+        http({"url": echo.url("/drip/50"), "timeout": 0.5})  # 5 s of bytes, 0.1 s apart
+    assert time.monotonic() - started < 3
+
+
 def test_a_refused_connection_is_transient() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

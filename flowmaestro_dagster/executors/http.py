@@ -491,7 +491,7 @@ def send(
                         del next_request.headers[name]
             request = next_request
         try:
-            body = _read_capped(response, settings.max_response_bytes)
+            body = _read_capped(response, settings.max_response_bytes, started + timeout)
         finally:
             response.close()
     headers = {name.lower(): value for name, value in response.headers.items()}
@@ -503,7 +503,9 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port
 
 
-def _read_capped(response: httpx.Response, limit: int) -> bytes:
+def _read_capped(response: httpx.Response, limit: int, deadline: float) -> bytes:
+    """The body, up to `limit` bytes and until `deadline` (httpx's timeouts are per read, so
+    a server that trickles bytes would otherwise hold the node for ever)."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _TooLarge()
@@ -513,6 +515,8 @@ def _read_capped(response: httpx.Response, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise _TooLarge()
+        if time.perf_counter() > deadline:
+            raise httpx.ReadTimeout("the response took longer than the timeout")
         chunks.append(chunk)
     return b"".join(chunks)
 

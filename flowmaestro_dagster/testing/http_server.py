@@ -12,11 +12,12 @@ Every request is recorded (`server.requests`). Paths:
 * `/delay/<seconds>`: the echo after a delay (cut short when the server closes)
 * `/redirect?to=<url>&status=302`: a redirect to `to`
 * `/text?body=<text>`: a `text/plain` body; `/bytes/<n>`: n bytes of octet-stream
+* `/drip/<n>`: n bytes, one every 0.1 s (a server that trickles)
 """
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -24,6 +25,7 @@ from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 MAX_DELAY_S = 30.0
+DRIP_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,8 @@ class EchoServer:
         with self._lock:
             self.requests.append(request)
 
-    def respond(self, request: EchoRequest) -> tuple[int, dict[str, str], bytes]:
-        """(status, headers, body) for a request."""
+    def respond(self, request: EchoRequest) -> tuple[int, dict[str, str], bytes | Iterator[bytes]]:
+        """(status, headers, body) for a request; a body may be chunks sent one by one."""
         parts = [p for p in request.path.split("/") if p]
         echo = _echo(request)
         json_type = {"Content-Type": "application/json"}
@@ -118,7 +120,17 @@ class EchoServer:
             return 200, {"Content-Type": "text/plain; charset=utf-8"}, body
         if len(parts) == 2 and parts[0] == "bytes" and parts[1].isdigit():
             return 200, {"Content-Type": "application/octet-stream"}, b"x" * int(parts[1])
+        if len(parts) == 2 and parts[0] == "drip" and parts[1].isdigit():
+            count = int(parts[1])
+            headers = {"Content-Type": "text/plain", "Content-Length": str(count)}
+            return 200, headers, self._drip(count)
         return 200, json_type, json.dumps(echo).encode()
+
+    def _drip(self, count: int) -> Iterator[bytes]:
+        for _ in range(count):
+            if self._closing.wait(DRIP_INTERVAL_S):
+                return
+            yield b"x"
 
 
 def _echo(request: EchoRequest) -> dict[str, Any]:
@@ -167,10 +179,14 @@ class _EchoHandler(BaseHTTPRequestHandler):
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
+            if isinstance(payload, bytes):
+                self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(payload)
+            if self.command == "HEAD":
+                return
+            for chunk in [payload] if isinstance(payload, bytes) else payload:
+                self.wfile.write(chunk)
+                self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test)
 
