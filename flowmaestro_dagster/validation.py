@@ -7,6 +7,7 @@ matches no case, a reference nothing upstream provides, a connector this deploym
 from collections.abc import Iterator
 from typing import Any
 
+from flowmaestro_dagster.connectors import connector_problems
 from flowmaestro_dagster.errors import ExpressionError
 from flowmaestro_dagster.graph import (
     ERROR_HANDLE,
@@ -106,7 +107,7 @@ def validate_spec(spec: WorkflowSpec) -> list[Problem]:
         problems.extend(_on_error_problems(spec, node))
     if cycle is None:
         problems.extend(_reference_problems(spec, graph))
-    problems += __import__("flowmaestro_dagster.connectors").connectors.connector_problems(spec)
+    problems += connector_problems(spec)
     return problems
 
 
