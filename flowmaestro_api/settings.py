@@ -30,6 +30,10 @@ class ApiSettings(BaseSettings):
     code_location_shards: int = Field(default=1, ge=1, le=64)
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
     launch_lease_seconds: int = Field(default=60, ge=5)
+    launch_on_submit: bool = Field(
+        default=True,
+        description="launch right after the submission commits; off: the reconciler launches",
+    )
     reconcile_after_seconds: float = Field(default=10.0, ge=0)
     reconciler_interval_seconds: int = Field(default=10, ge=1)
     graphql_timeout_seconds: float = Field(default=30.0, gt=0)

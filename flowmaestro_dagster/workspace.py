@@ -11,8 +11,9 @@ MODULE = "flowmaestro_dagster.definitions"
 GENERATED = "# Written by `flowmaestro dev` from FLOWMAESTRO_CODE_LOCATION_SHARDS; edits are lost."
 
 
-def render_workspace(shards: int, header: str = GENERATED) -> str:
-    entries = [(EXAMPLES_LOCATION, "defs"), (PLATFORM_LOCATION, "platform_defs")]
+def render_workspace(shards: int, header: str = GENERATED, *, examples: bool = True) -> str:
+    entries = [(EXAMPLES_LOCATION, "defs")] if examples else []
+    entries += [(PLATFORM_LOCATION, "platform_defs")]
     entries += [(SHARD_LOCATION.format(i), f"shard_{i}") for i in range(shards)]
     lines = [header, "load_from:"]
     for location, attribute in entries:

@@ -1,37 +1,24 @@
-"""Real local servers for tests: PostgreSQL databases and a running Dagster (webserver + daemon).
+"""Real local PostgreSQL databases for tests (a missing server skips locally, fails under CI=true).
 
-Nothing here is a fake: PostgreSQL is the local server, Dagster is `dagster dev` on a temporary
-DAGSTER_HOME. A missing PostgreSQL skips locally but fails under CI=true.
+The real Dagster used by end-to-end tests is `flowmaestro_dagster.testing.stack.DagsterStack`.
 """
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
 from flowmaestro_api.db import dispose_engines, migrate
+from flowmaestro_dagster.testing.stack import DagsterStack, free_port
 
 PG_ADMIN_URL = os.environ.get(
     "FLOWMAESTRO_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def require_postgres() -> None:
@@ -107,106 +94,4 @@ def database_from(kind: str, template: str, workdir: Path) -> Iterator[str]:
         drop_pg_database(name)
 
 
-INSTANCE_YAML = """
-telemetry:
-  enabled: false
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    max_concurrent_runs: 10
-    dequeue_interval_seconds: 1
-"""
-
-
-class DagsterStack:
-    """`dagster dev` (webserver + daemon) on a temporary home, loading the platform location
-    and one deployed-workflow shard that read `database_url`."""
-
-    def __init__(
-        self, home: Path, database_url: str, *, extra_env: dict[str, str] | None = None
-    ) -> None:
-        self.home = home
-        self.database_url = database_url
-        self.port = free_port()
-        self.graphql_url = f"http://127.0.0.1:{self.port}/graphql"
-        self.ui_url = f"http://127.0.0.1:{self.port}"
-        self.extra_env = extra_env or {}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = home / "dagster-dev.log"
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            {
-                "DAGSTER_HOME": str(self.home),
-                "FLOWMAESTRO_DATABASE_URL": self.database_url,
-                "FLOWMAESTRO_DAGSTER_GRAPHQL_URL": self.graphql_url,
-                "FLOWMAESTRO_DAGSTER_UI_URL": self.ui_url,
-                "FLOWMAESTRO_RECONCILE_AFTER_SECONDS": "2",
-                "FLOWMAESTRO_RECONCILER_INTERVAL_SECONDS": "2",
-                **self.extra_env,
-            }
-        )
-        return env
-
-    def start(self, timeout: float = 180) -> None:
-        from flowmaestro_dagster.workspace import PLATFORM_LOCATION, SHARD_LOCATION
-
-        self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "dagster.yaml").write_text(INSTANCE_YAML)
-        workspace = self.home / "workspace.yaml"
-        workspace.write_text(
-            "load_from:\n"
-            f"  - python_module: {{module_name: flowmaestro_dagster.definitions, attribute: platform_defs, location_name: {PLATFORM_LOCATION}}}\n"
-            f"  - python_module: {{module_name: flowmaestro_dagster.definitions, attribute: shard_0, location_name: {SHARD_LOCATION.format(0)}}}\n"
-        )
-        migrate(self.database_url)
-        dagster = Path(sys.executable).with_name("dagster")
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # children must get SIGINT
-        self.process = subprocess.Popen(
-            [str(dagster), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(self.port)],
-            env=self.env(),
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"dagster dev exited: {self.log.read_text()[-3000:]}")
-            try:
-                response = httpx.post(
-                    self.graphql_url,
-                    json={
-                        "query": "{ workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus } } } }"
-                    },
-                    timeout=5,
-                )
-                entries = response.json()["data"]["workspaceOrError"].get("locationEntries", [])
-                if entries and all(e["loadStatus"] == "LOADED" for e in entries):
-                    return
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(
-            f"dagster dev did not come up in {timeout} s: {self.log.read_text()[-3000:]}"
-        )
-
-    def instance(self):  # type: ignore[no-untyped-def]
-        from dagster import DagsterInstance
-
-        return DagsterInstance.from_config(str(self.home))
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGINT)
-            self.process.wait(timeout=60)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        self.process = None
+__all__ = ["DagsterStack", "free_port"]

@@ -85,7 +85,7 @@ def start_execution(
     if replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
-    else:
+    elif settings.launch_on_submit:
         _launch_later(request, execution.id)
     response.headers["Location"] = f"/executions/{execution.id}"
     return _public(service.ExecutionView(execution, [], []), settings)
