@@ -39,6 +39,8 @@ ITEMS = "items"
 INPUTS_RESOURCE = "workflow_inputs"
 SERVICES_RESOURCE = "flowmaestro"
 METADATA_PREVIEW_BYTES = 4096
+EXECUTION_TAG = "flowmaestro/execution_id"
+WAITING_TAG = "flowmaestro/waiting"
 
 
 @dataclass(frozen=True)
@@ -119,9 +121,12 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
         state = ExecutionState.start(getattr(context.resources, INPUTS_RESOURCE))
     upstream = tuple(s.producer for s in live if s.producer)
     state = _fold_loops(plan, state, inputs)
+    tags = _run_tags(context)
     run = RunContext(
         services=getattr(context.resources, SERVICES_RESOURCE).services(),
         run_id=context.run_id,
+        execution_id=tags.get(EXECUTION_TAG),
+        run_tags=tags,
         attempt=_attempt(context),
         log=context.log,
     )
@@ -135,7 +140,30 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
             metadata={"node_id": plan.node_id, "node_type": plan.type, **_safe(exc.details)},
             allow_retries=False,
         ) from exc
+    parked = outcome.result.parked
+    if parked is not None:
+        # Nothing is yielded: what follows is skipped and the run ends; a sensor resumes it.
+        context.log.info(f"{plan.node_id}: waiting ({parked.kind}) {parked.detail}".rstrip())
+        _mark_waiting(context, parked.waitpoint_id)
+        return
     yield from _outputs(plan, outcome.state, outcome, skipped=False)
+
+
+def _run_tags(context: OpExecutionContext) -> dict[str, str]:
+    try:
+        return dict(context.run.tags)
+    except AttributeError:  # a context built with build_op_context has no run
+        return {}
+
+
+def _mark_waiting(context: OpExecutionContext, waitpoint_id: str) -> None:
+    """Tag the run so operators see in the UI that it parked at a waitpoint."""
+    try:
+        context.instance.add_run_tags(
+            context.run_id, {WAITING_TAG: "true", f"{WAITING_TAG}/{waitpoint_id[:8]}": waitpoint_id}
+        )
+    except Exception as exc:  # noqa: BLE001 - a tag is for display; never fail the node for it
+        context.log.warning(f"could not tag run as waiting: {exc}")
 
 
 def _attempt(context: OpExecutionContext) -> int:

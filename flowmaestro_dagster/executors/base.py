@@ -31,7 +31,14 @@ class NodeContext:
     attempt: int = 1
     services: Mapping[str, Any] = field(default_factory=dict)
     run_id: str | None = None
+    execution_id: str | None = None
+    run_tags: Mapping[str, str] = field(default_factory=dict)
     log: logging.Logger = _log
+
+    @property
+    def iteration(self) -> tuple[int, ...]:
+        """Loop iteration indices (outermost first); () outside loops."""
+        return self.state.iteration
 
     def typed_config(self, model: type[ConfigT]) -> ConfigT:
         if not isinstance(self.config, model):
@@ -70,6 +77,16 @@ class MemoryOp:
 
 
 @dataclass(frozen=True)
+class Park:
+    """A waitpoint that is not resolved yet: the node yields nothing and the run ends; a
+    sensor re-executes the node (and what follows it) once the waitpoint resolves."""
+
+    kind: str  # datetime | approval | callback | child
+    waitpoint_id: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class NodeResult:
     """What a node produced: its output, and for branch / loop nodes what to do next."""
 
@@ -77,6 +94,7 @@ class NodeResult:
     branches: frozenset[str] | None = None
     items: Sequence[Any] | None = None
     memory: Sequence[MemoryOp] = ()
+    parked: Park | None = None
 
 
 def wrap_output(value: Any, output_variable: str | None, default_key: str = "result") -> Any:

@@ -2,7 +2,7 @@
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flowmaestro_dagster.errors import ExpressionError, NodeConfigurationError
@@ -29,6 +29,8 @@ class RunContext:
 
     services: Mapping[str, Any]
     run_id: str | None = None
+    execution_id: str | None = None
+    run_tags: Mapping[str, str] = field(default_factory=dict)
     attempt: int = 1
     log: logging.Logger = _log
 
@@ -51,10 +53,14 @@ def run_node(
         attempt=run.attempt,
         services=run.services,
         run_id=run.run_id,
+        execution_id=run.execution_id,
+        run_tags=run.run_tags,
         log=run.log,
     )
     executors = run.services.get("executors")
     result = get_executor(plan.type, executors)(ctx)
+    if result.parked is not None:
+        return NodeOutcome(state, result)
     writes = [
         MemoryWrite(plan.rank, state.iteration, seq, plan.node_id, op.operation, op.key, op.value)
         for seq, op in enumerate(result.memory)
@@ -123,6 +129,8 @@ def run_inline_loop(
         upstream=upstream,
         services=run.services,
         run_id=run.run_id,
+        execution_id=run.execution_id,
+        run_tags=run.run_tags,
         log=run.log,
     )
     item_states: list[ExecutionState | None] = []
