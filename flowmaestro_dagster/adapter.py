@@ -16,6 +16,7 @@ from functools import cache
 from typing import Any
 
 from dagster import (
+    DagsterInvalidPropertyError,
     DynamicOut,
     DynamicOutput,
     Failure,
@@ -152,7 +153,7 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
 def _run_tags(context: OpExecutionContext) -> dict[str, str]:
     try:
         return dict(context.run.tags)
-    except AttributeError:  # a context built with build_op_context has no run
+    except (AttributeError, DagsterInvalidPropertyError):  # build_op_context: no run
         return {}
 
 
