@@ -16,7 +16,7 @@ from functools import cache
 from typing import Any
 
 from dagster import (
-    DagsterInvalidPropertyError,
+    DagsterError,
     DynamicOut,
     DynamicOutput,
     Failure,
@@ -153,7 +153,7 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
 def _run_tags(context: OpExecutionContext) -> dict[str, str]:
     try:
         return dict(context.run.tags)
-    except (AttributeError, DagsterInvalidPropertyError):  # build_op_context: no run
+    except (AttributeError, DagsterError):  # build_op_context: no run to read tags from
         return {}
 
 
