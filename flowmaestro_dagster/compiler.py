@@ -88,14 +88,19 @@ def compile_workflow(
     resource_defs: Mapping[str, Any] | None = None,
     executor_def: ExecutorDefinition | None = None,
     tags: Mapping[str, str] | None = None,
+    op_tags: Mapping[str, str] | None = None,
 ) -> CompiledWorkflow:
-    """Compile a definition (JSON text, data or spec) into a Dagster job."""
+    """Compile a definition (JSON text, data or spec) into a Dagster job.
+
+    `tags` become job (run) tags; `op_tags` are added to every op invocation (e.g. a pool).
+    """
     spec, warnings = _spec_and_warnings(definition)
     return _Compiler(spec).build(
         job_name=job_name or job_name_for(spec.name),
         resource_defs=dict(resource_defs) if resource_defs is not None else default_resources(),
         executor_def=executor_def or in_process_executor,
         tags=dict(tags or {}),
+        op_tags=dict(op_tags or {}),
         warnings=warnings,
     )
 
@@ -251,6 +256,7 @@ class _Compiler:
         resource_defs: dict[str, Any],
         executor_def: ExecutorDefinition,
         tags: dict[str, str],
+        op_tags: dict[str, str],
         warnings: list[Problem],
     ) -> CompiledWorkflow:
         dependencies: dict[NodeInvocation, dict[str, Any]] = {}
@@ -266,6 +272,7 @@ class _Compiler:
                 name=definition.name,
                 alias=alias,
                 tags={
+                    **op_tags,
                     f"{TAG_PREFIX}/node_id": node_id,
                     f"{TAG_PREFIX}/label": node.label,
                     f"{TAG_PREFIX}/type": node.source_type,
