@@ -1,0 +1,477 @@
+"""A Dagster executor that runs ready steps concurrently on threads inside the run process.
+
+Core Dagster runs a plan either one step after another in the run process (`in_process`) or one
+process per step (`multiprocess`, ~0.25-1 s of start-up per step). Workflow nodes mostly wait on
+I/O (model calls, HTTP), so threads give the parallelism of the multiprocess executor at the
+per-step cost of the in-process one.
+
+The plan logic is Dagster's own: one `ActiveExecution` (readiness, skips from optional outputs,
+fan-in, dynamic mapping, retries and their delays, abandoning steps downstream of a failure,
+`max_concurrent`) is owned by the orchestrating thread, the one that iterates this executor.
+Worker threads only run `dagster_event_sequence_for_step` (and the step's hooks) for one step
+at a time and send every event back through a queue; the orchestrator yields the events and
+feeds them to `ActiveExecution`, exactly as the in-process executor does. Nothing but the queue
+is shared between threads that Dagster does not already make thread-safe: events are written
+to the event log when they are created, through the run's log handler (a `logging.Handler`,
+serialised by its lock); the built-in IO managers keep one file or dict entry per output.
+
+Termination: the run worker's SIGINT is captured by Dagster in the orchestrating thread (signals
+only reach the main thread). The executor then starts no more steps, gives the running ones
+`TERMINATION_GRACE_SECONDS` to finish (their events are recorded as they happen), fails the
+ones still running with an interrupt error, and ends the run as canceled. Unlike in process, a
+running op is not interrupted in the middle: Python cannot safely raise into another thread.
+"""
+
+import asyncio
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import dagster._check as check
+from dagster import DagsterEvent, ExecutorDefinition, Field, InitExecutorContext, Int
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.events import EngineEventData
+from dagster._core.execution.api import ExecuteRunWithPlanIterable
+from dagster._core.execution.compute_logs import create_compute_log_file_key
+from dagster._core.execution.context.system import (
+    PlanExecutionContext,
+    PlanOrchestrationContext,
+    StepExecutionContext,
+)
+from dagster._core.execution.context_creation_job import PlanExecutionContextManager
+from dagster._core.execution.plan.active import ActiveExecution
+from dagster._core.execution.plan.execute_plan import (
+    _trigger_hook,
+    dagster_event_sequence_for_step,
+)
+from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.execution.plan.objects import ErrorSource, StepFailureData
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.plan.state import KnownExecutionState
+from dagster._core.execution.plan.step import ExecutionStep
+from dagster._core.execution.retries import RetryMode, get_retries_config
+from dagster._core.executor.base import Executor
+from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
+
+DEFAULT_MAX_CONCURRENT = 10
+# How often the orchestrator looks for a termination request while it waits for step events.
+POLL_SECONDS = 0.1
+# After a termination request, how long running steps get to stop before they are written off.
+TERMINATION_GRACE_SECONDS = 10.0
+
+_DONE = object()  # a worker finished a step (its last message for that step)
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """A step let an exception escape (raise_on_error, an interrupt, a framework error)."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One step handed to a worker, with the plan state it starts from."""
+
+    step: ExecutionStep
+    known_state: KnownExecutionState
+
+
+class _WorkerPool:
+    """Daemon threads that run one step at a time, each with its own asyncio event loop.
+
+    Threads are started lazily, never more than the number of steps in flight, and reused so a
+    chain of steps pays for one thread. Daemon threads because a step that is still blocked
+    when a terminated run gives up on it must not keep the process alive.
+    """
+
+    def __init__(self, job_context: PlanExecutionContext) -> None:
+        self._job_context = job_context
+        # (step key, events and markers in order); a step's last message ends with _DONE.
+        self.inbox: queue.SimpleQueue[tuple[str, list[Any]]] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self.jobs: dict[str, _Job] = {}  # step key -> job, until the worker says _DONE
+        self.settled: set[str] = set()  # steps of `jobs` whose outcome event was handled
+
+    def submit(self, step: ExecutionStep, known_state: KnownExecutionState) -> None:
+        if len(self.jobs) >= len(self._threads):
+            thread = threading.Thread(
+                target=self._work_loop,
+                name=f"dagster-threaded-{len(self._threads)}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+            thread.start()
+        job = _Job(step, known_state)
+        self.jobs[step.key] = job
+        self._work.put(job)
+
+    def finished(self, step_key: str) -> None:
+        self.jobs.pop(step_key, None)
+        self.settled.discard(step_key)
+
+    def wait(self, deadline: float) -> None:
+        """Drop messages until every submitted step is done or `deadline` (monotonic) passes."""
+        while self.jobs and time.monotonic() < deadline:
+            try:
+                key, items = self.inbox.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                break
+            if items[-1] is _DONE:
+                self.finished(key)
+
+    def close(self) -> None:
+        """Let idle workers exit; a busy one (given up on after termination) exits when done."""
+        for _ in self._threads:
+            self._work.put(None)
+
+    def _work_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            while (job := self._work.get()) is not None:
+                self._run(job, loop)
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    def _run(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
+        key = job.step.key
+        batch: list[Any] = []  # events the orchestrator need not see at once, sent together
+        try:
+            step_context = _step_context(self._job_context, job.step, job.known_state, loop)
+            events: list[DagsterEvent] = []
+            for event in dagster_event_sequence_for_step(step_context):
+                events.append(event)
+                batch.append(event)
+                if _changes_plan_state(event):
+                    self.inbox.put((key, batch))
+                    batch = []
+            for event in _trigger_hook(step_context, events):
+                batch.append(event)
+        # Whatever escapes (raise_on_error, a framework error) is re-raised by the orchestrator
+        # thread, as it would escape the in-process executor.
+        except BaseException as error:  # noqa: BLE001
+            batch.append(_Raised(error))
+        finally:
+            batch.append(_DONE)
+            self.inbox.put((key, batch))
+
+
+def _changes_plan_state(event: DagsterEvent) -> bool:
+    """Events `ActiveExecution.handle_event` acts on: the orchestrator gets them at once."""
+    return (
+        event.is_step_success
+        or event.is_step_failure
+        or event.is_step_up_for_retry
+        or event.is_successful_output
+        or event.is_resource_init_failure
+    )
+
+
+def _step_context(
+    job_context: PlanExecutionContext,
+    step: ExecutionStep,
+    known_state: KnownExecutionState,
+    loop: asyncio.AbstractEventLoop,
+) -> StepExecutionContext:
+    """`job_context.for_step(step, known_state)`, but with this worker's event loop.
+
+    Async ops run on `context.event_loop`; one loop cannot run in two threads at once.
+    """
+    context = StepExecutionContext(
+        plan_data=job_context.plan_data,
+        execution_data=job_context._execution_data,
+        log_manager=job_context.log.with_tags(**step.logging_tags),
+        step=step,
+        output_capture=job_context.output_capture,
+        known_state=known_state,
+        event_loop=loop,
+    )
+    missing = [key for key in context.required_resource_keys if not hasattr(context.resources, key)]
+    check.invariant(not missing, f"Step {step.key} is missing resources {missing}.")
+    return context
+
+
+def threaded_plan_iterator(
+    job_context: PlanExecutionContext,
+    execution_plan: ExecutionPlan,
+    *,
+    max_concurrent: int,
+) -> Iterator[DagsterEvent]:
+    """`inner_plan_execution_iterator` with up to `max_concurrent` steps running at once."""
+    compute_log_manager = job_context.instance.compute_log_manager
+    step_keys = [step.key for step in execution_plan.get_steps_to_execute_in_topo_order()]
+    with (
+        InstanceConcurrencyContext(job_context.instance, job_context.dagster_run) as claims,
+        ActiveExecution(
+            execution_plan,
+            retry_mode=job_context.retry_mode,
+            max_concurrent=max_concurrent,
+            instance_concurrency_context=claims,
+            step_dependency_config=job_context.step_dependency_config,
+        ) as active,
+        ExitStack() as capture_stack,
+    ):
+        # Capture stdout/stderr for the whole process, like the in-process executor.
+        log_key = compute_log_manager.build_log_key_for_run(
+            job_context.run_id, create_compute_log_file_key()
+        )
+        try:
+            log_context = capture_stack.enter_context(compute_log_manager.capture_logs(log_key))
+            yield DagsterEvent.capture_logs(job_context, step_keys, log_key, log_context)
+        except Exception:  # noqa: BLE001 - reported as an engine event, as Dagster does
+            yield DagsterEvent.engine_event(
+                job_context,
+                "Exception while setting up compute log capture",
+                EngineEventData(error=serializable_error_info_from_exc_info(sys.exc_info())),
+            )
+        pool = _WorkerPool(job_context)
+        try:
+            yield from _orchestrate(job_context, active, pool, max_concurrent)
+        finally:
+            if pool.jobs:  # leaving early (an error here, or the consumer stopped iterating):
+                # let running steps finish before the run's resources are torn down
+                pool.wait(time.monotonic() + TERMINATION_GRACE_SECONDS)
+            pool.close()
+        try:
+            capture_stack.close()
+        except Exception:  # noqa: BLE001 - reported as an engine event, as Dagster does
+            yield DagsterEvent.engine_event(
+                job_context,
+                "Exception while cleaning up compute log capture",
+                EngineEventData(error=serializable_error_info_from_exc_info(sys.exc_info())),
+            )
+
+
+def _orchestrate(
+    job_context: PlanExecutionContext,
+    active: ActiveExecution,
+    pool: _WorkerPool,
+    max_concurrent: int,
+) -> Iterator[DagsterEvent]:
+    """Launch ready steps, relay their events, until the plan is complete (or must stop)."""
+    interrupted = False
+    deadline = float("inf")
+    raised: BaseException | None = None
+    while pool.jobs or (not interrupted and raised is None and not active.is_complete):
+        if not interrupted and active.check_for_interrupts():
+            interrupted = True
+            active.mark_interrupted()
+            yield DagsterEvent.engine_event(
+                job_context,
+                "Threaded executor: received termination signal - starting no more steps, "
+                f"waiting up to {TERMINATION_GRACE_SECONDS:g} s for the running ones",
+                EngineEventData.interrupted(list(pool.jobs)),
+            )
+            deadline = time.monotonic() + TERMINATION_GRACE_SECONDS
+        if interrupted and pool.jobs and time.monotonic() >= deadline:
+            yield from _write_off(job_context, active, pool)
+            break
+        if not interrupted and raised is None:
+            steps = active.get_steps_to_execute(limit=max_concurrent - len(pool.jobs))
+            yield from active.concurrency_event_iterator(job_context)
+            for step in steps:
+                pool.submit(step, active.get_known_state())
+        messages = _receive(pool, _wait_seconds(active, pool, interrupted, deadline))
+        for key, item in ((key, item) for key, items in messages for item in items):
+            if isinstance(item, DagsterEvent):
+                yield item
+                active.handle_event(item)
+                if item.is_step_success or item.is_step_failure or item.is_step_up_for_retry:
+                    pool.settled.add(key)
+            elif item is _DONE:
+                pool.finished(key)
+                active.verify_complete(job_context, key)
+            elif isinstance(item, _Raised):
+                is_interrupt = isinstance(
+                    item.error, DagsterExecutionInterruptedError | KeyboardInterrupt
+                )
+                if raised is None and not (interrupted and is_interrupt):
+                    raised = item.error
+        if messages:
+            yield from active.plan_events_iterator(job_context)
+    if interrupted:
+        yield DagsterEvent.engine_event(
+            job_context, "Threaded executor: stopped after a termination request", EngineEventData()
+        )
+        raise DagsterExecutionInterruptedError()
+    if raised is not None:
+        raise raised
+
+
+def _wait_seconds(
+    active: ActiveExecution, pool: _WorkerPool, interrupted: bool, deadline: float
+) -> float:
+    """Until the next event, retry time or termination check, whichever comes first."""
+    if interrupted:
+        return max(min(POLL_SECONDS, deadline - time.monotonic()), 0.0)
+    pending = active.sleep_interval()  # a step waiting out its retry delay, a pool claim
+    if pool.jobs:
+        return min(POLL_SECONDS, pending) if pending > 0 else POLL_SECONDS
+    # Nothing running: wake for the next retry (never spin flat out while nothing is due).
+    return min(POLL_SECONDS, max(pending, 0.001))
+
+
+def _receive(pool: _WorkerPool, timeout: float) -> list[tuple[str, list[Any]]]:
+    """Every message already queued, waiting up to `timeout` for the first."""
+    messages: list[tuple[str, list[Any]]] = []
+    try:
+        if timeout > 0:
+            messages.append(pool.inbox.get(timeout=timeout))
+        else:
+            messages.append(pool.inbox.get_nowait())
+        while True:
+            messages.append(pool.inbox.get_nowait())
+    except queue.Empty:
+        pass
+    return messages
+
+
+def _write_off(
+    job_context: PlanExecutionContext, active: ActiveExecution, pool: _WorkerPool
+) -> Iterator[DagsterEvent]:
+    """Fail the steps that did not stop within the grace period, so the run can end."""
+    for key in list(pool.jobs):
+        if key in pool.settled:  # done, only its hooks are still running
+            pool.finished(key)
+            continue
+        step_context = job_context.for_step(active.get_step_by_key(key))
+        error = SerializableErrorInfo(
+            message=f"Step {key} was still running {TERMINATION_GRACE_SECONDS:g} s after the "
+            "run was terminated; its thread was abandoned (it ends when its call returns).\n",
+            stack=[],
+            cls_name="DagsterExecutionInterruptedError",
+        )
+        event = DagsterEvent.step_failure_event(
+            step_context, StepFailureData(error, None, ErrorSource.INTERRUPT)
+        )
+        yield event
+        active.handle_event(event)
+        pool.finished(key)
+
+
+class ThreadedExecutor(Executor):
+    """Runs up to `max_concurrent` ready steps at once, each on a thread of the run process."""
+
+    def __init__(self, retries: RetryMode, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> None:
+        self._retries = check.inst_param(retries, "retries", RetryMode)
+        check.invariant(max_concurrent >= 1, "max_concurrent must be at least 1")
+        self._max_concurrent = max_concurrent
+
+    @property
+    def retries(self) -> RetryMode:
+        return self._retries
+
+    @property
+    def max_concurrent(self) -> int:
+        return self._max_concurrent
+
+    def execute(
+        self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
+    ) -> Iterator[DagsterEvent]:
+        step_keys = execution_plan.step_keys_to_execute
+        pid = os.getpid()
+        yield DagsterEvent.engine_event(
+            plan_context,
+            f"Executing steps on up to {self._max_concurrent} threads in process (pid: {pid})",
+            event_specific_data=EngineEventData.in_process(pid, step_keys),
+        )
+        started = time.perf_counter()
+        max_concurrent = self._max_concurrent
+
+        def iterator(
+            job_context: PlanExecutionContext, execution_plan: ExecutionPlan
+        ) -> Iterator[DagsterEvent]:
+            return threaded_plan_iterator(
+                job_context, execution_plan, max_concurrent=max_concurrent
+            )
+
+        yield from ExecuteRunWithPlanIterable(
+            execution_plan=plan_context.execution_plan,
+            iterator=iterator,
+            execution_context_manager=PlanExecutionContextManager(
+                job=plan_context.job,
+                retry_mode=plan_context.retry_mode,
+                execution_plan=plan_context.execution_plan,
+                run_config=plan_context.run_config,
+                dagster_run=plan_context.dagster_run,
+                instance=plan_context.instance,
+                raise_on_error=plan_context.raise_on_error,
+                output_capture=plan_context.output_capture,
+                step_dependency_config=self.step_dependency_config,
+            ),
+        )
+        elapsed = time.perf_counter() - started
+        yield DagsterEvent.engine_event(
+            plan_context,
+            f"Finished steps on threads in process (pid: {pid}) in {elapsed:.3f} s",
+            event_specific_data=EngineEventData.in_process(pid, step_keys),
+        )
+
+
+def _config_schema(default_max_concurrent: int) -> Field:
+    return Field(
+        {
+            "max_concurrent": Field(
+                Int,
+                default_value=default_max_concurrent,
+                is_required=False,
+                description="How many steps may run at once (FlowMaestro's maxConcurrentNodes).",
+            ),
+            "retries": get_retries_config(),
+        },
+        description="Execute ready steps concurrently on threads of the run process.",
+    )
+
+
+def _create_executor(init_context: InitExecutorContext) -> ThreadedExecutor:
+    config = init_context.executor_config
+    retries = RetryMode.from_config(check.dict_elem(config, "retries"))
+    max_concurrent = check.int_elem(config, "max_concurrent")
+    if max_concurrent < 1:
+        raise ValueError(f"threaded executor: max_concurrent must be ≥ 1, got {max_concurrent}")
+    return ThreadedExecutor(retries=retries or RetryMode.ENABLED, max_concurrent=max_concurrent)
+
+
+def _definition(default_max_concurrent: int) -> ExecutorDefinition:
+    return ExecutorDefinition(
+        name="threaded",
+        config_schema=_config_schema(default_max_concurrent),
+        executor_creation_fn=_create_executor,
+        description=(
+            "Runs ready steps concurrently on threads inside the run process (I/O-bound ops "
+            "overlap; Python work still shares one GIL)."
+        ),
+    )
+
+
+threaded_executor: ExecutorDefinition = _definition(DEFAULT_MAX_CONCURRENT)
+
+
+@cache
+def threaded_executor_for(max_concurrent: int) -> ExecutorDefinition:
+    """The threaded executor with `max_concurrent` as its default (run config may override)."""
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be ≥ 1, got {max_concurrent}")
+    if max_concurrent == DEFAULT_MAX_CONCURRENT:
+        return threaded_executor
+    return _definition(max_concurrent)
+
+
+__all__ = [
+    "DEFAULT_MAX_CONCURRENT",
+    "ThreadedExecutor",
+    "threaded_executor",
+    "threaded_executor_for",
+    "threaded_plan_iterator",
+]
