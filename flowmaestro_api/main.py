@@ -10,7 +10,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 
 from flowmaestro_api.db import get_engine, migrate, session_factory, session_scope
 from flowmaestro_api.errors import PayloadTooLarge, problem_response, register_error_handlers
-from flowmaestro_api.routes import executions, health, workflows
+from flowmaestro_api.routes import approvals, executions, health, queues, workflows
 from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.services.executions import launch_execution
 from flowmaestro_api.settings import ApiSettings, get_api_settings
@@ -77,4 +77,6 @@ def create_app(
     app.include_router(health.router)
     app.include_router(workflows.router)
     app.include_router(executions.router)
+    app.include_router(queues.router)
+    app.include_router(approvals.router)
     return app

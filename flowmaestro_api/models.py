@@ -175,3 +175,60 @@ class NodeOutput(Base):
     mapping_key: Mapped[str | None] = mapped_column(String(200), default=None)
     value: Mapped[dict[str, Any]] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Waitpoint(Base):
+    """A point where an execution parks: a due time, an approval, a callback, a child run.
+
+    One row per (execution, node, loop iteration): re-running the node finds its waitpoint
+    instead of creating another. Status: pending → resolved → resuming → resumed (or expired
+    / cancelled); only a conditional UPDATE moves it, so each waitpoint resumes once.
+    """
+
+    __tablename__ = "waitpoints"
+    __table_args__ = (
+        UniqueConstraint("execution_id", "node_id", "iteration", name="uq_waitpoint_node"),
+        Index("ix_waitpoints_status_due", "status", "due_at"),
+        Index("ix_waitpoints_status_expires", "status", "expires_at"),
+        Index("ix_waitpoints_execution", "execution_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
+    node_id: Mapped[str] = mapped_column(String(300))
+    iteration: Mapped[str] = mapped_column(String(100), default="")
+    step_key: Mapped[str] = mapped_column(String(400))
+    run_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(20))  # datetime | approval | callback | child
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    due_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    on_expiry: Mapped[str | None] = mapped_column(String(20), default=None)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
+    link_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
+    child_execution_id: Mapped[str | None] = mapped_column(String(36), index=True, default=None)
+    spec: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    resolution: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    resume_token: Mapped[str | None] = mapped_column(String(36), default=None)
+    resume_claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    resume_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    resumed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Decision(Base):
+    """The decision on an approval: one per waitpoint (a second one hits the constraint)."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    waitpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("waitpoints.id", ondelete="CASCADE"), unique=True
+    )
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), default=None)
+    via: Mapped[str] = mapped_column(String(20), default="api")  # api | link | callback | expiry
+    decision: Mapped[str] = mapped_column(String(20))  # approve | reject | respond | expire
+    value: Mapped[Any] = mapped_column(JsonType, default=None, nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

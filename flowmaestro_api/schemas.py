@@ -162,6 +162,20 @@ class RunPublic(BaseModel):
     url: str
 
 
+class WaitpointPublic(BaseModel):
+    id: str
+    node_id: str
+    iteration: str
+    kind: str
+    status: str
+    created_at: datetime
+    due_at: datetime | None = None
+    expires_at: datetime | None = None
+    resolved_at: datetime | None = None
+    callback_url: str | None = None
+    child_execution_id: str | None = None
+
+
 class ExecutionPublic(_Schema):
     id: str
     workflow_id: str
@@ -182,6 +196,7 @@ class ExecutionPublic(_Schema):
     nodes: list[NodeStatusPublic] = Field(default_factory=list)
     queue_position: int | None = None
     queued_reason: str | None = None
+    waitpoints: list[WaitpointPublic] = Field(default_factory=list)
 
 
 class ExecutionList(BaseModel):

@@ -3,15 +3,21 @@
 All from `FLOWMAESTRO_*` environment variables (see .env.example), read on demand.
 """
 
+import os
+import re
+import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flowmaestro_dagster.settings import PROJECT_ROOT
 
 DEFAULT_HOME = PROJECT_ROOT / "dagster_home"
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # as ExecutionCreate.queue
+_PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "xxx", "todo"}
 
 
 class ApiSettings(BaseSettings):
@@ -37,7 +43,78 @@ class ApiSettings(BaseSettings):
     reconcile_after_seconds: float = Field(default=10.0, ge=0)
     reconciler_interval_seconds: int = Field(default=10, ge=1)
     graphql_timeout_seconds: float = Field(default=30.0, gt=0)
+    public_api_url: str = Field(
+        default="http://127.0.0.1:8000", description="how approvers and callers reach the API"
+    )
+    secret_key: SecretStr | None = Field(
+        default=None, description="signs approval links and callback URLs (a file in dev)"
+    )
+    callback_signing_secret: SecretStr | None = Field(
+        default=None, description="HMAC secret callers sign callback bodies with (a file in dev)"
+    )
+    callback_tolerance_seconds: int = Field(default=300, ge=10)
+    wait_sleep_threshold_seconds: float = Field(default=30.0, ge=0)
+    waitpoint_interval_seconds: int = Field(default=5, ge=1)
     max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+
+    # -- run queue: rendered into dagster.yaml (flowmaestro_dagster/instance_config.py) --------
+    max_concurrent_runs: int = Field(
+        default=10, ge=-1, description="runs in progress at once on the instance (-1: no limit)"
+    )
+    user_run_limit: int | None = Field(
+        default=3,
+        ge=1,
+        description="runs in progress at once per user (None: no per-user limit); keeps one "
+        "user's backlog from holding everyone else's runs",
+    )
+    queue_limits: dict[str, int] = Field(
+        default_factory=lambda: {"ai-workflows": 3, "data-processing": 5},
+        description="named queues and the runs each may have in progress ('default' is the "
+        "queue of executions that name none; 0 pauses a queue)",
+    )
+    dequeue_interval_seconds: int = Field(default=1, ge=1)
+    dequeue_use_threads: bool = Field(
+        default=False, description="launch dequeued runs from a thread pool (faster bursts)"
+    )
+    dequeue_num_workers: int | None = Field(default=None, ge=1)
+    pool_granularity: Literal["run", "op"] = Field(
+        default="run",
+        description="'run': a workflow's concurrency limit counts runs (what the builder's "
+        "slider means); 'op': it counts ops of any run, runs of the workflow interleave",
+    )
+
+    @field_validator("user_run_limit", "dequeue_num_workers", mode="before")
+    @classmethod
+    def _none_from_env(cls, value: object) -> object:
+        # An environment variable cannot be None: an empty value or `none` means unset.
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
+        return value
+
+    @field_validator("queue_limits")
+    @classmethod
+    def _queue_names(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, limit in value.items():
+            if not QUEUE_NAME.fullmatch(name):
+                raise ValueError(f"queue name {name!r} must match {QUEUE_NAME.pattern}")
+            if limit < 0:
+                raise ValueError(f"queue {name!r}: the limit must be 0 or more")
+        return value
+
+    @model_validator(mode="after")
+    def _fair_user_limit(self) -> "ApiSettings":
+        # A user allowed every slot could keep all other users waiting behind their backlog.
+        if (
+            self.user_run_limit is not None
+            and self.max_concurrent_runs != -1
+            and self.user_run_limit >= self.max_concurrent_runs
+            and self.max_concurrent_runs > 1
+        ):
+            raise ValueError(
+                "user_run_limit must be lower than max_concurrent_runs, or one user can take "
+                "every slot and keep the others waiting"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -46,6 +123,28 @@ class ApiSettings(BaseSettings):
         if value.startswith(("postgresql://", "postgres://")):
             return "postgresql+psycopg2://" + value.split("://", 1)[1]
         return value
+
+    @field_validator("secret_key", "callback_signing_secret")
+    @classmethod
+    def _real_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().lower() in _PLACEHOLDERS:
+            raise ValueError("set a real secret, not a placeholder")
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("secrets must be at least 16 characters")
+        return value
+
+    def secret(self, name: str) -> str:
+        """A configured secret, else one generated once and kept in DAGSTER_HOME (development)."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value()
+        home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_HOME)
+        path = home / f".{name.replace('_', '-')}"
+        if not path.exists():
+            home.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     @property
     def database_path(self) -> Path | None:

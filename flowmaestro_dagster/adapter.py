@@ -27,16 +27,23 @@ from dagster import (
     Out,
     Output,
     Permissive,
+    RetryRequested,
 )
 
-from flowmaestro_dagster.errors import NodeExecutionError
+from flowmaestro_dagster.executors.base import wrap_output
+from flowmaestro_dagster.notify import failure_payload, notify_failure
 from flowmaestro_dagster.plan import NodePlan
+from flowmaestro_dagster.retries import decide, error_summary
 from flowmaestro_dagster.runtime.runner import NodeOutcome, RunContext, run_node
 from flowmaestro_dagster.runtime.state import ExecutionState
+from flowmaestro_dagster.spec.policies import OnErrorSettings, RetrySettings
 
 UPSTREAM = "upstream"
 RESULT = "result"
 ITEMS = "items"
+ERROR = "error"  # yielded only when the node failed its last attempt (error edges, goto)
+ERROR_METADATA = "flowmaestro/error"  # on the outputs of a node whose failure was handled
+HANDLED_METADATA = "flowmaestro/handled_by"  # continue | fallback | goto | error_edge
 INPUTS_RESOURCE = "workflow_inputs"
 SERVICES_RESOURCE = "flowmaestro"
 METADATA_PREVIEW_BYTES = 4096
@@ -53,6 +60,7 @@ class OpShape:
     collects: int = 0  # collect_0..collect_n inputs (loop exits)
     handles: tuple[str, ...] = ()  # branch outputs besides `result`
     dynamic: bool = False  # an `items` DynamicOut (loops with a mapped body)
+    error: bool = False  # an `error` output (the node has error edges or an onError goto)
 
     @property
     def name(self) -> str:
@@ -63,6 +71,8 @@ class OpShape:
             base += f"_c{self.collects}"
         if self.dynamic:
             base += "_map"
+        if self.error:
+            base += "_e"
         if self.handles and self.handles != STANDARD_HANDLES.get(self.node_type):
             digest = hashlib.sha1("\0".join(self.handles).encode()).hexdigest()[:8]
             base += f"_{digest}"
@@ -94,6 +104,8 @@ def node_op(shape: OpShape) -> OpDefinition:
         outs[handle] = Out(is_required=False, description=f"branch output {handle}")
     if shape.dynamic:
         outs[ITEMS] = DynamicOut(description="one state per loop item")
+    if shape.error:
+        outs[ERROR] = Out(is_required=False, description="state after a failure (error edges)")
     return OpDefinition(
         name=shape.name,
         ins=ins,
@@ -133,14 +145,11 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
     )
     try:
         outcome = run_node(plan, state, upstream, run)
-    except NodeExecutionError as exc:
-        if exc.retryable:
-            raise
-        raise Failure(
-            description=str(exc),
-            metadata={"node_id": plan.node_id, "node_type": plan.type, **_safe(exc.details)},
-            allow_retries=False,
-        ) from exc
+    except (DagsterError, RetryRequested, Failure):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every node error is retried, handled or failed below
+        yield from _failed(context, plan, state, exc, run)
+        return
     parked = outcome.result.parked
     if parked is not None:
         # Nothing is yielded: what follows is skipped and the run ends; a sensor resumes it.
@@ -148,6 +157,96 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
         _mark_waiting(context, parked.waitpoint_id)
         return
     yield from _outputs(plan, outcome.state, outcome, skipped=False)
+
+
+def _failed(
+    context: OpExecutionContext,
+    plan: NodePlan,
+    state: ExecutionState,
+    exc: Exception,
+    run: RunContext,
+) -> Iterator[Any]:
+    """After a failed attempt: retry with our own wait, or apply onError after the last one.
+
+    Retries raise `RetryRequested` with the wait from `retries.decide` (schedule, cap, jitter,
+    Retry-After), never Dagster's backoff. After the last attempt: `continue` / `fallback`
+    yield the normal outputs with null / the fallback value; error edges and a goto get the
+    `error` output (the normal outputs are not yielded, so the normal successors are
+    skipped); otherwise the step fails with `Failure(allow_retries=False)`.
+    """
+    settings = plan.retry or RetrySettings()
+    decision = decide(settings, exc, run.attempt, node_type=plan.type)
+    if decision.retry:
+        why = " (Retry-After)" if decision.retry_after_seconds is not None else ""
+        context.log.warning(
+            f"{plan.node_id}: attempt {decision.attempt}/{decision.max_attempts} failed: {exc}; "
+            f"retrying in {decision.wait_seconds:.3f}s{why}"
+        )
+        raise RetryRequested(
+            max_retries=settings.max_attempts - 1, seconds_to_wait=decision.wait_seconds
+        ) from exc
+    on_error = plan.on_error or OnErrorSettings()
+    strategy = on_error.strategy
+    handled_by: str
+    if strategy in ("continue", "fallback"):
+        handled_by = strategy
+    elif plan.error_output:
+        handled_by = "goto" if strategy == "goto" else "error_edge"
+    else:
+        handled_by = "fail"
+    summary = error_summary(exc, decision)
+    target = on_error.notify_target()
+    if target is not None:
+        payload = failure_payload(
+            node_id=plan.node_id,
+            node_type=plan.type,
+            label=plan.label,
+            error=summary,
+            handled_by=handled_by,
+            run_id=run.run_id,
+            run_tags=run.run_tags,
+        )
+        notify_failure(target, payload, services=run.services, state=state, log=context.log)
+    details = getattr(exc, "details", None)
+    metadata = {
+        "node_id": plan.node_id,
+        "node_type": plan.type,
+        "attempts": decision.attempt,
+        **_safe(details if isinstance(details, Mapping) else {}),
+    }
+    if handled_by == "fail":
+        raise Failure(description=str(exc), metadata=metadata, allow_retries=False) from exc
+    context.log.error(
+        f"{plan.node_id} failed after {decision.attempt} attempt(s): {exc}; onError: {handled_by}"
+    )
+    yield from _handled_outputs(plan, state, on_error, summary, handled_by)
+
+
+def _handled_outputs(
+    plan: NodePlan,
+    state: ExecutionState,
+    on_error: OnErrorSettings,
+    summary: Mapping[str, Any],
+    handled_by: str,
+) -> Iterator[Any]:
+    """The outputs of a node whose failure onError or an error edge handles."""
+    marks = {
+        ERROR_METADATA: MetadataValue.text(str(summary.get("message", ""))),
+        HANDLED_METADATA: MetadataValue.text(handled_by),
+    }
+    if handled_by in ("continue", "fallback"):
+        value = on_error.fallback_value if handled_by == "fallback" else None
+        output = wrap_output(value, plan.config.get("output_variable"))
+        after = state.with_output(plan.node_id, plan.rank, output)
+        yield Output(after, RESULT, metadata={**_metadata(plan, output, False), **marks})
+    elif plan.in_body:
+        yield Output(state.as_skipped(plan.node_id), RESULT, metadata=marks)
+    if plan.in_body:  # no branch is taken; a mapped step must still yield every output
+        for output_name in plan.branches:
+            yield Output(state.as_skipped(plan.node_id), output_name)
+    if plan.error_output:
+        failed = state.with_output(plan.node_id, plan.rank, {"error": dict(summary)})
+        yield Output(failed, ERROR, metadata={"node_id": plan.node_id, **marks})
 
 
 def _run_tags(context: OpExecutionContext) -> dict[str, str]:
@@ -231,6 +330,8 @@ def _outputs(
             yield Output(state, output_name)
         elif plan.in_body:
             yield Output(state.as_skipped(plan.node_id), output_name)
+    if plan.error_output and plan.in_body:
+        yield Output(state.as_skipped(plan.node_id), ERROR)
     if plan.loop is not None and plan.loop.mode == "dynamic" and outcome is not None:
         width = len(str(max(len(outcome.item_states) - 1, 0)))
         for index, item_state in enumerate(outcome.item_states):
@@ -263,4 +364,4 @@ def _safe(details: Mapping[str, Any]) -> dict[str, Any]:
     return safe
 
 
-__all__ = ["OpShape", "node_op"]
+__all__ = ["ERROR", "OpShape", "node_op"]

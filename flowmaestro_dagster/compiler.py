@@ -25,6 +25,7 @@ from dagster import (
 from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
 
 from flowmaestro_dagster.adapter import (
+    ERROR,
     INPUTS_RESOURCE,
     ITEMS,
     RESULT,
@@ -38,8 +39,8 @@ from flowmaestro_dagster.adapter import (
 )
 from flowmaestro_dagster.errors import InvalidWorkflowError
 from flowmaestro_dagster.executors.io_nodes import _MISSING, input_value
-from flowmaestro_dagster.graph import LoopRegion, WorkflowGraph, branch_key
-from flowmaestro_dagster.naming import job_name_for, sanitize, unique_aliases
+from flowmaestro_dagster.graph import LoopRegion, WorkflowGraph, branch_key, is_error_edge
+from flowmaestro_dagster.naming import job_name_for, label_slug, labelled_aliases, sanitize
 from flowmaestro_dagster.plan import (
     CollectPlan,
     InlineEdge,
@@ -53,7 +54,7 @@ from flowmaestro_dagster.retries import effective_retry, retry_policy
 from flowmaestro_dagster.spec.configs import InputConfig, LoopConfig
 from flowmaestro_dagster.spec.models import EdgeSpec, NodeSpec, WorkflowSpec
 from flowmaestro_dagster.spec.node_types import BRANCH_TYPES
-from flowmaestro_dagster.spec.parse import parse_workflow
+from flowmaestro_dagster.spec.parse import _fallback_label, parse_workflow
 from flowmaestro_dagster.spec.problems import Problem, has_errors
 from flowmaestro_dagster.validation import validate_spec
 
@@ -143,10 +144,28 @@ class _Compiler:
                     if member not in self.owner:
                         self.mapped_by[member] = region
         self.compiled = [n for n in self.order if n not in self.owner]
-        self.aliases = unique_aliases(self.compiled)
+        self.aliases = labelled_aliases((n, self._own_label(n)) for n in self.compiled)
         self.handles = {n: self._handle_outputs(n) for n in self.order}
+        # Ops with an `error` output: sources of error edges / gotos (an inline loop stands in
+        # for its inner nodes: their failure fails the loop op).
+        self.error_sources: set[str] = set()
+        for node_id in self.order:
+            for edge in self.graph.outgoing[node_id]:
+                source = self.owner.get(node_id, node_id)
+                if is_error_edge(edge) and self.owner.get(edge.target) != source:
+                    self.error_sources.add(source)
 
     # -- per node facts ------------------------------------------------------------------------
+
+    def _own_label(self, node_id: str) -> str | None:
+        """The label the author gave the node, or None when it only repeats its id or type."""
+        node = self.spec.nodes[node_id]
+        generic = {
+            label_slug(node.type),
+            label_slug(node.source_type),
+            label_slug(_fallback_label(node.type, node.original_config)),
+        }
+        return None if label_slug(node.label) in generic else node.label
 
     def _branch_key(self, source: str, handle: str) -> str:
         return branch_key(self.spec, source, handle) or f"unmatched:{handle}"
@@ -158,14 +177,14 @@ class _Compiler:
             return {}
         standard = STANDARD_HANDLES.get(node.type, ())
         outputs: dict[str, str] = {name: name for name in standard}
-        taken = set(outputs) | {RESULT, ITEMS, UPSTREAM}
+        taken = set(outputs) | {RESULT, ITEMS, UPSTREAM, ERROR}
         for edge in self.graph.outgoing[node_id]:
-            if edge.handle is None:
+            if edge.handle is None or is_error_edge(edge):
                 continue
             key = self._branch_key(node_id, edge.handle)
             if key in outputs.values():
                 continue
-            name = base = sanitize(edge.handle.lower(), reserved=(RESULT, ITEMS, UPSTREAM))
+            name = base = sanitize(edge.handle.lower(), reserved=(RESULT, ITEMS, UPSTREAM, ERROR))
             counter = 2
             while name in taken:
                 name = f"{base}_{counter}"
@@ -177,6 +196,8 @@ class _Compiler:
     def _edge_output(self, edge: EdgeSpec) -> str:
         """Which output of `edge.source` the edge leaves from."""
         source = edge.source
+        if is_error_edge(edge):
+            return ERROR
         region = self.regions.get(source)
         if region is not None and region.mode == "dynamic" and region.body:
             return ITEMS if edge.target in region.body else RESULT
@@ -198,6 +219,9 @@ class _Compiler:
             branches=self.handles[node_id] if node_id in self.aliases else {},
             in_body=in_body,
             loop=self._loop_plan(node) if node.type == "loop" else None,
+            retry=effective_retry(node),
+            on_error=node.on_error,
+            error_output=node_id in self.error_sources,
         )
 
     def _loop_plan(self, node: NodeSpec) -> LoopPlan:
@@ -234,7 +258,10 @@ class _Compiler:
                 if source not in member_set and source != region.loop_id:
                     continue
                 branch = None
-                if source == edge.source and edge.handle is not None and self.handles[source]:
+                if is_error_edge(edge):
+                    # Inside an inline body a node's failure fails the loop op: never taken.
+                    branch = ERROR
+                elif source == edge.source and edge.handle is not None and self.handles[source]:
                     branch = self._branch_key(source, edge.handle)
                 inline_edge = InlineEdge(source=source, target=target, branch=branch)
                 if inline_edge not in edges:
@@ -334,7 +361,10 @@ class _Compiler:
             source = self.owner.get(edge.source, edge.source)
             if any(source in r.body for r in exit_of):
                 continue  # collected below
-            output = RESULT if source != edge.source else self._edge_output(edge)
+            if source == edge.source or is_error_edge(edge):
+                output = self._edge_output(edge)
+            else:
+                output = RESULT
             pair = (self.aliases[source], output)
             if pair not in sources:
                 sources.append(pair)
@@ -393,5 +423,6 @@ class _Compiler:
             collects=len(collects),
             handles=tuple(self.handles[node_id]),
             dynamic=dynamic,
+            error=node_id in self.error_sources,
         )
         return deps, plan, shape

@@ -22,7 +22,7 @@ from flowmaestro_dagster.settings import get_settings
 def node_resources(*, database_outputs: bool = False) -> dict[str, Any]:
     resources: dict[str, Any] = {
         INPUTS_RESOURCE: workflow_inputs_resource,
-        SERVICES_RESOURCE: FlowMaestroResource(),
+        SERVICES_RESOURCE: FlowMaestroResource(platform=database_outputs),
     }
     if database_outputs:
         from flowmaestro_dagster.io_manager import NodeOutputIOManager
@@ -56,24 +56,43 @@ def platform_defs() -> dg.Definitions:
 
 def build_shard(shard: int) -> dg.RepositoryDefinition:
     """Deployed workflow versions of one shard, as a repository of lazily built jobs."""
+    from sqlalchemy.exc import OperationalError
+
     from flowmaestro_api.db import get_engine, migrate, session_scope
     from flowmaestro_api.services.workflows import loadable_versions
     from flowmaestro_api.settings import get_api_settings
     from flowmaestro_dagster.compiler import compile_workflow
+    from flowmaestro_dagster.instance_config import pool_op_tags
 
     settings = get_api_settings()
-    migrate(settings.database_url)
-    with session_scope(get_engine(settings.database_url)) as session:
-        versions = [
-            (row.job_name, row.definition)
-            for row in loadable_versions(session, shard=shard, shards=settings.code_location_shards)
-        ]
+
+    def load() -> list[tuple[str, dict[str, Any], str]]:
+        with session_scope(get_engine(settings.database_url)) as session:
+            rows = loadable_versions(session, shard=shard, shards=settings.code_location_shards)
+            return [(row.job_name, row.definition, row.workflow_id) for row in rows]
+
+    try:
+        versions = load()
+    except OperationalError:  # a new database: migrate once (run workers skip this cost)
+        migrate(settings.database_url)
+        versions = load()
     resources = node_resources(database_outputs=True)
 
-    def loader(job_name: str, definition: dict[str, Any]) -> Callable[[], dg.JobDefinition]:
-        return lambda: compile_workflow(definition, job_name=job_name, resource_defs=resources).job
+    def loader(
+        job_name: str, definition: dict[str, Any], workflow_id: str
+    ) -> Callable[[], dg.JobDefinition]:
+        # Every op is in the workflow's pool: the API sets its slots to the workflow's
+        # concurrency limit (pool granularity `run`: a slot is a run; docs/queues.md).
+        return lambda: (
+            compile_workflow(
+                definition,
+                job_name=job_name,
+                resource_defs=resources,
+                op_tags=pool_op_tags(workflow_id),
+            ).job
+        )
 
-    jobs = {job_name: loader(job_name, definition) for job_name, definition in versions}
+    jobs = {name: loader(name, definition, wid) for name, definition, wid in versions}
 
     @dg.repository(name="__repository__")
     def shard_repository() -> dict[str, Any]:

@@ -37,18 +37,49 @@ class LoopRegion:
     sinks: tuple[str, ...] = ()
 
 
-class WorkflowGraph:
-    """Adjacency of a spec (edges to unknown nodes are left out: validation reports them)."""
+def is_error_edge(edge: EdgeSpec) -> bool:
+    """An edge taken only when its source fails for good (`sourceHandle: "error"`, or a goto)."""
+    return edge.handle is not None and edge.handle.strip().lower() == ERROR_HANDLE
 
-    def __init__(self, spec: WorkflowSpec) -> None:
+
+def goto_edges(spec: WorkflowSpec) -> list[EdgeSpec]:
+    """`onError: {strategy: goto, gotoNode}` as the error edge it behaves like."""
+    edges = []
+    for node in spec.nodes.values():
+        on_error = node.on_error
+        if on_error is None or on_error.strategy != "goto" or not on_error.goto_node:
+            continue
+        if on_error.goto_node in spec.nodes:
+            edges.append(
+                EdgeSpec(
+                    id=f"{node.id}:onError.gotoNode",
+                    source=node.id,
+                    target=on_error.goto_node,
+                    source_handle=ERROR_HANDLE,
+                )
+            )
+    return edges
+
+
+class WorkflowGraph:
+    """Adjacency of a spec (edges to unknown nodes are left out: validation reports them).
+
+    Error paths (error edges and `onError` gotos) are edges with the `error` handle; with
+    `error_paths=False` they are left out (to tell a drawn cycle from one a goto closes).
+    """
+
+    def __init__(self, spec: WorkflowSpec, *, error_paths: bool = True) -> None:
         self.spec = spec
         self.node_ids: list[str] = list(spec.nodes)
         self.position = {node_id: i for i, node_id in enumerate(self.node_ids)}
         self.incoming: dict[str, list[EdgeSpec]] = {n: [] for n in self.node_ids}
         self.outgoing: dict[str, list[EdgeSpec]] = {n: [] for n in self.node_ids}
         seen: set[tuple[str, str | None, str]] = set()
-        for edge in spec.edges:
+        edges = [*spec.edges, *goto_edges(spec)] if error_paths else spec.edges
+        for edge in edges:
             if edge.source not in spec.nodes or edge.target not in spec.nodes:
+                continue
+            if not error_paths and is_error_edge(edge):
                 continue
             key = (edge.source, edge.handle, edge.target)
             if key in seen:
@@ -163,7 +194,8 @@ class WorkflowGraph:
     def _loop_body(
         self, loop_id: str, order: list[str], rank: dict[str, int]
     ) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, tuple[str, ...]], tuple[str, ...]]:
-        outgoing = self.outgoing[loop_id]
+        # An error edge of the loop node leads out of it, never into the body.
+        outgoing = [e for e in self.outgoing[loop_id] if not is_error_edge(e)]
         handle_mode = any(e.handle in LOOP_BODY_HANDLES for e in outgoing)
         body_entry = {
             e.target for e in outgoing if not handle_mode or e.handle in LOOP_BODY_HANDLES

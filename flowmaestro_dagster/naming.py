@@ -72,6 +72,39 @@ def unique_aliases(raw_names: Iterable[str], *, reserved: Iterable[str] = ()) ->
     return aliases
 
 
+_SLUG = re.compile(r"[^a-z0-9]+")
+LABEL_CHARS = 40
+
+
+def label_slug(label: str) -> str:
+    """`Generate Auto-Response!` → `generate_auto_response` (never contains `__`)."""
+    slug = _SLUG.sub("_", label.lower()).strip("_")[:LABEL_CHARS].strip("_")
+    return f"n_{slug}" if slug[:1].isdigit() else slug
+
+
+def labelled_aliases(nodes: Iterable[tuple[str, str | None]]) -> dict[str, str]:
+    """Op aliases that show a node's label in the Dagster UI: `<label>__<id>`.
+
+    The alias depends only on the node's own id and label, so adding a node renames nothing
+    unless the new node has the same label *and* an id that sanitises the same (then
+    `unique_aliases` decides, as for plain ids). A node without a label of its own (`None`)
+    keeps the plain id alias. A label part never contains `__`; a composite that equals
+    another node's id gets a hash suffix.
+    """
+    pairs = list(nodes)
+    raw: dict[str, str] = {}
+    for node_id, label in pairs:
+        slug = label_slug(label) if label else ""
+        plain = sanitize(node_id).rstrip("_")
+        raw[node_id] = f"{slug}__{node_id}" if slug and slug != plain else node_id
+    ids = {node_id for node_id, _ in pairs}
+    for node_id, _ in pairs:
+        if raw[node_id] != node_id and raw[node_id] in ids:
+            raw[node_id] = f"{raw[node_id]}_{_digest(node_id)}"
+    by_raw = unique_aliases(raw.values())
+    return {node_id: by_raw[raw[node_id]] for node_id, _ in pairs}
+
+
 def job_name_for(workflow_name: str) -> str:
     """A job name from a workflow name: `Lead Scoring v2` → `lead_scoring_v2`."""
     return sanitize(workflow_name.lower())

@@ -24,11 +24,13 @@ from flowmaestro_dagster.spec.configs import (
     OutputConfig,
     RouterConfig,
     SharedMemoryConfig,
+    SubworkflowConfig,
     SwitchConfig,
     TransformConfig,
     TriggerConfig,
     WaitConfig,
 )
+from flowmaestro_dagster.spec.policies import OnErrorSettings, RetrySettings
 
 CONFIG_MODELS: dict[str, type[NodeConfig]] = {
     "input": InputConfig,
@@ -47,6 +49,7 @@ CONFIG_MODELS: dict[str, type[NodeConfig]] = {
     "integration": IntegrationConfig,
     "database": DatabaseConfig,
     "shared-memory": SharedMemoryConfig,
+    "subworkflow": SubworkflowConfig,
 }
 
 
@@ -111,6 +114,10 @@ class NodePlan(_Plan):
     loop: LoopPlan | None = None
     collects: list[CollectPlan] = Field(default_factory=list)
     loops: list[LoopSummary] = Field(default_factory=list)
+    # Failure handling (issue #7): the adapter decides retries and onError at run time.
+    retry: RetrySettings | None = None
+    on_error: OnErrorSettings | None = None
+    error_output: bool = False  # an `error` output feeds error edges / the goto node
 
     def typed_config(self) -> NodeConfig:
         return config_model(self.type).model_validate(self.config)

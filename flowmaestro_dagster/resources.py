@@ -37,8 +37,21 @@ class FlowMaestroResource(ConfigurableResource):
     never part of a run's config.
     """
 
+    platform: bool = False  # runs of API executions: waitpoints live in the platform database
+
     def services(self) -> Mapping[str, Any]:
-        return {"settings": get_settings()}
+        services: dict[str, Any] = {"settings": get_settings()}
+        if self.platform:
+            from flowmaestro_api.services.waitpoints import DatabaseWaitpointStore
+            from flowmaestro_api.settings import get_api_settings
+
+            api = get_api_settings()
+            services["waitpoints"] = DatabaseWaitpointStore(
+                api.database_url,
+                sleep_threshold_seconds=api.wait_sleep_threshold_seconds,
+                shards=api.code_location_shards,
+            )
+        return services
 
 
 class StaticServices:

@@ -10,7 +10,7 @@ from flowmaestro_dagster.compiler import CompiledWorkflow
 from flowmaestro_dagster.graph import WorkflowGraph
 from flowmaestro_dagster.runtime.state import ExecutionState
 
-NodeStatus = Literal["succeeded", "failed", "skipped", "not_run", "running"]
+NodeStatus = Literal["succeeded", "failed", "skipped", "not_run", "running", "waiting"]
 RunStatus = Literal["succeeded", "failed"]
 
 
@@ -96,6 +96,12 @@ def summarize(
             info["skipped"] += 1
         elif kind == DagsterEventType.STEP_UP_FOR_RETRY:
             info["retries"] += 1
+        elif kind == DagsterEventType.STEP_OUTPUT:
+            # A failure that onError / an error edge handled (see adapter._handled_outputs).
+            metadata = getattr(event.event_specific_data, "metadata", None) or {}
+            handled = metadata.get("flowmaestro/error")
+            if handled is not None:
+                info["handled"] = str(getattr(handled, "value", handled))
     spec = compiled.spec
     nodes: dict[str, NodeRun] = {}
     for node_id, node in spec.nodes.items():
@@ -109,6 +115,8 @@ def summarize(
         run.attempts = info.get("success", 0) + info.get("failure", 0) + info.get("retries", 0)
         if info.get("failure"):
             run.status, run.error = "failed", info.get("error")
+        elif info.get("handled") is not None and state is None:
+            run.status, run.error = "failed", info["handled"]  # only its error path ran
         elif isinstance(state, Mapping):
             per_item = [state[k] for k in sorted(state)]
             run.iterations = len(per_item)
@@ -122,6 +130,8 @@ def summarize(
             run.status = "succeeded"  # a loop with no items still succeeded
         elif info.get("skipped"):
             run.status = "skipped"
+        if info.get("handled") is not None:
+            run.error = info["handled"]  # continue / fallback: it has a value, and an error
     _fill_inline(compiled, nodes, states)
     outputs = final_outputs(compiled, nodes)
     return WorkflowRunResult(run_id, "succeeded" if success else "failed", nodes, outputs)

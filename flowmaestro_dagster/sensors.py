@@ -15,6 +15,7 @@ from flowmaestro_api.db import get_engine, session_scope
 from flowmaestro_api.models import Execution
 from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.services.executions import purge_expired_keys, reconcile_launches, refresh
+from flowmaestro_api.services.waitpoints import tick
 from flowmaestro_api.settings import get_api_settings
 
 
@@ -51,6 +52,32 @@ def make_launch_reconciler_sensor(minimum_interval_seconds: int = 10) -> SensorD
     return execution_launch_reconciler
 
 
+def make_waitpoint_sensor(minimum_interval_seconds: int = 5) -> SensorDefinition:
+    """Resolves due, expired and child waitpoints and resumes parked runs that are ready.
+
+    Approvals and callbacks resume at once through the API; this sensor is their backstop.
+    """
+
+    @sensor(
+        name="waitpoint_resumer",
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Resumes executions parked at waitpoints once they resolve.",
+    )
+    def waitpoint_resumer(context: SensorEvaluationContext) -> SkipReason:
+        settings = get_api_settings()
+        client = DagsterClient(
+            settings.dagster_graphql_url,
+            timeout=settings.graphql_timeout_seconds,
+            instance=context.instance,
+        )
+        with session_scope(get_engine(settings.database_url)) as session:
+            counts = tick(session, client, lease_seconds=settings.launch_lease_seconds)
+        return SkipReason(", ".join(f"{k} {v}" for k, v in counts.items()))
+
+    return waitpoint_resumer
+
+
 def make_execution_status_sensor(status: DagsterRunStatus) -> SensorDefinition:
     """Writes a finished run's outcome back to its execution (for lists, filters, analytics)."""
 
@@ -78,6 +105,7 @@ def make_execution_status_sensor(status: DagsterRunStatus) -> SensorDefinition:
 def platform_sensors() -> list[SensorDefinition]:
     return [
         make_launch_reconciler_sensor(get_api_settings().reconciler_interval_seconds),
+        make_waitpoint_sensor(get_api_settings().waitpoint_interval_seconds),
         *(
             make_execution_status_sensor(status)
             for status in (

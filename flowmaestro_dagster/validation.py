@@ -4,16 +4,17 @@ Errors stop a definition from becoming a job; warnings are advice (a branch hand
 matches no case, a reference nothing upstream provides, a connector this deployment lacks).
 """
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 from flowmaestro_dagster.connectors import connector_problems
 from flowmaestro_dagster.errors import ExpressionError
 from flowmaestro_dagster.graph import (
-    ERROR_HANDLE,
     LOOP_BODY_HANDLES,
     WorkflowGraph,
     branch_key,
+    is_error_edge,
 )
 from flowmaestro_dagster.runtime import expressions
 from flowmaestro_dagster.runtime.templates import template_roots
@@ -23,6 +24,7 @@ from flowmaestro_dagster.spec.configs import (
     InputConfig,
     LoopConfig,
     SharedMemoryConfig,
+    SubworkflowConfig,
     SwitchConfig,
     TransformConfig,
 )
@@ -90,7 +92,7 @@ def validate_spec(spec: WorkflowSpec) -> list[Problem]:
             )
         )
     graph = WorkflowGraph(spec)
-    cycle = graph.find_cycle()
+    cycle = WorkflowGraph(spec, error_paths=False).find_cycle()
     if cycle is not None:
         path = " → ".join(cycle)
         problems.append(
@@ -101,6 +103,10 @@ def validate_spec(spec: WorkflowSpec) -> list[Problem]:
                 path="$.edges",
             )
         )
+    else:
+        cycle = graph.find_cycle()  # only an error edge or a goto can close it now
+        if cycle is not None:
+            problems.append(_error_path_cycle(graph, cycle))
     for node in spec.nodes.values():
         problems.extend(_node_config_problems(node))
         problems.extend(_handle_problems(spec, graph, node))
@@ -153,6 +159,8 @@ def _node_config_problems(node: NodeSpec) -> Iterator[Problem]:
                 yield _missing(node, "condition", "a while loop needs a condition")
             else:
                 yield from _expression_problems(node, config.condition, "condition")
+    elif isinstance(config, SubworkflowConfig) and not config.workflow_id:
+        yield _missing(node, "workflowId", "a subworkflow needs workflowId (the child workflow)")
     elif isinstance(config, SharedMemoryConfig) and config.operation != "search" and not config.key:
         yield _missing(node, "key", f"shared-memory {config.operation} needs a key")
 
@@ -201,7 +209,7 @@ def _transform_problems(node: NodeSpec, config: TransformConfig) -> Iterator[Pro
 def _handle_problems(spec: WorkflowSpec, graph: WorkflowGraph, node: NodeSpec) -> Iterator[Problem]:
     for edge in graph.outgoing.get(node.id, []):
         handle = edge.handle
-        if handle is None:
+        if handle is None or is_error_edge(edge):
             continue
         if node.type in BRANCH_TYPES:
             if branch_key(spec, node.id, handle) is None:
@@ -214,7 +222,7 @@ def _handle_problems(spec: WorkflowSpec, graph: WorkflowGraph, node: NodeSpec) -
                 )
         elif node.type == "loop" and handle in LOOP_BODY_HANDLES:
             continue
-        elif handle != ERROR_HANDLE and node.type != "loop":
+        elif node.type != "loop":
             yield warning(
                 "unknown_handle",
                 f"edge '{edge.id}' has handle '{handle}'; a {node.type} node has no branches, "
@@ -236,7 +244,16 @@ def _choices(node: NodeSpec) -> str:
 
 def _on_error_problems(spec: WorkflowSpec, node: NodeSpec) -> Iterator[Problem]:
     on_error = node.on_error
-    if on_error is None or on_error.strategy != "goto":
+    if on_error is None:
+        return
+    if on_error.strategy == "fallback" and "fallback_value" not in on_error.model_fields_set:
+        yield warning(
+            "fallback_without_value",
+            "onError fallback has no fallbackValue: the node's value is null when it fails",
+            node_id=node.id,
+            field="onError.fallbackValue",
+        )
+    if on_error.strategy != "goto":
         return
     if not on_error.goto_node:
         yield _missing(node, "onError.gotoNode", "onError goto needs gotoNode")
@@ -247,6 +264,32 @@ def _on_error_problems(spec: WorkflowSpec, node: NodeSpec) -> Iterator[Problem]:
             node_id=node.id,
             field="onError.gotoNode",
         )
+
+
+def _error_path_cycle(graph: WorkflowGraph, cycle: list[str]) -> Problem:
+    """A cycle that only exists through an error edge or a goto: name the edge that closes it."""
+    path = " → ".join(cycle)
+    for source, target in itertools.pairwise(cycle):
+        for edge in graph.outgoing[source]:
+            if edge.target != target or not is_error_edge(edge):
+                continue
+            if edge.id.endswith(":onError.gotoNode"):
+                return error(
+                    "error_path_cycle",
+                    f"onError goto '{target}' would create a cycle ({path}): a goto must lead "
+                    "to a node that does not run before this one",
+                    node_id=source,
+                    field="onError.gotoNode",
+                )
+            return error(
+                "error_path_cycle",
+                f"the error edge '{edge.id}' to '{target}' would create a cycle ({path}): a "
+                "fallback must be a node that does not run before this one",
+                node_id=source,
+                field="sourceHandle",
+                path=f"edges[{edge.id}].sourceHandle",
+            )
+    return error("cycle", f"the workflow has a cycle: {path}", node_id=cycle[0], path="$.edges")
 
 
 # -- references ----------------------------------------------------------------------------------

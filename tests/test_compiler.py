@@ -73,7 +73,9 @@ def test_workflows_share_one_op_definition_per_node_type() -> None:
 
 def test_op_labels_type_and_plan_config() -> None:
     compiled = compile_workflow(two_workflows()[0])
-    node = compiled.job.graph.node_named("llm_1")
+    assert compiled.aliases["llm-1"] == "summarize__llm_1"  # the Gantt shows the label
+    assert compiled.aliases["input-1"] == "input_1"  # a label that only repeats id/type/name
+    node = compiled.job.graph.node_named("summarize__llm_1")
     assert node.tags["flowmaestro/label"] == "Summarize"
     assert node.tags["flowmaestro/type"] == "llm"
     config = compiled.job.run_config_schema  # default run config carries each node's plan

@@ -5,9 +5,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SettingsDep
 from flowmaestro_api.errors import ApiError
+from flowmaestro_api.models import Waitpoint
 from flowmaestro_api.schemas import (
     ExecutionCreate,
     ExecutionList,
@@ -15,12 +18,14 @@ from flowmaestro_api.schemas import (
     ExecutionStatus,
     NodeStatusPublic,
     RunPublic,
+    WaitpointPublic,
 )
 from flowmaestro_api.services import executions as service
 from flowmaestro_api.services.events import execution_events
 from flowmaestro_api.settings import ApiSettings
 
 router = APIRouter(tags=["executions"])
+MAX_OFFSET = 1_000_000
 
 
 def _public(view: service.ExecutionView, settings: ApiSettings) -> ExecutionPublic:
@@ -39,6 +44,10 @@ def _public(view: service.ExecutionView, settings: ApiSettings) -> ExecutionPubl
     latest = execution.latest_run_id or execution.run_id
     public.url = f"{ui}/runs/{latest}" if latest else None
     public.nodes = [NodeStatusPublic.model_validate(n) for n in view.nodes]
+    if public.status == "queued" or (view.runs and view.runs[-1].status == "QUEUED"):
+        from flowmaestro_api.services.queues import queue_status
+
+        public.queue_position, public.queued_reason = queue_status(execution, view.runs, settings)
     return public
 
 
@@ -99,7 +108,7 @@ def list_executions(
     workflow_id: str | None = None,
     status_filter: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ExecutionList:
     rows, total = service.list_executions(
         session,
@@ -124,7 +133,31 @@ def get_execution(
 ) -> ExecutionPublic:
     """Status, per-node status / attempts / durations / outputs, and every Dagster run."""
     execution = service.get_execution(session, user=user, execution_id=execution_id)
-    return _public(service.refresh(session, dagster, execution), settings)
+    public = _public(service.refresh(session, dagster, execution), settings)
+    public.waitpoints = _waitpoints(session, settings, execution_id)
+    return public
+
+
+def _waitpoints(
+    session: Session, settings: ApiSettings, execution_id: str
+) -> list[WaitpointPublic]:
+    """The execution's waitpoints; a webhook wait shows the URL its caller must POST to."""
+    from flowmaestro_api.services.waitpoints import signed_token
+
+    rows = session.scalars(
+        select(Waitpoint)
+        .where(Waitpoint.execution_id == execution_id)
+        .order_by(Waitpoint.created_at)
+    ).all()
+    base = settings.public_api_url.rstrip("/")
+    result = []
+    for row in rows:
+        public = WaitpointPublic.model_validate(row, from_attributes=True)
+        if row.kind == "callback":
+            token = signed_token(settings.secret("secret_key"), "callback", row.id)
+            public.callback_url = f"{base}/callbacks/{token}"
+        result.append(public)
+    return result
 
 
 @router.post("/executions/{execution_id}/cancel", response_model=ExecutionPublic, status_code=202)

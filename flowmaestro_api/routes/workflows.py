@@ -3,7 +3,7 @@
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SettingsDep
 from flowmaestro_api.errors import ApiError
@@ -18,8 +18,29 @@ from flowmaestro_api.schemas import (
     WorkflowUpdate,
 )
 from flowmaestro_api.services import workflows as service
+from flowmaestro_api.services.dagster import DagsterClient
+from flowmaestro_dagster.spec.problems import Problem, warning
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
+MAX_OFFSET = 1_000_000
+MAX_VERSION = 1_000_000
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION)]
+
+
+def _apply_limits(dagster: DagsterClient, workflow: Any) -> Problem | None:
+    """Give Dagster the workflow's concurrency settings now (pool slots, run tags); a failure
+    is a warning: the settings are stored and the next deploy or settings change retries."""
+    from flowmaestro_api.services.queues import apply_workflow_limits
+
+    try:
+        apply_workflow_limits(dagster.instance, workflow)
+    except Exception as exc:  # noqa: BLE001 - stored anyway; reported to the caller
+        return warning(
+            "limits_not_applied",
+            f"the concurrency settings are stored but Dagster does not enforce them yet: {exc}",
+            field="settings",
+        )
+    return None
 
 
 def _public(workflow: Any, warnings: list[Any] | None = None) -> WorkflowPublic:
@@ -48,7 +69,7 @@ def list_workflows(
     session: SessionDep,
     user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     include_archived: bool = False,
 ) -> WorkflowList:
     rows, total = service.list_workflows(
@@ -64,9 +85,17 @@ def get_workflow(workflow_id: str, session: SessionDep, user: CurrentUser) -> Wo
 
 @router.patch("/{workflow_id}", response_model=WorkflowPublic)
 def update_workflow(
-    workflow_id: str, body: WorkflowUpdate, session: SessionDep, user: CurrentUser
+    workflow_id: str,
+    body: WorkflowUpdate,
+    session: SessionDep,
+    user: CurrentUser,
+    dagster: DagsterDep,
 ) -> WorkflowPublic:
-    """Change name, description or settings; a new definition becomes a new draft version."""
+    """Change name, description or settings; a new definition becomes a new draft version.
+
+    Concurrency settings (limit, one at a time per user) of a deployed workflow apply at once,
+    to runs already queued too; nothing restarts.
+    """
     workflow, warnings = service.update_workflow(
         session,
         user=user,
@@ -77,6 +106,13 @@ def update_workflow(
         settings=body.settings,
     )
     session.commit()
+    changed = body.settings.model_fields_set if body.settings is not None else set()
+    if (
+        changed & {"concurrency_limit", "one_at_a_time_per_user"}
+        and workflow.deployed_version is not None
+        and (problem := _apply_limits(dagster, workflow))
+    ):
+        warnings = [*warnings, problem]
     return _public(workflow, warnings)
 
 
@@ -101,7 +137,7 @@ def list_versions(workflow_id: str, session: SessionDep, user: CurrentUser) -> V
 
 @router.get("/{workflow_id}/versions/{version}", response_model=VersionPublic)
 def get_version(
-    workflow_id: str, version: int, session: SessionDep, user: CurrentUser
+    workflow_id: str, version: VersionNumber, session: SessionDep, user: CurrentUser
 ) -> VersionPublic:
     workflow = service.get_workflow(session, user=user, workflow_id=workflow_id)
     return VersionPublic.model_validate(
@@ -112,7 +148,7 @@ def get_version(
 @router.post("/{workflow_id}/versions/{version}/deploy", response_model=Deployment)
 def deploy_version(
     workflow_id: str,
-    version: int,
+    version: VersionNumber,
     session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
@@ -125,6 +161,9 @@ def deploy_version(
     """
     row = service.mark_deployed(session, user=user, workflow_id=workflow_id, version=version)
     session.commit()
+    problem = _apply_limits(
+        dagster, service.get_workflow(session, user=user, workflow_id=workflow_id)
+    )
     location = service.location_for(workflow_id, settings.code_location_shards)
     started = time.monotonic()
     try:
@@ -136,6 +175,8 @@ def deploy_version(
             False,
             f"deployed; Dagster will pick it up on its next reload ({exc.detail})",
         )
+    if problem is not None:
+        detail = "; ".join(d for d in (detail, problem.message) if d)
     return Deployment(
         workflow_id=workflow_id,
         version=version,
@@ -149,7 +190,7 @@ def deploy_version(
 
 @router.post("/{workflow_id}/versions/{version}/archive", response_model=VersionPublic)
 def archive_version(
-    workflow_id: str, version: int, session: SessionDep, user: CurrentUser
+    workflow_id: str, version: VersionNumber, session: SessionDep, user: CurrentUser
 ) -> VersionPublic:
     row = service.archive_version(session, user=user, workflow_id=workflow_id, version=version)
     session.commit()
@@ -162,7 +203,7 @@ def archive_version(
     response_model=VersionPublic,
 )
 def revert_version(
-    workflow_id: str, version: int, session: SessionDep, user: CurrentUser
+    workflow_id: str, version: VersionNumber, session: SessionDep, user: CurrentUser
 ) -> VersionPublic:
     """A new draft version with the definition of an older one."""
     row = service.revert_to(session, user=user, workflow_id=workflow_id, version=version)
@@ -175,8 +216,8 @@ def diff_versions(
     workflow_id: str,
     session: SessionDep,
     user: CurrentUser,
-    from_version: Annotated[int, Query(alias="from", ge=1)],
-    to_version: Annotated[int, Query(alias="to", ge=1)],
+    from_version: Annotated[int, Query(alias="from", ge=1, le=MAX_VERSION)],
+    to_version: Annotated[int, Query(alias="to", ge=1, le=MAX_VERSION)],
 ) -> VersionDiff:
     """Nodes, edges and config added, removed or changed (positions are ignored)."""
     workflow = service.get_workflow(session, user=user, workflow_id=workflow_id)

@@ -34,6 +34,7 @@ from flowmaestro_api.models import (
     IdempotencyKey,
     NodeOutput,
     User,
+    Waitpoint,
     Workflow,
     WorkflowVersion,
     utcnow,
@@ -240,16 +241,17 @@ def purge_expired_keys(session: Session) -> int:
 
 
 def run_tags(execution: Execution) -> dict[str, str]:
-    tags = {
+    """Tags of every run of an execution; the run queue's limits key on them (queues.py)."""
+    from flowmaestro_api.services.queues import queue_tags
+
+    return {
         f"{TAG}/execution_id": execution.id,
         f"{TAG}/workflow_id": execution.workflow_id,
         f"{TAG}/version": str(execution.version),
         f"{TAG}/user": execution.user_id,
         "dagster/priority": str(execution.priority),
+        **queue_tags(execution),
     }
-    if execution.queue:
-        tags[f"{TAG}/queue"] = execution.queue
-    return tags
 
 
 def launch_execution(
@@ -422,12 +424,18 @@ def refresh(session: Session, client: DagsterClient, execution: Execution) -> Ex
         log.warning("showing stored state of execution %s: %s", execution.id, exc)
         return ExecutionView(execution, [], [])
     status = execution_status(execution, runs)
+    parked = _parked_nodes(session, execution.id)
+    if parked and status in ("succeeded", "queued") and (status == "succeeded" or runs):
+        status = "waiting"  # the run ended at a waitpoint, or its resume is queued
     version = version_row(session, execution)
     nodes: list[dict[str, Any]] = []
     outputs: dict[str, Any] | None = execution.outputs
     if version is not None and runs:
         compiled = compiled_for(version)
         node_runs = _node_runs(session, client, compiled, execution, runs)
+        for node_id, waitpoint_status in parked.items():
+            if node_id in node_runs and waitpoint_status == "pending":
+                node_runs[node_id][0].status = "waiting"
         nodes = [_node_public(run, extra) for run, extra in node_runs.values()]
         if status == "succeeded":
             outputs = final_outputs(compiled, {k: v[0] for k, v in node_runs.items()})
@@ -451,6 +459,17 @@ def refresh(session: Session, client: DagsterClient, execution: Execution) -> Ex
             setattr(execution, key, value)
         session.commit()
     return ExecutionView(execution, runs, nodes)
+
+
+def _parked_nodes(session: Session, execution_id: str) -> dict[str, str]:
+    """Nodes with a waitpoint not yet resumed: node id -> waitpoint status."""
+    rows = session.execute(
+        select(Waitpoint.node_id, Waitpoint.status).where(
+            Waitpoint.execution_id == execution_id,
+            Waitpoint.status.in_(("pending", "resolved", "resuming")),
+        )
+    ).all()
+    return {str(node_id): str(status) for node_id, status in rows}
 
 
 def _node_runs(

@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping
 
-from flowmaestro_dagster.executors import code, database, http, integration, llm
+from flowmaestro_dagster.executors import code, database, http, integration, llm, waitpoints
 from flowmaestro_dagster.executors.base import (
     Executor,
     MemoryOp,
@@ -47,6 +47,7 @@ EXECUTORS: Mapping[str, Executor] = {
     **code.EXECUTORS,
     **database.EXECUTORS,
     **integration.EXECUTORS,
+    **waitpoints.EXECUTORS,
 }
 
 

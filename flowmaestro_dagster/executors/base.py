@@ -33,6 +33,7 @@ class NodeContext:
     run_id: str | None = None
     execution_id: str | None = None
     run_tags: Mapping[str, str] = field(default_factory=dict)
+    step_key: str | None = None
     log: logging.Logger = _log
 
     @property

@@ -22,9 +22,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from flowmaestro_dagster.errors import (
     NodeConfigurationError,
@@ -36,6 +34,9 @@ from flowmaestro_dagster.net import parse_retry_after
 from flowmaestro_dagster.runtime.expressions import to_text
 from flowmaestro_dagster.settings import LLMProvider, Settings, get_settings
 from flowmaestro_dagster.spec.configs import LLMConfig, MediaConfig, Route, RouterConfig
+
+if TYPE_CHECKING:  # the SDK takes ~2 s to import: only nodes that call a model load it
+    import openai
 
 # Sent as the key to endpoints that need none (Ollama, vLLM): the SDK insists on some key, and
 # leaving it empty would make it read OPENAI_API_KEY and send that key to a foreign endpoint.
@@ -101,8 +102,10 @@ def resolve_model(ctx: NodeContext, provider_name: str, provider: LLMProvider, m
     return chosen
 
 
-def make_client(provider: LLMProvider) -> openai.OpenAI:
+def make_client(provider: LLMProvider) -> "openai.OpenAI":
     """An SDK client for one provider, with the SDK's own retries off (Dagster retries)."""
+    import openai
+
     return openai.OpenAI(
         api_key=provider.resolved_api_key() or NO_API_KEY,
         base_url=provider.base_url or OPENAI_BASE_URL,
@@ -115,8 +118,10 @@ def make_client(provider: LLMProvider) -> openai.OpenAI:
 @contextlib.contextmanager
 def provider_call(
     ctx: NodeContext, provider_name: str, provider: LLMProvider, model: str
-) -> Iterator[openai.OpenAI]:
+) -> Iterator["openai.OpenAI"]:
     """A client for one call; the SDK's errors leave as transient or permanent node errors."""
+    import openai
+
     try:
         with make_client(provider) as client:
             yield client
@@ -175,9 +180,15 @@ def usage_of(usage: Any) -> dict[str, int]:
 
 
 def provider_error(
-    ctx: NodeContext, exc: openai.OpenAIError, provider_name: str, provider: LLMProvider, model: str
+    ctx: NodeContext,
+    exc: "openai.OpenAIError",
+    provider_name: str,
+    provider: LLMProvider,
+    model: str,
 ) -> NodeExecutionError:
     """429, 5xx, 408, timeouts and connection errors are transient; the rest is permanent."""
+    import openai
+
     where = f"provider '{provider_name}' (model '{model}')"
     details: dict[str, Any] = {"provider": provider_name, "model": model}
     if isinstance(exc, openai.APITimeoutError):
@@ -208,7 +219,7 @@ def provider_error(
     return ctx.error(f"{where} failed: {exc}", details=details)
 
 
-def _status_message(exc: openai.APIStatusError) -> str:
+def _status_message(exc: "openai.APIStatusError") -> str:
     body = exc.body
     if isinstance(body, dict):
         inner = body.get("error", body)

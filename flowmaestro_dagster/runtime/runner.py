@@ -31,6 +31,7 @@ class RunContext:
     run_id: str | None = None
     execution_id: str | None = None
     run_tags: Mapping[str, str] = field(default_factory=dict)
+    step_key: str | None = None
     attempt: int = 1
     log: logging.Logger = _log
 
@@ -55,6 +56,7 @@ def run_node(
         run_id=run.run_id,
         execution_id=run.execution_id,
         run_tags=run.run_tags,
+        step_key=run.step_key,
         log=run.log,
     )
     executors = run.services.get("executors")

@@ -179,7 +179,12 @@ class ExecutionState:
             return self.scope[name]
         if name in self.outputs:
             output = self.outputs[name]
-            if isinstance(output, dict) and name in output and name not in self.collected:
+            if name in self.collected and isinstance(output, list):
+                items = [i for i in output if i is not None]
+                if items and all(isinstance(i, dict) and name in i for i in items):
+                    return [None if i is None else i[name] for i in output]
+                return output
+            if isinstance(output, dict) and name in output:
                 return output[name]  # a node named like its own outputVariable
             return output
         if name in self.inputs:

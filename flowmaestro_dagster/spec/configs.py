@@ -272,6 +272,13 @@ class SharedMemoryConfig(NodeConfig):
     top_k: int = Field(default=5, ge=1)
 
 
+class SubworkflowConfig(NodeConfig):
+    """Starts another deployed workflow as a child execution and waits for its outputs."""
+
+    workflow_id: str | None = None
+    inputs: Any = None
+
+
 class MediaConfig(NodeConfig):
     provider: str | None = None
     model: str | None = None
@@ -684,6 +691,13 @@ def _shared_memory(raw: _Raw) -> None:
     raw.take("value", "value")
     raw.take("search_query", "searchQuery", "query")
     raw.take("top_k", "topK")
+    _output_variable(raw)
+
+
+@_normaliser("subworkflow", model=SubworkflowConfig)
+def _subworkflow(raw: _Raw) -> None:
+    raw.take("workflow_id", "workflowId", "workflow", "childWorkflowId")
+    raw.take("inputs", "inputs", "input", "parameters")
     _output_variable(raw)
 
 

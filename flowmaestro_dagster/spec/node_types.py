@@ -50,6 +50,7 @@ CORE_TYPES: frozenset[str] = frozenset(
         "http",
         "database",
         "integration",
+        "subworkflow",  # a platform extension: a child execution of another workflow
     }
     | MEDIA_TYPES
 )
@@ -59,10 +60,12 @@ TYPE_ALIASES: dict[str, str] = {
     "userInput": "input",
     "kbQuery": "knowledgeBaseQuery",
     "action": "integration",
+    "childWorkflow": "subworkflow",
+    "executeWorkflow": "subworkflow",
 }
 
 BRANCH_TYPES: frozenset[str] = frozenset({"conditional", "switch", "router"})
-WAITPOINT_TYPES: frozenset[str] = frozenset({"wait", "humanReview"})
+WAITPOINT_TYPES: frozenset[str] = frozenset({"wait", "humanReview", "subworkflow"})
 
 # Node types whose executors ship with the compiler itself (pure, no external service).
 CORE_RUNNABLE: frozenset[str] = frozenset(

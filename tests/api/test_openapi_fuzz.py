@@ -6,13 +6,16 @@ from typing import Any
 
 import pytest
 import schemathesis
+from dagster import DagsterInstance
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
 from flowmaestro_api.db import dispose_engines, migrate
 from flowmaestro_api.main import create_app
+from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.testing.stack import INSTANCE_YAML
 from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, make_key
 
 
@@ -20,13 +23,20 @@ from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, make_key
 def fuzz_target(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[FastAPI, dict[str, str]]]:
-    path: Path = tmp_path_factory.mktemp("fuzz") / "api.db"
-    url = f"sqlite:///{path}"
+    workdir: Path = tmp_path_factory.mktemp("fuzz")
+    url = f"sqlite:///{workdir / 'api.db'}"
     migrate(url)
+    home = workdir / "dagster"  # a real (idle) Dagster instance: reads work, launches defer
+    home.mkdir()
+    (home / "dagster.yaml").write_text(INSTANCE_YAML)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DAGSTER_HOME", str(home))
+    instance = DagsterInstance.from_config(str(home))
     app = create_app(
         ApiSettings(
             database_url=url, dagster_graphql_url=UNREACHABLE_DAGSTER, graphql_timeout_seconds=1
-        )
+        ),
+        dagster=DagsterClient(UNREACHABLE_DAGSTER, timeout=1, instance=instance),
     )
     auth = make_key(url, "fuzz@example.com")
     with TestClient(app) as client:  # a real workflow, so that some requests find something
@@ -34,6 +44,8 @@ def fuzz_target(
     yield app, auth
     app.state.launcher.shutdown(wait=True)
     dispose_engines()
+    instance.dispose()
+    patch.undo()
 
 
 def operations(app: FastAPI) -> list[Any]:

@@ -1,0 +1,292 @@
+"""Approvals (humanReview waitpoints) and callbacks (webhook waits): decide, and resume at once."""
+
+import html
+import json
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Form, Header, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from flowmaestro_api.deps import CurrentUser, SessionDep, SettingsDep
+from flowmaestro_api.errors import ApiError, Forbidden, NotFound, Unauthenticated
+from flowmaestro_api.models import Waitpoint
+from flowmaestro_api.services import waitpoints as service
+from flowmaestro_api.settings import ApiSettings
+
+router = APIRouter(tags=["approvals"])
+
+
+class ApprovalPublic(BaseModel):
+    id: str
+    execution_id: str
+    node_id: str
+    iteration: str
+    status: str
+    prompt: str
+    input_type: str
+    required: bool
+    placeholder: str | None = None
+    validation: Any = None
+    approvers: list[str] = Field(default_factory=list)
+    created_at: datetime
+    expires_at: datetime | None = None
+    resolution: dict[str, Any] | None = None
+
+
+class ApprovalList(BaseModel):
+    items: list[ApprovalPublic]
+
+
+class DecisionIn(BaseModel):
+    decision: Literal["approve", "reject", "respond"]
+    value: Any = None
+    comment: str | None = Field(default=None, max_length=10_000)
+
+
+class ApprovalLink(BaseModel):
+    url: str
+
+
+def _public(row: Waitpoint) -> ApprovalPublic:
+    spec = row.spec
+    return ApprovalPublic(
+        id=row.id,
+        execution_id=row.execution_id,
+        node_id=row.node_id,
+        iteration=row.iteration,
+        status=row.status,
+        prompt=str(spec.get("prompt") or ""),
+        input_type=str(spec.get("input_type") or "text"),
+        required=bool(spec.get("required", True)),
+        placeholder=spec.get("placeholder"),
+        validation=spec.get("validation"),
+        approvers=list(spec.get("approvers") or []),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        resolution=row.resolution,
+    )
+
+
+def _approval(session: Session, approval_id: str) -> Waitpoint:
+    row = session.get(Waitpoint, approval_id)
+    if row is None or row.kind != "approval":
+        raise NotFound(f"no approval {approval_id}")
+    return row
+
+
+def resume_soon(request: Request, waitpoint: Waitpoint) -> None:
+    """Resume right away (the sensor is the backstop): an approval should not wait a tick."""
+    settings: ApiSettings = request.app.state.settings
+    engine = request.app.state.sessions.kw["bind"]
+    client = request.app.state.dagster
+    execution_id, run_id = waitpoint.execution_id, waitpoint.run_id
+
+    def resume() -> None:
+        from flowmaestro_api.db import session_scope
+
+        try:
+            with session_scope(engine) as session:
+                service.resume_run(
+                    session,
+                    client,
+                    execution_id=execution_id,
+                    parked_run_id=run_id,
+                    lease_seconds=settings.launch_lease_seconds,
+                )
+        except Exception:  # noqa: BLE001 - the waitpoint sensor retries the resume
+            pass
+
+    request.app.state.launcher.submit(resume)
+
+
+@router.get("/approvals", response_model=ApprovalList)
+def list_approvals(session: SessionDep, user: CurrentUser) -> ApprovalList:
+    """Pending approvals this user may decide (named approver, or owner when none is named)."""
+    return ApprovalList(items=[_public(r) for r in service.pending_approvals(session, user=user)])
+
+
+@router.get("/approvals/{approval_id}", response_model=ApprovalPublic)
+def get_approval(approval_id: str, session: SessionDep, user: CurrentUser) -> ApprovalPublic:
+    row = _approval(session, approval_id)
+    if not service.may_decide(session, row, user):
+        raise NotFound(f"no approval {approval_id}")
+    return _public(row)
+
+
+@router.post("/approvals/{approval_id}/decision", response_model=ApprovalPublic)
+def decide(
+    approval_id: str, body: DecisionIn, request: Request, session: SessionDep, user: CurrentUser
+) -> ApprovalPublic:
+    """Approve, reject, or respond with a typed value; one decision per approval (409 after)."""
+    row = _approval(session, approval_id)
+    if not service.may_decide(session, row, user):
+        raise Forbidden("you are not an approver of this review")
+    decided = service.decide(
+        session,
+        waitpoint=row,
+        user=user,
+        via="api",
+        decision=body.decision,
+        value=body.value,
+        comment=body.comment,
+    )
+    resume_soon(request, decided)
+    return _public(decided)
+
+
+@router.post("/approvals/{approval_id}/link", response_model=ApprovalLink)
+def approval_link(
+    approval_id: str, session: SessionDep, user: CurrentUser, settings: SettingsDep
+) -> ApprovalLink:
+    """A link to the approval page for someone without an API key (it works once)."""
+    row = _approval(session, approval_id)
+    if not service.may_decide(session, row, user):
+        raise Forbidden("you are not an approver of this review")
+    token = service.signed_token(settings.secret("secret_key"), "approve", row.id)
+    return ApprovalLink(url=f"{settings.public_api_url.rstrip('/')}/approve/{token}")
+
+
+# -- the approval page ---------------------------------------------------------------------------
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}}
+.prompt{{white-space:pre-wrap;background:#f4f4f5;padding:1rem;border-radius:.5rem}}
+button{{font-size:1rem;padding:.5rem 1.25rem;margin-right:.5rem}}
+textarea,input{{width:100%;font-size:1rem;margin:.5rem 0}}</style></head>
+<body><h1>{title}</h1>{body}</body></html>"""
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
+
+
+def _linked(session: Session, settings: ApiSettings, token: str) -> Waitpoint:
+    waitpoint_id = service.verify_token(settings.secret("secret_key"), "approve", token)
+    row = session.get(Waitpoint, waitpoint_id) if waitpoint_id else None
+    if row is None or row.kind != "approval":
+        raise NotFound("this approval link is not valid")
+    return row
+
+
+def _input(row: Waitpoint) -> str:
+    kind = str(row.spec.get("input_type") or "text")
+    placeholder = html.escape(str(row.spec.get("placeholder") or ""))
+    if kind == "boolean":
+        return (
+            '<label><input type="radio" name="value" value="true" style="width:auto"> Yes</label> '
+            '<label><input type="radio" name="value" value="false" style="width:auto"> No</label>'
+        )
+    if kind == "number":
+        return (
+            f'<input type="number" step="any" name="value" id="value" placeholder="{placeholder}">'
+        )
+    rows = 6 if kind == "json" else 3
+    return (
+        f'<textarea name="value" id="value" rows="{rows}" placeholder="{placeholder}"></textarea>'
+    )
+
+
+@router.get("/approve/{token}", response_class=HTMLResponse, include_in_schema=False)
+def approval_page(token: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    try:
+        row = _linked(session, settings, token)
+    except NotFound:
+        return _page("Link not valid", "<p>This approval link is not valid.</p>", 404)
+    prompt = html.escape(str(row.spec.get("prompt") or ""))
+    if row.status != "pending":
+        return _page(
+            "Already decided",
+            f'<p class="prompt">{prompt}</p><p id="result">This review was already decided.</p>',
+            409,
+        )
+    label = html.escape(str(row.spec.get("label") or "Review"))
+    body = (
+        f'<p class="prompt" id="prompt">{prompt}</p>'
+        '<form method="post" id="decision-form">'
+        f'<label for="value">Response (optional)</label>{_input(row)}'
+        '<label for="comment">Comment</label><input type="text" name="comment" id="comment">'
+        '<p><button type="submit" name="decision" value="approve" id="approve">Approve</button>'
+        '<button type="submit" name="decision" value="reject" id="reject">Reject</button>'
+        "</p></form>"
+    )
+    return _page(label, body)
+
+
+@router.post("/approve/{token}", response_class=HTMLResponse, include_in_schema=False)
+def approval_page_decide(
+    token: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    decision: Annotated[str, Form()],
+    value: Annotated[str | None, Form()] = None,
+    comment: Annotated[str | None, Form()] = None,
+) -> HTMLResponse:
+    try:
+        row = _linked(session, settings, token)
+    except NotFound:
+        return _page("Link not valid", "<p>This approval link is not valid.</p>", 404)
+    chosen = decision
+    if decision == "approve" and value not in (None, ""):
+        chosen = "respond"  # a typed response given with Approve
+    try:
+        decided = service.decide(
+            session,
+            waitpoint=row,
+            user=None,
+            via="link",
+            decision=chosen,
+            value=value or None,
+            comment=comment or None,
+        )
+    except ApiError as exc:
+        return _page("Not recorded", f'<p id="result">{html.escape(exc.detail)}</p>', exc.status)
+    resume_soon(request, decided)
+    word = (
+        "approved"
+        if decided.resolution and decided.resolution.get("decision") != "reject"
+        else "rejected"
+    )
+    return _page("Thank you", f'<p id="result">Recorded: {word}.</p>')
+
+
+# -- callbacks -----------------------------------------------------------------------------------
+
+
+@router.post("/callbacks/{token}", tags=["callbacks"])
+async def callback(
+    token: str,
+    request: Request,
+    settings: SettingsDep,
+    signature: Annotated[str | None, Header(alias="FlowMaestro-Signature")] = None,
+) -> dict[str, Any]:
+    """Complete a webhook wait. Sign `"<t>.<body>"` with HMAC-SHA256 and send
+    `FlowMaestro-Signature: t=<unix seconds>,v1=<hex>` (5-minute tolerance): a bad signature is
+    401, an unknown token 404, a used one 403, an expired waitpoint 410 — and changes nothing."""
+    body = await request.body()
+    secret = settings.secret("callback_signing_secret")
+    if not service.verify_signature(
+        secret, signature, body, now=time.time(), tolerance=settings.callback_tolerance_seconds
+    ):
+        raise Unauthenticated("missing or bad FlowMaestro-Signature")
+    waitpoint_id = service.verify_token(settings.secret("secret_key"), "callback", token)
+    try:
+        payload: Any = json.loads(body) if body else None
+    except ValueError:
+        payload = body.decode(errors="replace")
+    session: Session = request.app.state.sessions()
+    try:
+        row = session.get(Waitpoint, waitpoint_id) if waitpoint_id else None
+        if row is None or row.kind != "callback":
+            raise NotFound("unknown callback token")
+        resolved = service.resolve_callback(session, waitpoint=row, payload=payload)
+        resume_soon(request, resolved)
+        return {"status": "accepted", "waitpoint_id": resolved.id}
+    finally:
+        session.close()

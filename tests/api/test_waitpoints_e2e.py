@@ -1,0 +1,342 @@
+"""Durable waitpoints end to end: a real Dagster (webserver, daemon, sensors) and the API.
+
+Approvals (API and the browser page), a datetime wait, signed callbacks, child executions,
+concurrent decisions, waitpoints in sequence and inside a loop. Each resume must re-execute
+only the waitpoint and what follows it (checked in Dagster's step stats).
+"""
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from flowmaestro_api.main import create_app
+from flowmaestro_api.services.dagster import DagsterClient
+from flowmaestro_api.services.waitpoints import sign
+from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.testing.stack import DagsterStack
+from tests.api.conftest import make_key
+from tests.services import migrated_template
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterStack]:
+    workdir = tmp_path_factory.mktemp("waitpoints")
+    with migrated_template("sqlite", workdir) as template:
+        dagster = DagsterStack(
+            workdir / "home",
+            f"sqlite:///{template}",
+            extra_env={
+                "FLOWMAESTRO_WAIT_SLEEP_THRESHOLD_SECONDS": "0.5",
+                "FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS": "1",
+                "FLOWMAESTRO_SECRET_KEY": "test-secret-key-0123456789",
+                "FLOWMAESTRO_CALLBACK_SIGNING_SECRET": "test-signing-secret-0123456789",
+            },
+        )
+        dagster.start()
+        try:
+            yield dagster
+        finally:
+            dagster.stop()
+
+
+@pytest.fixture(scope="module")
+def settings(stack: DagsterStack) -> ApiSettings:
+    return ApiSettings(
+        database_url=stack.database_url,
+        dagster_graphql_url=stack.graphql_url,
+        dagster_ui_url=stack.ui_url,
+        secret_key="test-secret-key-0123456789",
+        callback_signing_secret="test-signing-secret-0123456789",
+        wait_sleep_threshold_seconds=0.5,
+    )
+
+
+@pytest.fixture(scope="module")
+def client(stack: DagsterStack, settings: ApiSettings) -> Iterator[TestClient]:
+    dagster = DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
+    with TestClient(create_app(settings, dagster=dagster), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def auth(stack: DagsterStack) -> dict[str, str]:
+    return make_key(stack.database_url, f"user-{time.monotonic_ns()}@example.com")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout} s (last: {last!r})")
+
+
+def deploy(client: TestClient, auth: dict[str, str], definition: dict[str, Any]) -> str:
+    created = client.post("/workflows", json={"definition": definition}, headers=auth)
+    assert created.status_code == 201, created.text
+    workflow_id: str = created.json()["id"]
+    deployed = client.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
+    assert deployed.status_code == 200 and deployed.json()["runnable"], deployed.text
+    return workflow_id
+
+
+def start(client: TestClient, auth: dict[str, str], workflow_id: str, inputs: dict[str, Any]) -> str:
+    response = client.post(f"/workflows/{workflow_id}/executions", json={"inputs": inputs}, headers=auth)
+    assert response.status_code == 201, response.text
+    execution_id: str = response.json()["id"]
+    return execution_id
+
+
+def execution(client: TestClient, auth: dict[str, str], execution_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = client.get(f"/executions/{execution_id}", headers=auth).json()
+    return body
+
+
+def status_is(client: TestClient, auth: dict[str, str], execution_id: str, *statuses: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        body = execution(client, auth, execution_id)
+        return body if body["status"] in statuses else None
+
+    result: dict[str, Any] = wait_for(check)
+    return result
+
+
+def approval_flow(prompt: str = "Ship {{who}}?") -> dict[str, Any]:
+    return {
+        "name": "Approval",
+        "nodes": [
+            {"id": "in", "type": "input", "data": {"inputName": "who"}},
+            {"id": "prep", "type": "transform", "data": {"transformType": "template", "template": "prepared {{who}}", "outputVariable": "prepared"}},
+            {"id": "review", "type": "humanReview", "data": {"label": "Manager OK", "reviewPrompt": prompt, "outputVariable": "approval"}},
+            {"id": "ok", "type": "conditional", "data": {"condition": "approval.approved === true"}},
+            {"id": "yes", "type": "output", "data": {"outputName": "result", "value": "approved {{prepared}}"}},
+            {"id": "no", "type": "output", "data": {"outputName": "result", "value": "rejected: {{approval.comment}}"}},
+        ],
+        "edges": [
+            {"id": "a", "source": "in", "target": "prep"},
+            {"id": "b", "source": "prep", "target": "review"},
+            {"id": "c", "source": "review", "target": "ok"},
+            {"id": "d", "source": "ok", "target": "yes", "sourceHandle": "true"},
+            {"id": "e", "source": "ok", "target": "no", "sourceHandle": "false"},
+        ],
+    }
+
+
+def test_approval_round_trip_through_the_api(client: TestClient, auth: dict[str, str], stack: DagsterStack) -> None:
+    workflow_id = deploy(client, auth, approval_flow())
+    execution_id = start(client, auth, workflow_id, {"who": "v2"})
+    waiting = status_is(client, auth, execution_id, "waiting")
+    nodes = {n["node_id"]: n["status"] for n in waiting["nodes"]}
+    assert nodes["review"] == "waiting" and nodes["prep"] == "succeeded" and nodes["ok"] == "skipped"
+    assert waiting["waitpoints"][0]["kind"] == "approval"
+    parked_run = waiting["runs"][0]["run_id"]
+    tags = stack.instance().get_run_by_id(parked_run).tags
+    assert tags["flowmaestro/waiting"] == "true"  # operators see it in the UI
+    approvals = client.get("/approvals", headers=auth).json()["items"]
+    mine = [a for a in approvals if a["execution_id"] == execution_id]
+    assert len(mine) == 1 and mine[0]["prompt"] == "Ship v2?"
+    bad = client.post(f"/approvals/{mine[0]['id']}/decision", json={"decision": "maybe"}, headers=auth)
+    assert bad.status_code == 422
+    decided = client.post(f"/approvals/{mine[0]['id']}/decision", json={"decision": "approve"}, headers=auth)
+    assert decided.status_code == 200 and decided.json()["status"] == "resolved"
+    again = client.post(f"/approvals/{mine[0]['id']}/decision", json={"decision": "reject"}, headers=auth)
+    assert again.status_code == 409 and again.headers["content-type"] == "application/problem+json"
+    done = status_is(client, auth, execution_id, "succeeded", "failed")
+    assert done["status"] == "succeeded", done
+    assert done["outputs"] == {"result": "approved prepared v2"}
+    assert len(done["runs"]) == 2 and done["runs"][1]["parent_run_id"] == parked_run
+    resumed = {s.step_key for s in stack.instance().get_run_step_stats(done["runs"][1]["run_id"])}
+    assert "prep" not in resumed and "in_" not in resumed and "review" in resumed
+
+
+def test_reject_takes_the_other_branch(client: TestClient, auth: dict[str, str]) -> None:
+    workflow_id = deploy(client, auth, approval_flow())
+    execution_id = start(client, auth, workflow_id, {"who": "v3"})
+    status_is(client, auth, execution_id, "waiting")
+    approval = next(a for a in client.get("/approvals", headers=auth).json()["items"] if a["execution_id"] == execution_id)
+    client.post(f"/approvals/{approval['id']}/decision", json={"decision": "reject", "comment": "too risky"}, headers=auth)
+    done = status_is(client, auth, execution_id, "succeeded", "failed")
+    assert done["outputs"] == {"result": "rejected: too risky"}
+
+
+def test_fifty_concurrent_decisions_resume_once(client: TestClient, auth: dict[str, str], stack: DagsterStack) -> None:
+    workflow_id = deploy(client, auth, approval_flow())
+    execution_id = start(client, auth, workflow_id, {"who": "race"})
+    status_is(client, auth, execution_id, "waiting")
+    approval = next(a for a in client.get("/approvals", headers=auth).json()["items"] if a["execution_id"] == execution_id)
+
+    def decide(i: int) -> int:
+        response = client.post(
+            f"/approvals/{approval['id']}/decision",
+            json={"decision": "approve" if i % 2 else "reject"},
+            headers=auth,
+        )
+        return response.status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        codes = list(pool.map(decide, range(50)))
+    assert codes.count(200) == 1 and codes.count(409) == 49, codes
+    done = status_is(client, auth, execution_id, "succeeded", "failed")
+    time.sleep(4)  # a few sensor ticks: still one resume
+    assert len(execution(client, auth, execution_id)["runs"]) == 2
+    assert done["status"] == "succeeded"
+
+
+def wait_flow(seconds: float) -> dict[str, Any]:
+    return {
+        "name": "Timer",
+        "nodes": {
+            "in": {"type": "input", "config": {"inputName": "who"}},
+            "pause": {"type": "wait", "config": {"durationValue": seconds, "durationUnit": "seconds"}},
+            "out": {"type": "output", "config": {"outputName": "done", "value": "{{who}} after {{pause.wait.dueAt}}"}},
+        },
+        "edges": [{"id": "a", "source": "in", "target": "pause"}, {"id": "b", "source": "pause", "target": "out"}],
+    }
+
+
+def test_a_datetime_wait_parks_and_resumes_when_due(client: TestClient, auth: dict[str, str]) -> None:
+    workflow_id = deploy(client, auth, wait_flow(2))
+    execution_id = start(client, auth, workflow_id, {"who": "tick"})
+    done = status_is(client, auth, execution_id, "succeeded", "failed")
+    assert done["status"] == "succeeded"
+    assert done["outputs"]["done"].startswith("tick after ")
+    assert len(done["runs"]) == 2  # parked, then resumed by the sensor
+    assert done["waitpoints"][0]["kind"] == "datetime" and done["waitpoints"][0]["status"] == "resumed"
+
+
+def callback_flow() -> dict[str, Any]:
+    return {
+        "name": "Signature",
+        "nodes": {
+            "in": {"type": "input", "config": {"inputName": "doc"}},
+            "signed": {"type": "wait", "config": {"waitType": "webhook", "outputVariable": "signature"}},
+            "out": {"type": "output", "config": {"outputName": "envelope", "value": "{{signature.payload.envelope}}"}},
+        },
+        "edges": [{"id": "a", "source": "in", "target": "signed"}, {"id": "b", "source": "signed", "target": "out"}],
+    }
+
+
+def test_signed_callbacks_complete_a_webhook_wait(client: TestClient, auth: dict[str, str]) -> None:
+    workflow_id = deploy(client, auth, callback_flow())
+    execution_id = start(client, auth, workflow_id, {"doc": "nda"})
+    waiting = status_is(client, auth, execution_id, "waiting")
+    url: str = waiting["waitpoints"][0]["callback_url"]
+    path = url.split("://", 1)[1].split("/", 1)[1]
+    body = json.dumps({"envelope": "env-42"}).encode()
+    now = int(time.time())
+    secret = "test-signing-secret-0123456789"
+
+    def post(token_path: str, signature: str | None) -> int:
+        headers = {"content-type": "application/json"} | ({"FlowMaestro-Signature": signature} if signature else {})
+        return client.post(f"/{token_path}", content=body, headers=headers).status_code
+
+    assert post(path, None) == 401
+    assert post(path, sign("wrong-secret-0123456789", body, now)) == 401
+    assert post(path, sign(secret, body, now - 3600)) == 401  # outside the 5-minute tolerance
+    assert post(path[:-4] + "0000", sign(secret, body, now)) == 404
+    assert execution(client, auth, execution_id)["status"] == "waiting"  # nothing changed
+    assert post(path, sign(secret, body, now)) == 200
+    assert post(path, sign(secret, body, now)) == 403  # used
+    done = status_is(client, auth, execution_id, "succeeded", "failed")
+    assert done["outputs"] == {"envelope": "env-42"}
+
+
+def test_waitpoints_in_sequence_chain_resumed_runs(client: TestClient, auth: dict[str, str]) -> None:
+    definition = approval_flow()
+    definition["nodes"].insert(
+        3,
+        {"id": "second", "type": "humanReview", "data": {"reviewPrompt": "Really?", "variableName": "again", "inputType": "number"}},
+    )
+    definition["edges"][2] = {"id": "c", "source": "review", "target": "second"}
+    definition["edges"].append({"id": "f", "source": "second", "target": "ok"})
+    definition["nodes"][4]["data"]["value"] = "approved {{prepared}} x{{again}}"
+    workflow_id = deploy(client, auth, definition)
+    execution_id = start(client, auth, workflow_id, {"who": "seq"})
+    for decision in ({"decision": "approve"}, {"decision": "respond", "value": "3"}):
+        status_is(client, auth, execution_id, "waiting")
+        pending = wait_for(
+            lambda: [a for a in client.get("/approvals", headers=auth).json()["items"] if a["execution_id"] == execution_id]
+        )
+        response = client.post(f"/approvals/{pending[0]['id']}/decision", json=decision, headers=auth)
+        assert response.status_code == 200, response.text
+        wait_for(lambda: not [a for a in client.get("/approvals", headers=auth).json()["items"] if a["id"] == pending[0]["id"]])
+    done = status_is(client, auth, execution_id, "succeeded", "failed")
+    assert done["outputs"] == {"result": "approved prepared seq x3"}
+    runs = done["runs"]
+    assert len(runs) == 3 and runs[1]["parent_run_id"] == runs[0]["run_id"] and runs[2]["parent_run_id"] == runs[1]["run_id"]
+
+
+def test_child_executions_succeed_and_fail(client: TestClient, auth: dict[str, str]) -> None:
+    child = {
+        "name": "Child",
+        "nodes": {
+            "in": {"type": "input", "config": {"inputName": "raw"}},
+            "parse": {"type": "transform", "config": {"operation": "parseJSON", "inputData": "{{raw}}", "outputVariable": "parsed"}},
+            "out": {"type": "output", "config": {"outputName": "n", "value": "{{parsed.n}}"}},
+        },
+        "edges": [{"id": "a", "source": "in", "target": "parse"}, {"id": "b", "source": "parse", "target": "out"}],
+    }
+    child_id = deploy(client, auth, child)
+    parent = {
+        "name": "Parent",
+        "nodes": {
+            "in": {"type": "input", "config": {"inputName": "raw"}},
+            "call": {"type": "subworkflow", "config": {"workflowId": child_id, "inputs": {"raw": "{{raw}}"}, "outputVariable": "child"}},
+            "out": {"type": "output", "config": {"outputName": "got", "value": "{{child.outputs.n}}"}},
+        },
+        "edges": [{"id": "a", "source": "in", "target": "call"}, {"id": "b", "source": "call", "target": "out"}],
+    }
+    parent_id = deploy(client, auth, parent)
+    ok = start(client, auth, parent_id, {"raw": '{"n": 7}'})
+    bad = start(client, auth, parent_id, {"raw": "{broken"})
+    done_ok = status_is(client, auth, ok, "succeeded", "failed")
+    done_bad = status_is(client, auth, bad, "succeeded", "failed")
+    assert done_ok["status"] == "succeeded" and done_ok["outputs"] == {"got": 7}
+    assert done_bad["status"] == "failed"
+    call = next(n for n in done_bad["nodes"] if n["node_id"] == "call")
+    assert call["status"] == "failed"
+
+
+def test_each_loop_item_gets_its_own_approval(client: TestClient, auth: dict[str, str]) -> None:
+    definition = {
+        "name": "Loop approvals",
+        "nodes": {
+            "in": {"type": "input", "config": {"inputName": "items", "inputType": "json"}},
+            "each": {"type": "loop", "config": {"collection": "{{items}}", "itemVariable": "item"}},
+            "ask": {"type": "humanReview", "config": {"reviewPrompt": "Approve {{item}}?", "outputVariable": "approval"}},
+            "mark": {"type": "transform", "config": {"transformType": "template", "template": "{{item}}:{{approval.decision}}", "outputVariable": "mark"}},
+            "out": {"type": "output", "config": {"outputName": "marks", "value": "{{mark}}"}},
+        },
+        "edges": [
+            {"id": "a", "source": "in", "target": "each"},
+            {"id": "b", "source": "each", "target": "ask"},
+            {"id": "c", "source": "ask", "target": "mark"},
+            {"id": "d", "source": "mark", "target": "out"},
+        ],
+    }
+    workflow_id = deploy(client, auth, definition)
+    execution_id = start(client, auth, workflow_id, {"items": ["a", "b", "c"]})
+    status_is(client, auth, execution_id, "waiting")
+    approvals = wait_for(
+        lambda: [a for a in client.get("/approvals", headers=auth).json()["items"] if a["execution_id"] == execution_id and len(a) > 0]
+    )
+    assert sorted(a["prompt"] for a in approvals) == ["Approve a?", "Approve b?", "Approve c?"]
+    by_prompt = {a["prompt"]: a["id"] for a in approvals}
+    client.post(f"/approvals/{by_prompt['Approve a?']}/decision", json={"decision": "approve"}, headers=auth)
+    client.post(f"/approvals/{by_prompt['Approve c?']}/decision", json={"decision": "reject"}, headers=auth)
+    time.sleep(3)
+    assert execution(client, auth, execution_id)["status"] == "waiting"  # b is still open
+    client.post(f"/approvals/{by_prompt['Approve b?']}/decision", json={"decision": "approve"}, headers=auth)
+    done = status_is(client, auth, execution_id, "succeeded", "failed")
+    assert done["status"] == "succeeded", done
+    assert done["outputs"] == {"marks": ["a:approve", "b:approve", "c:reject"]}
