@@ -5,6 +5,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 scripts/bootstrap.sh
 scripts/services.sh
+scripts/system-deps.sh
 export PATH="$root/.venv/bin:$PATH"
 
 echo "== ruff"

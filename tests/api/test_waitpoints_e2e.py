@@ -61,7 +61,9 @@ def settings(stack: DagsterStack) -> ApiSettings:
 @pytest.fixture(scope="module")
 def client(stack: DagsterStack, settings: ApiSettings) -> Iterator[TestClient]:
     dagster = DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
-    with TestClient(create_app(settings, dagster=dagster), raise_server_exceptions=False) as test_client:
+    with TestClient(
+        create_app(settings, dagster=dagster), raise_server_exceptions=False
+    ) as test_client:
         yield test_client
 
 
@@ -90,8 +92,12 @@ def deploy(client: TestClient, auth: dict[str, str], definition: dict[str, Any])
     return workflow_id
 
 
-def start(client: TestClient, auth: dict[str, str], workflow_id: str, inputs: dict[str, Any]) -> str:
-    response = client.post(f"/workflows/{workflow_id}/executions", json={"inputs": inputs}, headers=auth)
+def start(
+    client: TestClient, auth: dict[str, str], workflow_id: str, inputs: dict[str, Any]
+) -> str:
+    response = client.post(
+        f"/workflows/{workflow_id}/executions", json={"inputs": inputs}, headers=auth
+    )
     assert response.status_code == 201, response.text
     execution_id: str = response.json()["id"]
     return execution_id
@@ -102,7 +108,9 @@ def execution(client: TestClient, auth: dict[str, str], execution_id: str) -> di
     return body
 
 
-def status_is(client: TestClient, auth: dict[str, str], execution_id: str, *statuses: str) -> dict[str, Any]:
+def status_is(
+    client: TestClient, auth: dict[str, str], execution_id: str, *statuses: str
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         body = execution(client, auth, execution_id)
         return body if body["status"] in statuses else None
@@ -116,11 +124,39 @@ def approval_flow(prompt: str = "Ship {{who}}?") -> dict[str, Any]:
         "name": "Approval",
         "nodes": [
             {"id": "in", "type": "input", "data": {"inputName": "who"}},
-            {"id": "prep", "type": "transform", "data": {"transformType": "template", "template": "prepared {{who}}", "outputVariable": "prepared"}},
-            {"id": "review", "type": "humanReview", "data": {"label": "Manager OK", "reviewPrompt": prompt, "outputVariable": "approval"}},
-            {"id": "ok", "type": "conditional", "data": {"condition": "approval.approved === true"}},
-            {"id": "yes", "type": "output", "data": {"outputName": "result", "value": "approved {{prepared}}"}},
-            {"id": "no", "type": "output", "data": {"outputName": "result", "value": "rejected: {{approval.comment}}"}},
+            {
+                "id": "prep",
+                "type": "transform",
+                "data": {
+                    "transformType": "template",
+                    "template": "prepared {{who}}",
+                    "outputVariable": "prepared",
+                },
+            },
+            {
+                "id": "review",
+                "type": "humanReview",
+                "data": {
+                    "label": "Manager OK",
+                    "reviewPrompt": prompt,
+                    "outputVariable": "approval",
+                },
+            },
+            {
+                "id": "ok",
+                "type": "conditional",
+                "data": {"condition": "approval.approved === true"},
+            },
+            {
+                "id": "yes",
+                "type": "output",
+                "data": {"outputName": "result", "value": "approved {{prepared}}"},
+            },
+            {
+                "id": "no",
+                "type": "output",
+                "data": {"outputName": "result", "value": "rejected: {{approval.comment}}"},
+            },
         ],
         "edges": [
             {"id": "a", "source": "in", "target": "prep"},
@@ -132,12 +168,16 @@ def approval_flow(prompt: str = "Ship {{who}}?") -> dict[str, Any]:
     }
 
 
-def test_approval_round_trip_through_the_api(client: TestClient, auth: dict[str, str], stack: DagsterStack) -> None:
+def test_approval_round_trip_through_the_api(
+    client: TestClient, auth: dict[str, str], stack: DagsterStack
+) -> None:
     workflow_id = deploy(client, auth, approval_flow())
     execution_id = start(client, auth, workflow_id, {"who": "v2"})
     waiting = status_is(client, auth, execution_id, "waiting")
     nodes = {n["node_id"]: n["status"] for n in waiting["nodes"]}
-    assert nodes["review"] == "waiting" and nodes["prep"] == "succeeded" and nodes["ok"] == "skipped"
+    assert (
+        nodes["review"] == "waiting" and nodes["prep"] == "succeeded" and nodes["ok"] == "skipped"
+    )
     assert waiting["waitpoints"][0]["kind"] == "approval"
     parked_run = waiting["runs"][0]["run_id"]
     tags = stack.instance().get_run_by_id(parked_run).tags
@@ -145,11 +185,17 @@ def test_approval_round_trip_through_the_api(client: TestClient, auth: dict[str,
     approvals = client.get("/approvals", headers=auth).json()["items"]
     mine = [a for a in approvals if a["execution_id"] == execution_id]
     assert len(mine) == 1 and mine[0]["prompt"] == "Ship v2?"
-    bad = client.post(f"/approvals/{mine[0]['id']}/decision", json={"decision": "maybe"}, headers=auth)
+    bad = client.post(
+        f"/approvals/{mine[0]['id']}/decision", json={"decision": "maybe"}, headers=auth
+    )
     assert bad.status_code == 422
-    decided = client.post(f"/approvals/{mine[0]['id']}/decision", json={"decision": "approve"}, headers=auth)
+    decided = client.post(
+        f"/approvals/{mine[0]['id']}/decision", json={"decision": "approve"}, headers=auth
+    )
     assert decided.status_code == 200 and decided.json()["status"] == "resolved"
-    again = client.post(f"/approvals/{mine[0]['id']}/decision", json={"decision": "reject"}, headers=auth)
+    again = client.post(
+        f"/approvals/{mine[0]['id']}/decision", json={"decision": "reject"}, headers=auth
+    )
     assert again.status_code == 409 and again.headers["content-type"] == "application/problem+json"
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     assert done["status"] == "succeeded", done
@@ -163,17 +209,31 @@ def test_reject_takes_the_other_branch(client: TestClient, auth: dict[str, str])
     workflow_id = deploy(client, auth, approval_flow())
     execution_id = start(client, auth, workflow_id, {"who": "v3"})
     status_is(client, auth, execution_id, "waiting")
-    approval = next(a for a in client.get("/approvals", headers=auth).json()["items"] if a["execution_id"] == execution_id)
-    client.post(f"/approvals/{approval['id']}/decision", json={"decision": "reject", "comment": "too risky"}, headers=auth)
+    approval = next(
+        a
+        for a in client.get("/approvals", headers=auth).json()["items"]
+        if a["execution_id"] == execution_id
+    )
+    client.post(
+        f"/approvals/{approval['id']}/decision",
+        json={"decision": "reject", "comment": "too risky"},
+        headers=auth,
+    )
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     assert done["outputs"] == {"result": "rejected: too risky"}
 
 
-def test_fifty_concurrent_decisions_resume_once(client: TestClient, auth: dict[str, str], stack: DagsterStack) -> None:
+def test_fifty_concurrent_decisions_resume_once(
+    client: TestClient, auth: dict[str, str], stack: DagsterStack
+) -> None:
     workflow_id = deploy(client, auth, approval_flow())
     execution_id = start(client, auth, workflow_id, {"who": "race"})
     status_is(client, auth, execution_id, "waiting")
-    approval = next(a for a in client.get("/approvals", headers=auth).json()["items"] if a["execution_id"] == execution_id)
+    approval = next(
+        a
+        for a in client.get("/approvals", headers=auth).json()["items"]
+        if a["execution_id"] == execution_id
+    )
 
     def decide(i: int) -> int:
         response = client.post(
@@ -197,21 +257,34 @@ def wait_flow(seconds: float) -> dict[str, Any]:
         "name": "Timer",
         "nodes": {
             "in": {"type": "input", "config": {"inputName": "who"}},
-            "pause": {"type": "wait", "config": {"durationValue": seconds, "durationUnit": "seconds"}},
-            "out": {"type": "output", "config": {"outputName": "done", "value": "{{who}} after {{pause.wait.dueAt}}"}},
+            "pause": {
+                "type": "wait",
+                "config": {"durationValue": seconds, "durationUnit": "seconds"},
+            },
+            "out": {
+                "type": "output",
+                "config": {"outputName": "done", "value": "{{who}} after {{pause.wait.dueAt}}"},
+            },
         },
-        "edges": [{"id": "a", "source": "in", "target": "pause"}, {"id": "b", "source": "pause", "target": "out"}],
+        "edges": [
+            {"id": "a", "source": "in", "target": "pause"},
+            {"id": "b", "source": "pause", "target": "out"},
+        ],
     }
 
 
-def test_a_datetime_wait_parks_and_resumes_when_due(client: TestClient, auth: dict[str, str]) -> None:
+def test_a_datetime_wait_parks_and_resumes_when_due(
+    client: TestClient, auth: dict[str, str]
+) -> None:
     workflow_id = deploy(client, auth, wait_flow(2))
     execution_id = start(client, auth, workflow_id, {"who": "tick"})
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     assert done["status"] == "succeeded"
     assert done["outputs"]["done"].startswith("tick after ")
     assert len(done["runs"]) == 2  # parked, then resumed by the sensor
-    assert done["waitpoints"][0]["kind"] == "datetime" and done["waitpoints"][0]["status"] == "resumed"
+    assert (
+        done["waitpoints"][0]["kind"] == "datetime" and done["waitpoints"][0]["status"] == "resumed"
+    )
 
 
 def callback_flow() -> dict[str, Any]:
@@ -219,10 +292,19 @@ def callback_flow() -> dict[str, Any]:
         "name": "Signature",
         "nodes": {
             "in": {"type": "input", "config": {"inputName": "doc"}},
-            "signed": {"type": "wait", "config": {"waitType": "webhook", "outputVariable": "signature"}},
-            "out": {"type": "output", "config": {"outputName": "envelope", "value": "{{signature.payload.envelope}}"}},
+            "signed": {
+                "type": "wait",
+                "config": {"waitType": "webhook", "outputVariable": "signature"},
+            },
+            "out": {
+                "type": "output",
+                "config": {"outputName": "envelope", "value": "{{signature.payload.envelope}}"},
+            },
         },
-        "edges": [{"id": "a", "source": "in", "target": "signed"}, {"id": "b", "source": "signed", "target": "out"}],
+        "edges": [
+            {"id": "a", "source": "in", "target": "signed"},
+            {"id": "b", "source": "signed", "target": "out"},
+        ],
     }
 
 
@@ -237,7 +319,9 @@ def test_signed_callbacks_complete_a_webhook_wait(client: TestClient, auth: dict
     secret = "test-signing-secret-0123456789"
 
     def post(token_path: str, signature: str | None) -> int:
-        headers = {"content-type": "application/json"} | ({"FlowMaestro-Signature": signature} if signature else {})
+        headers = {"content-type": "application/json"} | (
+            {"FlowMaestro-Signature": signature} if signature else {}
+        )
         return client.post(f"/{token_path}", content=body, headers=headers).status_code
 
     assert post(path, None) == 401
@@ -251,29 +335,54 @@ def test_signed_callbacks_complete_a_webhook_wait(client: TestClient, auth: dict
     assert done["outputs"] == {"envelope": "env-42"}
 
 
-def test_waitpoints_in_sequence_chain_resumed_runs(client: TestClient, auth: dict[str, str]) -> None:
+def test_waitpoints_in_sequence_chain_resumed_runs(
+    client: TestClient, auth: dict[str, str]
+) -> None:
     definition = approval_flow()
     definition["nodes"].insert(
         3,
-        {"id": "second", "type": "humanReview", "data": {"reviewPrompt": "Really?", "variableName": "again", "inputType": "number"}},
+        {
+            "id": "second",
+            "type": "humanReview",
+            "data": {"reviewPrompt": "Really?", "variableName": "again", "inputType": "number"},
+        },
     )
     definition["edges"][2] = {"id": "c", "source": "review", "target": "second"}
     definition["edges"].append({"id": "f", "source": "second", "target": "ok"})
-    definition["nodes"][4]["data"]["value"] = "approved {{prepared}} x{{again}}"
+    yes = next(n for n in definition["nodes"] if n["id"] == "yes")
+    yes["data"]["value"] = "approved {{prepared}} x{{again}}"
     workflow_id = deploy(client, auth, definition)
     execution_id = start(client, auth, workflow_id, {"who": "seq"})
     for decision in ({"decision": "approve"}, {"decision": "respond", "value": "3"}):
         status_is(client, auth, execution_id, "waiting")
         pending = wait_for(
-            lambda: [a for a in client.get("/approvals", headers=auth).json()["items"] if a["execution_id"] == execution_id]
+            lambda: [
+                a
+                for a in client.get("/approvals", headers=auth).json()["items"]
+                if a["execution_id"] == execution_id
+            ]
         )
-        response = client.post(f"/approvals/{pending[0]['id']}/decision", json=decision, headers=auth)
+        response = client.post(
+            f"/approvals/{pending[0]['id']}/decision", json=decision, headers=auth
+        )
         assert response.status_code == 200, response.text
-        wait_for(lambda: not [a for a in client.get("/approvals", headers=auth).json()["items"] if a["id"] == pending[0]["id"]])
+        wait_for(
+            lambda: (
+                not [
+                    a
+                    for a in client.get("/approvals", headers=auth).json()["items"]
+                    if a["id"] == pending[0]["id"]
+                ]
+            )
+        )
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     assert done["outputs"] == {"result": "approved prepared seq x3"}
     runs = done["runs"]
-    assert len(runs) == 3 and runs[1]["parent_run_id"] == runs[0]["run_id"] and runs[2]["parent_run_id"] == runs[1]["run_id"]
+    assert (
+        len(runs) == 3
+        and runs[1]["parent_run_id"] == runs[0]["run_id"]
+        and runs[2]["parent_run_id"] == runs[1]["run_id"]
+    )
 
 
 def test_child_executions_succeed_and_fail(client: TestClient, auth: dict[str, str]) -> None:
@@ -281,20 +390,43 @@ def test_child_executions_succeed_and_fail(client: TestClient, auth: dict[str, s
         "name": "Child",
         "nodes": {
             "in": {"type": "input", "config": {"inputName": "raw"}},
-            "parse": {"type": "transform", "config": {"operation": "parseJSON", "inputData": "{{raw}}", "outputVariable": "parsed"}},
+            "parse": {
+                "type": "transform",
+                "config": {
+                    "operation": "parseJSON",
+                    "inputData": "{{raw}}",
+                    "outputVariable": "parsed",
+                },
+            },
             "out": {"type": "output", "config": {"outputName": "n", "value": "{{parsed.n}}"}},
         },
-        "edges": [{"id": "a", "source": "in", "target": "parse"}, {"id": "b", "source": "parse", "target": "out"}],
+        "edges": [
+            {"id": "a", "source": "in", "target": "parse"},
+            {"id": "b", "source": "parse", "target": "out"},
+        ],
     }
     child_id = deploy(client, auth, child)
     parent = {
         "name": "Parent",
         "nodes": {
             "in": {"type": "input", "config": {"inputName": "raw"}},
-            "call": {"type": "subworkflow", "config": {"workflowId": child_id, "inputs": {"raw": "{{raw}}"}, "outputVariable": "child"}},
-            "out": {"type": "output", "config": {"outputName": "got", "value": "{{child.outputs.n}}"}},
+            "call": {
+                "type": "subworkflow",
+                "config": {
+                    "workflowId": child_id,
+                    "inputs": {"raw": "{{raw}}"},
+                    "outputVariable": "child",
+                },
+            },
+            "out": {
+                "type": "output",
+                "config": {"outputName": "got", "value": "{{child.outputs.n}}"},
+            },
         },
-        "edges": [{"id": "a", "source": "in", "target": "call"}, {"id": "b", "source": "call", "target": "out"}],
+        "edges": [
+            {"id": "a", "source": "in", "target": "call"},
+            {"id": "b", "source": "call", "target": "out"},
+        ],
     }
     parent_id = deploy(client, auth, parent)
     ok = start(client, auth, parent_id, {"raw": '{"n": 7}'})
@@ -313,8 +445,18 @@ def test_each_loop_item_gets_its_own_approval(client: TestClient, auth: dict[str
         "nodes": {
             "in": {"type": "input", "config": {"inputName": "items", "inputType": "json"}},
             "each": {"type": "loop", "config": {"collection": "{{items}}", "itemVariable": "item"}},
-            "ask": {"type": "humanReview", "config": {"reviewPrompt": "Approve {{item}}?", "outputVariable": "approval"}},
-            "mark": {"type": "transform", "config": {"transformType": "template", "template": "{{item}}:{{approval.decision}}", "outputVariable": "mark"}},
+            "ask": {
+                "type": "humanReview",
+                "config": {"reviewPrompt": "Approve {{item}}?", "outputVariable": "approval"},
+            },
+            "mark": {
+                "type": "transform",
+                "config": {
+                    "transformType": "template",
+                    "template": "{{item}}:{{approval.decision}}",
+                    "outputVariable": "mark",
+                },
+            },
             "out": {"type": "output", "config": {"outputName": "marks", "value": "{{mark}}"}},
         },
         "edges": [
@@ -328,15 +470,108 @@ def test_each_loop_item_gets_its_own_approval(client: TestClient, auth: dict[str
     execution_id = start(client, auth, workflow_id, {"items": ["a", "b", "c"]})
     status_is(client, auth, execution_id, "waiting")
     approvals = wait_for(
-        lambda: [a for a in client.get("/approvals", headers=auth).json()["items"] if a["execution_id"] == execution_id and len(a) > 0]
+        lambda: [
+            a
+            for a in client.get("/approvals", headers=auth).json()["items"]
+            if a["execution_id"] == execution_id and len(a) > 0
+        ]
     )
     assert sorted(a["prompt"] for a in approvals) == ["Approve a?", "Approve b?", "Approve c?"]
     by_prompt = {a["prompt"]: a["id"] for a in approvals}
-    client.post(f"/approvals/{by_prompt['Approve a?']}/decision", json={"decision": "approve"}, headers=auth)
-    client.post(f"/approvals/{by_prompt['Approve c?']}/decision", json={"decision": "reject"}, headers=auth)
+    client.post(
+        f"/approvals/{by_prompt['Approve a?']}/decision", json={"decision": "approve"}, headers=auth
+    )
+    client.post(
+        f"/approvals/{by_prompt['Approve c?']}/decision", json={"decision": "reject"}, headers=auth
+    )
     time.sleep(3)
     assert execution(client, auth, execution_id)["status"] == "waiting"  # b is still open
-    client.post(f"/approvals/{by_prompt['Approve b?']}/decision", json={"decision": "approve"}, headers=auth)
+    client.post(
+        f"/approvals/{by_prompt['Approve b?']}/decision", json={"decision": "approve"}, headers=auth
+    )
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     assert done["status"] == "succeeded", done
     assert done["outputs"] == {"marks": ["a:approve", "b:approve", "c:reject"]}
+
+
+def test_approval_page_works_in_a_real_browser(
+    stack: DagsterStack, settings: ApiSettings, auth: dict[str, str], client: TestClient
+) -> None:
+    import shutil
+    import threading
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from flowmaestro_dagster.testing.stack import free_port
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is required (scripts/system-deps.sh installs it)")
+    port = free_port()
+    page_settings = settings.model_copy(update={"public_api_url": f"http://127.0.0.1:{port}"})
+    dagster = DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(page_settings, dagster=dagster),
+            host="127.0.0.1",
+            port=port,
+            log_level="error",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=30, interval=0.05)
+    try:
+        workflow_id = deploy(client, auth, approval_flow("Publish the <b>{{who}}</b> post?"))
+        execution_id = start(client, auth, workflow_id, {"who": "launch"})
+        status_is(client, auth, execution_id, "waiting")
+        approval = next(
+            a
+            for a in client.get("/approvals", headers=auth).json()["items"]
+            if a["execution_id"] == execution_id
+        )
+        link = httpx_post_json(f"http://127.0.0.1:{port}/approvals/{approval['id']}/link", auth)[
+            "url"
+        ]
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=chromium,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
+            try:
+                page = browser.new_page()
+                page.goto(link)
+                assert (
+                    page.text_content("#prompt") == "Publish the <b>launch</b> post?"
+                )  # escaped, not HTML
+                page.fill("#comment", "looks good")
+                page.click("#approve")
+                page.wait_for_selector("#result")
+                assert page.text_content("#result") == "Recorded: approved."
+                page.goto(link)  # one-time: the link does not decide twice
+                assert "already decided" in (page.text_content("#result") or "")
+            finally:
+                browser.close()
+        done = status_is(client, auth, execution_id, "succeeded", "failed")
+        assert done["outputs"] == {"result": "approved prepared launch"}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def httpx_post_json(url: str, headers: dict[str, str]) -> dict[str, Any]:
+    import httpx
+
+    response = httpx.post(url, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
