@@ -366,12 +366,13 @@ def test_waitpoints_in_sequence_chain_resumed_runs(
             f"/approvals/{pending[0]['id']}/decision", json=decision, headers=auth
         )
         assert response.status_code == 200, response.text
+        decided_id = pending[0]["id"]
         wait_for(
-            lambda: (
+            lambda decided_id=decided_id: (
                 not [
                     a
                     for a in client.get("/approvals", headers=auth).json()["items"]
-                    if a["id"] == pending[0]["id"]
+                    if a["id"] == decided_id
                 ]
             )
         )
