@@ -166,11 +166,13 @@ def _dev_api_key(home: Path) -> str:
 def cmd_dev(args: argparse.Namespace) -> int:
     """Dagster webserver + daemon (examples, platform sensors, deployed workflows) and the API."""
     from flowmaestro_api.settings import get_api_settings
+    from flowmaestro_dagster.instance_config import write_instance_yaml
     from flowmaestro_dagster.workspace import write_workspace
 
     settings = get_settings()
     api = get_api_settings()
     home = _ensure_dagster_home()
+    write_instance_yaml(home, api)  # run queue limits from the FLOWMAESTRO_* settings
     host, port = args.host or settings.webserver_host, args.port or settings.webserver_port
     env = dict(os.environ)
     env.setdefault("FLOWMAESTRO_DAGSTER_GRAPHQL_URL", f"http://{host}:{port}/graphql")
@@ -201,7 +203,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 ],
                 cwd=PROJECT_ROOT,
                 env=env,
-                    )
+            )
         )
     print(f"DAGSTER_HOME={home}")
     print(f"Dagster UI:  http://{host}:{port}")

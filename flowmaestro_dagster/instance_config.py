@@ -1,0 +1,153 @@
+"""The Dagster instance configuration (`dagster.yaml`), rendered from the platform settings.
+
+Limits live in `FLOWMAESTRO_*` settings, not in hand-edited YAML: `flowmaestro dev` writes
+`DAGSTER_HOME/dagster.yaml` from `render_instance_yaml(settings)` and the committed
+`dagster_home/dagster.yaml` is that rendering for the default settings.
+
+The file is a list of sections; each is a function `settings -> {top-level key: value}`.
+To add one (storage, run retries, run monitoring ...), write such a function and put it in
+`SECTIONS` — nothing else changes. Dagster rejects some combinations: `run_queue` excludes a
+`run_coordinator` entry, and with `concurrency: runs:` the run limits must not also appear
+under `run_queue` (see `dagster._core.instance.config`).
+
+The run queue (see docs/queues.md):
+
+* `run_queue` — Dagster's QueuedRunCoordinator (its daemon dequeues every
+  `dequeue_interval_seconds`, highest `dagster/priority` first, FIFO among equals);
+* `concurrency: runs:` — `max_concurrent_runs`, and tag limits on the tags the API puts on
+  every run (`run_tags` in flowmaestro_api/services/executions.py): one per user
+  (`flowmaestro/user`, per unique value), one for "one at a time per user" workflows
+  (`flowmaestro/user_workflow`, per unique value, limit 1), one per named queue
+  (`flowmaestro/queue`);
+* `concurrency: pools:` — per-workflow limits are pools (one per workflow, on every op) whose
+  slot counts the API sets at runtime; `granularity: run` makes a slot a run, not an op.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; Dagster depends on it
+
+from flowmaestro_api.settings import ApiSettings
+
+Section = Callable[[ApiSettings], Mapping[str, Any]]
+
+USER_TAG = "flowmaestro/user"
+USER_WORKFLOW_TAG = "flowmaestro/user_workflow"
+WORKFLOW_TAG = "flowmaestro/workflow_id"
+QUEUE_TAG = "flowmaestro/queue"
+DEFAULT_QUEUE = "default"
+POOL_TAG = "dagster/concurrency_key"  # an op tag: the op's pool
+WORKFLOW_POOL_PREFIX = "flowmaestro/workflow/"
+
+
+def workflow_pool(workflow_id: str) -> str:
+    """The pool every op of a deployed workflow is in: its concurrency limit is the pool's."""
+    return f"{WORKFLOW_POOL_PREFIX}{workflow_id}"
+
+
+def pool_op_tags(workflow_id: str) -> dict[str, str]:
+    return {POOL_TAG: workflow_pool(workflow_id)}
+
+
+HEADER = (
+    "# The Dagster instance. Written by `flowmaestro dev` from the FLOWMAESTRO_* settings\n"
+    "# (flowmaestro_dagster/instance_config.py); edits are lost. Storage: SQLite under\n"
+    "# DAGSTER_HOME unless a storage section says otherwise.\n"
+)
+
+
+def telemetry_section(settings: ApiSettings) -> Mapping[str, Any]:
+    return {"telemetry": {"enabled": False}}
+
+
+def run_queue_section(settings: ApiSettings) -> Mapping[str, Any]:
+    """The QueuedRunCoordinator: `run_queue` implies it (no `run_coordinator` entry)."""
+    run_queue: dict[str, Any] = {
+        "dequeue_interval_seconds": settings.dequeue_interval_seconds,
+        # A deploy reloads a code location; a run dequeued meanwhile is put back in the queue
+        # (up to 3 times, 5 s apart) instead of being failed.
+        "max_user_code_failure_retries": 3,
+        "user_code_failure_retry_delay": 5,
+    }
+    if settings.dequeue_use_threads:
+        run_queue["dequeue_use_threads"] = True
+        if settings.dequeue_num_workers is not None:
+            run_queue["dequeue_num_workers"] = settings.dequeue_num_workers
+    return {"run_queue": run_queue}
+
+
+def tag_concurrency_limits(settings: ApiSettings) -> list[dict[str, Any]]:
+    """Per user, one-at-a-time-per-user workflows, and each named queue."""
+    limits: list[dict[str, Any]] = []
+    if settings.user_run_limit is not None:
+        limits.append(
+            {
+                "key": USER_TAG,
+                "value": {"applyLimitPerUniqueValue": True},
+                "limit": settings.user_run_limit,
+            }
+        )
+    # Only runs of workflows with the switch on carry this tag (value: workflow and user).
+    limits.append(
+        {"key": USER_WORKFLOW_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    )
+    for name, limit in sorted(settings.queue_limits.items()):
+        limits.append({"key": QUEUE_TAG, "value": name, "limit": limit})
+    return limits
+
+
+def concurrency_section(settings: ApiSettings) -> Mapping[str, Any]:
+    return {
+        "concurrency": {
+            "runs": {
+                "max_concurrent_runs": settings.max_concurrent_runs,
+                "tag_concurrency_limits": tag_concurrency_limits(settings),
+            },
+            # No default_limit: a pool without a limit set (a workflow without one) is free.
+            "pools": {"granularity": settings.pool_granularity},
+        }
+    }
+
+
+def run_monitoring_section(settings: ApiSettings) -> Mapping[str, Any]:
+    """Detects run workers that died (kept as it was before this file was generated)."""
+    return {"run_monitoring": {"enabled": True, "poll_interval_seconds": 5}}
+
+
+SECTIONS: tuple[Section, ...] = (
+    telemetry_section,
+    run_queue_section,
+    concurrency_section,
+    run_monitoring_section,
+)
+
+
+def instance_config(
+    settings: ApiSettings, sections: Sequence[Section] = SECTIONS
+) -> dict[str, Any]:
+    """The configuration as data; a key set by two sections is a bug, so it raises."""
+    config: dict[str, Any] = {}
+    for section in sections:
+        for key, value in section(settings).items():
+            if key in config:
+                raise ValueError(f"instance config key {key!r} is set by two sections")
+            config[key] = value
+    return config
+
+
+def render_instance_yaml(settings: ApiSettings, sections: Sequence[Section] = SECTIONS) -> str:
+    """`dagster.yaml` text: the header, then one block per top-level key."""
+    blocks = [
+        yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False)
+        for key, value in instance_config(settings, sections).items()
+    ]
+    return HEADER + "\n" + "\n".join(blocks)
+
+
+def write_instance_yaml(home: Path, settings: ApiSettings) -> Path:
+    path = home / "dagster.yaml"
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_instance_yaml(settings))
+    return path
