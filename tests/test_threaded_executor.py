@@ -34,9 +34,11 @@ from dagster import (
     Output,
     RetryPolicy,
     RetryRequested,
+    execute_job,
     in_process_executor,
     job,
     op,
+    reconstructable,
     success_hook,
 )
 
@@ -687,6 +689,36 @@ def test_termination_starts_no_more_steps_and_cancels_the_run(instance: DagsterI
     assert not any(key == "after" for _, key, _ in step_events(instance, result.run_id))
 
 
+def test_a_step_running_alone_is_interrupted_like_in_process(instance: DagsterInstance) -> None:
+    """A lone ready step runs on the orchestrating thread, where SIGINT reaches it."""
+
+    naps: list[int] = []
+
+    @op
+    def alone(context: OpExecutionContext) -> int:
+        threading.Thread(target=request_termination, args=(context,), daemon=True).start()
+        for i in range(600):  # 30 s unless interrupted
+            naps.append(i)
+            time.sleep(0.05)
+        return 1
+
+    @op
+    def after(value: int) -> int:
+        return value
+
+    @job(executor_def=threaded_executor)
+    def lonely() -> None:
+        after(alone())
+
+    result = execute(lonely, instance)
+    assert len(naps) < 600  # stopped in the middle of its loop
+    assert result.dagster_run.status == DagsterRunStatus.CANCELED
+    assert statuses(result) == {"alone": "STEP_FAILURE"}
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    error = failure.step_failure_data.error
+    assert error is not None and error.cls_name == "DagsterExecutionInterruptedError"
+
+
 def test_steps_still_running_after_the_grace_period_are_written_off(
     instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -814,6 +846,69 @@ def test_workflow_loop_items_run_concurrently_up_to_the_limit(instance: DagsterI
     mapped = [key for key in spans if key.startswith("slow[")]
     assert len(mapped) == 7
     assert max_overlap(spans, mapped) == 3
+
+
+def parallel_js_definition() -> dict[str, Any]:
+    """Eight JavaScript and JSONata transforms at once (embedded V8 in several threads)."""
+    nodes: list[dict[str, Any]] = [
+        {"id": "in", "type": "input", "inputName": "xs", "inputType": "json"}
+    ]
+    edges: list[tuple[Any, ...]] = []
+    for i in range(8):
+        expression = (
+            f"x => x * {i} + [1, 2, 3].reduce((a, b) => a + b, 0)"
+            if i % 2
+            else f"$map($, function($v) {{ $v * {i} + 6 }})"
+        )
+        nodes.append(
+            {
+                "id": f"m{i}",
+                "type": "transform",
+                "operation": "map" if i % 2 else "custom",
+                "inputData": "{{xs}}",
+                "expression": expression,
+                "outputVariable": f"v{i}",
+            }
+        )
+        edges += [("in", f"m{i}"), (f"m{i}", "join")]
+    nodes.append({"id": "join", "type": "transform", "operation": "merge"})
+    return flow(nodes, edges)
+
+
+def test_parallel_javascript_and_jsonata_transforms_match_in_process() -> None:
+    definition = parallel_js_definition()
+    inputs = {"xs": list(range(40))}
+    threaded = run_workflow_threaded(definition, inputs)
+    assert threaded.status == "succeeded"
+    assert threaded.output("join") == {f"v{i}": [x * i + 6 for x in range(40)] for i in range(8)}
+    assert _summary(threaded) == _summary(run_workflow(definition, inputs))
+
+
+def launched_job() -> JobDefinition:
+    """A compiled workflow as a code location would load it (reconstructable by name)."""
+    return compile_workflow(delay_branches(3, 50), executor_def=threaded_executor_for(2)).job
+
+
+def test_a_launched_run_uses_the_threaded_executor_on_a_persistent_instance(
+    tmp_path: Path,
+) -> None:
+    """The path of a run launched from the UI: job reloaded by name, SQLite, pickled outputs."""
+    (tmp_path / "home").mkdir()
+    config = {"resources": {"workflow_inputs": {"config": {"inputs": {"x": "v"}}}}}
+    with (
+        DagsterInstance.local_temp(str(tmp_path / "home")) as sqlite_instance,
+        execute_job(
+            reconstructable(launched_job), instance=sqlite_instance, run_config=config
+        ) as result,
+    ):
+        assert result.success
+        assert result.output_for_node("join").outputs["join"] == {
+            f"v{i}": f"v-{i}" for i in range(3)
+        }
+        messages = [e.message or "" for e in result.all_events if e.is_engine_event]
+        assert any("up to 2 threads" in message for message in messages)
+        spans = intervals(sqlite_instance, result.run_id)
+        assert max_overlap(spans) == 2
 
 
 def test_compiled_job_carries_the_executor_and_its_limit() -> None:

@@ -280,6 +280,11 @@ def _orchestrate(
         if not interrupted and raised is None:
             steps = active.get_steps_to_execute(limit=max_concurrent - len(pool.jobs))
             yield from active.concurrency_event_iterator(job_context)
+            if len(steps) == 1 and not pool.jobs and active.sleep_interval() <= 0:
+                # The only step that can run until it ends (nothing in flight, no retry or pool
+                # claim due): run it here, as in process, and skip two thread hand-offs.
+                yield from _run_inline(job_context, active, steps[0])
+                continue
             for step in steps:
                 pool.submit(step, active.get_known_state())
         messages = _receive(pool, _wait_seconds(active, pool, interrupted, deadline))
@@ -307,6 +312,27 @@ def _orchestrate(
         raise DagsterExecutionInterruptedError()
     if raised is not None:
         raise raised
+
+
+def _run_inline(
+    job_context: PlanExecutionContext, active: ActiveExecution, step: ExecutionStep
+) -> Iterator[DagsterEvent]:
+    """One step on the orchestrating thread: the in-process executor's loop body."""
+    step_context = job_context.for_step(step, active.get_known_state())
+    missing = [
+        key
+        for key in step_context.required_resource_keys
+        if not hasattr(step_context.resources, key)
+    ]
+    check.invariant(not missing, f"Step {step.key} is missing resources {missing}.")
+    events: list[DagsterEvent] = []
+    for event in dagster_event_sequence_for_step(step_context):
+        events.append(event)
+        yield event
+        active.handle_event(event)
+    active.verify_complete(job_context, step.key)
+    yield from active.plan_events_iterator(job_context)
+    yield from _trigger_hook(step_context, events)
 
 
 def _wait_seconds(
