@@ -1,0 +1,270 @@
+"""Waitpoint benchmark: approval → resumed run started, due time → resumed, and the sensor
+tick with 10,000 parked executions (SQLite and PostgreSQL)."""
+
+import json
+import statistics
+import tempfile
+import time
+import uuid
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from dagster import DagsterEventType, DagsterInstance
+from fastapi.testclient import TestClient
+
+from bench.api import PG_ADMIN, drop_pg, percentile, user_key
+from flowmaestro_api.db import get_engine, migrate, session_scope
+from flowmaestro_api.main import create_app
+from flowmaestro_api.models import Execution, User, Waitpoint, Workflow, WorkflowVersion, utcnow
+from flowmaestro_api.services.dagster import DagsterClient
+from flowmaestro_api.services.waitpoints import tick
+from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.testing.stack import INSTANCE_YAML, DagsterStack
+
+SECRET = "bench-secret-key-0123456789"
+APPROVAL = {
+    "name": "Bench approval",
+    "nodes": [
+        {"id": "in", "type": "input", "data": {"inputName": "who"}},
+        {
+            "id": "ask",
+            "type": "humanReview",
+            "data": {"reviewPrompt": "ok {{who}}?", "outputVariable": "a"},
+        },
+        {"id": "out", "type": "output", "data": {"outputName": "r", "value": "{{a.decision}}"}},
+    ],
+    "edges": [
+        {"id": "e1", "source": "in", "target": "ask"},
+        {"id": "e2", "source": "ask", "target": "out"},
+    ],
+}
+TIMER = {
+    "name": "Bench timer",
+    "nodes": {
+        "in": {"type": "input", "config": {"inputName": "who"}},
+        "pause": {"type": "wait", "config": {"durationValue": 3, "durationUnit": "seconds"}},
+        "out": {"type": "output", "config": {"outputName": "r", "value": "{{who}}"}},
+    },
+    "edges": [
+        {"id": "e1", "source": "in", "target": "pause"},
+        {"id": "e2", "source": "pause", "target": "out"},
+    ],
+}
+
+
+def _first_step_start(instance: DagsterInstance, run_id: str) -> float | None:
+    starts = [
+        r.event_log_entry.timestamp
+        for r in instance.get_records_for_run(run_id).records
+        if r.event_log_entry.dagster_event
+        and r.event_log_entry.dagster_event.event_type == DagsterEventType.STEP_START
+    ]
+    return min(starts) if starts else None
+
+
+def _wait(predicate: Any, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError("benchmark step did not finish")
+
+
+def resume_latency(workdir: Path, samples: int) -> dict[str, Any]:
+    url = f"sqlite:///{workdir / 'resume.db'}"
+    migrate(url)
+    env = {
+        "FLOWMAESTRO_SECRET_KEY": SECRET,
+        "FLOWMAESTRO_WAIT_SLEEP_THRESHOLD_SECONDS": "0.5",
+        "FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS": "1",
+    }
+    stack = DagsterStack(workdir / "home", url, extra_env=env)
+    stack.start()
+    try:
+        instance = stack.instance()
+        settings = ApiSettings(
+            database_url=url,
+            dagster_graphql_url=stack.graphql_url,
+            secret_key=SECRET,
+            wait_sleep_threshold_seconds=0.5,
+        )
+        client = DagsterClient(stack.graphql_url, instance=instance)
+        app = create_app(settings, dagster=client)
+        auth = user_key(url)
+        approval_delays: list[float] = []
+        due_delays: list[float] = []
+        with TestClient(app) as http:
+            approval_id = _deploy(http, auth, APPROVAL)
+            timer_id = _deploy(http, auth, TIMER)
+            for _ in range(samples):
+                execution_id = _start(http, auth, approval_id)
+                waitpoint = _wait(lambda eid=execution_id: _approval_of(http, auth, eid))
+                decided = time.time()
+                http.post(
+                    f"/approvals/{waitpoint}/decision", json={"decision": "approve"}, headers=auth
+                )
+                started = _wait(lambda eid=execution_id: _resumed_start(client, instance, eid))
+                approval_delays.append(started - decided)
+            for _ in range(max(3, samples // 2)):
+                execution_id = _start(http, auth, timer_id)
+                due = _wait(lambda eid=execution_id: _due_at(url, eid))
+                started = _wait(lambda eid=execution_id: _resumed_start(client, instance, eid))
+                due_delays.append(started - due)
+    finally:
+        stack.stop()
+    return {
+        "approval_to_resumed_step": _summary(approval_delays),
+        "due_to_resumed_step": _summary(due_delays),
+    }
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "samples": len(values),
+        "p50_s": round(statistics.median(values), 2),
+        "p95_s": round(percentile(values, 0.95), 2),
+        "min_s": round(min(values), 2),
+        "max_s": round(max(values), 2),
+    }
+
+
+def _deploy(http: TestClient, auth: dict[str, str], definition: dict[str, Any]) -> str:
+    workflow_id: str = http.post(
+        "/workflows", json={"definition": definition}, headers=auth
+    ).json()["id"]
+    deployed = http.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth).json()
+    if not deployed.get("runnable"):
+        raise RuntimeError(f"deploy failed: {deployed}")
+    return workflow_id
+
+
+def _start(http: TestClient, auth: dict[str, str], workflow_id: str) -> str:
+    execution_id: str = http.post(
+        f"/workflows/{workflow_id}/executions", json={"inputs": {"who": "b"}}, headers=auth
+    ).json()["id"]
+    return execution_id
+
+
+def _approval_of(http: TestClient, auth: dict[str, str], execution_id: str) -> str | None:
+    items = http.get("/approvals", headers=auth).json()["items"]
+    return next((a["id"] for a in items if a["execution_id"] == execution_id), None)
+
+
+def _due_at(url: str, execution_id: str) -> float | None:
+    with session_scope(get_engine(url)) as session:
+        row = session.scalar(sa.select(Waitpoint).where(Waitpoint.execution_id == execution_id))
+        return row.due_at.timestamp() if row is not None and row.due_at is not None else None
+
+
+def _resumed_start(
+    client: DagsterClient, instance: DagsterInstance, execution_id: str
+) -> float | None:
+    runs = client.runs_for_execution(execution_id)
+    if len(runs) < 2:
+        return None
+    return _first_step_start(instance, runs[-1].run_id)
+
+
+def parked_tick(url: str, parked: int = 10_000) -> dict[str, Any]:
+    """The sensor's tick with `parked` waiting executions, none of them due."""
+    migrate(url)
+    engine = get_engine(url)
+    with session_scope(engine) as session:
+        user = User(email=f"bench-{uuid.uuid4().hex[:6]}@example.com")
+        session.add(user)
+        session.flush()
+        workflow = Workflow(owner_id=user.id, name="parked", latest_version=1, deployed_version=1)
+        session.add(workflow)
+        session.flush()
+        session.add(
+            WorkflowVersion(
+                workflow_id=workflow.id,
+                version=1,
+                definition=APPROVAL,
+                status="deployed",
+                job_name="parked_v1",
+                created_by=user.id,
+            )
+        )
+        now = utcnow()
+        executions, waitpoints = [], []
+        for i in range(parked):
+            execution_id = str(uuid.uuid4())
+            executions.append(
+                {
+                    "id": execution_id,
+                    "workflow_id": workflow.id,
+                    "version": 1,
+                    "user_id": user.id,
+                    "status": "waiting",
+                    "priority": 0,
+                    "inputs": {},
+                    "job_name": "parked_v1",
+                    "location_name": "x",
+                    "launch_attempts": 0,
+                    "created_at": now,
+                }
+            )
+            kind = "approval" if i % 2 else "datetime"
+            waitpoints.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "execution_id": execution_id,
+                    "node_id": "ask",
+                    "iteration": "",
+                    "step_key": "ask",
+                    "run_id": str(uuid.uuid4()),
+                    "kind": kind,
+                    "status": "pending",
+                    "due_at": now + timedelta(days=1) if kind == "datetime" else None,
+                    "expires_at": now + timedelta(days=7),
+                    "spec": {},
+                    "created_at": now,
+                }
+            )
+        session.execute(sa.insert(Execution), executions)
+        session.execute(sa.insert(Waitpoint), waitpoints)
+    with tempfile.TemporaryDirectory() as home:
+        (Path(home) / "dagster.yaml").write_text(INSTANCE_YAML)
+        instance = DagsterInstance.from_config(home)
+        client = DagsterClient("http://127.0.0.1:9/graphql", timeout=1, instance=instance)
+        times = []
+        for _ in range(5):
+            with session_scope(engine) as session:
+                start = time.perf_counter()
+                counts = tick(session, client)
+                times.append(time.perf_counter() - start)
+        instance.dispose()
+    return {
+        "parked": parked,
+        "tick_median_s": round(statistics.median(times), 3),
+        "tick_max_s": round(max(times), 3),
+        "last_tick": counts,
+    }
+
+
+def main(samples: int = 8) -> dict[str, Any]:
+    warnings.filterwarnings("ignore")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        results["sqlite_tick"] = parked_tick(f"sqlite:///{workdir / 'parked.db'}")
+        name = f"fm_bench_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"CREATE DATABASE {name}"))
+        try:
+            results["postgres_tick"] = parked_tick(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+        finally:
+            drop_pg(name)
+        results["resume"] = resume_latency(workdir, samples)
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
