@@ -11,6 +11,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from flowmaestro_api.db import get_engine, migrate, session_factory, session_scope
 from flowmaestro_api.errors import PayloadTooLarge, problem_response, register_error_handlers
 from flowmaestro_api.routes import approvals, executions, health, queues, workflows
+from flowmaestro_api.routes.observability import router as observability_router
 from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.services.executions import launch_execution
 from flowmaestro_api.settings import ApiSettings, get_api_settings
@@ -79,4 +80,5 @@ def create_app(
     app.include_router(executions.router)
     app.include_router(queues.router)
     app.include_router(approvals.router)
+    app.include_router(observability_router)
     return app

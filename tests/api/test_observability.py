@@ -1,0 +1,427 @@
+"""Timeline, execution metrics, workflow analytics and /metrics through the API.
+
+The API reads Dagster's storage directly, so these tests run the executions' Dagster runs in
+process on a real (ephemeral) instance, tagged as the API tags them, and then ask the API.
+The span algorithm's waiting segments are covered with a run chain built from data here and
+end to end (a real waitpoint, resumed by the sensor) in test_observability_e2e.py.
+"""
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from flowmaestro_api.db import get_engine, session_scope
+from flowmaestro_api.main import create_app
+from flowmaestro_api.models import Execution
+from flowmaestro_api.services.analytics import (
+    ExecutionFacts,
+    NodeDurationHistogram,
+    op_type,
+    percentile,
+    summarize,
+)
+from flowmaestro_api.services.dagster import DagsterClient
+from flowmaestro_api.services.timeline import NodeInfo, RunTrace, StepEvent, build_spans
+from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.compiler import compile_workflow
+from flowmaestro_dagster.running import execute_locally
+from flowmaestro_dagster.testing import FakeLLMServer, FakeReply, resources_for
+from tests.api.conftest import UNREACHABLE_DAGSTER, make_key
+
+LLM_FLOW = {
+    "name": "Ask twice",
+    "nodes": [
+        {"id": "in", "type": "input", "data": {"label": "Topic", "inputName": "topic"}},
+        {
+            "id": "ask",
+            "type": "llm",
+            "data": {
+                "label": "Ask the model",
+                "model": "gpt-4o",
+                "prompt": "{{topic}}",
+                "retry": {"maxAttempts": 3, "backoffStrategy": "fixed", "minDelayMs": 400},
+            },
+        },
+        {"id": "out", "type": "output", "data": {"outputName": "answer", "value": "{{ask.text}}"}},
+    ],
+    "edges": [
+        {"id": "a", "source": "in", "target": "ask"},
+        {"id": "b", "source": "ask", "target": "out"},
+    ],
+}
+
+PARSE_FLOW = {
+    "name": "Parse",
+    "nodes": {
+        "in": {"type": "input", "config": {"inputName": "raw"}},
+        "parse": {
+            "type": "transform",
+            "config": {"operation": "parseJSON", "inputData": "{{raw}}"},
+        },
+        "safe": {
+            "type": "transform",
+            "config": {"operation": "parseJSON", "inputData": "{{raw}}"},
+            "onError": {"strategy": "continue"},
+        },
+    },
+    "edges": [
+        {"id": "a", "source": "in", "target": "parse"},
+        {"id": "b", "source": "in", "target": "safe"},
+    ],
+}
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+@pytest.fixture
+def api(database_url: str, instance: DagsterInstance) -> Iterator[TestClient]:
+    settings = ApiSettings(
+        database_url=database_url,
+        dagster_graphql_url=UNREACHABLE_DAGSTER,
+        graphql_timeout_seconds=1,
+        launch_on_submit=False,
+    )
+    app = create_app(settings, dagster=DagsterClient(UNREACHABLE_DAGSTER, instance=instance))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def auth(database_url: str) -> dict[str, str]:
+    return make_key(database_url, "observer@example.com")
+
+
+@pytest.fixture
+def llm() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer() as server:
+        yield server
+
+
+def deploy(api: TestClient, auth: dict[str, str], definition: dict[str, Any]) -> str:
+    created = api.post("/workflows", json={"definition": definition}, headers=auth)
+    assert created.status_code == 201, created.text
+    workflow_id: str = created.json()["id"]
+    assert api.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth).status_code == 200
+    return workflow_id
+
+
+def execute(
+    api: TestClient,
+    auth: dict[str, str],
+    instance: DagsterInstance,
+    workflow_id: str,
+    definition: dict[str, Any],
+    inputs: dict[str, Any],
+    **settings: Any,
+) -> tuple[str, str]:
+    """Start an execution through the API and run its Dagster run in process, tagged as the
+    API tags it. Returns (execution id, run id)."""
+    created = api.post(
+        f"/workflows/{workflow_id}/executions", json={"inputs": inputs}, headers=auth
+    )
+    assert created.status_code == 201, created.text
+    execution_id: str = created.json()["id"]
+    compiled = compile_workflow(definition, resource_defs=resources_for(settings.get("settings")))
+    tags = {
+        "flowmaestro/execution_id": execution_id,
+        "flowmaestro/workflow_id": workflow_id,
+        "flowmaestro/version": "1",
+    }
+    result = execute_locally(compiled, inputs, instance=instance, tags=tags, log_level="ERROR")
+    return execution_id, result.run_id
+
+
+def test_timeline_of_a_retried_node_has_queued_running_backoff_running(
+    api: TestClient, auth: dict[str, str], instance: DagsterInstance, llm: FakeLLMServer
+) -> None:
+    workflow_id = deploy(api, auth, LLM_FLOW)
+    llm.enqueue(FakeReply.error(503), "the answer")
+    execution_id, run_id = execute(
+        api, auth, instance, workflow_id, LLM_FLOW, {"topic": "x"}, settings=llm.settings()
+    )
+    response = api.get(f"/executions/{execution_id}/timeline", headers=auth)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "succeeded" and body["workflow_id"] == workflow_id
+    assert [(r["run_id"], r["kind"], r["parked"]) for r in body["runs"]] == [
+        (run_id, "initial", False)
+    ]
+    spans = {s["node_id"]: s for s in body["spans"]}
+    ask = spans["ask"]
+    assert ask["label"] == "Ask the model" and ask["step_key"] == "ask_the_model__ask"
+    assert [s["kind"] for s in ask["segments"]] == ["queued", "running", "backoff", "running"]
+    assert [s["outcome"] for s in ask["segments"]] == [None, "retry", None, "succeeded"]
+    assert (ask["attempts"], ask["retries"], ask["errors"], ask["status"]) == (2, 1, 1, "succeeded")
+    backoff = ask["segments"][2]
+    assert 0.4 * 1000 - 50 <= backoff["duration_ms"] <= 0.4 * 1000 + 3000
+    # The output node became ready when the llm step ended: its queued segment starts there.
+    out_queued = spans["out"]["segments"][0]
+    assert out_queued["kind"] == "queued" and out_queued["start"] == ask["segments"][3]["end"]
+    # Segments of a span follow each other without gaps.
+    for earlier, later in zip(ask["segments"], ask["segments"][1:], strict=False):
+        assert earlier["end"] == later["start"]
+    metrics = body["metrics"]
+    assert metrics["retry_count"] == 1 and metrics["error_count"] == 1 and metrics["run_count"] == 1
+    assert metrics["nodes"]["ask"]["attempts"] == 2
+    assert metrics["nodes"]["ask"]["backoff_ms"] == backoff["duration_ms"]
+    assert metrics["total_duration_ms"] >= metrics["running_ms"] > 0
+    assert metrics["queue_wait_ms"] >= 0
+    alone = api.get(f"/executions/{execution_id}/metrics", headers=auth).json()
+    assert alone["execution_id"] == execution_id and alone["retry_count"] == 1
+    assert alone["nodes"]["ask"]["retries"] == 1
+
+
+def test_timeline_of_someone_elses_or_an_unknown_execution_is_404(
+    api: TestClient, auth: dict[str, str], database_url: str
+) -> None:
+    other = make_key(database_url, "someone-else@example.com")
+    workflow_id = deploy(api, other, PARSE_FLOW)
+    created = api.post(
+        f"/workflows/{workflow_id}/executions", json={"inputs": {"raw": "1"}}, headers=other
+    ).json()
+    assert api.get(f"/executions/{created['id']}/timeline", headers=auth).status_code == 404
+    assert api.get("/executions/nope/metrics", headers=auth).status_code == 404
+    assert api.get(f"/workflows/{workflow_id}/analytics", headers=auth).status_code == 404
+    assert api.get("/executions/nope/timeline").status_code == 401
+    queued = api.get(f"/executions/{created['id']}/timeline", headers=other).json()
+    assert queued["status"] == "queued" and queued["runs"] == [] and queued["spans"] == []
+
+
+def test_analytics_match_a_known_set_of_runs(
+    api: TestClient,
+    auth: dict[str, str],
+    instance: DagsterInstance,
+    database_url: str,
+) -> None:
+    workflow_id = deploy(api, auth, PARSE_FLOW)
+    inputs = ['{"a": 1}', "[1, 2]", "{broken", "{also broken", "3"]
+    executions = [
+        execute(api, auth, instance, workflow_id, PARSE_FLOW, {"raw": raw}) for raw in inputs
+    ]
+    old_id, _ = execute(api, auth, instance, workflow_id, PARSE_FLOW, {"raw": "{old"})
+    with session_scope(get_engine(database_url)) as session:  # created ten days ago: left out
+        session.execute(
+            update(Execution)
+            .where(Execution.id == old_id)
+            .values(created_at=datetime.now(UTC) - timedelta(days=10))
+        )
+    end = datetime.now(UTC) + timedelta(minutes=1)
+    start = end - timedelta(days=3)
+    response = api.get(
+        f"/workflows/{workflow_id}/analytics",
+        params={"from": start.isoformat(), "to": end.isoformat()},
+        headers=auth,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["executions"] == 5 and body["finished"] == 5
+    assert body["by_status"] == {"failed": 2, "succeeded": 3}
+    assert body["success_rate"] == 0.6 and body["failure_rate"] == 0.4
+    nodes = {n["node_id"]: n for n in body["nodes"]}
+    assert nodes["parse"] == {
+        "node_id": "parse",
+        "errors": 2,
+        "failures": 2,
+        "retries": 0,
+        "executions_with_errors": 2,
+    }
+    # `safe` failed on the same inputs, but onError continue handled it: errors, no failures.
+    assert nodes["safe"]["errors"] == 2 and nodes["safe"]["failures"] == 0
+    assert [n["node_id"] for n in body["nodes"]][:1] in (["parse"], ["safe"])
+    # Durations: submission to the end of the run, nearest-rank percentiles.
+    with session_scope(get_engine(database_url)) as session:
+        created = {
+            e.id: e.created_at for e in session.query(Execution).filter(Execution.id != old_id)
+        }
+    durations = []
+    for execution_id, run_id in executions:
+        record = instance.get_run_record_by_id(run_id)
+        assert record is not None and record.end_time is not None
+        moment = created[execution_id]
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        durations.append(round((record.end_time - moment.timestamp()) * 1000, 3))
+    assert body["duration_p50_ms"] == pytest.approx(percentile(durations, 50), abs=0.01)
+    assert body["duration_p95_ms"] == pytest.approx(max(durations), abs=0.01)
+    today = [d for d in body["by_day"] if d["executions"]]
+    assert len(body["by_day"]) == 4 and len(today) == 1  # 3 days + a partial one
+    assert today[0]["succeeded"] == 3 and today[0]["failed"] == 2
+    everything = api.get(
+        f"/workflows/{workflow_id}/analytics",
+        params={"from": (end - timedelta(days=30)).isoformat(), "to": end.isoformat()},
+        headers=auth,
+    ).json()
+    assert everything["executions"] == 6 and everything["by_status"]["failed"] == 3
+
+
+def test_analytics_range_is_checked(api: TestClient, auth: dict[str, str]) -> None:
+    workflow_id = deploy(api, auth, PARSE_FLOW)
+    url = f"/workflows/{workflow_id}/analytics"
+    backwards = {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}
+    assert api.get(url, params=backwards, headers=auth).status_code == 422
+    too_long = {"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}
+    assert api.get(url, params=too_long, headers=auth).status_code == 422
+    assert api.get(url, params={"from": "yesterday"}, headers=auth).status_code == 422
+    default = api.get(url, headers=auth).json()
+    assert default["executions"] == 0 and len(default["by_day"]) in (7, 8)
+    assert default["success_rate"] is None
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = "^" + re.escape(name + (f"{{{wanted}}}" if labels else "")) + r" (\S+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def test_prometheus_metrics(
+    api: TestClient,
+    auth: dict[str, str],
+    instance: DagsterInstance,
+    llm: FakeLLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FLOWMAESTRO_METRICS_TOKEN", raising=False)
+    workflow_id = deploy(api, auth, LLM_FLOW)
+    llm.enqueue("one", "two")
+    for _ in range(2):
+        execute(api, auth, instance, workflow_id, LLM_FLOW, {"topic": "x"}, settings=llm.settings())
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    assert "# TYPE flowmaestro_executions gauge" in text
+    assert metric(text, "flowmaestro_executions", status="queued") == 2  # as recorded in the DB
+    assert metric(text, "flowmaestro_queue_depth") == 0
+    assert metric(text, "flowmaestro_dagster_up") == 1
+    assert metric(text, "flowmaestro_waitpoints_waiting") == 0
+    assert metric(text, "flowmaestro_node_duration_seconds_count", type="llm") == 2
+    assert metric(text, "flowmaestro_node_duration_seconds_count", type="input") == 2
+    assert metric(text, "flowmaestro_node_duration_seconds_bucket", type="llm", le="+Inf") == 2
+    again = api.get("/metrics").text  # counted once per run, however often it is scraped
+    assert metric(again, "flowmaestro_node_duration_seconds_count", type="llm") == 2
+    monkeypatch.setenv("FLOWMAESTRO_METRICS_TOKEN", "scrape-secret")
+    assert api.get("/metrics").status_code == 401
+    assert api.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert api.get("/metrics", headers={"Authorization": "Bearer scrape-secret"}).status_code == 200
+
+
+# -- pure parts --------------------------------------------------------------------------------------
+
+
+def trace(
+    run_id: str,
+    created: float,
+    steps: dict[str, list[tuple[float, str]]],
+    *,
+    parked: bool = False,
+    parent: str | None = None,
+    upstream: dict[str, set[str]] | None = None,
+) -> RunTrace:
+    tags = {"flowmaestro/waiting": "true"} if parked else {}
+    if parent:
+        tags["flowmaestro/resume_of"] = parent
+    return RunTrace(
+        run_id=run_id,
+        status="SUCCESS",
+        tags=tags,
+        parent_run_id=parent,
+        created=created,
+        started=created + 0.5,
+        ended=max(t for events in steps.values() for t, _ in events),
+        steps={k: [StepEvent(t, kind) for t, kind in events] for k, events in steps.items()},
+        upstream=upstream or {},
+    )
+
+
+def test_a_waitpoint_waits_from_its_parked_end_to_its_start_in_the_resumed_run() -> None:
+    deps = {"pause": {"in"}, "out": {"pause"}}
+    first = trace(
+        "r1",
+        100.0,
+        {
+            "in": [(101.0, "start"), (101.5, "output"), (102.0, "success")],
+            "pause": [(103.0, "start"), (103.5, "success")],  # parked: no output
+            "out": [(103.6, "skipped")],
+        },
+        parked=True,
+        upstream=deps,
+    )
+    second = trace(
+        "r2",
+        110.0,
+        {
+            "pause": [(111.0, "start"), (111.2, "output"), (111.5, "success")],
+            "out": [(112.0, "start"), (112.1, "output"), (112.5, "success")],
+        },
+        parent="r1",
+        upstream=deps,
+    )
+    nodes = {a: NodeInfo(a, a.title(), "x") for a in ("in", "pause", "out")}
+    spans = {s.step_key: s for s in build_spans([first, second], nodes)}
+    pause = spans["pause"]
+    assert [(s.kind, s.start, s.end, s.run_id, s.outcome) for s in pause.segments] == [
+        ("queued", 102.0, 103.0, "r1", None),
+        ("running", 103.0, 103.5, "r1", "parked"),
+        ("waiting", 103.5, 111.0, "r1", None),
+        ("running", 111.0, 111.5, "r2", "succeeded"),
+    ]
+    assert pause.status == "succeeded" and pause.attempts == 2 and pause.errors == 0
+    out = spans["out"]
+    assert [(s.kind, s.start, s.end) for s in out.segments] == [
+        ("queued", 111.5, 112.0),
+        ("running", 112.0, 112.5),
+    ]
+    still = {s.step_key: s for s in build_spans([first], nodes)}["pause"]
+    assert still.status == "waiting" and still.segments[-1].end is None
+
+
+def test_summary_numbers_and_percentiles() -> None:
+    day = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    facts = [
+        ExecutionFacts("a", day, "succeeded", 100.0, {}, {}, {}),
+        ExecutionFacts("b", day, "succeeded", 300.0, {"n": 1}, {}, {"n": 1}),
+        ExecutionFacts("c", day, "failed", 200.0, {"n": 3}, {"n": 1}, {"n": 2}),
+        ExecutionFacts("d", day + timedelta(days=1), "succeeded", 1000.0, {}, {}, {}),
+        ExecutionFacts("e", day + timedelta(days=1), "running", None, {}, {}, {}),
+    ]
+    summary = summarize(facts, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 4, tzinfo=UTC))
+    assert summary["executions"] == 5 and summary["finished"] == 4
+    assert summary["success_rate"] == 0.75 and summary["failure_rate"] == 0.25
+    assert summary["duration_p50_ms"] == 200.0 and summary["duration_p95_ms"] == 1000.0
+    assert [
+        (d["day"].isoformat(), d["executions"], d["duration_p50_ms"]) for d in summary["by_day"]
+    ] == [
+        ("2026-03-01", 0, None),
+        ("2026-03-02", 3, 200.0),
+        ("2026-03-03", 2, 1000.0),
+    ]
+    assert summary["nodes"] == [
+        {"node_id": "n", "errors": 4, "failures": 1, "retries": 3, "executions_with_errors": 2}
+    ]
+    assert percentile([1, 2, 3, 4], 50) == 2 and percentile(list(range(1, 21)), 95) == 19
+
+
+def test_histogram_buckets_are_cumulative() -> None:
+    histogram = NodeDurationHistogram()
+    for seconds in (0.01, 0.2, 0.2, 7.0, 5000.0):
+        histogram.observe("llm", seconds)
+    text = "\n".join(histogram.lines())
+    assert metric(text, "flowmaestro_node_duration_seconds_bucket", type="llm", le="0.05") == 1
+    assert metric(text, "flowmaestro_node_duration_seconds_bucket", type="llm", le="0.25") == 3
+    assert metric(text, "flowmaestro_node_duration_seconds_bucket", type="llm", le="10") == 4
+    assert metric(text, "flowmaestro_node_duration_seconds_bucket", type="llm", le="+Inf") == 5
+    assert metric(text, "flowmaestro_node_duration_seconds_sum", type="llm") == pytest.approx(
+        5007.41
+    )
+    assert op_type("shared_memory_node_e") == "shared_memory" and op_type("llm_node") == "llm"
+    assert DagsterEventType.STEP_UP_FOR_RETRY  # the events the timeline reads exist

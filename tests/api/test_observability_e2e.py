@@ -1,0 +1,212 @@
+"""Observability end to end: a real Dagster (webserver, daemon, waitpoint sensor) and the API.
+
+One execution retries a model call (503, then an answer) and parks at an approval; while it
+waits, the timeline shows an ongoing waiting segment and /metrics a waiting waitpoint; after
+the approval the sensor resumes it in a second run, and the timeline splits every node into
+its queued, running, backoff and waiting segments across both runs.
+"""
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from flowmaestro_api.main import create_app
+from flowmaestro_api.services.dagster import DagsterClient
+from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.testing import FakeLLMServer, FakeReply
+from flowmaestro_dagster.testing.fake_llm import API_KEY
+from flowmaestro_dagster.testing.stack import DagsterStack
+from tests.api.conftest import make_key
+from tests.services import migrated_template
+
+pytestmark = pytest.mark.slow
+SECRET = "observability-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLMServer) -> Iterator[DagsterStack]:
+    workdir = tmp_path_factory.mktemp("observability")
+    providers = {"providers": {"openai": {"base_url": llm.url, "api_key": API_KEY}}}
+    with migrated_template("sqlite", workdir) as template:
+        dagster = DagsterStack(
+            workdir / "home",
+            f"sqlite:///{template}",
+            extra_env={
+                "FLOWMAESTRO_LLM": json.dumps(providers),
+                "FLOWMAESTRO_WAIT_SLEEP_THRESHOLD_SECONDS": "0.5",
+                "FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS": "1",
+                "FLOWMAESTRO_SECRET_KEY": SECRET,
+                "FLOWMAESTRO_CALLBACK_SIGNING_SECRET": SECRET,
+            },
+        )
+        dagster.start()
+        try:
+            yield dagster
+        finally:
+            dagster.stop()
+
+
+@pytest.fixture(scope="module")
+def client(stack: DagsterStack) -> Iterator[TestClient]:
+    settings = ApiSettings(
+        database_url=stack.database_url,
+        dagster_graphql_url=stack.graphql_url,
+        dagster_ui_url=stack.ui_url,
+        secret_key=SECRET,
+        callback_signing_secret=SECRET,
+        wait_sleep_threshold_seconds=0.5,
+    )
+    dagster = DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
+    app = create_app(settings, dagster=dagster)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout} s (last: {last!r})")
+
+
+FLOW = {
+    "name": "Observed",
+    "nodes": [
+        {"id": "in", "type": "input", "data": {"label": "Topic", "inputName": "topic"}},
+        {
+            "id": "ask",
+            "type": "llm",
+            "data": {
+                "label": "Draft",
+                "model": "gpt-4o",
+                "prompt": "{{topic}}",
+                "retry": {"maxAttempts": 3, "backoffStrategy": "fixed", "minDelayMs": 500},
+            },
+        },
+        {
+            "id": "review",
+            "type": "humanReview",
+            "data": {"label": "Editor OK", "reviewPrompt": "Publish {{ask.text}}?"},
+        },
+        {"id": "out", "type": "output", "data": {"outputName": "post", "value": "{{ask.text}}"}},
+    ],
+    "edges": [
+        {"id": "a", "source": "in", "target": "ask"},
+        {"id": "b", "source": "ask", "target": "review"},
+        {"id": "c", "source": "review", "target": "out"},
+    ],
+}
+
+
+def metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{line_start} not in the metrics")
+
+
+def kinds(span: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [(s["kind"], s["outcome"]) for s in span["segments"]]
+
+
+def test_a_retry_and_a_waitpoint_across_two_runs(client: TestClient, llm: FakeLLMServer) -> None:
+    auth = make_key(client.app.state.settings.database_url, "watcher@example.com")  # type: ignore[attr-defined]
+    created = client.post("/workflows", json={"definition": FLOW}, headers=auth)
+    assert created.status_code == 201, created.text
+    workflow_id = created.json()["id"]
+    deployed = client.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
+    assert deployed.status_code == 200 and deployed.json()["runnable"], deployed.text
+    llm.enqueue(FakeReply.error(503), "A short post")
+    started = client.post(
+        f"/workflows/{workflow_id}/executions", json={"inputs": {"topic": "t"}}, headers=auth
+    )
+    assert started.status_code == 201, started.text
+    execution_id = started.json()["id"]
+
+    def parked() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(
+            f"/executions/{execution_id}/timeline", headers=auth
+        ).json()
+        return body if body["status"] == "waiting" else None
+
+    waiting = wait_for(parked)
+    review = next(s for s in waiting["spans"] if s["node_id"] == "review")
+    assert review["status"] == "waiting" and review["segments"][-1]["ongoing"]
+    assert waiting["runs"][0]["parked"] is True
+    text = client.get("/metrics").text
+    assert metric(text, "flowmaestro_waitpoints_waiting") >= 1
+    time.sleep(1.5)  # the wait the timeline must show
+    pending = wait_for(
+        lambda: [
+            a
+            for a in client.get("/approvals", headers=auth).json()["items"]
+            if a["execution_id"] == execution_id
+        ]
+    )
+    decided = client.post(
+        f"/approvals/{pending[0]['id']}/decision", json={"decision": "approve"}, headers=auth
+    )
+    assert decided.status_code == 200, decided.text
+
+    def done() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(f"/executions/{execution_id}", headers=auth).json()
+        return body if body["status"] in ("succeeded", "failed") else None
+
+    assert wait_for(done)["status"] == "succeeded"
+    body = client.get(f"/executions/{execution_id}/timeline", headers=auth).json()
+    assert body["status"] == "succeeded"
+    first, second = body["runs"]
+    assert (first["kind"], first["parked"]) == ("initial", True)
+    assert (second["kind"], second["parent_run_id"]) == ("resume", first["run_id"])
+    spans = {s["node_id"]: s for s in body["spans"]}
+    ask = spans["ask"]
+    assert ask["step_key"] == "draft__ask"
+    assert kinds(ask) == [
+        ("queued", None),
+        ("running", "retry"),
+        ("backoff", None),
+        ("running", "succeeded"),
+    ]
+    assert 450 <= ask["segments"][2]["duration_ms"] <= 5000
+    review = spans["review"]
+    assert kinds(review) == [
+        ("queued", None),
+        ("running", "parked"),
+        ("waiting", None),
+        ("running", "succeeded"),
+    ]
+    wait_segment = review["segments"][2]
+    assert wait_segment["run_id"] == first["run_id"] and wait_segment["duration_ms"] >= 1500
+    assert wait_segment["end"] == review["segments"][3]["start"]
+    assert review["segments"][3]["run_id"] == second["run_id"]
+    out = spans["out"]
+    assert [s["run_id"] for s in out["segments"]] == [second["run_id"]] * 2
+    assert kinds(out) == [("queued", None), ("running", "succeeded")]
+    metrics = body["metrics"]
+    assert metrics["run_count"] == 2 and metrics["retry_count"] == 1
+    assert metrics["error_count"] == 1 and metrics["waiting_ms"] >= 1500
+    assert metrics["queue_wait_ms"] > 0
+    assert metrics["total_duration_ms"] >= metrics["waiting_ms"] + metrics["running_ms"]
+    analytics = client.get(f"/workflows/{workflow_id}/analytics", headers=auth).json()
+    assert analytics["by_status"] == {"succeeded": 1} and analytics["success_rate"] == 1.0
+    assert analytics["nodes"] == [
+        {"node_id": "ask", "errors": 1, "failures": 0, "retries": 1, "executions_with_errors": 1}
+    ]
+    text = client.get("/metrics").text
+    assert metric(text, 'flowmaestro_node_duration_seconds_count{type="llm"}') >= 1
+    assert metric(text, "flowmaestro_waitpoints_waiting") == 0
+    assert metric(text, 'flowmaestro_executions{status="succeeded"}') >= 1
