@@ -302,6 +302,7 @@ def _add_run(span: Span, trace: RunTrace, events: Sequence[StepEvent], parked: b
         span.segments.append(Segment("queued", ready, first_start, run_id))
     open_segment: Segment | None = None
     handled: str | None = None
+    outputs: set[str] = set()
     for event in events:
         if event.kind == "start":
             if open_segment is not None and open_segment.kind == "backoff":
@@ -318,8 +319,10 @@ def _add_run(span: Span, trace: RunTrace, events: Sequence[StepEvent], parked: b
             open_segment = Segment("backoff", event.timestamp, None, run_id, span.attempts)
             span.segments.append(open_segment)
             span.status = "backoff"
-        elif event.kind == "output" and event.handled_error is not None:
-            handled = event.handled_error
+        elif event.kind == "output":
+            outputs.add(event.output or "")
+            if event.handled_error is not None:
+                handled = event.handled_error
         elif event.kind in ("success", "failure"):
             if open_segment is not None and open_segment.kind == "running":
                 outcome = "succeeded" if event.kind == "success" else "failed"
@@ -335,6 +338,8 @@ def _add_run(span: Span, trace: RunTrace, events: Sequence[StepEvent], parked: b
             elif parked:
                 span.status = "waiting"
                 span.segments.append(Segment("waiting", event.timestamp, None, run_id))
+            elif handled is not None and "result" not in outputs:
+                span.status = "failed"  # handled by an error edge / goto: only `error` ran on
             else:
                 span.status = "succeeded"
             if handled is not None:

@@ -385,6 +385,19 @@ def test_a_waitpoint_waits_from_its_parked_end_to_its_start_in_the_resumed_run()
     assert still.status == "waiting" and still.segments[-1].end is None
 
 
+def test_a_failure_an_error_edge_handled_is_a_failed_span_with_a_handled_attempt() -> None:
+    run = trace("r1", 10.0, {"fetch": [(11.0, "start"), (11.5, "output"), (12.0, "success")]})
+    run.steps["fetch"][1] = StepEvent(11.5, "output", output="error", handled_error="HTTP 503")
+    [span] = build_spans([run], {})
+    assert (span.status, span.errors, span.error) == ("failed", 1, "HTTP 503")
+    assert [(s.kind, s.outcome) for s in span.segments] == [
+        ("queued", None),
+        ("running", "handled"),
+    ]
+    run.steps["fetch"].insert(1, StepEvent(11.4, "output", output="result", handled_error="x"))
+    assert build_spans([run], {})[0].status == "succeeded"  # continue / fallback: a value
+
+
 def test_summary_numbers_and_percentiles() -> None:
     day = datetime(2026, 3, 2, 12, tzinfo=UTC)
     facts = [
