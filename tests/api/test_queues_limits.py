@@ -27,6 +27,7 @@ from tests.api.test_queues_support import (
     max_overlap,
     new_user,
     queue_stack,
+    retrying_workflow,
     run_statuses,
     slow_workflow,
     submit,
@@ -208,3 +209,20 @@ def test_a_parked_execution_frees_its_slot(stack: QueueStack) -> None:
     resume = facts(instance, parked, index=1)
     assert resume.run_id == resume_id
     assert max_overlap([first, second, resume, facts(instance, later)]) == 1
+
+
+def test_a_run_waiting_to_retry_keeps_its_workflow_slot(stack: QueueStack) -> None:
+    """The same workflow as the op-granularity measurement (test_queues_pools.py): at run
+    granularity the second run stays queued through the first's retry waits."""
+    client, instance = stack.client, stack.instance
+    auth = new_user(stack, "retries")
+    workflow_id = deploy(
+        client, auth, retrying_workflow("retries"), settings={"concurrency_limit": 1}
+    )
+    first = submit(client, auth, workflow_id)
+    wait_for(lambda: run_statuses(instance, [first]) == ["STARTED"])
+    second = submit(client, auth, workflow_id)
+    finished(client, auth, first, second)
+    earlier, later = facts(instance, first), facts(instance, second)
+    assert later.dequeued >= earlier.end
+    assert max_overlap([earlier, later]) == 1

@@ -23,7 +23,7 @@ from flowmaestro_api.security import create_api_key, ensure_user
 from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.instance_config import render_instance_yaml
-from tests.services import DagsterStack, migrated_template
+from tests.services import DagsterStack, free_port, migrated_template
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -42,12 +42,19 @@ class QueueStack:
 
 
 @contextlib.contextmanager
-def queue_stack(workdir: Path, **queue_settings: Any) -> Iterator[QueueStack]:
+def queue_stack(
+    workdir: Path, *, extra_env: dict[str, str] | None = None, **queue_settings: Any
+) -> Iterator[QueueStack]:
     """A Dagster on a dagster.yaml rendered from `queue_settings`, and the API on it."""
     with migrated_template("sqlite", workdir) as template:
         url = f"sqlite:///{template}"
         rendered = ApiSettings(_env_file=None, **queue_settings)  # type: ignore[call-arg]
-        stack = DagsterStack(workdir / "home", url, instance_yaml=render_instance_yaml(rendered))
+        stack = DagsterStack(
+            workdir / "home",
+            url,
+            instance_yaml=render_instance_yaml(rendered),
+            extra_env={"FLOWMAESTRO_HTTP__ALLOW_LOOPBACK": "true", **(extra_env or {})},
+        )
         stack.start()
         previous_home = os.environ.get("DAGSTER_HOME")
         # The API reads the queue from DAGSTER_HOME's instance (GET /executions/{id}).
@@ -104,6 +111,25 @@ def slow_workflow(name: str, *delays_ms: int) -> dict[str, Any]:
     nodes["out"] = {"type": "output", "config": {"outputName": "done", "value": "{{who}}"}}
     edges.append({"id": "last", "source": previous, "target": "out"})
     return {"name": name, "nodes": nodes, "edges": edges}
+
+
+def retrying_workflow(name: str, delay_ms: int = 4000) -> dict[str, Any]:
+    """input → an HTTP call to a closed port, retried twice `delay_ms` apart → output: a run
+    that spends 2 x delay_ms waiting between attempts of one node (and then fails)."""
+    url = f"http://127.0.0.1:{free_port()}/nobody-listens"
+    retry = {"maxAttempts": 3, "backoffStrategy": "fixed", "minDelayMs": delay_ms}
+    return {
+        "name": name,
+        "nodes": {
+            "in": {"type": "input", "config": {"inputName": "who"}},
+            "call": {"type": "http", "config": {"method": "GET", "url": url, "retry": retry}},
+            "out": {"type": "output", "config": {"outputName": "done", "value": "{{who}}"}},
+        },
+        "edges": [
+            {"id": "a", "source": "in", "target": "call"},
+            {"id": "b", "source": "call", "target": "out"},
+        ],
+    }
 
 
 def deploy(
