@@ -234,6 +234,7 @@ def test_parallel_branches_run_at_the_same_time(instance: DagsterInstance) -> No
     assert result.success
     assert result.output_for_node("join") == 8
     assert gauge.peak == 8
+    assert not [t for t in threading.enumerate() if t.name.startswith("dagster-threaded")]
     spans = intervals(instance, result.run_id)
     branches = [f"b{i}" for i in range(8)]
     assert max_overlap(spans, branches) == 8  # the Gantt chart shows eight overlapping bars

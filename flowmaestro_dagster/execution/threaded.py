@@ -129,9 +129,13 @@ class _WorkerPool:
                 self.finished(key)
 
     def close(self) -> None:
-        """Let idle workers exit; a busy one (given up on after termination) exits when done."""
+        """Stop the workers; wait for them unless one is still busy (given up on after a
+        termination request: it exits when its call returns)."""
         for _ in self._threads:
             self._work.put(None)
+        if not self.jobs:
+            for thread in self._threads:
+                thread.join(timeout=5.0)
 
     def _work_loop(self) -> None:
         loop = asyncio.new_event_loop()
