@@ -8,6 +8,7 @@ queued run stands and which limit holds it back. Nothing here holds or counts a 
 run that parked at a waitpoint has ended, so Dagster no longer counts it anywhere.
 """
 
+import logging
 import os
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
-from flowmaestro_api.errors import ApiError, DagsterUnavailable
+from flowmaestro_api.errors import ApiError
 from flowmaestro_api.models import Execution, User, Workflow
 from flowmaestro_api.services.dagster import DagsterClient, RunInfo
 from flowmaestro_api.settings import ApiSettings
@@ -33,6 +34,8 @@ from flowmaestro_dagster.instance_config import (
     WORKFLOW_TAG,
     workflow_pool,
 )
+
+log = logging.getLogger(__name__)
 
 PRIORITY_TAG = "dagster/priority"
 ACTIVE_STATUSES = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING)
@@ -487,7 +490,8 @@ def queue_status(
         return None, None
     try:
         verdict = explain(instance_for(settings), latest.run_id)
-    except DagsterUnavailable:
+    except Exception as exc:  # noqa: BLE001 - an explanation must never fail the execution view
+        log.warning("cannot explain why execution %s is queued: %s", execution.id, exc)
         return None, None
     if verdict is None:  # it left the queue between the two reads
         return None, None

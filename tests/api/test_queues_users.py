@@ -116,8 +116,12 @@ def test_a_backlog_of_100_does_not_keep_another_users_run_waiting(stack: QueueSt
         backlog = list(pool.map(lambda _: submit(client, ann, backlog_workflow), range(100)))
     wait_for(lambda: set(run_statuses(instance, backlog)) == {"QUEUED"}, timeout=180)
 
-    last = execution(client, ann, backlog[-1])
-    assert last["queue_position"] >= 100
+    newest = max(
+        instance.get_run_records(RunsFilter(tags={"flowmaestro/workflow_id": backlog_workflow})),
+        key=lambda r: r.storage_id,
+    )
+    last = execution(client, ann, newest.dagster_run.tags["flowmaestro/execution_id"])
+    assert last["queue_position"] == 100  # enqueued last, same priority: last in line
     assert last["queued_reason"].startswith("per-user limit: this user has 1 run(s) in progress")
 
     quick = deploy(client, grace, slow_workflow("quick", 10))
