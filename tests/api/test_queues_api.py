@@ -1,0 +1,183 @@
+"""The queue wiring of the API on a real, idle Dagster instance (no daemon, no webserver):
+deploy and PATCH set the workflow's pool slots and re-tag its runs, GET /queues reads them back,
+and an execution that is not in Dagster's queue yet says so."""
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster._core.remote_origin import (
+    RegisteredCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from fastapi.testclient import TestClient
+
+from flowmaestro_api.db import dispose_engines, migrate
+from flowmaestro_api.main import create_app
+from flowmaestro_api.services.dagster import DagsterClient
+from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.instance_config import render_instance_yaml, workflow_pool
+from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, make_key
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[TestClient, DagsterInstance, str]]:
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    migrate(url)
+    home = tmp_path / "dagster"
+    home.mkdir()
+    settings = ApiSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=url,
+        dagster_graphql_url=UNREACHABLE_DAGSTER,
+        graphql_timeout_seconds=1,
+        launch_on_submit=False,
+    )
+    (home / "dagster.yaml").write_text(render_instance_yaml(settings))
+    instance = DagsterInstance.from_config(str(home))
+    app = create_app(settings, dagster=DagsterClient(UNREACHABLE_DAGSTER, instance=instance))
+    with TestClient(app) as client:
+        yield client, instance, url
+    dispose_engines()
+    instance.dispose()
+
+
+def deployed(client: TestClient, auth: dict[str, str], **settings: Any) -> str:
+    body: dict[str, Any] = {"definition": GREETER, "settings": settings}
+    workflow_id: str = client.post("/workflows", json=body, headers=auth).json()["id"]
+    response = client.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
+    assert response.status_code == 200
+    assert "Dagster does not enforce" not in (response.json()["detail"] or "")
+    return workflow_id
+
+
+def queued_run(instance: DagsterInstance, workflow_id: str, user: str) -> str:
+    """A run as the API launches it, queued (nothing dequeues it: there is no daemon)."""
+    run_id = str(uuid.uuid4())
+    origin = RemoteJobOrigin(
+        repository_origin=RemoteRepositoryOrigin(
+            code_location_origin=RegisteredCodeLocationOrigin("flowmaestro-workflows-0"),
+            repository_name="__repository__",
+        ),
+        job_name="job",
+    )
+    instance.add_run(
+        DagsterRun(
+            job_name="job",
+            run_id=run_id,
+            status=DagsterRunStatus.QUEUED,
+            remote_job_origin=origin,
+            tags={
+                "flowmaestro/workflow_id": workflow_id,
+                "flowmaestro/user": user,
+                "flowmaestro/queue": "default",
+            },
+        )
+    )
+    return run_id
+
+
+def pools(instance: DagsterInstance) -> dict[str, int]:
+    return {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()}
+
+
+def test_deploy_and_patch_set_the_workflow_pool(
+    setup: tuple[TestClient, DagsterInstance, str],
+) -> None:
+    client, instance, url = setup
+    auth = make_key(url, "pools@example.com")
+    workflow_id = deployed(client, auth, concurrency_limit=2)
+    pool = workflow_pool(workflow_id)
+    assert pools(instance)[pool] == 2
+
+    response = client.patch(
+        f"/workflows/{workflow_id}", json={"settings": {"concurrency_limit": 5}}, headers=auth
+    )
+    assert response.status_code == 200 and response.json()["warnings"] == []
+    assert pools(instance)[pool] == 5
+    overview = client.get("/queues", headers=auth).json()
+    (entry,) = overview["workflows"]
+    assert (entry["concurrency_limit"], entry["applied_limit"]) == (5, 5)
+
+    client.patch(
+        f"/workflows/{workflow_id}", json={"settings": {"concurrency_limit": None}}, headers=auth
+    )
+    assert pool not in pools(instance)
+    (entry,) = client.get("/queues", headers=auth).json()["workflows"]
+    assert (entry["concurrency_limit"], entry["applied_limit"]) == (None, None)
+
+
+def test_the_one_at_a_time_switch_re_tags_queued_runs(
+    setup: tuple[TestClient, DagsterInstance, str],
+) -> None:
+    client, instance, url = setup
+    auth = make_key(url, "solo@example.com")
+    workflow_id = deployed(client, auth)
+    first, second = queued_run(instance, workflow_id, "u1"), queued_run(instance, workflow_id, "u2")
+
+    def tag(run_id: str) -> str | None:
+        run = instance.get_run_by_id(run_id)
+        assert run is not None
+        return run.tags.get("flowmaestro/user_workflow")
+
+    client.patch(
+        f"/workflows/{workflow_id}",
+        json={"settings": {"one_at_a_time_per_user": True}},
+        headers=auth,
+    )
+    assert (tag(first), tag(second)) == (f"{workflow_id}:u1", f"{workflow_id}:u2")
+    client.patch(
+        f"/workflows/{workflow_id}",
+        json={"settings": {"one_at_a_time_per_user": False}},
+        headers=auth,
+    )
+    assert (tag(first), tag(second)) == (f"off:{first}", f"off:{second}")
+
+
+def test_get_queues_counts_queued_runs_per_queue_user_and_workflow(
+    setup: tuple[TestClient, DagsterInstance, str],
+) -> None:
+    client, instance, url = setup
+    auth = make_key(url, "counts@example.com")
+    workflow_id = deployed(client, auth)
+    me = client.get("/queues", headers=auth).json()["users"][0]["user_id"]
+    queued_run(instance, workflow_id, me)
+    queued_run(instance, "someone-elses-workflow", "someone-else")
+    overview = client.get("/queues", headers=auth).json()
+    assert (overview["max_concurrent_runs"], overview["queued"], overview["running"]) == (10, 2, 0)
+    queues = {q["name"]: q for q in overview["queues"]}
+    assert queues["default"] == {"name": "default", "limit": None, "queued": 2, "running": 0}
+    assert queues["ai-workflows"]["limit"] == 3
+    assert overview["users"] == [
+        {
+            "user_id": me,
+            "limit": 3,
+            "queued": 1,
+            "running": 0,
+            "waiting": 0,
+            "pending_launch": 0,
+        }
+    ]
+    assert [(w["workflow_id"], w["queued"]) for w in overview["workflows"]] == [(workflow_id, 1)]
+
+
+def test_an_execution_not_yet_in_dagsters_queue_says_so(
+    setup: tuple[TestClient, DagsterInstance, str],
+) -> None:
+    client, _, url = setup
+    auth = make_key(url, "pending@example.com")
+    workflow_id = deployed(client, auth)
+    created = client.post(
+        f"/workflows/{workflow_id}/executions",
+        json={"inputs": {"who": "x"}, "priority": "high", "queue": "ai-workflows"},
+        headers=auth,
+    ).json()
+    assert created["queue_position"] is None
+    assert created["queued_reason"] == (
+        "submitted: not yet in Dagster's run queue (the launch is pending)"
+    )
+    assert client.get("/queues", headers=auth).json()["users"][0]["pending_launch"] == 1
