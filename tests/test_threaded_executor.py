@@ -53,10 +53,11 @@ from flowmaestro_dagster.execution import (
 from flowmaestro_dagster.execution import threaded as threaded_module
 from flowmaestro_dagster.execution.local import (
     execute_in_process_with_executor,
+    execute_workflow,
     run_workflow_threaded,
 )
 from flowmaestro_dagster.results import WorkflowRunResult
-from flowmaestro_dagster.testing import run_workflow
+from flowmaestro_dagster.testing import resources_for
 from tests.conftest import flow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,14 @@ def run() -> Callable[..., WorkflowRunResult]:
     return _run
 
 
+def run_in_process(definition: Any, inputs: dict[str, Any]) -> WorkflowRunResult:
+    """The same workflow on Dagster's in-process executor, whatever the compiler's default."""
+    compiled = compile_workflow(
+        definition, executor_def=in_process_executor, resource_defs=resources_for()
+    )
+    return execute_workflow(compiled, inputs, log_level="WARNING")
+
+
 def _summary(result: WorkflowRunResult) -> dict[str, Any]:
     nodes = {
         node_id: (n.status, n.output, n.error, n.iterations) for node_id, n in result.nodes.items()
@@ -100,7 +109,7 @@ def _summary(result: WorkflowRunResult) -> dict[str, Any]:
 )
 def test_workflows_give_identical_results_on_both_executors(path: Path) -> None:
     definition = json.loads(path.read_text())
-    in_process = run_workflow(definition, {})
+    in_process = run_in_process(definition, {})
     threaded = run_workflow_threaded(definition, {})
     assert _summary(threaded) == _summary(in_process)
 
@@ -882,7 +891,7 @@ def test_parallel_javascript_and_jsonata_transforms_match_in_process() -> None:
     threaded = run_workflow_threaded(definition, inputs)
     assert threaded.status == "succeeded"
     assert threaded.output("join") == {f"v{i}": [x * i + 6 for x in range(40)] for i in range(8)}
-    assert _summary(threaded) == _summary(run_workflow(definition, inputs))
+    assert _summary(threaded) == _summary(run_in_process(definition, inputs))
 
 
 def launched_job() -> JobDefinition:
