@@ -18,8 +18,10 @@ serialised by its lock); the built-in IO managers keep one file or dict entry pe
 Termination: the run worker's SIGINT is captured by Dagster in the orchestrating thread (signals
 only reach the main thread). The executor then starts no more steps, gives the running ones
 `TERMINATION_GRACE_SECONDS` to finish (their events are recorded as they happen), fails the
-ones still running with an interrupt error, and ends the run as canceled. Unlike in process, a
-running op is not interrupted in the middle: Python cannot safely raise into another thread.
+ones still running with an interrupt error, and ends the run as canceled. Unlike in process, an
+op on a worker thread is not interrupted in the middle: Python cannot safely raise into another
+thread. A step that is the only one able to run is run on the orchestrating thread, as in
+process (no hand-offs for a chain; SIGINT interrupts it inside the op).
 """
 
 import asyncio
