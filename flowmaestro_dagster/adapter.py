@@ -133,13 +133,21 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
     else:
         state = ExecutionState.start(getattr(context.resources, INPUTS_RESOURCE))
     upstream = tuple(s.producer for s in live if s.producer)
-    state = _fold_loops(plan, state, inputs)
+    state, reached = _fold_loops(plan, state, inputs)
+    outside = [p for p in upstream if p not in {summary.loop_id for summary in plan.loops}]
+    if reached is False or (reached is None and not outside):
+        # Some loop items are parked at a waitpoint (missing), or no item reached this exit:
+        # yield nothing, so what follows waits (resume) or is skipped, like any untaken branch.
+        why = "loop items still waiting" if reached is False else "no loop item reached it"
+        context.log.info(f"{plan.node_id}: not run ({why})")
+        return
     tags = _run_tags(context)
     run = RunContext(
         services=getattr(context.resources, SERVICES_RESOURCE).services(),
         run_id=context.run_id,
         execution_id=tags.get(EXECUTION_TAG),
         run_tags=tags,
+        step_key=_step_key(context),
         attempt=_attempt(context),
         log=context.log,
     )
@@ -256,6 +264,13 @@ def _run_tags(context: OpExecutionContext) -> dict[str, str]:
         return {}
 
 
+def _step_key(context: OpExecutionContext) -> str | None:
+    try:
+        return context.get_step_execution_context().step.key
+    except (AttributeError, DagsterError):
+        return None
+
+
 def _mark_waiting(context: OpExecutionContext, waitpoint_id: str) -> None:
     """Tag the run so operators see in the UI that it parked at a waitpoint."""
     try:
@@ -283,8 +298,15 @@ def _incoming_states(inputs: Mapping[str, Any]) -> list[ExecutionState]:
     return states
 
 
-def _fold_loops(plan: NodePlan, state: ExecutionState, inputs: Mapping[str, Any]) -> ExecutionState:
-    """At a loop exit: turn each loop's collected per-item states into lists of results."""
+def _fold_loops(
+    plan: NodePlan, state: ExecutionState, inputs: Mapping[str, Any]
+) -> tuple[ExecutionState, bool | None]:
+    """At a loop exit: turn each loop's collected per-item states into lists of results.
+
+    Also says whether the exit was reached: True, False if some items are missing (parked at a
+    waitpoint), None if the loop had items and none of them reached this exit.
+    """
+    reached: bool | None = True
     for summary in plan.loops:
         per_input = [
             sorted(inputs[c.input], key=lambda s: s.iteration[-1] if s.iteration else 0)
@@ -302,6 +324,11 @@ def _fold_loops(plan: NodePlan, state: ExecutionState, inputs: Mapping[str, Any]
             items.append(ExecutionState.merge(live) if live else None)
         current = state.outputs.get(summary.loop_id)
         base = dict(current) if isinstance(current, dict) else {}
+        expected = base.get("count")
+        if isinstance(expected, int) and count < expected:
+            reached = False
+        elif expected and all(item is None for item in items) and reached is True:
+            reached = None
         if summary.output_variable:
             base["__output_variable__"] = summary.output_variable
         state = state.with_collected(
@@ -314,7 +341,7 @@ def _fold_loops(plan: NodePlan, state: ExecutionState, inputs: Mapping[str, Any]
             result_nodes=[c.source for c in plan.collects if c.loop_id == summary.loop_id],
             scope_names=(summary.item_variable, summary.index_variable),
         )
-    return state
+    return state, reached
 
 
 def _outputs(

@@ -18,7 +18,6 @@ from dagster import (
     MultiDependencyDefinition,
     NodeInvocation,
     ResourceDefinition,
-    in_process_executor,
 )
 
 # Public API has no data form of collect(); this is the class `.collect()` builds.
@@ -38,6 +37,7 @@ from flowmaestro_dagster.adapter import (
     node_op,
 )
 from flowmaestro_dagster.errors import InvalidWorkflowError
+from flowmaestro_dagster.execution import threaded_executor_for
 from flowmaestro_dagster.executors.io_nodes import _MISSING, input_value
 from flowmaestro_dagster.graph import LoopRegion, WorkflowGraph, branch_key, is_error_edge
 from flowmaestro_dagster.naming import job_name_for, label_slug, labelled_aliases, sanitize
@@ -99,7 +99,7 @@ def compile_workflow(
     return _Compiler(spec).build(
         job_name=job_name or job_name_for(spec.name),
         resource_defs=dict(resource_defs) if resource_defs is not None else default_resources(),
-        executor_def=executor_def or in_process_executor,
+        executor_def=executor_def or threaded_executor_for(spec.settings.max_concurrent_nodes),
         tags=dict(tags or {}),
         op_tags=dict(op_tags or {}),
         warnings=warnings,

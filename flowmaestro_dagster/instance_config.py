@@ -112,8 +112,40 @@ def concurrency_section(settings: ApiSettings) -> Mapping[str, Any]:
 
 
 def run_monitoring_section(settings: ApiSettings) -> Mapping[str, Any]:
-    """Detects run workers that died (kept as it was before this file was generated)."""
-    return {"run_monitoring": {"enabled": True, "poll_interval_seconds": 5}}
+    """Detects run workers that died; a run that outlives the max runtime is failed."""
+    monitoring: dict[str, Any] = {
+        "enabled": True,
+        "poll_interval_seconds": 5,
+        "start_timeout_seconds": 180,
+    }
+    if settings.run_max_runtime_seconds:
+        monitoring["max_runtime_seconds"] = settings.run_max_runtime_seconds
+    return {"run_monitoring": monitoring}
+
+
+def run_retries_section(settings: ApiSettings) -> Mapping[str, Any]:
+    """A run whose worker died is re-executed from failure (finished nodes are not redone).
+
+    Op failures are not retried at the run level: nodes have their own retry policies.
+    """
+    if not settings.run_retries:
+        return {}
+    return {
+        "run_retries": {
+            "enabled": True,
+            "max_retries": settings.run_retries,
+            "retry_on_asset_or_op_failure": False,
+        }
+    }
+
+
+def run_launcher_section(settings: ApiSettings) -> Mapping[str, Any]:
+    """Warm run workers forked from a preloaded server (flowmaestro_dagster/launcher.py)."""
+    if settings.run_launcher != "forkserver":
+        return {}
+    return {
+        "run_launcher": {"module": "flowmaestro_dagster.launcher", "class": "ForkserverRunLauncher"}
+    }
 
 
 SECTIONS: tuple[Section, ...] = (
@@ -121,6 +153,8 @@ SECTIONS: tuple[Section, ...] = (
     run_queue_section,
     concurrency_section,
     run_monitoring_section,
+    run_retries_section,
+    run_launcher_section,
 )
 
 

@@ -127,7 +127,7 @@ def summarize(
             run.status = "skipped" if state.skipped else "succeeded"
             run.output = None if state.skipped else state.outputs.get(node_id)
         elif info.get("success"):
-            run.status = "succeeded"  # a loop with no items still succeeded
+            run.status = "skipped"  # the step ran but yielded nothing: nothing reached it
         elif info.get("skipped"):
             run.status = "skipped"
         if info.get("handled") is not None:

@@ -27,9 +27,12 @@ def execute_locally(
     log_level: str | None = None,
 ) -> WorkflowRunResult:
     """Execute in this process (on `instance`, else an ephemeral one) and summarise the run."""
+    from flowmaestro_dagster.execution.local import execute_in_process_with_executor
+
     config = run_config_for(inputs or {}, log_level=log_level)
-    result = compiled.job.execute_in_process(
-        run_config=config, instance=instance, raise_on_error=False, tags=dict(tags or {})
+    # The job's own executor (threads by default); execute_in_process would force in-process.
+    result = execute_in_process_with_executor(
+        compiled.job, run_config=config, instance=instance, raise_on_error=False, tags=tags
     )
     states = output_states(
         compiled,

@@ -28,13 +28,12 @@ message) and says why that is the right behaviour. Findings about the definition
   data (it is driven here through an execution input, which shadows node keys);
 * the `merge` of the parallel batches keeps only the last batch's answer (objects merge).
 
-Platform defects found, each an `xfail(strict=True)` test below:
+Platform defects this module found (fixed; the tests below pin the fixes):
 
-* a loop exit that no iteration reached still runs (`saga-pattern-workflow` reports both
+* a loop exit that no iteration reached ran anyway (`saga-pattern-workflow` reported both
   "Transaction Complete" and "Transaction Rolled Back" when every step succeeded);
-* GET /executions/{id} never says why an execution failed (`error` is null on the execution
-  and on its failed nodes).
-* a duration wait resumed from its waitpoint reports `dueAt` as resume time + duration.
+* GET /executions/{id} did not say why an execution failed;
+* a duration wait resumed from its waitpoint reported `dueAt` as resume time + duration.
 """
 
 import json
@@ -628,12 +627,6 @@ def test_saga_a_declined_step_takes_the_compensation_branch_for_that_item(
     assert result.outputs["error"]["sagaId"] == result.outputs["result"]["sagaId"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="platform bug: a loop exit that no iteration reached still runs (its collect "
-    "input carries only skip markers, but the loop's own edge keeps it live), so a saga "
-    "whose steps all succeeded still reports `error` from 'Transaction Rolled Back'",
-)
 def test_saga_that_never_compensates_does_not_report_a_rollback(
     saga_runs: dict[str, WorkflowRunResult],
 ) -> None:
@@ -1341,12 +1334,6 @@ def test_stack_multi_level_approval_chain_asks_each_approver_then_escalates(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="API gap: GET /executions/{id} leaves `error` null on a failed execution and on its "
-    "failed nodes (services/executions.py never sets NodeRun.error); the message is only in "
-    "Dagster's event log and the SSE stream",
-)
 def test_stack_a_failed_execution_says_why(level_3_chain: dict[str, dict[str, Any]]) -> None:
     done = level_3_chain["done"]
     assert node(done, "integration-slack-rejected")["error"] == (
@@ -1355,12 +1342,6 @@ def test_stack_a_failed_execution_says_why(level_3_chain: dict[str, dict[str, An
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="platform bug: a resumed duration wait reports dueAt = resume time + duration "
-    "(executors/waitpoints.py execute_wait recomputes the due time from `now` instead of "
-    "using the waitpoint's due_at), a moment after its own resumedAt",
-)
 def test_stack_a_resumed_wait_reports_when_it_was_due(
     level_3_chain: dict[str, dict[str, Any]],
 ) -> None:

@@ -117,7 +117,14 @@ def test_the_yaml_has_no_legacy_or_conflicting_keys() -> None:
     assert "run_coordinator" not in data
     assert "max_concurrent_runs" not in data["run_queue"]
     assert "tag_concurrency_limits" not in data["run_queue"]
-    assert list(data) == ["telemetry", "run_queue", "concurrency", "run_monitoring"]
+    assert list(data) == [
+        "telemetry",
+        "run_queue",
+        "concurrency",
+        "run_monitoring",
+        "run_retries",
+        "run_launcher",
+    ]
 
 
 def test_a_new_section_plugs_in_and_dagster_accepts_it(tmp_path: Path) -> None:

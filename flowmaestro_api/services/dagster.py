@@ -265,6 +265,25 @@ class DagsterClient:
     def step_stats(self, run_id: str) -> list[Any]:
         return list(self.instance.get_run_step_stats(run_id))
 
+    def step_errors(self, run_id: str) -> dict[str, str]:
+        """step key -> why it failed (a Failure's description, else the error message)."""
+        from dagster import DagsterEventType
+
+        errors: dict[str, str] = {}
+        records = self.instance.get_records_for_run(
+            run_id, of_type=DagsterEventType.STEP_FAILURE
+        ).records
+        for record in records:
+            event = record.event_log_entry.dagster_event
+            if event is None or not event.step_key:
+                continue
+            data = event.event_specific_data
+            description = getattr(getattr(data, "user_failure_data", None), "description", None)
+            error = getattr(data, "error", None)
+            cause = getattr(error, "cause", None) or error
+            errors[event.step_key] = description or str(getattr(cause, "message", "")).strip()
+        return errors
+
     def event_records(
         self, run_id: str, cursor: str | None, limit: int = 500
     ) -> tuple[list[Any], str | None]:

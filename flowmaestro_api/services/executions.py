@@ -437,6 +437,9 @@ def refresh(session: Session, client: DagsterClient, execution: Execution) -> Ex
             if node_id in node_runs and waitpoint_status == "pending":
                 node_runs[node_id][0].status = "waiting"
         nodes = [_node_public(run, extra) for run, extra in node_runs.values()]
+        failed = [run for run, _ in node_runs.values() if run.status == "failed" and run.error]
+        if status == "failed" and failed and not execution.error:
+            execution.error = f"node '{failed[0].node_id}' failed: {failed[0].error}"[:4000]
         if status == "succeeded":
             outputs = final_outputs(compiled, {k: v[0] for k, v in node_runs.items()})
     changes: dict[str, Any] = {}
@@ -481,16 +484,22 @@ def _node_runs(
 ) -> dict[str, tuple[NodeRun, dict[str, Any]]]:
     """Per node: status, attempts, times, output — later runs override re-executed steps."""
     stats: dict[str, Any] = {}
+    errors: dict[str, str] = {}
     for dagster_run in runs:
         for stat in client.step_stats(dagster_run.run_id):
             stats[stat.step_key] = stat
+        errors.update(client.step_errors(dagster_run.run_id))
     states: dict[str, dict[str, ExecutionState]] = {}
+    errored: set[str] = set()  # aliases whose failure only an error edge / goto handled
     for row in session.scalars(
         select(NodeOutput).where(
-            NodeOutput.execution_id == execution.id, NodeOutput.output_name == "result"
+            NodeOutput.execution_id == execution.id, NodeOutput.output_name.in_(("result", "error"))
         )
     ):
         alias = row.step_key.split("[", 1)[0]
+        if row.output_name == "error":
+            errored.add(alias)
+            continue
         states.setdefault(alias, {})[row.mapping_key or ""] = ExecutionState.from_dict(row.value)
     result: dict[str, tuple[NodeRun, dict[str, Any]]] = {}
     for node_id, node in compiled.spec.nodes.items():
@@ -516,8 +525,10 @@ def _node_runs(
             extra["duration_ms"] = round((max(ends) - min(starts)) * 1000, 1)
         statuses = {s.status.value if s.status else "IN_PROGRESS" for s in mine}
         node_states = states.get(node_alias, {})
+        failures = [m for key, m in errors.items() if key.split("[", 1)[0] == node_alias]
         if "FAILURE" in statuses:
             node_run.status = "failed"
+            node_run.error = failures[-1] if failures else None
         elif "IN_PROGRESS" in statuses:
             node_run.status = "running"
         elif statuses == {"SKIPPED"}:
@@ -525,7 +536,9 @@ def _node_runs(
         else:
             node_run.status = "succeeded"
             live = [s for s in node_states.values() if not s.skipped]
-            if node_states and not live:
+            if not live and node_alias in errored:
+                node_run.status = "failed"  # handled by its error path
+            elif not live:  # it yielded nothing, or only skip markers: nothing reached it
                 node_run.status = "skipped"
         if "" in node_states and len(node_states) == 1:
             state = node_states[""]

@@ -160,7 +160,7 @@ def execute_wait(ctx: NodeContext) -> NodeResult:
     store = _store(ctx, "a wait longer than the sleep threshold")
     record = _park(ctx, store, "datetime", {}, due_at=due)
     if record.status in RESOLVED:
-        return _waited(config, due, slept=False)
+        return _waited(config, record.due_at or due, slept=False)  # the due time it parked for
     if remaining <= threshold:
         time.sleep(max(remaining, 0))  # short: never park, but the waitpoint shows the wait
         return _waited(config, due, slept=True)

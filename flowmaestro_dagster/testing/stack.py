@@ -50,11 +50,12 @@ class DagsterStack:
         *,
         extra_env: dict[str, str] | None = None,
         shards: int = 1,
-        instance_yaml: str = INSTANCE_YAML,
+        instance_yaml: str | None = None,
     ) -> None:
         self.home = home
         self.shards = shards
-        self.instance_yaml = instance_yaml
+        # Default: what `flowmaestro dev` renders (run queue, limits, warm run launcher, retries).
+        self.instance_yaml = instance_yaml if instance_yaml is not None else _rendered()
         self.database_url = database_url
         self.port = free_port()
         self.graphql_url = f"http://127.0.0.1:{self.port}/graphql"
@@ -131,3 +132,10 @@ class DagsterStack:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
         self.process = None
+
+
+def _rendered() -> str:
+    from flowmaestro_api.settings import ApiSettings
+    from flowmaestro_dagster.instance_config import render_instance_yaml
+
+    return render_instance_yaml(ApiSettings())

@@ -1,0 +1,230 @@
+"""API benchmark: idempotent submissions per second and latency, launch excluded and included,
+on SQLite and PostgreSQL; and submit → first node running, through a real Dagster."""
+
+import json
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+import uvicorn
+from dagster import DagsterEventType
+
+from flowmaestro_api.db import dispose_engines, get_engine, migrate, session_scope
+from flowmaestro_api.main import create_app
+from flowmaestro_api.models import Execution
+from flowmaestro_api.security import create_api_key, ensure_user
+from flowmaestro_api.services.dagster import DagsterClient
+from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.testing.stack import DagsterStack, free_port
+
+PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+UNREACHABLE = "http://127.0.0.1:9/graphql"
+WORKFLOW = {
+    "name": "Bench greeter",
+    "nodes": [
+        {"id": "in", "type": "input", "data": {"inputName": "who"}},
+        {"id": "out", "type": "output", "data": {"outputName": "greeting", "value": "hi {{who}}"}},
+    ],
+    "edges": [{"id": "e", "source": "in", "target": "out"}],
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Server:
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def pg_database() -> tuple[str, str]:
+    name = f"fm_bench_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        connection.execute(sa.text(f"CREATE DATABASE {name}"))
+    return name, PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_pg(name: str) -> None:
+    dispose_engines()
+    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def user_key(url: str) -> dict[str, str]:
+    with session_scope(get_engine(url)) as session:
+        user = ensure_user(session, email=f"bench-{uuid.uuid4().hex[:6]}@example.com")
+        key = create_api_key(session, user=user)
+    return {"Authorization": f"Bearer {key}"}
+
+
+def submissions(
+    settings: ApiSettings, client: DagsterClient | None, *, seconds: float, clients: int
+) -> dict[str, Any]:
+    app = create_app(settings, dagster=client)
+    auth = user_key(settings.database_url)
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    with Server(app) as base, httpx.Client(base_url=base, timeout=60) as http:
+        workflow_id = http.post("/workflows", json={"definition": WORKFLOW}, headers=auth).json()[
+            "id"
+        ]
+        deployed = http.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth).json()
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        def worker(_: int) -> None:
+            nonlocal errors
+            with httpx.Client(base_url=base, timeout=60) as own:
+                while time.perf_counter() < deadline:
+                    t0 = time.perf_counter()
+                    response = own.post(
+                        f"/workflows/{workflow_id}/executions",
+                        json={"inputs": {"who": "bench"}},
+                        headers={**auth, "Idempotency-Key": str(uuid.uuid4())},
+                    )
+                    elapsed = time.perf_counter() - t0
+                    with lock:
+                        if response.status_code == 201:
+                            latencies.append(elapsed)
+                        else:
+                            errors += 1
+
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            list(pool.map(worker, range(clients)))
+        wall = time.perf_counter() - started
+        app.state.launcher.shutdown(wait=True)  # the launches triggered in the window finish
+        launch_wall = time.perf_counter() - started
+    with session_scope(get_engine(settings.database_url)) as session:
+        launched = session.query(Execution).filter(Execution.launched_at.isnot(None)).count()
+    return {
+        "submissions": len(latencies),
+        "errors": errors,
+        "per_second": round(len(latencies) / wall, 1),
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "launched": launched,
+        "launched_per_second": round(launched / launch_wall, 1) if launched else 0.0,
+        "deploy_runnable": deployed.get("runnable"),
+    }
+
+
+def submit_to_running(
+    stack: DagsterStack, settings: ApiSettings, client: DagsterClient, samples: int
+) -> dict[str, Any]:
+    app = create_app(settings, dagster=client)
+    auth = user_key(settings.database_url)
+    instance = client.instance
+    delays: list[float] = []
+    with Server(app) as base, httpx.Client(base_url=base, timeout=60) as http:
+        workflow_id = http.post("/workflows", json={"definition": WORKFLOW}, headers=auth).json()[
+            "id"
+        ]
+        http.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
+        for _ in range(samples):
+            submitted = time.time()
+            execution_id = http.post(
+                f"/workflows/{workflow_id}/executions", json={"inputs": {"who": "x"}}, headers=auth
+            ).json()["id"]
+            first_step = None
+            deadline = time.monotonic() + 120
+            while first_step is None and time.monotonic() < deadline:
+                runs = client.runs_for_execution(execution_id)
+                if runs:
+                    starts = [
+                        r.event_log_entry.timestamp
+                        for r in instance.get_records_for_run(runs[0].run_id).records
+                        if r.event_log_entry.dagster_event
+                        and r.event_log_entry.dagster_event.event_type
+                        == DagsterEventType.STEP_START
+                    ]
+                    if starts:
+                        first_step = min(starts)
+                time.sleep(0.05)
+            if first_step is not None:
+                delays.append(first_step - submitted)
+            time.sleep(1)  # let the run finish before the next sample
+    return {
+        "samples": len(delays),
+        "p50_s": round(statistics.median(delays), 2),
+        "p95_s": round(percentile(delays, 0.95), 2),
+        "min_s": round(min(delays), 2),
+        "max_s": round(max(delays), 2),
+    }
+
+
+def run_backend(
+    kind: str, workdir: Path, *, seconds: float, clients: int, samples: int
+) -> dict[str, Any]:
+    pg_name = None
+    if kind == "sqlite":
+        url = f"sqlite:///{workdir / f'{kind}.db'}"
+    else:
+        pg_name, url = pg_database()
+    try:
+        migrate(url)
+        excluded = submissions(
+            ApiSettings(database_url=url, dagster_graphql_url=UNREACHABLE, launch_on_submit=False),
+            None,
+            seconds=seconds,
+            clients=clients,
+        )
+        stack = DagsterStack(workdir / f"home-{kind}", url)
+        stack.start()
+        try:
+            settings = ApiSettings(
+                database_url=url,
+                dagster_graphql_url=stack.graphql_url,
+                reconcile_after_seconds=3600,
+            )
+            client = DagsterClient(stack.graphql_url, instance=stack.instance())
+            running = submit_to_running(stack, settings, client, samples)
+            included = submissions(settings, client, seconds=seconds, clients=clients)
+        finally:
+            stack.stop()
+        return {
+            "launch_excluded": excluded,
+            "launch_included": included,
+            "submit_to_node_running": running,
+        }
+    finally:
+        if pg_name:
+            drop_pg(pg_name)
+
+
+def main(seconds: float = 8, clients: int = 16, samples: int = 10) -> dict[str, Any]:
+    warnings.filterwarnings("ignore")
+    with tempfile.TemporaryDirectory() as tmp:
+        return {
+            kind: run_backend(kind, Path(tmp), seconds=seconds, clients=clients, samples=samples)
+            for kind in ("sqlite", "postgres")
+        }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
