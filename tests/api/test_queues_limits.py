@@ -175,7 +175,8 @@ def test_a_parked_execution_frees_its_slot(stack: QueueStack) -> None:
     entry = workflow_entry(stack, auth, workflow_id)
     assert (entry["running"], entry["queued"]) == (0, 0)  # the parked one holds nothing
 
-    # The resume: a re-execution of the remaining step, launched with the execution's tags.
+    # The resume: a re-execution of the slow node and the rest, launched with the execution's
+    # tags; whichever of it and the next execution starts first holds the slot for seconds.
     with session_scope(get_engine(stack.settings.database_url)) as session:
         row = session.get(Execution, parked)
         assert row is not None
@@ -187,7 +188,7 @@ def test_a_parked_execution_frees_its_slot(stack: QueueStack) -> None:
             job=row.job_name,
             parent_run_id=parked_run.run_id,
             root_run_id=parked_run.run_id,
-            step_keys=[compiled_for(version).aliases["out"]],
+            step_keys=[compiled_for(version).aliases[node] for node in ("slow0", "out")],
             run_config=run_config_for(row.inputs),
             tags=tags,
         )

@@ -51,12 +51,15 @@ def test_op_granularity_limits_ops_not_runs(stack: QueueStack) -> None:
     assert runs[1].dequeued < runs[0].end
     assert max_overlap(runs) == 2
 
+    # Attempts, not steps: a retried step's span covers its waits, when it holds no slot.
     steps = [
-        (stat.start_time, stat.end_time)
+        (attempt.start_time, attempt.end_time)
         for run in runs
         for stat in instance.get_run_step_stats(run.run_id)
-        if stat.start_time is not None and stat.end_time is not None
+        for attempt in stat.attempts_list
+        if attempt.start_time is not None and attempt.end_time is not None
     ]
+    assert len(steps) == 2 * 4  # in and three attempts of the call (out is skipped), per run
     points = sorted([(s, 1) for s, _ in steps] + [(e, -1) for _, e in steps])
     current = most = 0
     for _, step in points:
