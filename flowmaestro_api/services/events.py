@@ -8,7 +8,7 @@ from typing import Any
 from dagster import DagsterEventType
 
 from flowmaestro_api.services.dagster import DagsterClient
-from flowmaestro_api.services.executions import RUN_STATUS, TERMINAL
+from flowmaestro_api.services.executions import TERMINAL, run_status
 
 # Dagster event type -> the event name the builder sees
 EVENT_NAMES: dict[DagsterEventType, str] = {
@@ -90,8 +90,8 @@ def execution_events(
                 if not records:
                     break
         latest = runs[-1] if runs else None
-        if latest is not None and RUN_STATUS.get(latest.status) in TERMINAL:
-            yield sse("end", {"execution_id": execution_id, "status": RUN_STATUS[latest.status]})
+        if latest is not None and run_status(latest) in TERMINAL:
+            yield sse("end", {"execution_id": execution_id, "status": run_status(latest)})
             return
         if time.monotonic() - last_beat > heartbeat_seconds:
             last_beat = time.monotonic()

@@ -64,6 +64,7 @@ RUN_STATUS = {
     "CANCELED": "cancelled",
 }
 TAG = "flowmaestro"
+WILL_RETRY_TAG = "dagster/will_retry"  # set on a failed run when run retries will re-execute it
 MAX_KEY_LENGTH = 255
 
 
@@ -403,7 +404,13 @@ def execution_status(execution: Execution, runs: Sequence[RunInfo]) -> str:
         return "cancelled"
     if not runs:
         return "queued"
-    return RUN_STATUS.get(runs[-1].status, "running")
+    return run_status(runs[-1])
+
+
+def run_status(run: RunInfo) -> str:
+    if run.status == "FAILURE" and run.tags.get(WILL_RETRY_TAG) == "true":
+        return "running"  # its run worker died; Dagster's run retries re-execute it from failure
+    return RUN_STATUS.get(run.status, "running")
 
 
 def version_row(session: Session, execution: Execution) -> WorkflowVersion | None:
@@ -581,7 +588,7 @@ def cancel_execution(session: Session, client: DagsterClient, execution: Executi
             return
         runs = client.runs_for_execution(execution.id)
     latest = runs[-1] if runs else None
-    if latest is None or RUN_STATUS.get(latest.status) in TERMINAL:
+    if latest is None or run_status(latest) in TERMINAL:
         raise Conflict(f"the execution is already {execution_status(execution, runs)}")
     client.terminate(latest.run_id)
 

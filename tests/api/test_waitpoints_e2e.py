@@ -579,3 +579,70 @@ def httpx_post_json(url: str, headers: dict[str, str]) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     data: dict[str, Any] = response.json()
     return data
+
+
+def test_a_killed_run_worker_is_resumed_without_redoing_finished_nodes(
+    client: TestClient, stack: DagsterStack, auth: dict[str, str]
+) -> None:
+    """SIGKILL the run worker while a node runs: run monitoring marks the run failed, run
+    retries re-execute it from failure, and the nodes that had finished are not run again."""
+    import os
+    import signal
+
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from flowmaestro_dagster.launcher import PID_TAG
+
+    definition = {
+        "name": "Crash",
+        "nodes": {
+            "in": {"type": "input", "config": {"inputName": "who"}},
+            "prep": {
+                "type": "transform",
+                "config": {"operation": "template", "template": "prepared {{who}}"},
+            },
+            "slow": {"type": "transform", "config": {"operation": "passthrough", "delayMs": 4000}},
+            "out": {"type": "output", "config": {"outputName": "done", "value": "{{who}}"}},
+        },
+        "edges": [
+            {"id": "a", "source": "in", "target": "prep"},
+            {"id": "b", "source": "prep", "target": "slow"},
+            {"id": "c", "source": "slow", "target": "out"},
+        ],
+    }
+    steps = compile_workflow(definition).aliases
+    workflow_id = deploy(client, auth, definition)
+    execution_id = start(client, auth, workflow_id, {"who": "crash"})
+    instance = stack.instance()
+
+    def runs() -> list[Any]:
+        found = instance.get_runs(RunsFilter(tags={"flowmaestro/execution_id": execution_id}))
+        return sorted(
+            found, key=lambda run: instance.get_run_record_by_id(run.run_id).create_timestamp
+        )
+
+    def slow_started() -> Any:
+        found = runs()
+        if not found:
+            return None
+        stats = {s.step_key: s for s in instance.get_run_step_stats(found[0].run_id)}
+        slow = stats.get(steps["slow"])
+        return found[0] if slow is not None and slow.start_time is not None else None
+
+    first = wait_for(slow_started, interval=0.1)
+    os.kill(int(instance.get_run_by_id(first.run_id).tags[PID_TAG]), signal.SIGKILL)
+
+    done = status_is(client, auth, execution_id, "succeeded", "failed")
+    assert done["status"] == "succeeded", done
+    assert done["outputs"] == {"done": "crash"}
+    first_run, retry = runs()[:2]
+    assert instance.get_run_by_id(first_run.run_id).status == DagsterRunStatus.FAILURE
+    assert retry.parent_run_id == first_run.run_id
+    finished_first = {
+        s.step_key
+        for s in instance.get_run_step_stats(first_run.run_id)
+        if s.status is not None and s.status.value == "SUCCESS"
+    }
+    assert {steps["in"], steps["prep"]} <= finished_first
+    rerun = {s.step_key for s in instance.get_run_step_stats(retry.run_id)}
+    assert rerun == {steps["slow"], steps["out"]}  # in and prep were not run again
