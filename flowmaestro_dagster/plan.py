@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowmaestro_dagster.spec.configs import (
+    CheckpointConfig,
     CodeConfig,
     ConditionalConfig,
     DatabaseConfig,
@@ -50,6 +51,7 @@ CONFIG_MODELS: dict[str, type[NodeConfig]] = {
     "database": DatabaseConfig,
     "shared-memory": SharedMemoryConfig,
     "subworkflow": SubworkflowConfig,
+    "checkpoint": CheckpointConfig,
 }
 
 

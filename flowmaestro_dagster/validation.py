@@ -46,6 +46,7 @@ STANDARD_OUTPUT_KEYS: dict[str, frozenset[str]] = {
     "transform": frozenset({"result"}),
     "humanReview": frozenset({"response", "decision", "approved"}),
     "wait": frozenset({"waited", "resumedAt"}),
+    "checkpoint": frozenset({"checkpoint", "saved", "savedAt", "expiresAt", "paused"}),
 }
 # Outputs whose keys are only known at run time: references below them are not flagged.
 _OPEN_OUTPUT_TYPES = frozenset({"trigger", "code", "integration", "database", "http"})

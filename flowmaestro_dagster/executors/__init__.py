@@ -2,7 +2,15 @@
 
 from collections.abc import Mapping
 
-from flowmaestro_dagster.executors import code, database, http, integration, llm, waitpoints
+from flowmaestro_dagster.executors import (
+    checkpoint,
+    code,
+    database,
+    http,
+    integration,
+    llm,
+    waitpoints,
+)
 from flowmaestro_dagster.executors.base import (
     Executor,
     MemoryOp,
@@ -48,6 +56,7 @@ EXECUTORS: Mapping[str, Executor] = {
     **database.EXECUTORS,
     **integration.EXECUTORS,
     **waitpoints.EXECUTORS,
+    **checkpoint.EXECUTORS,
 }
 
 

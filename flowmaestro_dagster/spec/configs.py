@@ -279,6 +279,49 @@ class SubworkflowConfig(NodeConfig):
     inputs: Any = None
 
 
+CHECKPOINT_EXPIRY_UNITS = {"m": 60, "h": 3600, "d": 86_400}
+CHECKPOINT_DEFAULT_EXPIRY = "7d"
+CHECKPOINT_MAX_EXPIRY_SECONDS = 90 * 86_400
+
+
+def expiry_seconds(value: str) -> int:
+    """`30m`, `1h`, `24h`, `7d` → seconds (1 minute to 90 days); ValueError otherwise."""
+    text = str(value).strip().lower()
+    number, unit = text[:-1], text[-1:]
+    if unit not in CHECKPOINT_EXPIRY_UNITS or not number.isdigit():
+        raise ValueError("must be a number of minutes, hours or days such as 1h, 24h or 7d")
+    seconds = int(number) * CHECKPOINT_EXPIRY_UNITS[unit]
+    if not 60 <= seconds <= CHECKPOINT_MAX_EXPIRY_SECONDS:
+        raise ValueError("must be between 1m and 90d")
+    return seconds
+
+
+class CheckpointConfig(NodeConfig):
+    """Keeps the execution's state (every node output so far) until it expires; with
+    `pause_here` the execution also parks here until someone resumes it."""
+
+    name: str | None = None
+    expires_in: str = CHECKPOINT_DEFAULT_EXPIRY
+    pause_here: bool = False
+    description: str | None = None
+
+    @field_validator("expires_in", mode="before")
+    @classmethod
+    def _expiry(cls, value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError("must be a text such as 1h, 24h or 7d")
+        text = str(value).strip().lower()
+        expiry_seconds(text)
+        return text
+
+    @property
+    def expiry_seconds(self) -> int:
+        return expiry_seconds(self.expires_in)
+
+
+BATCH_MAX_CONCURRENCY = 64
+
+
 class MediaConfig(NodeConfig):
     provider: str | None = None
     model: str | None = None
@@ -698,6 +741,15 @@ def _shared_memory(raw: _Raw) -> None:
 def _subworkflow(raw: _Raw) -> None:
     raw.take("workflow_id", "workflowId", "workflow", "childWorkflowId")
     raw.take("inputs", "inputs", "input", "parameters")
+    _output_variable(raw)
+
+
+@_normaliser("checkpoint", model=CheckpointConfig)
+def _checkpoint(raw: _Raw) -> None:
+    raw.take("name", "checkpointName", "name")
+    raw.take("expires_in", "expiresIn", "expiry", "ttl", "retention")
+    raw.take("pause_here", "pauseHere", "pause")
+    raw.take("description", "description")
     _output_variable(raw)
 
 

@@ -51,6 +51,7 @@ CORE_TYPES: frozenset[str] = frozenset(
         "database",
         "integration",
         "subworkflow",  # a platform extension: a child execution of another workflow
+        "checkpoint",  # a platform extension: durable state, optionally a pause (issue 10)
     }
     | MEDIA_TYPES
 )
@@ -65,7 +66,7 @@ TYPE_ALIASES: dict[str, str] = {
 }
 
 BRANCH_TYPES: frozenset[str] = frozenset({"conditional", "switch", "router"})
-WAITPOINT_TYPES: frozenset[str] = frozenset({"wait", "humanReview", "subworkflow"})
+WAITPOINT_TYPES: frozenset[str] = frozenset({"wait", "humanReview", "subworkflow", "checkpoint"})
 
 # Node types whose executors ship with the compiler itself (pure, no external service).
 CORE_RUNNABLE: frozenset[str] = frozenset(
