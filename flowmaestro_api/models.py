@@ -141,6 +141,10 @@ class Execution(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     outputs: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Pause (issue 10): the terminated run a resume re-executes; cleared by the one resume.
+    paused_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    paused_at: Mapped[datetime | None] = mapped_column(default=None)
+    resume_claimed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class IdempotencyKey(Base):
@@ -232,3 +236,28 @@ class Decision(Base):
     value: Mapped[Any] = mapped_column(JsonType, default=None, nullable=True)
     comment: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Checkpoint(Base):
+    """The state of an execution at a checkpoint node: every node output so far, kept until
+    `expires_at` (then purged). One row per (execution, node, loop iteration); running the
+    node again replaces it."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (
+        UniqueConstraint("execution_id", "node_id", "iteration", name="uq_checkpoint_node"),
+        Index("ix_checkpoints_expires", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
+    node_id: Mapped[str] = mapped_column(String(300))
+    iteration: Mapped[str] = mapped_column(String(100), default="")
+    name: Mapped[str] = mapped_column(String(300))
+    run_id: Mapped[str] = mapped_column(String(64))
+    step_key: Mapped[str] = mapped_column(String(400))
+    pause_here: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    saved_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()

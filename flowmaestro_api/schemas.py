@@ -5,7 +5,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ExecutionStatus = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
+ExecutionStatus = Literal[
+    "queued", "running", "waiting", "pausing", "paused", "succeeded", "failed", "cancelled"
+]
 PRIORITY_NAMES: dict[str, int] = {"low": -10, "normal": 0, "high": 10}
 
 
@@ -176,6 +178,31 @@ class WaitpointPublic(BaseModel):
     child_execution_id: str | None = None
 
 
+class CheckpointPublic(BaseModel):
+    """A checkpoint: when its state was saved, when it expires, which nodes it holds."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    node_id: str
+    iteration: str
+    name: str
+    run_id: str
+    pause_here: bool
+    saved_at: datetime
+    expires_at: datetime
+    nodes: list[str] = Field(default_factory=list)
+
+
+class CheckpointDetail(CheckpointPublic):
+    """A checkpoint with its state: `{inputs, outputs (by node id), shared, iteration}`."""
+
+    state: dict[str, Any]
+
+
+class CheckpointList(BaseModel):
+    items: list[CheckpointPublic]
+
+
 class ExecutionPublic(_Schema):
     id: str
     workflow_id: str
@@ -188,6 +215,7 @@ class ExecutionPublic(_Schema):
     error: str | None = None
     created_at: datetime
     launched_at: datetime | None = None
+    paused_at: datetime | None = None  # set while the execution is paused (POST /pause)
     started_at: datetime | None = None
     finished_at: datetime | None = None
     run_id: str | None = None

@@ -42,6 +42,7 @@ class FlowMaestroResource(ConfigurableResource):
     def services(self) -> Mapping[str, Any]:
         services: dict[str, Any] = {"settings": get_settings()}
         if self.platform:
+            from flowmaestro_api.services.checkpoints import DatabaseCheckpointStore
             from flowmaestro_api.services.waitpoints import DatabaseWaitpointStore
             from flowmaestro_api.settings import get_api_settings
 
@@ -51,6 +52,7 @@ class FlowMaestroResource(ConfigurableResource):
                 sleep_threshold_seconds=api.wait_sleep_threshold_seconds,
                 shards=api.code_location_shards,
             )
+            services["checkpoints"] = DatabaseCheckpointStore(api.database_url)
         return services
 
 

@@ -13,6 +13,7 @@ from dagster import (
 
 from flowmaestro_api.db import get_engine, session_scope
 from flowmaestro_api.models import Execution
+from flowmaestro_api.services.checkpoints import purge_expired_checkpoints
 from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.services.executions import purge_expired_keys, reconcile_launches, refresh
 from flowmaestro_api.services.waitpoints import tick
@@ -21,7 +22,8 @@ from flowmaestro_api.settings import get_api_settings
 
 def make_launch_reconciler_sensor(minimum_interval_seconds: int = 10) -> SensorDefinition:
     """Launches executions that were committed but never launched (the API died, Dagster was
-    down): the same exactly-once claim as the API's own launch."""
+    down): the same exactly-once claim as the API's own launch. Also purges expired
+    idempotency keys and checkpoints."""
 
     @sensor(
         name="execution_launch_reconciler",
@@ -44,9 +46,11 @@ def make_launch_reconciler_sensor(minimum_interval_seconds: int = 10) -> SensorD
                 lease_seconds=settings.launch_lease_seconds,
             )
             purged = purge_expired_keys(session)
+            checkpoints = purge_expired_checkpoints(session)
         return SkipReason(
             f"launched {counts['launched']}, held elsewhere {counts['skipped']}, "
-            f"failed {counts['failed']}; purged {purged} expired idempotency keys"
+            f"failed {counts['failed']}; purged {purged} expired idempotency keys and "
+            f"{checkpoints} expired checkpoints"
         )
 
     return execution_launch_reconciler

@@ -1,7 +1,8 @@
-"""Executions: start (idempotently), read, list, cancel, retry, follow (server-sent events)."""
+"""Executions: start (idempotently), read, list, cancel, retry, pause, resume, checkpoints,
+follow (server-sent events)."""
 
 from concurrent.futures import Executor
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -12,6 +13,9 @@ from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SettingsDe
 from flowmaestro_api.errors import ApiError
 from flowmaestro_api.models import Waitpoint
 from flowmaestro_api.schemas import (
+    CheckpointDetail,
+    CheckpointList,
+    CheckpointPublic,
     ExecutionCreate,
     ExecutionList,
     ExecutionPublic,
@@ -20,6 +24,8 @@ from flowmaestro_api.schemas import (
     RunPublic,
     WaitpointPublic,
 )
+from flowmaestro_api.services import checkpoints as checkpoint_service
+from flowmaestro_api.services import control
 from flowmaestro_api.services import executions as service
 from flowmaestro_api.services.events import execution_events
 from flowmaestro_api.settings import ApiSettings
@@ -169,7 +175,7 @@ def cancel_execution(
     dagster: DagsterDep,
 ) -> ExecutionPublic:
     execution = service.get_execution(session, user=user, execution_id=execution_id)
-    service.cancel_execution(session, dagster, execution)
+    control.cancel_execution(session, dagster, execution)
     return _public(service.refresh(session, dagster, execution), settings)
 
 
@@ -181,10 +187,83 @@ def retry_execution(
     settings: SettingsDep,
     dagster: DagsterDep,
 ) -> ExecutionPublic:
-    """Re-execute from failure: finished nodes are not run again."""
+    """Re-execute from failure: finished nodes are not run again. A failure downstream of a
+    live checkpoint re-executes from the latest such checkpoint instead (every node after it
+    runs again on the checkpoint's state)."""
     execution = service.get_execution(session, user=user, execution_id=execution_id)
-    service.retry_execution(session, dagster, execution)
+    control.retry_execution(session, dagster, execution)
     return _public(service.refresh(session, dagster, execution), settings)
+
+
+@router.post("/executions/{execution_id}/pause", response_model=ExecutionPublic, status_code=202)
+def pause_execution(
+    execution_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    dagster: DagsterDep,
+) -> ExecutionPublic:
+    """Stop a running execution at the next node boundary: no further node starts, finished
+    nodes stay finished, the run ends and holds no slot. `pausing` until the run has ended,
+    then `paused`; pausing again changes nothing. 409 if it is not running."""
+    execution = service.get_execution(session, user=user, execution_id=execution_id)
+    control.pause_execution(session, dagster, execution)
+    return _public(service.refresh(session, dagster, execution), settings)
+
+
+@router.post("/executions/{execution_id}/resume", response_model=ExecutionPublic, status_code=202)
+def resume_execution(
+    execution_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    dagster: DagsterDep,
+) -> ExecutionPublic:
+    """Continue a paused execution, or one parked at a checkpoint with `pauseHere`, without
+    running finished nodes again. 409 if it is neither."""
+    execution = service.get_execution(session, user=user, execution_id=execution_id)
+    control.resume_execution(
+        session, dagster, execution, user=user, lease_seconds=settings.launch_lease_seconds
+    )
+    return _public(service.refresh(session, dagster, execution), settings)
+
+
+def _checkpoint_public(row: Any, model: type[CheckpointPublic]) -> Any:
+    outputs = row.state.get("outputs") if isinstance(row.state, dict) else None
+    nodes = sorted(outputs) if isinstance(outputs, dict) else []
+    return model.model_validate(
+        {
+            **{k: getattr(row, k) for k in CheckpointPublic.model_fields if k != "nodes"},
+            "nodes": nodes,
+            **({"state": row.state} if model is CheckpointDetail else {}),
+        }
+    )
+
+
+@router.get("/executions/{execution_id}/checkpoints", response_model=CheckpointList)
+def list_checkpoints(execution_id: str, session: SessionDep, user: CurrentUser) -> CheckpointList:
+    """The execution's live checkpoints (expired ones are purged), oldest first."""
+    execution = service.get_execution(session, user=user, execution_id=execution_id)
+    rows = checkpoint_service.list_checkpoints(session, execution=execution)
+    return CheckpointList(items=[_checkpoint_public(r, CheckpointPublic) for r in rows])
+
+
+@router.get("/executions/{execution_id}/checkpoints/{node_id}", response_model=CheckpointDetail)
+def get_checkpoint(
+    execution_id: str,
+    node_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    iteration: Annotated[str, Query(max_length=100)] = "",
+) -> CheckpointDetail:
+    """The state kept at a checkpoint node: inputs, every node output so far (by node id)
+    and shared memory. `iteration` (`0`, `1.2`) picks one of a loop body's checkpoints."""
+    execution = service.get_execution(session, user=user, execution_id=execution_id)
+    row = checkpoint_service.get_checkpoint(
+        session, execution=execution, node_id=node_id, iteration=iteration
+    )
+    result: CheckpointDetail = _checkpoint_public(row, CheckpointDetail)
+    return result
 
 
 @router.get(

@@ -205,6 +205,10 @@ class DagsterClient:
         if result["__typename"] != "TerminateRunSuccess":
             raise Conflict(f"Dagster could not terminate run {run_id}: {result.get('message')}")
 
+    def tag_run(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Add or change tags of a run (shown in the Dagster UI; e.g. `flowmaestro/paused`)."""
+        self.instance.add_run_tags(run_id, dict(tags))
+
     def reload_location(self, location: str, *, timeout: float = 120.0) -> None:
         data = self._graphql(_RELOAD, {"name": location}, timeout=timeout)
         result = data["reloadRepositoryLocation"]

@@ -65,6 +65,7 @@ RUN_STATUS = {
 }
 TAG = "flowmaestro"
 WILL_RETRY_TAG = "dagster/will_retry"  # set on a failed run when run retries will re-execute it
+PAUSED_TAG = f"{TAG}/paused"  # "true" on a run terminated by POST /pause (services/control.py)
 MAX_KEY_LENGTH = 255
 
 
@@ -408,6 +409,8 @@ def execution_status(execution: Execution, runs: Sequence[RunInfo]) -> str:
 
 
 def run_status(run: RunInfo) -> str:
+    if run.tags.get(PAUSED_TAG) == "true" and run.status in ("CANCELING", "CANCELED"):
+        return "pausing" if run.status == "CANCELING" else "paused"
     if run.status == "FAILURE" and run.tags.get(WILL_RETRY_TAG) == "true":
         return "running"  # its run worker died; Dagster's run retries re-execute it from failure
     return RUN_STATUS.get(run.status, "running")

@@ -360,6 +360,8 @@ def chain_status(traces: Sequence[RunTrace], stored: str) -> str:
         return stored if stored in ("queued", "cancelled") else "queued"
     last = traces[-1]
     status = RUN_STATUS.get(last.status, "running")
+    if status == "cancelled" and last.tags.get("flowmaestro/paused") == "true":
+        return "paused"  # terminated by POST /pause (services/control.py)
     if status == "succeeded" and last.parked_steps():
         return "waiting"
     return status
