@@ -1,8 +1,18 @@
-"""API benchmark: idempotent submissions per second and latency, launch excluded and included,
-on SQLite and PostgreSQL; and submit → first node running, through a real Dagster."""
+"""API benchmark (`api` section): idempotent submissions per second and their latency, launch
+excluded and included, on SQLite and PostgreSQL side by side; and submit → first node running,
+through a real Dagster (`dagster dev` on a temporary home).
+
+Every phase has its own fresh platform database. (The launch-excluded phase leaves hundreds of
+executions that were never launched; on a database a Dagster stack reads, the platform's launch
+reconciler would launch them all, and the submit → running samples would queue behind them: the
+"no median" failure this module had.)
+
+`python -m bench.api [--quick]` prints the result as JSON.
+"""
 
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -82,11 +92,17 @@ def user_key(url: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def launched_count(url: str) -> int:
+    with session_scope(get_engine(url)) as session:
+        return session.query(Execution).filter(Execution.launched_at.isnot(None)).count()
+
+
 def submissions(
     settings: ApiSettings, client: DagsterClient | None, *, seconds: float, clients: int
 ) -> dict[str, Any]:
     app = create_app(settings, dagster=client)
     auth = user_key(settings.database_url)
+    launched_before = launched_count(settings.database_url)
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -120,12 +136,14 @@ def submissions(
         wall = time.perf_counter() - started
         app.state.launcher.shutdown(wait=True)  # the launches triggered in the window finish
         launch_wall = time.perf_counter() - started
-    with session_scope(get_engine(settings.database_url)) as session:
-        launched = session.query(Execution).filter(Execution.launched_at.isnot(None)).count()
+    launched = launched_count(settings.database_url) - launched_before
     return {
         "submissions": len(latencies),
         "errors": errors,
+        "clients": clients,
+        "seconds": round(wall, 1),
         "per_second": round(len(latencies) / wall, 1),
+        "min_ms": round(min(latencies) * 1000, 1),
         "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
         "launched": launched,
@@ -141,6 +159,7 @@ def submit_to_running(
     auth = user_key(settings.database_url)
     instance = client.instance
     delays: list[float] = []
+    timed_out = 0
     with Server(app) as base, httpx.Client(base_url=base, timeout=60) as http:
         workflow_id = http.post("/workflows", json={"definition": WORKFLOW}, headers=auth).json()[
             "id"
@@ -168,9 +187,14 @@ def submit_to_running(
                 time.sleep(0.05)
             if first_step is not None:
                 delays.append(first_step - submitted)
+            else:
+                timed_out += 1
             time.sleep(1)  # let the run finish before the next sample
+    if not delays:
+        raise RuntimeError(f"no run started a node within 120 s ({timed_out} samples timed out)")
     return {
         "samples": len(delays),
+        "timed_out": timed_out,
         "p50_s": round(statistics.median(delays), 2),
         "p95_s": round(percentile(delays, 0.95), 2),
         "min_s": round(min(delays), 2),
@@ -178,22 +202,30 @@ def submit_to_running(
     }
 
 
+def fresh_database(kind: str, workdir: Path, phase: str, created: list[str]) -> str:
+    """A new, migrated platform database for one phase (its name kept in `created` to drop)."""
+    if kind == "sqlite":
+        url = f"sqlite:///{workdir / f'{kind}-{phase}.db'}"
+    else:
+        name, url = pg_database()
+        created.append(name)
+    migrate(url)
+    return url
+
+
 def run_backend(
     kind: str, workdir: Path, *, seconds: float, clients: int, samples: int
 ) -> dict[str, Any]:
-    pg_name = None
-    if kind == "sqlite":
-        url = f"sqlite:///{workdir / f'{kind}.db'}"
-    else:
-        pg_name, url = pg_database()
+    created: list[str] = []
     try:
-        migrate(url)
+        url = fresh_database(kind, workdir, "excluded", created)
         excluded = submissions(
             ApiSettings(database_url=url, dagster_graphql_url=UNREACHABLE, launch_on_submit=False),
             None,
             seconds=seconds,
             clients=clients,
         )
+        url = fresh_database(kind, workdir, "stack", created)
         stack = DagsterStack(workdir / f"home-{kind}", url)
         stack.start()
         try:
@@ -213,18 +245,34 @@ def run_backend(
             "submit_to_node_running": running,
         }
     finally:
-        if pg_name:
-            drop_pg(pg_name)
+        for name in created:
+            drop_pg(name)
 
 
 def main(seconds: float = 8, clients: int = 16, samples: int = 10) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     with tempfile.TemporaryDirectory() as tmp:
-        return {
+        found: dict[str, Any] = {
             kind: run_backend(kind, Path(tmp), seconds=seconds, clients=clients, samples=samples)
             for kind in ("sqlite", "postgres")
         }
+    found["postgres_over_sqlite_per_second"] = {
+        phase: round(
+            found["postgres"][phase]["per_second"] / found["sqlite"][phase]["per_second"], 2
+        )
+        for phase in ("launch_excluded", "launch_included")
+        if found["sqlite"][phase]["per_second"]
+    }
+    found["shape"] = {"seconds": seconds, "clients": clients, "samples": samples}
+    return found
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """The `api` section: full or smoke-sized (`quick`)."""
+    if quick:
+        return main(seconds=3, clients=8, samples=3)
+    return main()
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(), indent=2))
+    print(json.dumps(run("--quick" in sys.argv), indent=2))

@@ -328,7 +328,7 @@ def main(
     load_before = os.getloadavg()
     dagster = dagster_runs(repeats)
     floor = floor_runs(repeats)
-    prefect_result = (
+    prefect_result: dict[str, Any] = (
         prefect_runs(repeats, prefect_database_url)
         if prefect
         else {"error": "skipped (--no-prefect)"}
@@ -378,6 +378,11 @@ def main(
         },
         "load_average": {"before": load_before, "after": os.getloadavg()},
     }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """The `parallel` section: 7 rounds, or 2 for a smoke run (`quick`); Prefect included."""
+    return main(repeats=2 if quick else 7)
 
 
 if __name__ == "__main__":

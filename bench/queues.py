@@ -11,7 +11,7 @@ dagster.yaml is rendered from the settings by `flowmaestro_dagster.instance_conf
 * pool granularity: two runs of a workflow with a concurrency limit of 1 whose node waits to be
   retried — how long before the first ended the second was dequeued (op) or after (run).
 
-`python -m bench.queues` prints the result as JSON; `main()` returns it.
+`python -m bench.queues [--quick]` prints the result as JSON; `run(quick)` returns it.
 """
 
 import json
@@ -73,6 +73,7 @@ def percentile(values: list[float], q: float) -> float:
 def summary(values: list[float], unit: float = 1.0, digits: int = 3) -> dict[str, float]:
     scaled = [v * unit for v in values]
     return {
+        "min": round(min(scaled), digits),
         "p50": round(percentile(scaled, 0.5), digits),
         "p95": round(percentile(scaled, 0.95), digits),
         "max": round(max(scaled), digits),
@@ -158,7 +159,7 @@ class Platform:
 def platform(workdir: Path, **queue_settings: Any) -> Iterator[Platform]:
     url = f"sqlite:///{workdir / 'platform.db'}"
     migrate(url)
-    rendered = ApiSettings(_env_file=None, **queue_settings)  # type: ignore[call-arg]
+    rendered = ApiSettings(_env_file=None, **queue_settings)
     stack = DagsterStack(
         workdir / "home",
         url,
@@ -170,7 +171,7 @@ def platform(workdir: Path, **queue_settings: Any) -> Iterator[Platform]:
     os.environ["DAGSTER_HOME"] = str(stack.home)  # the API reads the queue from here
     try:
         settings = ApiSettings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database_url=url,
             dagster_graphql_url=stack.graphql_url,
             dagster_ui_url=stack.ui_url,
@@ -203,7 +204,7 @@ def queue_waits(p: Platform, auth: dict[str, str], workflow_id: str, n: int) -> 
     }
 
 
-def decision_times(home: Path) -> dict[str, Any]:
+def decision_times(home: Path, decisions: int = DECISIONS) -> dict[str, Any]:
     """Dagster's dequeue decision and our replay, on a fresh instance of the same storage."""
     from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
         QueuedRunCoordinatorDaemon,
@@ -213,7 +214,7 @@ def decision_times(home: Path) -> dict[str, Any]:
         daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
         queued = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
         dagster_ms, ours_ms = [], []
-        for _ in range(DECISIONS):
+        for _ in range(decisions):
             started = time.perf_counter()
             daemon._get_runs_to_dequeue(
                 instance, instance.get_concurrency_config(), fixed_iteration_time=None
@@ -237,7 +238,12 @@ def granularity_gap(p: Platform, pairs: int) -> list[float]:
     gaps = []
     for _ in range(pairs):
         first = p.submit(auth, workflow_id)
-        p.wait(lambda e=first: (r := p.record(e)) and r.dagster_run.status.value == "STARTED")
+
+        def started(execution_id: str = first) -> bool:
+            record = p.record(execution_id)
+            return record is not None and record.dagster_run.status.value == "STARTED"
+
+        p.wait(started)
         second = p.submit(auth, workflow_id)
         earlier, later = p.finished(first), p.finished(second)
         gap = p.times(later.dagster_run.run_id)["dequeued"] - earlier.end_time
@@ -245,26 +251,33 @@ def granularity_gap(p: Platform, pairs: int) -> list[float]:
     return gaps
 
 
-def main() -> dict[str, Any]:
+def main(
+    probes: int = PROBES, backlog_size: int = BACKLOG, pairs: int = 3, decisions: int = DECISIONS
+) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     settings = {
         "max_concurrent_runs": 10,
         "user_run_limit": 3,
         "queue_limits": {"held": 0, "ai-workflows": 3, "data-processing": 5},
     }
-    result: dict[str, Any] = {"settings": settings}
+    result: dict[str, Any] = {
+        "settings": settings,
+        "shape": {"probes": probes, "backlog": backlog_size, "pairs": pairs},
+    }
     with tempfile.TemporaryDirectory() as tmp, platform(Path(tmp), **settings) as p:
         prober, backlog_user = p.user(), p.user()
         probe = p.deploy(prober, QUICK)
         queue_waits(p, prober, probe, 2)  # warm-up: the first runs load the code location
-        result["decision_empty"] = decision_times(p.stack.home)
-        result["empty_queue"] = queue_waits(p, prober, probe, PROBES)
+        result["decision_empty"] = decision_times(p.stack.home, decisions)
+        result["empty_queue"] = queue_waits(p, prober, probe, probes)
 
         backlog = p.deploy(backlog_user, QUICK)
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=4) as pool:
             held = list(
-                pool.map(lambda _: p.submit(backlog_user, backlog, queue="held"), range(BACKLOG))
+                pool.map(
+                    lambda _: p.submit(backlog_user, backlog, queue="held"), range(backlog_size)
+                )
             )
         p.wait(
             lambda: (
@@ -273,14 +286,14 @@ def main() -> dict[str, Any]:
                         statuses=[DagsterRunStatus.QUEUED], tags={"flowmaestro/queue": "held"}
                     )
                 )
-                == BACKLOG
+                == backlog_size
             )
         )
         result["backlog_submit_s"] = round(time.perf_counter() - started, 1)
-        result["decision_200_queued"] = decision_times(p.stack.home)
-        result["queue_200_queued"] = queue_waits(p, prober, probe, PROBES)
+        result["decision_backlog"] = decision_times(p.stack.home, decisions)
+        result["queue_backlog"] = queue_waits(p, prober, probe, probes)
         why: list[float] = []
-        for execution_id in held[:DECISIONS]:
+        for execution_id in held[:decisions]:
             t0 = time.perf_counter()
             body = p.client.get(f"/executions/{execution_id}", headers=backlog_user).json()
             why.append(time.perf_counter() - t0)
@@ -289,15 +302,25 @@ def main() -> dict[str, Any]:
             "queue_position": body["queue_position"],
             "queued_reason": body["queued_reason"],
         }
-        result["granularity_run_gap_s"] = granularity_gap(p, 3)
+        result["granularity_run_gap_s"] = granularity_gap(p, pairs)
     with (
         tempfile.TemporaryDirectory() as tmp,
         platform(Path(tmp), user_run_limit=None, pool_granularity="op") as p,
     ):
-        result["granularity_op_gap_s"] = granularity_gap(p, 3)
+        result["granularity_op_gap_s"] = granularity_gap(p, pairs)
+    empty = result["empty_queue"]["enqueued_to_started_s"]["p50"]
+    backlog = result["queue_backlog"]["enqueued_to_started_s"]["p50"]
+    result["backlog_over_empty_start_p50"] = round(backlog / empty, 2) if empty else None
     return result
 
 
+def run(quick: bool = False) -> dict[str, Any]:
+    """The `queues` section: full, or smoke-sized (`quick`: 50 queued, fewer probes)."""
+    if quick:
+        return main(probes=4, backlog_size=50, pairs=1, decisions=5)
+    return main()
+
+
 if __name__ == "__main__":
-    json.dump(main(), sys.stdout, indent=2)
+    json.dump(run("--quick" in sys.argv), sys.stdout, indent=2)
     print()

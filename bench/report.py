@@ -1,0 +1,506 @@
+"""docs/benchmarks.md from one results dict (`python -m bench` writes both).
+
+`render(results)` needs no benchmark to run: tests/test_bench_render.py renders a small fake
+results dict covering every section. A section whose figures do not fit its renderer is shown
+as a rendering error instead of losing the whole report.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from bench.sections import SECTIONS
+
+Lines = list[str]
+Goal = tuple[str, str, str, bool | None]  # measure, result, goal, met (None: not judged)
+
+
+def span(d: dict[str, Any], unit: str = "s", key: str = "median", digits: int = 3) -> str:
+    """`0.712 s [0.61, 0.718]` (median [min, max]) from {"median_s": ..., "min_s": ..., "max_s": ...}."""
+    suffix = f"_{unit}" if f"{key}_{unit}" in d else ""
+
+    def get(name: str) -> Any:
+        return d.get(f"{name}{suffix}")
+
+    middle, low, high = get(key), get("min"), get("max")
+    text = f"{num(round(middle, digits))} {unit}"
+    if low is not None and high is not None:
+        text += f" [{num(round(low, digits))}, {num(round(high, digits))}]"
+    return text
+
+
+def num(x: Any) -> str:
+    """A figure without float noise: 3 decimals at most, no trailing zeros."""
+    return f"{round(x, 3):g}" if isinstance(x, float) else str(x)
+
+
+def met(flag: bool | None) -> str:
+    return {True: "yes", False: "**no**", None: "not judged"}[flag]
+
+
+# -- sections --------------------------------------------------------------------------------
+
+
+def compile_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    corpus, large = r["corpus_compile"], r["large_compile"]
+    lines = [
+        "Compiling a definition: JSON → validated spec → Dagster job (no I/O).",
+        "",
+        "| measure | median | min / max | p95 |",
+        "|---|---|---|---|",
+        f"| corpus file ({corpus['files']} files, {corpus['rejected']} rejected as cyclic; best "
+        f"of {corpus.get('repeats', 3)} per file) | {corpus['p50_ms']} ms | "
+        f"{corpus.get('min_ms', 'n/a')} / {corpus['max_ms']} ms | {corpus['p95_ms']} ms |",
+        f"| synthetic {large['nodes']}-node workflow ({large['repeats']} compiles) | "
+        f"{large['median_s']} s | {large['best_s']} / {large['max_s']} s | |",
+    ]
+    g = r["goals"]
+    goals = [
+        (
+            "compile, corpus file p95",
+            f"{corpus['p95_ms']} ms",
+            f"≤ {g['corpus_p95_ms_max']} ms",
+            g["corpus_met"],
+        ),
+        (
+            f"compile, {large['nodes']} nodes",
+            f"{large['median_s']} s",
+            f"≤ {g['large_median_s_max']} s",
+            g["large_met"],
+        ),
+    ]
+    return lines, goals
+
+
+OVERHEAD_LABELS = {
+    "compiled_threaded": "compiled workflow, threaded executor (deployed default)",
+    "compiled_in_process": "compiled workflow, in-process executor",
+    "hand_written": "hand-written Dagster job, same shape, in-process",
+    "plain_python": "plain Python calls (the floor)",
+}
+
+
+def overhead_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    eph, per = r["instances"]["ephemeral"], r["instances"]["persistent_sqlite"]
+    lines = [
+        f"A {r['nodes']}-node chain, {r['node_work_ms']:.0f} ms of work (a sleep) per node; "
+        f"{r['repeats']} interleaved rounds after a warm-up, whole run (run creation, plan, "
+        "events, end). Overhead per node = (median - plain Python median) / nodes. The "
+        "persistent instance is Dagster's default SQLite storage under a temporary "
+        "DAGSTER_HOME (what `dagster dev` on one machine uses): every event is a write to the "
+        "run's SQLite event log.",
+        "",
+        "| variant | ephemeral: run | per node | persistent SQLite: run | per node |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in OVERHEAD_LABELS.items():
+        lines.append(
+            f"| {label} | {span(eph[key])} | {eph[key]['overhead_ms_per_node']} ms | "
+            f"{span(per[key])} | {per[key]['overhead_ms_per_node']} ms |"
+        )
+    lines += [
+        "",
+        f"Compiled / hand-written (both in-process): **{eph['compiled_over_hand_written']}** "
+        f"ephemeral, **{per['compiled_over_hand_written']}** persistent. The persistent "
+        f"instance adds **{r['persistent_adds_ms_per_node']} ms per node** (compiled, "
+        "threaded) over the ephemeral one: event-log writes. Most of the rest is Dagster's own "
+        "step machinery (events, IO manager, input loading), which the hand-written job pays "
+        "too.",
+    ]
+    g = r["goals"]
+    persistent = per["compiled_threaded"]["overhead_ms_per_node"]
+    goals = [
+        (
+            "compiled / hand-written job (ephemeral)",
+            str(eph["compiled_over_hand_written"]),
+            f"≤ {g['compiled_over_hand_written_max']}",
+            g["compiled_over_hand_written_met"],
+        ),
+        (
+            "overhead per node, persistent SQLite instance",
+            f"{persistent} ms",
+            f"≤ {g['persistent_ms_per_node_max']} ms",
+            g["persistent_met"],
+        ),
+    ]
+    return lines, goals
+
+
+PARALLEL_VARIANTS = {
+    "threaded": "ours: threaded executor",
+    "in_process": "Dagster in-process executor",
+    "prefect": "Prefect 3 (thread pool)",
+    "thread_pool_floor": "thread-pool floor",
+}
+
+
+def parallel_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    shape, prefect = r["shape"], r["prefect"]
+    lines = [
+        f"W1: a {shape['chain']}-node chain of {shape['node_s'] * 1000:.0f} ms nodes; W2: 1 → "
+        f"{shape['width']} → 1 nodes of {shape['node_s'] * 1000:.0f} ms; W3: {shape['width']} "
+        f"branches of {shape['branch_s']} s I/O between a start node and a join. "
+        f"maxConcurrentNodes {shape['max_concurrent']}; {shape['repeats']} rounds after a "
+        "warm-up, Dagster variants interleaved, each on one ephemeral instance for all its "
+        "runs. Prefect 3 runs in its own virtualenv (`bench/.prefect-venv`) on a local "
+        "ephemeral API server, flow heartbeats and log shipping off; the floor is a plain "
+        "`ThreadPoolExecutor` doing the same sleeps. Wall time of a whole run, median [min, max].",
+        "",
+        "| workload | " + " | ".join(PARALLEL_VARIANTS.values()) + " | threaded / in-process |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, variants in r["workloads"].items():
+        cells = [
+            span(variants[key]) if key in variants else "not measured" for key in PARALLEL_VARIANTS
+        ]
+        ratio = r["threaded_over_in_process"][name]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
+    cpu = r.get("threaded_over_in_process_cpu", {})
+    if cpu:
+        lines += [
+            "",
+            "CPU time of the run, threaded / in-process: "
+            + ", ".join(f"{k} {v}" for k, v in cpu.items())
+            + ".",
+        ]
+    if "error" in prefect:
+        lines += ["", f"Prefect: not measured: {prefect['error']}."]
+    else:
+        database = prefect.get("database", "sqlite (default)")
+        lines += ["", f"Prefect {prefect.get('version', '?')}, API database: {database}."]
+        if database.startswith("sqlite"):
+            lines[-1] += (
+                " On SQLite its API server now and then answers 503 (database locked) while "
+                "recording task runs and the client retries about 2 s later, which shows in "
+                "Prefect's figures; `python -m bench.parallel --prefect-database-url "
+                "postgresql+asyncpg://...` runs it on PostgreSQL."
+            )
+    load = r.get("load_average", {})
+    if load:
+        lines += [f"Load average before / after: {load['before'][0]:.2f} / {load['after'][0]:.2f}."]
+    g = r["goals"]
+    goals = [
+        (
+            "W3 (8 x 0.5 s branches), threaded",
+            f"{r['workloads']['W3']['threaded']['median_s']} s",
+            f"≤ {g['W3_threaded_max_s']} s",
+            g["W3_met"],
+        ),
+        (
+            "W1 chain, threaded / in-process",
+            str(r["threaded_over_in_process"]["W1"]),
+            f"≤ {g['W1_threaded_over_in_process_max']}",
+            g["W1_met"],
+        ),
+    ]
+    return lines, goals
+
+
+def celery_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    lines = [
+        "The parallel workload (W1, W2, W3 above) with every node on Celery workers "
+        '(`runOn: "celery"`), side by side with the same workflows on the run\'s own threads. '
+        "The section is a hook (`bench/celery_workers.py`): it measures once "
+        "`flowmaestro_dagster.execution` exposes a Celery executor and `flowmaestro worker` "
+        "exists, and never reports a figure it did not measure.",
+        "",
+    ]
+    if not r.get("measured"):
+        return [*lines, f"**Not measured: {r['reason']}.**"], []
+    lines += [
+        f"{r['workers']} workers, broker {r['broker']}, {r['repeats']} interleaved rounds "
+        "after a warm-up, persistent SQLite instance.",
+        "",
+        "| workload | on the run's threads | on Celery workers | Celery / threads |",
+        "|---|---|---|---|",
+    ]
+    for name, v in r["workloads"].items():
+        lines.append(
+            f"| {name} | {span(v['threads'])} | {span(v['celery'])} | "
+            f"{r['celery_over_threads'][name]} |"
+        )
+    return lines, []
+
+
+def api_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    sq, pg, shape = r["sqlite"], r["postgres"], r["shape"]
+    ratio = r.get("postgres_over_sqlite_per_second", {})
+
+    def row(label: str, fn: Callable[[dict[str, Any]], str], ratio_key: str = "") -> str:
+        return f"| {label} | {fn(sq)} | {fn(pg)} | {ratio.get(ratio_key, '')} |"
+
+    def latency(phase: str) -> Callable[[dict[str, Any]], str]:
+        return lambda b: (
+            f"{b[phase]['p50_ms']} ms [{b[phase].get('min_ms', 'n/a')}, {b[phase]['p99_ms']}]"
+        )
+
+    lines = [
+        f"The API under uvicorn in the benchmark process, {shape['clients']} clients posting "
+        f"executions with fresh Idempotency-Keys for {shape['seconds']} s, on a fresh platform "
+        "database per phase. Launch excluded: the API alone (`launch_on_submit` off). Launch "
+        "included: each submission also launches a Dagster run through GraphQL (on a real "
+        "`dagster dev`), after the response. Submit → running: one execution at a time, from "
+        f"the POST to the first node's STEP_START ({shape['samples']} samples).",
+        "",
+        "| measure | SQLite | PostgreSQL | PostgreSQL / SQLite |",
+        "|---|---|---|---|",
+        row(
+            "submissions per second, launch excluded",
+            lambda b: str(b["launch_excluded"]["per_second"]),
+            "launch_excluded",
+        ),
+        row("latency p50 [min, p99], launch excluded", latency("launch_excluded")),
+        row(
+            "submissions per second, launch included",
+            lambda b: str(b["launch_included"]["per_second"]),
+            "launch_included",
+        ),
+        row("latency p50 [min, p99], launch included", latency("launch_included")),
+        row(
+            "runs launched per second (until every launch finished)",
+            lambda b: str(b["launch_included"]["launched_per_second"]),
+        ),
+        row(
+            "submit → first node running, p50 [min, max]",
+            lambda b: (
+                f"{b['submit_to_node_running']['p50_s']} s "
+                f"[{b['submit_to_node_running']['min_s']}, {b['submit_to_node_running']['max_s']}]"
+            ),
+        ),
+    ]
+    errors = sum(b[p]["errors"] for b in (sq, pg) for p in ("launch_excluded", "launch_included"))
+    if errors:
+        lines += ["", f"{errors} submissions were refused (not 201) during the runs."]
+    return lines, []
+
+
+def waitpoints_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    resume = r["resume"]
+
+    def timing(label: str, d: dict[str, Any], goal: str) -> str:
+        return (
+            f"| {label} | {num(d['p50_s'])} s | {num(d['min_s'])} / {num(d['max_s'])} s | "
+            f"{num(d['p95_s'])} s | "
+            f"{d['samples']} | {goal} |"
+        )
+
+    def tick(label: str, d: dict[str, Any]) -> str:
+        return (
+            f"| {label} ({d['parked']:,} parked, none due) | {d['tick_median_s']} s | "
+            f"{d.get('tick_min_s', 'n/a')} / {d['tick_max_s']} s | | {d.get('ticks', 5)} | "
+            f"≤ {r['goals']['tick_s_max']} s |"
+        )
+
+    g = r["goals"]
+    lines = [
+        "On a real `dagster dev` whose waitpoint sensor ticks every second: an approval decided "
+        "through the API → the resumed run's first node starts; a 3 s wait node's due time → "
+        "the resumed run's first node starts. The tick: one evaluation of the waitpoint sensor "
+        "with 10,000 parked executions (half approvals, half timers a day away).",
+        "",
+        "| measure | median | min / max | p95 | samples | goal |",
+        "|---|---|---|---|---|---|",
+        timing(
+            "approval → resumed",
+            resume["approval_to_resumed_step"],
+            f"p50 ≤ {g['approval_p50_s_max']} s",
+        ),
+        timing("due time → resumed", resume["due_to_resumed_step"], ""),
+        tick("sensor tick, SQLite", r["sqlite_tick"]),
+        tick("sensor tick, PostgreSQL", r["postgres_tick"]),
+    ]
+    worst = max(r["sqlite_tick"]["tick_median_s"], r["postgres_tick"]["tick_median_s"])
+    goals = [
+        (
+            "approval → resumed, p50",
+            f"{resume['approval_to_resumed_step']['p50_s']} s",
+            f"≤ {g['approval_p50_s_max']} s",
+            g["approval_met"],
+        ),
+        (
+            "waitpoint sensor tick, 10,000 parked (worse of SQLite, PostgreSQL)",
+            f"{worst} s",
+            f"≤ {g['tick_s_max']} s",
+            g["tick_met"],
+        ),
+    ]
+    return lines, goals
+
+
+def queues_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    empty, backlog = r["empty_queue"], r["queue_backlog"]
+    n = r["shape"]["backlog"]
+
+    def q(d: dict[str, Any], unit: str = "s") -> str:
+        return f"{num(d['p50'])} {unit} [{num(d.get('min', 'n/a'))}, {num(d['max'])}]"
+
+    lines = [
+        "A real `dagster dev` with the rendered queue settings ("
+        + ", ".join(f"{k} {v}" for k, v in r["settings"].items())
+        + f"). Probe runs "
+        f"of a 2-node workflow, one at a time ({r['shape']['probes']} each), with the queue "
+        f"empty and with {n} runs held queued in a paused queue (every dequeue pass scans "
+        "them). Dequeue decision: Dagster's own `_get_runs_to_dequeue` and our replay of it "
+        '("why queued"), in process on the same storage. Median [min, max].',
+        "",
+        f"| measure | empty queue | {n} queued |",
+        "|---|---|---|",
+        f"| enqueued → dequeued | {q(empty['enqueued_to_dequeued_s'])} | "
+        f"{q(backlog['enqueued_to_dequeued_s'])} |",
+        f"| enqueued → started (queue wait) | {q(empty['enqueued_to_started_s'])} | "
+        f"{q(backlog['enqueued_to_started_s'])} |",
+        f"| dequeued → started (launch) | {q(empty['dequeued_to_started_s'])} | "
+        f"{q(backlog['dequeued_to_started_s'])} |",
+        f"| Dagster's dequeue decision | {q(r['decision_empty']['dagster_dequeue_decision_ms'], 'ms')}"
+        f" | {q(r['decision_backlog']['dagster_dequeue_decision_ms'], 'ms')} |",
+        f"| our why-queued replay | {q(r['decision_empty']['why_queued_replay_ms'], 'ms')} | "
+        f"{q(r['decision_backlog']['why_queued_replay_ms'], 'ms')} |",
+        "",
+        f"Queue wait with {n} queued / empty (p50): **{r['backlog_over_empty_start_p50']}**. "
+        f"GET /executions/{{id}} of a queued execution (with its why-queued): "
+        f"{q(r['get_queued_execution_ms'], 'ms')}. Submitting the {n} held runs took "
+        f"{r['backlog_submit_s']} s.",
+        "",
+        "Pool granularity, a limit-1 workflow whose node waits 4 s to retry: second run "
+        "dequeued minus first run ended (negative: both in progress at once): run granularity "
+        f"{r['granularity_run_gap_s']} s, op granularity {r['granularity_op_gap_s']} s.",
+    ]
+    return lines, []
+
+
+def deploy_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    default = "the default" if r["shards"] == r["shards_default"] else "not the default"
+    lines = [
+        f"Code-location shards: **{r['shards']}** ({default}; "
+        "`FLOWMAESTRO_CODE_LOCATION_SHARDS`), so every deployed workflow is in the location a "
+        "deploy reloads when there is one shard. A real `dagster dev` and the API in process "
+        f"on SQLite; workflows deployed straight into the database (the {r['corpus_definitions']}"
+        " compiling corpus definitions in turn), then one more deployed through the API per "
+        f"sample ({r['samples']} per size). Deploy → runnable: the deploy call, which reloads "
+        "the workflow's location and answers once the job is visible in GraphQL. Deploy → "
+        "launched: until a run of an execution submitted right after exists in Dagster. Shard "
+        "snapshot: building the shard's repository from the database and Dagster's snapshot of "
+        "every job in it, timed in the benchmark process: the part of a reload that grows with "
+        "the number of workflows (the rest is starting the code server process).",
+        "",
+        "| workflows deployed | deploy → runnable | of which reload + visible | deploy → "
+        "launched | shard snapshot in process |",
+        "|---|---|---|---|---|",
+    ]
+    for size, d in r["sizes"].items():
+        snapshot = d.get("shard_snapshot_s")
+        lines.append(
+            f"| {size} | {span(d['deploy_to_runnable'])} | {span(d['reload_and_visible'])} | "
+            f"{span(d['deploy_to_launched'])} | "
+            f"{'n/a' if snapshot is None else num(snapshot) + ' s'} |"
+        )
+    sizes = list(r["sizes"])
+    lines += [
+        "",
+        f"Deploy → runnable at {sizes[-1]} / at {sizes[0]} workflows: "
+        f"**{r['largest_over_smallest']}**.",
+    ]
+    g = r["goals"]
+    largest = r["sizes"][sizes[-1]]["deploy_to_runnable"]["median_s"]
+    goals = [
+        (
+            f"deploy → runnable at {sizes[-1]} workflows, {r['shards']} shard(s)",
+            f"{largest} s",
+            f"≤ {g['runnable_s_at_1000_max']} s at 1000",
+            g["met"],
+        )
+    ]
+    return lines, goals
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[Lines, list[Goal]]]] = {
+    "compile": compile_section,
+    "overhead": overhead_section,
+    "parallel": parallel_section,
+    "celery": celery_section,
+    "api": api_section,
+    "waitpoints": waitpoints_section,
+    "queues": queues_section,
+    "deploy": deploy_section,
+}
+
+
+# -- the document ----------------------------------------------------------------------------
+
+
+def full_minutes() -> float:
+    return sum(s.full_minutes for s in SECTIONS)
+
+
+def header(results: dict[str, Any]) -> Lines:
+    m = results["machine"]
+    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `scripts/bench.sh` (`python -m bench`, bench/); do not edit by hand. Every",
+        "figure comes from one run on one machine, and every comparison (ratios, side-by-side",
+        "columns) from runs taken in that run, interleaved where they compete for the machine.",
+        "Raw results: `bench/results/<stamp>.json` (and each section's log beside it).",
+        "",
+        f"Full run: `scripts/bench.sh` (about {full_minutes():.0f} min on 2 idle cores; every "
+        "section in its own process, a failed one recorded and the others kept). Smoke run: "
+        "`python -m bench --quick`. One section: `python -m bench --only <name>` "
+        f"({', '.join(s.name for s in SECTIONS)}; results file only, `--docs` to rewrite this "
+        "page with it alone).",
+        "",
+    ]
+    if results.get("quick"):
+        lines += [
+            "> **Smoke run (`--quick`)**: small sample counts, figures not representative.",
+            "",
+        ]
+    load_after = m.get("load_average_after", ["?"])[0]
+    total = results.get("total_seconds")
+    lines += [
+        "| | |",
+        "|---|---|",
+        f"| run | {m['date']}, `{results.get('command', 'python -m bench')}`, "
+        f"{round(total / 60, 1) if total else '?'} min, commit {m.get('commit', '?')} |",
+        f"| machine | {m['cpu']}, {m['cores']} cores, {m.get('memory_gb', '?')} GB; "
+        f"{m['platform']} |",
+        f"| load average (1 min) | {m['load_average_before'][0]} before, {load_after} after |",
+        f"| versions | Python {m['python']}, {packages}; SQLite {m['sqlite']}, PostgreSQL "
+        f"{m['postgresql']}, Redis {m['redis']} |",
+        "",
+    ]
+    return lines
+
+
+def render(results: dict[str, Any]) -> str:
+    sections = results["sections"]
+    body: Lines = []
+    goals: list[Goal] = []
+    for section in SECTIONS:
+        body += [f"## {section.title}", ""]
+        found = sections.get(section.name)
+        if found is None:
+            body += ["Not run in this invocation.", ""]
+            continue
+        if "error" in found:
+            body += [
+                f"**Failed in this run** after {found.get('seconds', '?')} s: `{found['error']}`.",
+                "",
+            ]
+            goals.append((section.title, "failed", "", None))
+            continue
+        try:
+            lines, section_goals = RENDERERS[section.name](found["result"])
+        except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+            lines = [f"**Rendering failed**: `{type(exc).__name__}: {exc}`."]
+            section_goals = []
+        body += [*lines, "", f"_Section time: {found.get('seconds', '?')} s._", ""]
+        goals += section_goals
+    summary = [
+        "## Goals",
+        "",
+        "| measure | result | goal | met |",
+        "|---|---|---|---|",
+        *(f"| {m} | {r} | {g} | {met(ok)} |" for m, r, g, ok in goals),
+        "",
+    ]
+    return "\n".join([*header(results), *summary, *body]).rstrip() + "\n"

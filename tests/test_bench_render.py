@@ -1,0 +1,333 @@
+"""docs/benchmarks.md renders from a results dict covering every section (no benchmark runs)."""
+
+import copy
+from typing import Any
+
+import pytest
+
+from bench.report import render
+from bench.sections import SECTIONS
+
+
+def mm(median: float, low: float, high: float, **extra: Any) -> dict[str, Any]:
+    return {"median_s": median, "min_s": low, "max_s": high, **extra}
+
+
+def chain(extra: float) -> dict[str, Any]:
+    variants = {
+        "compiled_in_process": mm(0.40 + extra, 0.39, 0.45, overhead_ms_per_node=10.0 + extra),
+        "compiled_threaded": mm(0.41 + extra, 0.40, 0.46, overhead_ms_per_node=10.5 + extra),
+        "hand_written": mm(0.38 + extra, 0.37, 0.40, overhead_ms_per_node=9.0 + extra),
+        "plain_python": mm(0.19, 0.19, 0.19, overhead_ms_per_node=0.0),
+    }
+    return {**variants, "compiled_over_hand_written": 1.05}
+
+
+def timing(p50: float) -> dict[str, Any]:
+    return {"samples": 3, "p50_s": p50, "p95_s": p50 + 1, "min_s": p50 - 0.5, "max_s": p50 + 1}
+
+
+def submissions(per_second: float) -> dict[str, Any]:
+    return {
+        "submissions": 400,
+        "errors": 0,
+        "clients": 16,
+        "seconds": 8.0,
+        "per_second": per_second,
+        "min_ms": 20.0,
+        "p50_ms": 180.0,
+        "p99_ms": 400.0,
+        "launched": 0,
+        "launched_per_second": 0.0,
+        "deploy_runnable": True,
+    }
+
+
+def backend(per_second: float) -> dict[str, Any]:
+    return {
+        "launch_excluded": submissions(per_second),
+        "launch_included": {**submissions(per_second / 2), "launched": 200},
+        "submit_to_node_running": {**timing(1.6), "timed_out": 0},
+    }
+
+
+def q(p50: float) -> dict[str, float]:
+    return {"min": p50 / 2, "p50": p50, "p95": p50 * 2, "max": p50 * 3}
+
+
+def tick(seconds: float) -> dict[str, Any]:
+    return {
+        "parked": 10_000,
+        "ticks": 5,
+        "tick_median_s": seconds,
+        "tick_min_s": seconds,
+        "tick_max_s": seconds * 2,
+        "last_tick": {},
+    }
+
+
+def deploy_size(size: int, seconds: float) -> dict[str, Any]:
+    return {
+        "workflows": size,
+        "insert_s": 1.0,
+        "deploy_to_runnable": mm(seconds, seconds, seconds, samples=3),
+        "reload_and_visible": mm(seconds - 0.1, seconds - 0.1, seconds, samples=3),
+        "deploy_to_launched": mm(seconds + 0.5, seconds + 0.4, seconds + 0.7, samples=3),
+        "shard_snapshot_s": seconds / 2,
+    }
+
+
+RESULTS: dict[str, Any] = {
+    "stamp": "20260101T000000",
+    "quick": False,
+    "command": "python -m bench",
+    "total_seconds": 1400.0,
+    "machine": {
+        "date": "2026-01-01 00:00 UTC",
+        "cpu": "Test CPU",
+        "cores": 2,
+        "memory_gb": 23.0,
+        "platform": "Linux",
+        "python": "3.11.7",
+        "packages": {"dagster": "1.13.27", "fastapi": "0.115"},
+        "sqlite": "3.40.1",
+        "postgresql": "15.4",
+        "redis": "7.0.15",
+        "commit": "abc1234",
+        "load_average_before": [0.1, 0.1, 0.1],
+        "load_average_after": [1.9, 1.5, 1.0],
+    },
+    "sections": {
+        "compile": {
+            "seconds": 20.0,
+            "result": {
+                "corpus_compile": {
+                    "files": 224,
+                    "rejected": 4,
+                    "min_ms": 0.5,
+                    "p50_ms": 3.05,
+                    "p95_ms": 8.79,
+                    "max_ms": 11.95,
+                },
+                "large_compile": {
+                    "nodes": 500,
+                    "repeats": 5,
+                    "best_s": 0.343,
+                    "median_s": 0.406,
+                    "max_s": 0.5,
+                },
+                "goals": {
+                    "corpus_p95_ms_max": 20.0,
+                    "large_median_s_max": 0.5,
+                    "corpus_met": True,
+                    "large_met": True,
+                },
+            },
+        },
+        "overhead": {
+            "seconds": 60.0,
+            "result": {
+                "nodes": 20,
+                "node_work_ms": 10.0,
+                "repeats": 9,
+                "instances": {"ephemeral": chain(0.0), "persistent_sqlite": chain(0.46)},
+                "persistent_adds_ms_per_node": 23.0,
+                "goals": {
+                    "compiled_over_hand_written_max": 1.1,
+                    "persistent_ms_per_node_max": 40.0,
+                    "compiled_over_hand_written_met": True,
+                    "persistent_met": True,
+                },
+            },
+        },
+        "parallel": {
+            "seconds": 200.0,
+            "result": {
+                "shape": {
+                    "width": 8,
+                    "branch_s": 0.5,
+                    "chain": 20,
+                    "node_s": 0.01,
+                    "max_concurrent": 10,
+                    "repeats": 7,
+                },
+                "workloads": {
+                    name: {
+                        "threaded": mm(0.6, 0.55, 0.7, runs=7, cpu_median_s=0.3),
+                        "in_process": mm(4.2, 4.1, 4.4, runs=7, cpu_median_s=0.3),
+                        "thread_pool_floor": mm(0.5, 0.5, 0.51, runs=7),
+                        "prefect": mm(0.9, 0.8, 2.9, runs=7),
+                    }
+                    for name in ("W1", "W2", "W3")
+                },
+                "threaded_over_in_process": {"W1": 1.02, "W2": 0.8, "W3": 0.14},
+                "threaded_over_in_process_cpu": {"W1": 1.0, "W2": 1.1, "W3": 1.0},
+                "prefect": {"version": "3.9.1", "database": "sqlite (default)"},
+                "goals": {
+                    "W3_threaded_max_s": 0.68,
+                    "W1_threaded_over_in_process_max": 1.1,
+                    "W3_met": True,
+                    "W1_met": True,
+                },
+                "load_average": {"before": [0.1, 0.1, 0.1], "after": [1.0, 0.5, 0.2]},
+            },
+        },
+        "celery": {
+            "seconds": 1.0,
+            "result": {"measured": False, "reason": "no Celery executor exposed yet"},
+        },
+        "api": {
+            "seconds": 240.0,
+            "result": {
+                "sqlite": backend(60.0),
+                "postgres": backend(90.0),
+                "postgres_over_sqlite_per_second": {"launch_excluded": 1.5, "launch_included": 1.5},
+                "shape": {"seconds": 8, "clients": 16, "samples": 10},
+            },
+        },
+        "waitpoints": {
+            "seconds": 180.0,
+            "result": {
+                "sqlite_tick": tick(0.2),
+                "postgres_tick": tick(0.3),
+                "resume": {
+                    "approval_to_resumed_step": timing(3.1),
+                    "due_to_resumed_step": timing(2.2),
+                },
+                "goals": {
+                    "approval_p50_s_max": 6.0,
+                    "tick_s_max": 1.0,
+                    "approval_met": True,
+                    "tick_met": True,
+                },
+                "samples": 8,
+            },
+        },
+        "queues": {
+            "seconds": 300.0,
+            "result": {
+                "settings": {"max_concurrent_runs": 10},
+                "shape": {"probes": 15, "backlog": 200, "pairs": 3},
+                "decision_empty": {
+                    "queued": 0,
+                    "dagster_dequeue_decision_ms": q(2.0),
+                    "why_queued_replay_ms": q(3.0),
+                },
+                "empty_queue": {
+                    "runs": 15,
+                    "enqueued_to_dequeued_s": q(0.5),
+                    "enqueued_to_started_s": q(1.5),
+                    "dequeued_to_started_s": q(1.0),
+                },
+                "backlog_submit_s": 30.0,
+                "decision_backlog": {
+                    "queued": 200,
+                    "dagster_dequeue_decision_ms": q(40.0),
+                    "why_queued_replay_ms": q(50.0),
+                },
+                "queue_backlog": {
+                    "runs": 15,
+                    "enqueued_to_dequeued_s": q(0.7),
+                    "enqueued_to_started_s": q(1.8),
+                    "dequeued_to_started_s": q(1.1),
+                },
+                "get_queued_execution_ms": q(60.0),
+                "why_queued_example": {"queue_position": 3, "queued_reason": "paused"},
+                "granularity_run_gap_s": [0.9, 1.0, 1.1],
+                "granularity_op_gap_s": [-7.0, -6.9, -7.1],
+                "backlog_over_empty_start_p50": 1.2,
+            },
+        },
+        "deploy": {
+            "seconds": 300.0,
+            "result": {
+                "shards": 1,
+                "shards_default": 1,
+                "corpus_definitions": 220,
+                "samples": 3,
+                "sizes": {
+                    "10": deploy_size(10, 1.0),
+                    "200": deploy_size(200, 1.5),
+                    "1000": deploy_size(1000, 2.5),
+                },
+                "largest_over_smallest": 2.5,
+                "goals": {"runnable_s_at_1000_max": 3.0, "met": True},
+            },
+        },
+    },
+}
+
+
+def test_fake_results_cover_every_section() -> None:
+    assert set(RESULTS["sections"]) == {s.name for s in SECTIONS}
+
+
+def test_render_shows_every_section_with_its_figures_and_goals() -> None:
+    text = render(RESULTS)
+
+    assert "Rendering failed" not in text
+    assert "Failed in this run" not in text
+    assert "Smoke run (`--quick`)" not in text
+    for section in SECTIONS:
+        assert f"## {section.title}" in text
+    assert (
+        "| deploy → runnable at 1000 workflows, 1 shard(s) | 2.5 s | ≤ 3.0 s at 1000 | yes |"
+        in text
+    )
+    assert "| approval → resumed, p50 | 3.1 s | ≤ 6.0 s | yes |" in text
+    assert "Code-location shards: **1** (the default" in text
+    assert "**Not measured: no Celery executor exposed yet.**" in text
+    assert "| W3 | 0.6 s [0.55, 0.7] |" in text
+    assert "| submissions per second, launch excluded | 60.0 | 90.0 | 1.5 |" in text
+    assert "200 queued" in text
+    assert "Prefect 3.9.1" in text
+    assert "adds **23.0 ms per node**" in text
+
+
+def test_a_failed_section_is_reported_and_the_others_still_render() -> None:
+    results = copy.deepcopy(RESULTS)
+    results["sections"]["api"] = {"seconds": 12.0, "error": "RuntimeError: boom"}
+
+    text = render(results)
+
+    assert "**Failed in this run** after 12.0 s: `RuntimeError: boom`." in text
+    assert "| API submissions | failed |  | not judged |" in text
+    assert "## Deploy → runnable" in text and "| 1000 | 2.5 s [2.5, 2.5] |" in text
+
+
+def test_sections_not_run_and_quick_runs_say_so() -> None:
+    results = copy.deepcopy(RESULTS)
+    results["quick"] = True
+    del results["sections"]["queues"]
+
+    text = render(results)
+
+    assert "**Smoke run (`--quick`)**" in text
+    assert "## Run queues\n\nNot run in this invocation." in text
+
+
+@pytest.mark.parametrize("section", [s.name for s in SECTIONS if s.name != "celery"])
+def test_a_section_whose_shape_changed_shows_a_rendering_error(section: str) -> None:
+    results = copy.deepcopy(RESULTS)
+    results["sections"][section]["result"] = {"unexpected": 1}
+
+    text = render(results)
+
+    assert "**Rendering failed**" in text
+
+
+def test_measured_celery_figures_render_side_by_side() -> None:
+    results = copy.deepcopy(RESULTS)
+    results["sections"]["celery"]["result"] = {
+        "measured": True,
+        "workers": 2,
+        "broker": "redis://127.0.0.1:6379/13",
+        "repeats": 5,
+        "workloads": {"W1": {"threads": mm(0.6, 0.5, 0.7), "celery": mm(1.2, 1.1, 1.5)}},
+        "celery_over_threads": {"W1": 2.0},
+        "executor": "celery_executor",
+    }
+
+    text = render(results)
+
+    assert "| W1 | 0.6 s [0.5, 0.7] | 1.2 s [1.1, 1.5] | 2.0 |" in text
