@@ -21,12 +21,20 @@ The run queue (see docs/queues.md):
   (`flowmaestro/queue`);
 * `concurrency: pools:` — per-workflow limits are pools (one per workflow, on every op) whose
   slot counts the API sets at runtime; `granularity: run` makes a slot a run, not an op.
+
+Storage (docs/deployment.md): SQLite under DAGSTER_HOME by default; with a PostgreSQL
+`FLOWMAESTRO_DATABASE_URL`, `storage: postgres:` in the same database, schema
+`FLOWMAESTRO_DAGSTER_SCHEMA` (`dagster`). Same database, so one server, one backup and one
+setting; own schema, because Dagster and the API's migrations both keep their revision in a
+table named `alembic_version` (no other table name is shared). `prepare_storage` creates the
+schema (Dagster creates its tables on first use, never the schema).
 """
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; Dagster depends on it
 
 from flowmaestro_api.settings import ApiSettings
@@ -148,7 +156,35 @@ def run_launcher_section(settings: ApiSettings) -> Mapping[str, Any]:
     }
 
 
+def storage_url(settings: ApiSettings) -> str:
+    """The database URL with the Dagster schema as the connections' search path."""
+    url = sa.make_url(settings.database_url)
+    url = url.update_query_dict({"options": f"-csearch_path={settings.dagster_schema}"})
+    return url.render_as_string(hide_password=False)
+
+
+def storage_section(settings: ApiSettings) -> Mapping[str, Any]:
+    """Runs, event logs and schedules in PostgreSQL when the platform database is; else the
+    embedded default (SQLite files under DAGSTER_HOME, no section)."""
+    if not settings.postgres:
+        return {}
+    return {"storage": {"postgres": {"postgres_url": storage_url(settings)}}}
+
+
+def prepare_storage(settings: ApiSettings) -> None:
+    """Create the Dagster schema of a PostgreSQL database (idempotent; SQLite: nothing)."""
+    if not settings.postgres:
+        return
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{settings.dagster_schema}"'))
+    finally:
+        engine.dispose()
+
+
 SECTIONS: tuple[Section, ...] = (
+    storage_section,
     telemetry_section,
     run_queue_section,
     concurrency_section,
@@ -181,7 +217,10 @@ def render_instance_yaml(settings: ApiSettings, sections: Sequence[Section] = SE
 
 
 def write_instance_yaml(home: Path, settings: ApiSettings) -> Path:
+    """Write `dagster.yaml` (owner-only: a PostgreSQL URL may hold a password)."""
     path = home / "dagster.yaml"
     home.mkdir(parents=True, exist_ok=True)
     path.write_text(render_instance_yaml(settings))
+    if settings.postgres:
+        path.chmod(0o600)
     return path

@@ -245,7 +245,7 @@ def slow_flow(delay_ms: int) -> dict[str, Any]:
 def test_pause_stops_a_running_execution_and_resume_does_not_redo_finished_nodes(
     client: TestClient, auth: dict[str, str], stack: DagsterStack
 ) -> None:
-    definition = slow_flow(4000)
+    definition = slow_flow(2500)
     workflow_id = deploy(client, auth, definition)
     execution_id = start(client, auth, workflow_id, {"who": "bo"})
     wait_for(lambda: node_status(get(client, auth, execution_id)).get("slow") == "running")
@@ -261,7 +261,7 @@ def test_pause_stops_a_running_execution_and_resume_does_not_redo_finished_nodes
     assert nodes["first"] == "succeeded" and nodes["last"] == "not_run"
     again = client.post(f"/executions/{execution_id}/pause", headers=auth)  # idempotent
     assert again.status_code == 202 and again.json()["status"] == "paused"
-    time.sleep(2)  # a sensor tick or two: no run retry, still paused, still one run
+    time.sleep(1.5)  # a daemon tick: no run retry, still paused, still one run
     body = get(client, auth, execution_id)
     assert body["status"] == "paused" and len(body["runs"]) == 1
 
