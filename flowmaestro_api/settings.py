@@ -1,6 +1,16 @@
 """Platform settings shared by the API and the Dagster-side platform pieces (sensors, IO manager).
 
 All from `FLOWMAESTRO_*` environment variables (see .env.example), read on demand.
+
+Scale-out (docs/deployment.md):
+
+* `database_url` — a `postgresql+psycopg2://` URL moves the API database *and* the Dagster
+  instance storage (runs, event logs, schedules) to PostgreSQL: Dagster's tables go in the
+  schema `dagster_schema` of the same database (both keep an `alembic_version` table, so they
+  cannot share one schema). The default, SQLite, needs no service.
+* `celery_broker_url` — set, node steps routed to Celery (`runOn: "celery"` on a node or in the
+  workflow settings, else the node types in `celery_node_types`) run on `flowmaestro worker`
+  processes; the rest stay on the run's threads. Redis serves as broker and result backend.
 """
 
 import os
@@ -94,6 +104,50 @@ class ApiSettings(BaseSettings):
         default=86_400, ge=0, description="runs still going after this are failed (0: never)"
     )
 
+    # -- scale-out (docs/deployment.md) ----------------------------------------------------------
+    dagster_schema: str = Field(
+        default="dagster",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="with a PostgreSQL database_url: the schema holding the Dagster instance "
+        "storage (the API's tables stay in the URL's default schema)",
+    )
+    celery_broker_url: str | None = Field(
+        default=None,
+        description="Redis URL of the Celery broker (redis://host:6379/0); set, node steps "
+        "routed to Celery run on `flowmaestro worker` processes. Unset: every step runs on "
+        "the run's threads",
+    )
+    celery_backend_url: str | None = Field(
+        default=None, description="Celery result backend (default: the broker URL)"
+    )
+    celery_queue: str = Field(
+        default="flowmaestro",
+        pattern=r"^[A-Za-z0-9_.-]{1,100}$",
+        description="the Celery queue node steps are sent to and workers consume",
+    )
+    celery_node_types: list[str] = Field(
+        default_factory=lambda: ["code", "llm"],
+        description="node types sent to Celery when neither the node nor the workflow says "
+        "`runOn` (canonical type names, docs/node-types.md)",
+    )
+    celery_check_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="how often a run checks that the worker running its step is alive (and, "
+        "while it waits in the queue, that some worker consumes the queue)",
+    )
+
+    @field_validator("celery_broker_url", "celery_backend_url", mode="before")
+    @classmethod
+    def _redis_only(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        # Celery's default transport is AMQP: a URL that is not Redis would hang runs.
+        if isinstance(value, str) and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("a Celery broker/backend must be a redis:// or rediss:// URL")
+        return value
+
     @field_validator("user_run_limit", "dequeue_num_workers", mode="before")
     @classmethod
     def _none_from_env(cls, value: object) -> object:
@@ -156,6 +210,18 @@ class ApiSettings(BaseSettings):
             path.write_text(secrets.token_urlsafe(32))
             path.chmod(0o600)
         return path.read_text().strip()
+
+    @property
+    def postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    @property
+    def celery_enabled(self) -> bool:
+        return self.celery_broker_url is not None
+
+    @property
+    def celery_backend(self) -> str | None:
+        return self.celery_backend_url or self.celery_broker_url
 
     @property
     def database_path(self) -> Path | None:

@@ -19,6 +19,7 @@ from flowmaestro_dagster.testing.stack import DagsterStack, free_port
 PG_ADMIN_URL = os.environ.get(
     "FLOWMAESTRO_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
+REDIS_URL = os.environ.get("FLOWMAESTRO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def require_postgres() -> None:
@@ -30,6 +31,17 @@ def require_postgres() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL is required under CI=true and is unreachable: {exc}")
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL} (run scripts/services.sh)")
+
+
+def require_redis() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is required under CI=true and is unreachable: {exc}")
+        pytest.skip(f"Redis not reachable at {REDIS_URL} (run scripts/services.sh)")
 
 
 def _admin() -> sa.Engine:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from flowmaestro_api.db import migrate
+from flowmaestro_dagster.instance_config import prepare_storage
 from flowmaestro_dagster.workspace import render_workspace
 
 _WORKSPACE_STATUS = """
@@ -54,8 +55,9 @@ class DagsterStack:
     ) -> None:
         self.home = home
         self.shards = shards
-        # Default: what `flowmaestro dev` renders (run queue, limits, warm run launcher, retries).
-        self.instance_yaml = instance_yaml if instance_yaml is not None else _rendered()
+        # Default: what `flowmaestro dev` renders (run queue, limits, warm run launcher, retries;
+        # the instance storage in PostgreSQL when `database_url` is a PostgreSQL URL).
+        self.instance_yaml = instance_yaml if instance_yaml is not None else _rendered(database_url)
         self.database_url = database_url
         self.port = free_port()
         self.graphql_url = f"http://127.0.0.1:{self.port}/graphql"
@@ -86,6 +88,7 @@ class DagsterStack:
         workspace = self.home / "workspace.yaml"
         workspace.write_text(render_workspace(self.shards, "# test stack", examples=False))
         migrate(self.database_url)
+        prepare_storage(_settings(self.database_url))
         dagster = Path(sys.executable).with_name("dagster")
         signal.signal(signal.SIGINT, signal.default_int_handler)  # children must get SIGINT
         self.process = subprocess.Popen(
@@ -134,8 +137,13 @@ class DagsterStack:
         self.process = None
 
 
-def _rendered() -> str:
+def _settings(database_url: str) -> Any:
     from flowmaestro_api.settings import ApiSettings
+
+    return ApiSettings(database_url=database_url)
+
+
+def _rendered(database_url: str) -> str:
     from flowmaestro_dagster.instance_config import render_instance_yaml
 
-    return render_instance_yaml(ApiSettings())
+    return render_instance_yaml(_settings(database_url))

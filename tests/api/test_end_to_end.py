@@ -122,6 +122,20 @@ def runs_of(dagster_client: DagsterClient, execution_id: str) -> list[Any]:
     )
 
 
+def test_the_dagster_instance_is_stored_where_the_platform_database_is(
+    stack: DagsterStack,
+) -> None:
+    """One setting: a PostgreSQL database URL puts Dagster's runs and events there too."""
+    from dagster._core.storage.runs import SqliteRunStorage
+    from dagster_postgres import PostgresRunStorage
+
+    expected = (
+        PostgresRunStorage if stack.database_url.startswith("postgresql") else SqliteRunStorage
+    )
+    with stack.instance() as instance:
+        assert isinstance(instance.run_storage, expected)
+
+
 def test_execution_runs_with_node_statuses_outputs_and_events(
     client: TestClient, auth: dict[str, str]
 ) -> None:
