@@ -50,10 +50,10 @@ from flowmaestro_dagster.plan import (
     NodePlan,
 )
 from flowmaestro_dagster.resources import FlowMaestroResource, workflow_inputs_resource
-from flowmaestro_dagster.retries import effective_retry, retry_policy
-from flowmaestro_dagster.spec.configs import InputConfig, LoopConfig
+from flowmaestro_dagster.retries import effective_retry, retry_defaults, retry_policy
+from flowmaestro_dagster.spec.configs import BatchConfig, InputConfig, LoopConfig, QueueConfigConfig
 from flowmaestro_dagster.spec.models import EdgeSpec, NodeSpec, WorkflowSpec
-from flowmaestro_dagster.spec.node_types import BRANCH_TYPES
+from flowmaestro_dagster.spec.node_types import BRANCH_TYPES, REGION_TYPES
 from flowmaestro_dagster.spec.parse import _fallback_label, parse_workflow
 from flowmaestro_dagster.spec.problems import Problem, has_errors
 from flowmaestro_dagster.validation import validate_spec
@@ -62,11 +62,25 @@ TAG_PREFIX = "flowmaestro"
 
 
 @dataclass(frozen=True)
+class QueueSettings:
+    """What a queueConfig node asks of the execution when it starts (None: not set).
+
+    `concurrency_key` may hold `{{references}}` to the execution's inputs: the API renders it.
+    """
+
+    node_id: str
+    priority: int | None = None
+    queue: str | None = None
+    concurrency_key: str | None = None
+
+
+@dataclass(frozen=True)
 class CompiledWorkflow:
     spec: WorkflowSpec
     job: JobDefinition
     aliases: dict[str, str]  # node id -> op alias (step key)
     warnings: list[Problem] = field(default_factory=list)
+    queue_settings: QueueSettings | None = None  # from the workflow's queueConfig node
 
     @property
     def job_name(self) -> str:
@@ -76,6 +90,24 @@ class CompiledWorkflow:
     def node_ids(self) -> dict[str, str]:
         """Op alias -> node id."""
         return {alias: node_id for node_id, alias in self.aliases.items()}
+
+
+PRIORITY_TAG = "dagster/priority"
+QUEUE_TAG = f"{TAG_PREFIX}/queue"
+CONCURRENCY_KEY_TAG = f"{TAG_PREFIX}/concurrency_key"
+
+
+def queue_job_tags(settings: QueueSettings) -> dict[str, str]:
+    """Job tags from a queueConfig node; a key with references is left to the API."""
+    tags: dict[str, str] = {}
+    if settings.priority is not None:
+        tags[PRIORITY_TAG] = str(settings.priority)
+    if settings.queue:
+        tags[QUEUE_TAG] = settings.queue
+    key = settings.concurrency_key
+    if key and "{{" not in key and "${" not in key:
+        tags[CONCURRENCY_KEY_TAG] = key
+    return tags
 
 
 def default_resources() -> dict[str, ResourceDefinition | FlowMaestroResource]:
@@ -146,6 +178,7 @@ class _Compiler:
         self.compiled = [n for n in self.order if n not in self.owner]
         self.aliases = labelled_aliases((n, self._own_label(n)) for n in self.compiled)
         self.handles = {n: self._handle_outputs(n) for n in self.order}
+        self.retry_keys = retry_defaults(spec, self.graph)  # from retryConfig nodes
         # Ops with an `error` output: sources of error edges / gotos (an inline loop stands in
         # for its inner nodes: their failure fails the loop op).
         self.error_sources: set[str] = set()
@@ -218,15 +251,15 @@ class _Compiler:
             config=node.config.model_dump(mode="json"),
             branches=self.handles[node_id] if node_id in self.aliases else {},
             in_body=in_body,
-            loop=self._loop_plan(node) if node.type == "loop" else None,
-            retry=effective_retry(node),
+            loop=self._loop_plan(node) if node.type in REGION_TYPES else None,
+            retry=effective_retry(node, self.retry_keys.get(node_id)),
             on_error=node.on_error,
             error_output=node_id in self.error_sources,
         )
 
     def _loop_plan(self, node: NodeSpec) -> LoopPlan:
         config = node.config
-        assert isinstance(config, LoopConfig)
+        assert isinstance(config, LoopConfig | BatchConfig)
         region = self.regions[node.id]
         common = {
             "item_variable": config.item_variable,
@@ -304,7 +337,7 @@ class _Compiler:
                     f"{TAG_PREFIX}/label": node.label,
                     f"{TAG_PREFIX}/type": node.source_type,
                 },
-                retry_policy=retry_policy(effective_retry(node)),
+                retry_policy=retry_policy(effective_retry(node, self.retry_keys.get(node_id))),
             )
             dependencies[invocation] = deps
             op_config[alias] = {"config": plan.model_dump(mode="json")}
@@ -314,7 +347,10 @@ class _Compiler:
             dependencies=dependencies,
             description=self.spec.description or self.spec.name,
         )
+        queue_settings = self._queue_settings()
         job_tags = {f"{TAG_PREFIX}/workflow": self.spec.name[:255], **tags}
+        if queue_settings is not None:  # runs launched outside the API (the UI) get them too
+            job_tags.update(queue_job_tags(queue_settings))
         if self.spec.settings.timeout_ms:
             job_tags.setdefault("dagster/max_runtime", str(self.spec.settings.timeout_ms / 1000))
         run_config = {
@@ -329,7 +365,20 @@ class _Compiler:
             tags=job_tags,
             metadata={"flowmaestro/nodes": {a: n for n, a in self.aliases.items()}},
         )
-        return CompiledWorkflow(self.spec, job, dict(self.aliases), warnings)
+        return CompiledWorkflow(self.spec, job, dict(self.aliases), warnings, queue_settings)
+
+    def _queue_settings(self) -> QueueSettings | None:
+        """The (single: validation rejects a second) queueConfig node's settings."""
+        for node_id in self.order:
+            config = self.spec.nodes[node_id].config
+            if isinstance(config, QueueConfigConfig):
+                return QueueSettings(
+                    node_id=node_id,
+                    priority=config.priority,
+                    queue=config.queue,
+                    concurrency_key=config.concurrency_key,
+                )
+        return None
 
     def _default_inputs(self) -> dict[str, Any]:
         defaults: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from typing import Literal
 
 from flowmaestro_dagster.spec.configs import LoopConfig, RouterConfig, SwitchConfig
 from flowmaestro_dagster.spec.models import EdgeSpec, WorkflowSpec
+from flowmaestro_dagster.spec.node_types import REGION_TYPES
 
 # Edge handles that lead from a loop node into its body (everything else leaves the loop).
 LOOP_BODY_HANDLES: frozenset[str] = frozenset({"body", "output-body", "loop-body", "loop"})
@@ -23,7 +24,8 @@ _CASE_PREFIX = re.compile(r"^(?:case|route)[-_]", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class LoopRegion:
-    """A loop node, the nodes run once per item, and the nodes that receive the results.
+    """A loop (or batch) node, the nodes run once per item, and the nodes that receive the
+    results.
 
     `dynamic` regions become Dagster DynamicOut → map → collect; `inline` ones (while loops,
     loops nested in another loop's body) run their body inside the loop's own op.
@@ -173,15 +175,14 @@ class WorkflowGraph:
         inline_owned: set[str] = set()
         for loop_id in order:
             node = self.spec.nodes[loop_id]
-            if node.type != "loop":
+            if node.type not in REGION_TYPES:
                 continue
             config = node.config
-            assert isinstance(config, LoopConfig)
             body, exits, feeds, sinks = self._loop_body(loop_id, order, rank)
             nested = loop_id in owner or loop_id in inline_owned
-            mode: Literal["dynamic", "inline"] = (
-                "inline" if nested or config.loop_type == "while" else "dynamic"
-            )
+            # A batch runs its items inside its own op (chunks, concurrency, minSuccess).
+            inline = not isinstance(config, LoopConfig) or config.loop_type == "while"
+            mode: Literal["dynamic", "inline"] = "inline" if nested or inline else "dynamic"
             region = LoopRegion(loop_id, mode, body, exits, feeds, sinks)
             regions[loop_id] = region
             if mode == "inline":

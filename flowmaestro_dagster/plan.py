@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowmaestro_dagster.spec.configs import (
+    BatchConfig,
     CheckpointConfig,
     CodeConfig,
     ConditionalConfig,
@@ -23,6 +24,8 @@ from flowmaestro_dagster.spec.configs import (
     MediaConfig,
     NodeConfig,
     OutputConfig,
+    QueueConfigConfig,
+    RetryConfigConfig,
     RouterConfig,
     SharedMemoryConfig,
     SubworkflowConfig,
@@ -51,6 +54,9 @@ CONFIG_MODELS: dict[str, type[NodeConfig]] = {
     "database": DatabaseConfig,
     "shared-memory": SharedMemoryConfig,
     "subworkflow": SubworkflowConfig,
+    "batch": BatchConfig,
+    "retryConfig": RetryConfigConfig,
+    "queueConfig": QueueConfigConfig,
     "checkpoint": CheckpointConfig,
 }
 

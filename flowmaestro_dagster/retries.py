@@ -22,7 +22,7 @@ attempt would fail the same way.
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -36,10 +36,11 @@ from flowmaestro_dagster.errors import (
     NodeExecutionError,
     TransientNodeError,
 )
-from flowmaestro_dagster.spec.configs import HttpConfig
-from flowmaestro_dagster.spec.models import NodeSpec
-from flowmaestro_dagster.spec.node_types import MEDIA_TYPES
-from flowmaestro_dagster.spec.policies import MAX_DELAY_MS, RetrySettings
+from flowmaestro_dagster.graph import WorkflowGraph
+from flowmaestro_dagster.spec.configs import HttpConfig, RetryConfigConfig
+from flowmaestro_dagster.spec.models import NodeSpec, WorkflowSpec
+from flowmaestro_dagster.spec.node_types import MEDIA_TYPES, SETTINGS_TYPES
+from flowmaestro_dagster.spec.policies import MAX_DELAY_MS, RetrySettings, parse_retry_defaults
 
 JITTER = 0.25  # randomize: ±25 %
 
@@ -71,13 +72,81 @@ _PERMANENT: tuple[type[BaseException], ...] = (
 _PERMANENT_NODE_TYPES = frozenset({"code"})  # sandboxed snippets are deterministic
 
 
-def effective_retry(node: NodeSpec) -> RetrySettings:
-    """The node's own settings, else `http.retryCount`, else its type's default."""
+def effective_retry(node: NodeSpec, defaults: Mapping[str, Any] | None = None) -> RetrySettings:
+    """The node's own settings, else `http.retryCount`, else its type's default.
+
+    `defaults` (from retryConfig nodes, see `retry_defaults`) sit between the two: they
+    replace keys of the type's default, and a node's own keys replace theirs.
+    """
+    if node.type in SETTINGS_TYPES:
+        return _NO_RETRY  # a passthrough: nothing to retry
+    if not defaults:
+        if node.retry is not None:
+            return node.retry
+        if isinstance(node.config, HttpConfig) and node.config.retry_count is not None:
+            return _NETWORK.model_copy(update={"max_attempts": node.config.retry_count + 1})
+        return DEFAULT_RETRY.get(node.type, _NO_RETRY)
     if node.retry is not None:
-        return node.retry
+        own = node.retry.model_dump(by_alias=True, include=node.retry.model_fields_set)
+        return _layered({}, dict(defaults), own)
     if isinstance(node.config, HttpConfig) and node.config.retry_count is not None:
-        return _NETWORK.model_copy(update={"max_attempts": node.config.retry_count + 1})
-    return DEFAULT_RETRY.get(node.type, _NO_RETRY)
+        count = {"maxAttempts": node.config.retry_count + 1}
+        return _layered(_NETWORK.model_dump(by_alias=True), dict(defaults), count)
+    base = DEFAULT_RETRY.get(node.type, _NO_RETRY).model_dump(by_alias=True)
+    return _layered(base, dict(defaults))
+
+
+def _layered(*layers: Mapping[str, Any]) -> RetrySettings:
+    """Settings from layers of keys, later layers winning; when the floor and the cap end up
+    crossed, the one a later layer set wins and the other moves to meet it."""
+    values: dict[str, Any] = {}
+    origin: dict[str, int] = {}
+    for rank, layer in enumerate(layers):
+        for key, value in layer.items():
+            values[key] = value
+            origin[key] = rank
+    floor, cap = values.get("minDelayMs", 1000), values.get("maxDelayMs")
+    if cap is not None and cap < floor:
+        if origin.get("maxDelayMs", -1) >= origin.get("minDelayMs", -1):
+            values["minDelayMs"] = cap
+        else:
+            values["maxDelayMs"] = floor
+    return RetrySettings.model_validate(values)
+
+
+def retry_defaults(spec: WorkflowSpec, graph: WorkflowGraph) -> dict[str, dict[str, Any]]:
+    """Per node id, the retry keys the workflow's retryConfig nodes give it.
+
+    A retryConfig with no incoming edge applies to the whole workflow; one with incoming
+    edges to the nodes downstream of it. Layers, later winning key by key: workflow-wide
+    ones (in topological order), then the downstream-scoped ones upstream of the node (in
+    topological order, so the one nearest the node wins over one further up).
+    """
+    configs = [n for n in spec.nodes if spec.nodes[n].type == "retryConfig"]
+    if not configs:
+        return {}
+    try:
+        order = graph.topological_order()
+    except ValueError:  # a cycle: validation reports it
+        return {}
+    rank = {node_id: i for i, node_id in enumerate(order)}
+    configs.sort(key=lambda n: rank[n])
+    keys: dict[str, dict[str, Any]] = {}
+    for node_id in configs:
+        config = spec.nodes[node_id].config
+        assert isinstance(config, RetryConfigConfig)
+        keys[node_id] = parse_retry_defaults(config.retry, node_id=node_id)[0]
+    workflow_wide = [c for c in configs if not graph.incoming[c]]
+    scoped = [c for c in configs if graph.incoming[c]]
+    result: dict[str, dict[str, Any]] = {}
+    for node_id in order:
+        ancestors = graph.ancestors(node_id)
+        merged: dict[str, Any] = {}
+        for config_id in [*workflow_wide, *(c for c in scoped if c in ancestors)]:
+            merged.update(keys[config_id])
+        if merged:
+            result[node_id] = merged
+    return result
 
 
 def retry_policy(settings: RetrySettings) -> RetryPolicy | None:
@@ -295,6 +364,7 @@ __all__ = [
     "error_tokens",
     "is_retryable",
     "matches",
+    "retry_defaults",
     "retry_policy",
     "retry_wait_seconds",
     "schedule_ms",

@@ -20,17 +20,26 @@ from flowmaestro_dagster.runtime import expressions
 from flowmaestro_dagster.runtime.templates import template_roots
 from flowmaestro_dagster.spec.configs import (
     TRANSFORM_OPERATIONS,
+    BatchConfig,
     ConditionalConfig,
     InputConfig,
     LoopConfig,
+    QueueConfigConfig,
+    RetryConfigConfig,
     SharedMemoryConfig,
     SubworkflowConfig,
     SwitchConfig,
     TransformConfig,
 )
 from flowmaestro_dagster.spec.models import NodeSpec, WorkflowSpec
-from flowmaestro_dagster.spec.node_types import BRANCH_TYPES, resolve_type
+from flowmaestro_dagster.spec.node_types import (
+    BRANCH_TYPES,
+    REGION_TYPES,
+    WAITPOINT_TYPES,
+    resolve_type,
+)
 from flowmaestro_dagster.spec.parse import parse_workflow
+from flowmaestro_dagster.spec.policies import parse_retry_defaults
 from flowmaestro_dagster.spec.problems import Problem, error, warning
 
 # Top-level keys a node type's output has when it has no outputVariable.
@@ -46,12 +55,18 @@ STANDARD_OUTPUT_KEYS: dict[str, frozenset[str]] = {
     "transform": frozenset({"result"}),
     "humanReview": frozenset({"response", "decision", "approved"}),
     "wait": frozenset({"waited", "resumedAt"}),
+    "batch": frozenset({"results", "errors", "succeeded", "failed", "skipped", "total"}),
+    "retryConfig": frozenset({"retry"}),
+    "queueConfig": frozenset({"priority", "queue", "concurrencyKey"}),
     "checkpoint": frozenset({"checkpoint", "saved", "savedAt", "expiresAt", "paused"}),
 }
 # Outputs whose keys are only known at run time: references below them are not flagged.
 _OPEN_OUTPUT_TYPES = frozenset({"trigger", "code", "integration", "database", "http"})
 _NOT_SCANNED_FIELDS = frozenset({"code", "script"})
-_PATH_FIELDS = {"loop": ("items", "arrayPath", "collection", "arrayVariable")}
+_PATH_FIELDS = {
+    "loop": ("items", "arrayPath", "collection", "arrayVariable"),
+    "batch": ("items", "arrayPath", "collection", "array", "arrayVariable"),
+}
 _MAX_REFERENCE_WARNINGS = 200
 
 
@@ -112,7 +127,9 @@ def validate_spec(spec: WorkflowSpec) -> list[Problem]:
         problems.extend(_node_config_problems(node))
         problems.extend(_handle_problems(spec, graph, node))
         problems.extend(_on_error_problems(spec, node))
+    problems.extend(_settings_node_problems(spec))
     if cycle is None:
+        problems.extend(_batch_body_problems(spec, graph))
         problems.extend(_reference_problems(spec, graph))
     problems += connector_problems(spec)
     return problems
@@ -160,10 +177,88 @@ def _node_config_problems(node: NodeSpec) -> Iterator[Problem]:
                 yield _missing(node, "condition", "a while loop needs a condition")
             else:
                 yield from _expression_problems(node, config.condition, "condition")
+    elif isinstance(config, BatchConfig):
+        yield from _batch_problems(node, config)
+    elif isinstance(config, RetryConfigConfig):
+        keys, problems = parse_retry_defaults(
+            config.retry, node_id=node.id, field=config.retry_field
+        )
+        yield from problems
+        if not keys and not problems:
+            yield warning(
+                "empty_settings",
+                "the retry configuration sets nothing (maxAttempts, backoffStrategy, ...)",
+                node_id=node.id,
+                field=config.retry_field or "maxAttempts",
+            )
+    elif isinstance(config, QueueConfigConfig) and not (
+        config.priority is not None or config.queue or config.concurrency_key
+    ):
+        if not any(k in node.original_config for k in ("priority", "queue", "concurrencyKey")):
+            yield warning(
+                "empty_settings",
+                "the queue configuration sets nothing (priority, queue, concurrencyKey)",
+                node_id=node.id,
+                field="priority",
+            )
     elif isinstance(config, SubworkflowConfig) and not config.workflow_id:
         yield _missing(node, "workflowId", "a subworkflow needs workflowId (the child workflow)")
     elif isinstance(config, SharedMemoryConfig) and config.operation != "search" and not config.key:
         yield _missing(node, "key", f"shared-memory {config.operation} needs a key")
+
+
+def _batch_problems(node: NodeSpec, config: BatchConfig) -> Iterator[Problem]:
+    given = any(k in node.original_config for k in _PATH_FIELDS["batch"])
+    if config.items == "" or (config.items is None and not given):
+        yield _missing(node, "items", "a batch needs items: an array or a {{reference}}")
+    if (
+        config.min_success is not None
+        and isinstance(config.items, list)
+        and config.min_success > len(config.items)
+    ):
+        yield error(
+            "invalid_config",
+            f"minSuccess: {config.min_success} is more than the {len(config.items)} item(s)",
+            node_id=node.id,
+            field="minSuccess",
+        )
+
+
+def _settings_node_problems(spec: WorkflowSpec) -> Iterator[Problem]:
+    """One queueConfig per workflow: it applies when the execution starts, wherever it is."""
+    queue_nodes = [n for n in spec.nodes.values() if n.type == "queueConfig"]
+    for extra in queue_nodes[1:]:
+        yield error(
+            "duplicate_queue_config",
+            f"the workflow already has a queue configuration ('{queue_nodes[0].id}'): keep one",
+            node_id=extra.id,
+            field="type",
+        )
+
+
+def _batch_body_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[Problem]:
+    """A batch's body runs inside its op: nothing in it may park the execution."""
+    regions = graph.loop_regions(graph.topological_order())
+    for region in regions.values():
+        if spec.nodes[region.loop_id].type != "batch":
+            continue
+        if not region.body:
+            yield warning(
+                "empty_batch",
+                "nothing runs per item (no node downstream of the batch before an output or "
+                "join): each item's result is the item itself",
+                node_id=region.loop_id,
+                field="items",
+            )
+        for member in region.body:
+            if spec.nodes[member].type in WAITPOINT_TYPES:
+                yield error(
+                    "waitpoint_in_batch",
+                    f"a {spec.nodes[member].type} node cannot run per item inside batch "
+                    f"'{region.loop_id}': put it after the batch",
+                    node_id=member,
+                    field="type",
+                )
 
 
 def _field(node: NodeSpec, default: str) -> str:
@@ -221,9 +316,9 @@ def _handle_problems(spec: WorkflowSpec, graph: WorkflowGraph, node: NodeSpec) -
                     node_id=node.id,
                     field="sourceHandle",
                 )
-        elif node.type == "loop" and handle in LOOP_BODY_HANDLES:
+        elif node.type in REGION_TYPES and handle in LOOP_BODY_HANDLES:
             continue
-        elif node.type != "loop":
+        elif node.type not in REGION_TYPES:
             yield warning(
                 "unknown_handle",
                 f"edge '{edge.id}' has handle '{handle}'; a {node.type} node has no branches, "
@@ -369,6 +464,8 @@ def _known_names(spec: WorkflowSpec, ancestors: set[str]) -> set[str]:
             known.update(n for n in [*config.names, config.name] if n)
         if isinstance(config, LoopConfig):
             known |= {config.item_variable, config.index_variable, "results"}
+        if isinstance(config, BatchConfig):
+            known |= {config.item_variable, config.index_variable} | STANDARD_OUTPUT_KEYS["batch"]
         if isinstance(config, ConditionalConfig | SwitchConfig):
             known |= STANDARD_OUTPUT_KEYS[node.type]
         if isinstance(config, SharedMemoryConfig):

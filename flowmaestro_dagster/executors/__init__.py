@@ -18,6 +18,7 @@ from flowmaestro_dagster.executors.base import (
     NodeResult,
     wrap_output,
 )
+from flowmaestro_dagster.executors.control import execute_queue_config, execute_retry_config
 from flowmaestro_dagster.executors.io_nodes import (
     execute_files,
     execute_input,
@@ -50,6 +51,8 @@ EXECUTORS: Mapping[str, Executor] = {
     "switch": execute_switch,
     "loop": execute_loop,
     "shared-memory": execute_shared_memory,
+    "retryConfig": execute_retry_config,
+    "queueConfig": execute_queue_config,
     **llm.EXECUTORS,
     **http.EXECUTORS,
     **code.EXECUTORS,

@@ -9,9 +9,10 @@ from flowmaestro_dagster.errors import ExpressionError, NodeConfigurationError
 from flowmaestro_dagster.executors import NodeContext, NodeResult, get_executor
 from flowmaestro_dagster.executors.loop import loop_items
 from flowmaestro_dagster.plan import InlineRegion, LoopPlan, NodePlan
+from flowmaestro_dagster.runtime.batch import batch_node_result, run_batch
 from flowmaestro_dagster.runtime.expressions import Evaluator, parse, truthy
 from flowmaestro_dagster.runtime.state import ExecutionState, MemoryWrite
-from flowmaestro_dagster.spec.configs import LoopConfig
+from flowmaestro_dagster.spec.configs import BatchConfig, LoopConfig
 
 _log = logging.getLogger("flowmaestro.runtime")
 
@@ -42,6 +43,8 @@ def run_node(
     """Execute a node's executor and add its output (and memory writes) to the state."""
     if plan.type == "loop" and plan.loop is not None and plan.loop.mode == "inline":
         return run_inline_loop(plan, state, upstream, run)
+    if plan.type == "batch" and plan.loop is not None and plan.loop.inline is not None:
+        return run_batch_node(plan, state, upstream, run)
     config = plan.typed_config()
     ctx = NodeContext(
         node_id=plan.node_id,
@@ -167,6 +170,59 @@ def run_inline_loop(
     )
     result = NodeResult(final.outputs[plan.node_id])
     return NodeOutcome(final, result)
+
+
+def run_batch_node(
+    plan: NodePlan, state: ExecutionState, upstream: tuple[str, ...], run: RunContext
+) -> NodeOutcome:
+    """A batch: its body once per item inside this op (chunks, concurrency, minSuccess)."""
+    assert plan.loop is not None and plan.loop.inline is not None
+    loop, region = plan.loop, plan.loop.inline
+    config = plan.typed_config()
+    assert isinstance(config, BatchConfig)
+    ctx = NodeContext(
+        node_id=plan.node_id,
+        node_type=plan.type,
+        label=plan.label,
+        config=config,
+        state=state,
+        rank=plan.rank,
+        upstream=upstream,
+        attempt=run.attempt,
+        services=run.services,
+        run_id=run.run_id,
+        execution_id=run.execution_id,
+        run_tags=run.run_tags,
+        step_key=run.step_key,
+        log=run.log,
+    )
+
+    def run_item(start: ExecutionState) -> ExecutionState | None:
+        return _run_region(region, plan.node_id, start, run) if region.nodes else start
+
+    def enter(base: ExecutionState, item: Any, index: int, count: int) -> ExecutionState:
+        return enter_iteration(base, plan, loop, item, index, count)
+
+    base, item_states, summary = run_batch(ctx, plan, state, run_item, enter)
+    collected = base.with_collected(
+        loop_id=plan.node_id,
+        loop_rank=plan.rank,
+        loop_output={},
+        body=[n.node_id for n in region.nodes],
+        body_ranks={n.node_id: n.rank for n in region.nodes},
+        items=item_states,
+        result_nodes=region.result_nodes,
+        scope_names=(loop.item_variable, loop.index_variable),
+    )
+    if region.nodes:
+        summary["results"] = collected.outputs[plan.node_id]["results"]
+    else:  # no body: an item's result is the item
+        items = base.outputs[plan.node_id]["items"]
+        summary["results"] = [
+            items[i] if end is not None else None for i, end in enumerate(item_states)
+        ]
+    result = batch_node_result(summary, config.output_variable)
+    return NodeOutcome(collected.with_output(plan.node_id, plan.rank, result.output), result)
 
 
 def _while_holds(ctx: NodeContext, config: LoopConfig, state: ExecutionState) -> bool:

@@ -322,6 +322,71 @@ class CheckpointConfig(NodeConfig):
 BATCH_MAX_CONCURRENCY = 64
 
 
+class BatchConfig(NodeConfig):
+    """An array processed in chunks of `batch_size`, up to `concurrency` items at a time; the
+    nodes downstream of the batch (its body, as a loop's) run once per item."""
+
+    items: list[Any] | str | None = None
+    batch_size: int = Field(default=10, ge=1, le=10_000)
+    concurrency: int = Field(default=5, ge=1, le=BATCH_MAX_CONCURRENCY)
+    on_item_error: Literal["fail", "continue"] = "fail"
+    min_success: int | None = Field(default=None, ge=1)
+    item_variable: str = "item"
+    index_variable: str = "index"
+    max_items: int = Field(default=10_000, ge=0, le=100_000)
+
+    @field_validator("on_item_error", mode="before")
+    @classmethod
+    def _strategy(cls, value: Any) -> Any:
+        aliases = {"skip": "continue", "collect": "continue", "stop": "fail", "abort": "fail"}
+        text = str(value).strip().lower() if isinstance(value, str) else value
+        return aliases.get(text, text) if isinstance(text, str) else text
+
+
+class RetryConfigConfig(NodeConfig):
+    """Retry defaults for the nodes downstream of the node (or the whole workflow when nothing
+    leads into it): the keys of a node's `retry` settings, as written (`maxAttempts`, ...).
+    `retry_field` is the key they were nested under (`retry`), None at the top level."""
+
+    retry: dict[str, Any] = Field(default_factory=dict)
+    retry_field: str | None = None
+
+
+QUEUE_PRIORITY_NAMES: dict[str, int] = {"low": -10, "normal": 0, "high": 10}
+
+
+def queue_priority(value: Any) -> int:
+    """`low` / `normal` / `high` (-10 / 0 / 10) or an integer in -1000..1000 (higher first)."""
+    if isinstance(value, bool):
+        raise ValueError("priority must be low, normal, high or an integer")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        if not -1000 <= value <= 1000:
+            raise ValueError("priority must be between -1000 and 1000")
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in QUEUE_PRIORITY_NAMES:
+            return QUEUE_PRIORITY_NAMES[text]
+        if text.lstrip("-").isdigit():
+            return queue_priority(int(text))
+    raise ValueError("priority must be low, normal, high or an integer")
+
+
+class QueueConfigConfig(NodeConfig):
+    """The execution's priority, queue and concurrency key, applied when it starts."""
+
+    priority: int | None = None
+    queue: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    concurrency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, value: Any) -> int | None:
+        return None if value is None else queue_priority(value)
+
+
 class MediaConfig(NodeConfig):
     provider: str | None = None
     model: str | None = None
@@ -751,6 +816,60 @@ def _checkpoint(raw: _Raw) -> None:
     raw.take("pause_here", "pauseHere", "pause")
     raw.take("description", "description")
     _output_variable(raw)
+
+
+@_normaliser("batch", model=BatchConfig)
+def _batch(raw: _Raw) -> None:
+    raw.take("items", "items", "arrayPath", "collection", "array", "arrayVariable")
+    raw.take("batch_size", "batchSize", "chunkSize", "batch_size")
+    raw.take("concurrency", "concurrency", "maxConcurrency", "parallelism")
+    strategy = raw.take("on_item_error", "onItemError", "itemErrorStrategy", "onItemFailure")
+    continue_on_error = raw.rest.pop("continueOnError", None)
+    if strategy is _MISSING and isinstance(continue_on_error, bool):
+        raw.set("on_item_error", "continue" if continue_on_error else "fail", "continueOnError")
+    raw.take("min_success", "minSuccess", "minSuccessCount", "successThreshold")
+    raw.take("item_variable", "itemVariable")
+    raw.take("index_variable", "indexVariable")
+    raw.take("max_items", "maxItems", "maxIterations")
+    _output_variable(raw)
+
+
+RETRY_DEFAULT_KEYS: tuple[str, ...] = (
+    "maxAttempts",
+    "maxRetries",
+    "attempts",
+    "backoffStrategy",
+    "backoff",
+    "strategy",
+    "minDelayMs",
+    "initialDelayMs",
+    "delayMs",
+    "maxDelayMs",
+    "randomize",
+    "jitter",
+    "retryableErrors",
+    "nonRetryableErrors",
+)
+
+
+@_normaliser("retryConfig", model=RetryConfigConfig)
+def _retry_config(raw: _Raw) -> None:
+    for key in ("retry", "retryPolicy", "retrySettings", "defaults"):
+        nested = raw.rest.get(key)
+        if isinstance(nested, dict):
+            raw.rest.pop(key)
+            raw.set("retry", dict(nested), key)
+            raw.set("retry_field", key)
+            return
+    found = {key: raw.rest.pop(key) for key in RETRY_DEFAULT_KEYS if key in raw.rest}
+    raw.set("retry", found)
+
+
+@_normaliser("queueConfig", model=QueueConfigConfig)
+def _queue_config(raw: _Raw) -> None:
+    raw.take("priority", "priority", "priorityLevel")
+    raw.take("queue", "queue", "queueName")
+    raw.take("concurrency_key", "concurrencyKey", "concurrencyGroup", "concurrency_key")
 
 
 def _media(raw: _Raw) -> None:

@@ -52,6 +52,10 @@ CORE_TYPES: frozenset[str] = frozenset(
         "integration",
         "subworkflow",  # a platform extension: a child execution of another workflow
         "checkpoint",  # a platform extension: durable state, optionally a pause (issue 10)
+        # Execution control (issue 10): platform extensions, not in the builder's registry.
+        "batch",
+        "retryConfig",
+        "queueConfig",
     }
     | MEDIA_TYPES
 )
@@ -63,10 +67,16 @@ TYPE_ALIASES: dict[str, str] = {
     "action": "integration",
     "childWorkflow": "subworkflow",
     "executeWorkflow": "subworkflow",
+    "retryConfiguration": "retryConfig",
+    "queueConfiguration": "queueConfig",
 }
 
 BRANCH_TYPES: frozenset[str] = frozenset({"conditional", "switch", "router"})
 WAITPOINT_TYPES: frozenset[str] = frozenset({"wait", "humanReview", "subworkflow", "checkpoint"})
+# Nodes whose downstream nodes run once per item (a loop region, docs/semantics.md).
+REGION_TYPES: frozenset[str] = frozenset({"loop", "batch"})
+# Settings-only nodes: a passthrough at run time; the compiler reads their settings.
+SETTINGS_TYPES: frozenset[str] = frozenset({"retryConfig", "queueConfig"})
 
 # Node types whose executors ship with the compiler itself (pure, no external service).
 CORE_RUNNABLE: frozenset[str] = frozenset(
@@ -80,6 +90,9 @@ CORE_RUNNABLE: frozenset[str] = frozenset(
         "switch",
         "loop",
         "shared-memory",
+        "batch",
+        "retryConfig",
+        "queueConfig",
     }
 )
 

@@ -146,18 +146,55 @@ def parse_retry(
                 field=key,
             )
             return None, key, [problem]
-        values = dict(raw)
-        for alias, canonical in _RETRY_ALIASES.items():
-            if alias in values and canonical and canonical not in values:
-                values[canonical] = values.pop(alias)
-        if "maxRetries" in values and "maxAttempts" not in values:
-            retries = values.pop("maxRetries")
-            values["maxAttempts"] = retries + 1 if isinstance(retries, int) else retries
+        values = _canonical_retry_values(raw)
         try:
             return RetrySettings.model_validate(values), key, []
         except ValidationError as exc:
             return None, key, _problems(exc, "invalid_retry", key, node_id)
     return None, None, []
+
+
+def _canonical_retry_values(raw: dict[str, Any]) -> dict[str, Any]:
+    """Retry keys with their aliases resolved (`maxRetries` n → `maxAttempts` n + 1)."""
+    values = dict(raw)
+    for alias, canonical in _RETRY_ALIASES.items():
+        if alias in values and canonical and canonical not in values:
+            values[canonical] = values.pop(alias)
+    if "maxRetries" in values and "maxAttempts" not in values:
+        retries = values.pop("maxRetries")
+        values["maxAttempts"] = retries + 1 if isinstance(retries, int) else retries
+    return values
+
+
+def parse_retry_defaults(
+    raw: dict[str, Any], *, node_id: str, field: str | None = None
+) -> tuple[dict[str, Any], list[Problem]]:
+    """A retryConfig node's defaults: only the keys it sets (canonical names such as
+    `maxAttempts`), checked like a node's `retry` settings; problems name `field.key`."""
+    values = _canonical_retry_values(raw)
+    # A cap alone is checked against no floor: the floor comes from another layer.
+    probe = values if "minDelayMs" in values else {**values, "minDelayMs": 0}
+    try:
+        settings = RetrySettings.model_validate(probe)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            # The one check across fields (the cap below the floor) is the cap's problem.
+            where = ".".join(str(p) for p in err["loc"]) or "maxDelayMs"
+            name = ".".join(x for x in (field, where) if x)
+            problems.append(
+                error(
+                    "invalid_retry",
+                    f"{name}: {err['msg'].removeprefix('Value error, ')}",
+                    node_id=node_id,
+                    field=name,
+                )
+            )
+        return {}, problems
+    explicit = set(settings.model_fields_set)
+    if "minDelayMs" not in values:
+        explicit.discard("min_delay_ms")
+    return settings.model_dump(by_alias=True, include=explicit), []
 
 
 def parse_on_error(raw: Any, *, node_id: str) -> tuple[OnErrorSettings | None, list[Problem]]:
