@@ -203,6 +203,17 @@ class CheckpointList(BaseModel):
     items: list[CheckpointPublic]
 
 
+class NodeProgressPublic(BaseModel):
+    """A batch node's items: done of total, as its latest progress report said."""
+
+    done: int
+    total: int
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    finished: bool = False
+
+
 class ExecutionPublic(_Schema):
     id: str
     workflow_id: str
@@ -225,6 +236,9 @@ class ExecutionPublic(_Schema):
     queue_position: int | None = None
     queued_reason: str | None = None
     waitpoints: list[WaitpointPublic] = Field(default_factory=list)
+    progress: dict[str, NodeProgressPublic] = Field(
+        default_factory=dict, description="node id -> progress of its items (batch nodes)"
+    )
 
 
 class ExecutionList(BaseModel):

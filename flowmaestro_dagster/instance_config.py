@@ -45,6 +45,7 @@ USER_TAG = "flowmaestro/user"
 USER_WORKFLOW_TAG = "flowmaestro/user_workflow"
 WORKFLOW_TAG = "flowmaestro/workflow_id"
 QUEUE_TAG = "flowmaestro/queue"
+CONCURRENCY_KEY_TAG = "flowmaestro/concurrency_key"  # a queueConfig node's concurrencyKey
 DEFAULT_QUEUE = "default"
 POOL_TAG = "dagster/concurrency_key"  # an op tag: the op's pool
 WORKFLOW_POOL_PREFIX = "flowmaestro/workflow/"
@@ -100,6 +101,10 @@ def tag_concurrency_limits(settings: ApiSettings) -> list[dict[str, Any]]:
     # Only runs of workflows with the switch on carry this tag (value: workflow and user).
     limits.append(
         {"key": USER_WORKFLOW_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    )
+    # Only runs of workflows whose queueConfig node names a key carry this tag.
+    limits.append(
+        {"key": CONCURRENCY_KEY_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
     )
     for name, limit in sorted(settings.queue_limits.items()):
         limits.append({"key": QUEUE_TAG, "value": name, "limit": limit})

@@ -69,6 +69,11 @@ def test_dagster_reads_back_the_default_run_queue(instance: DagsterInstance) -> 
             "value": {"applyLimitPerUniqueValue": True},
             "limit": 1,
         },
+        {
+            "key": "flowmaestro/concurrency_key",
+            "value": {"applyLimitPerUniqueValue": True},
+            "limit": 1,
+        },
         {"key": "flowmaestro/queue", "value": "ai-workflows", "limit": 3},
         {"key": "flowmaestro/queue", "value": "data-processing", "limit": 5},
     ]

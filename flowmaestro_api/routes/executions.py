@@ -20,6 +20,7 @@ from flowmaestro_api.schemas import (
     ExecutionList,
     ExecutionPublic,
     ExecutionStatus,
+    NodeProgressPublic,
     NodeStatusPublic,
     RunPublic,
     WaitpointPublic,
@@ -28,6 +29,7 @@ from flowmaestro_api.services import checkpoints as checkpoint_service
 from flowmaestro_api.services import control
 from flowmaestro_api.services import executions as service
 from flowmaestro_api.services.events import execution_events
+from flowmaestro_api.services.progress import node_progress
 from flowmaestro_api.settings import ApiSettings
 
 router = APIRouter(tags=["executions"])
@@ -137,10 +139,16 @@ def get_execution(
     settings: SettingsDep,
     dagster: DagsterDep,
 ) -> ExecutionPublic:
-    """Status, per-node status / attempts / durations / outputs, and every Dagster run."""
+    """Status, per-node status / attempts / durations / outputs, every Dagster run, and the
+    progress of batch nodes (`progress`: node id -> done / total / succeeded / failed)."""
     execution = service.get_execution(session, user=user, execution_id=execution_id)
-    public = _public(service.refresh(session, dagster, execution), settings)
+    view = service.refresh(session, dagster, execution)
+    public = _public(view, settings)
     public.waitpoints = _waitpoints(session, settings, execution_id)
+    version = service.version_row(session, execution)
+    if version is not None and view.runs:
+        progress = node_progress(dagster, service.compiled_for(version), view.runs)
+        public.progress = {k: NodeProgressPublic.model_validate(v) for k, v in progress.items()}
     return public
 
 

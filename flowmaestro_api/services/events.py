@@ -9,6 +9,7 @@ from dagster import DagsterEventType
 
 from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.services.executions import TERMINAL, run_status
+from flowmaestro_dagster.progress import parse_progress
 
 # Dagster event type -> the event name the builder sees
 EVENT_NAMES: dict[DagsterEventType, str] = {
@@ -63,6 +64,17 @@ def execution_events(
                     entry = record.event_log_entry
                     event = entry.dagster_event
                     if event is None:
+                        progress = parse_progress(entry.user_message)
+                        if progress is not None:  # a batch's `5/10 done`
+                            report = {
+                                "execution_id": execution_id,
+                                "run_id": run.run_id,
+                                "timestamp": entry.timestamp,
+                                "step_key": entry.step_key,
+                                **progress,
+                            }
+                            event_id = f"{run.run_id}:{record.storage_id}"
+                            yield sse("node.progress", report, event_id)
                         continue
                     name = EVENT_NAMES.get(event.event_type)
                     if name is None:

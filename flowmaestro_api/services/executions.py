@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from flowmaestro_api.errors import (
     Conflict,
@@ -42,11 +42,12 @@ from flowmaestro_api.models import (
 from flowmaestro_api.schemas import ExecutionCreate
 from flowmaestro_api.services.dagster import DagsterClient, RunInfo
 from flowmaestro_api.services.workflows import get_version, get_workflow, location_for
-from flowmaestro_dagster.compiler import CompiledWorkflow, compile_workflow
+from flowmaestro_dagster.compiler import CONCURRENCY_KEY_TAG, CompiledWorkflow, compile_workflow
 from flowmaestro_dagster.executors.io_nodes import coerce_input
 from flowmaestro_dagster.results import NodeRun, final_outputs
 from flowmaestro_dagster.running import run_config_for
 from flowmaestro_dagster.runtime.state import ExecutionState
+from flowmaestro_dagster.runtime.templates import render_string
 from flowmaestro_dagster.spec.configs import InputConfig
 
 log = logging.getLogger(__name__)
@@ -167,15 +168,21 @@ def start_execution(
     if workflow.deployed_version is None:
         raise Conflict("the workflow has no deployed version: deploy one first")
     version = get_version(session, workflow=workflow, version=workflow.deployed_version)
-    check_inputs(compiled_for(version), body.inputs)
+    compiled = compiled_for(version)
+    check_inputs(compiled, body.inputs)
+    # The request's values, else the definition's queueConfig node, else the workflow's.
+    node = compiled.queue_settings
+    node_priority = node.priority if node is not None else None
     execution = Execution(
         id=str(uuid.uuid4()),
         workflow_id=workflow.id,
         version=version.version,
         user_id=user.id,
         status="queued",
-        priority=body.priority if body.priority is not None else workflow.priority,
-        queue=body.queue or workflow.queue,
+        priority=next(
+            p for p in (body.priority, node_priority, workflow.priority, 0) if p is not None
+        ),
+        queue=body.queue or (node.queue if node is not None else None) or workflow.queue,
         inputs=body.inputs,
         job_name=version.job_name,
         location_name=location_for(workflow.id, shards),
@@ -253,7 +260,22 @@ def run_tags(execution: Execution) -> dict[str, str]:
         f"{TAG}/user": execution.user_id,
         "dagster/priority": str(execution.priority),
         **queue_tags(execution),
+        **concurrency_key_tags(execution),
     }
+
+
+def concurrency_key_tags(execution: Execution) -> dict[str, str]:
+    """`flowmaestro/concurrency_key` from the definition's queueConfig node, its references
+    rendered against the execution's inputs (one run per key at a time: docs/queues.md)."""
+    session = object_session(execution)
+    version = version_row(session, execution) if session is not None else None
+    if version is None:
+        return {}
+    settings = compiled_for(version).queue_settings
+    if settings is None or not settings.concurrency_key:
+        return {}
+    key = render_string(settings.concurrency_key, ExecutionState.start(execution.inputs or {}))
+    return {CONCURRENCY_KEY_TAG: key.strip()[:255]} if key.strip() else {}
 
 
 def launch_execution(

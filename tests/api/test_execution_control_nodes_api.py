@@ -1,0 +1,204 @@
+"""Execution-control nodes through the API (issue 10): a queueConfig node's priority, queue and
+concurrency key on the execution and its run tags; a batch's progress in GET /executions/{id}
+and in the event stream. No Dagster processes: runs execute in process on an ephemeral
+instance, tagged as the API tags them (as in test_observability.py)."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance
+from fastapi.testclient import TestClient
+
+from flowmaestro_api.db import get_engine, session_scope
+from flowmaestro_api.main import create_app
+from flowmaestro_api.models import Execution
+from flowmaestro_api.services.dagster import DagsterClient
+from flowmaestro_api.services.executions import run_tags
+from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.compiler import compile_workflow
+from flowmaestro_dagster.running import execute_locally
+from flowmaestro_dagster.testing import resources_for
+from tests.api.conftest import UNREACHABLE_DAGSTER, deployed_workflow, make_key
+
+QUEUED = {
+    "name": "Per customer",
+    "nodes": {
+        "in": {"type": "input", "config": {"inputName": "customer", "required": True}},
+        "q": {
+            "type": "queueConfig",
+            "name": "Urgent, one per customer",
+            "config": {
+                "priority": "high",
+                "queue": "ai-workflows",
+                "concurrencyKey": "customer-{{customer}}",
+            },
+        },
+        "out": {"type": "output", "config": {"outputName": "who", "value": "{{customer}}"}},
+    },
+    "edges": [
+        {"id": "a", "source": "in", "target": "q"},
+        {"id": "b", "source": "q", "target": "out"},
+    ],
+}
+
+BATCH = {
+    "name": "Invert all",
+    "nodes": [
+        {"id": "in", "type": "input", "data": {"inputName": "xs", "inputType": "json"}},
+        {
+            "id": "batch",
+            "type": "batch",
+            "data": {
+                "label": "Invert",
+                "items": "{{xs}}",
+                "itemVariable": "x",
+                "batchSize": 2,
+                "concurrency": 2,
+                "onItemError": "continue",
+                "outputVariable": "inverted",
+            },
+        },
+        {
+            "id": "inv",
+            "type": "transform",
+            "data": {"operation": "custom", "inputData": "{{x}}", "expression": "1 / $"},
+        },
+        {"id": "out", "type": "output", "data": {"outputName": "n", "value": "{{batch.failed}}"}},
+    ],
+    "edges": [
+        {"id": "a", "source": "in", "target": "batch"},
+        {"id": "b", "source": "batch", "target": "inv"},
+        {"id": "c", "source": "inv", "target": "out"},
+    ],
+}
+
+
+def start(client: TestClient, auth: dict[str, str], workflow_id: str, body: dict[str, Any]) -> Any:
+    response = client.post(f"/workflows/{workflow_id}/executions", json=body, headers=auth)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_queue_config_sets_priority_queue_and_concurrency_key_of_the_run(
+    client: TestClient, auth: dict[str, str], database_url: str
+) -> None:
+    workflow_id = deployed_workflow(client, auth, QUEUED)
+    execution = start(client, auth, workflow_id, {"inputs": {"customer": "acme"}})
+    assert (execution["priority"], execution["queue"]) == (10, "ai-workflows")
+    with session_scope(get_engine(database_url)) as session:
+        row = session.get(Execution, execution["id"])
+        assert row is not None
+        tags = run_tags(row)
+    assert tags["dagster/priority"] == "10"
+    assert tags["flowmaestro/queue"] == "ai-workflows"
+    assert tags["flowmaestro/concurrency_key"] == "customer-acme"
+
+
+def test_a_request_s_priority_and_queue_win_over_the_queue_config(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    workflow_id = deployed_workflow(client, auth, QUEUED)
+    body = {"inputs": {"customer": "acme"}, "priority": "low", "queue": "data-processing"}
+    execution = start(client, auth, workflow_id, body)
+    assert (execution["priority"], execution["queue"]) == (-10, "data-processing")
+
+
+def test_the_queue_config_wins_over_the_workflow_settings(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    workflow_id = deployed_workflow(client, auth, QUEUED)
+    patched = client.patch(
+        f"/workflows/{workflow_id}",
+        json={"settings": {"priority": "low", "queue": "default"}},
+        headers=auth,
+    )
+    assert patched.status_code == 200, patched.text
+    execution = start(client, auth, workflow_id, {"inputs": {"customer": "x"}})
+    assert (execution["priority"], execution["queue"]) == (10, "ai-workflows")
+
+
+def test_without_queue_config_no_concurrency_key_tag(
+    client: TestClient, auth: dict[str, str], database_url: str
+) -> None:
+    workflow_id = deployed_workflow(client, auth)
+    execution = start(client, auth, workflow_id, {"inputs": {"who": "Ada"}})
+    assert execution["priority"] == 0
+    with session_scope(get_engine(database_url)) as session:
+        row = session.get(Execution, execution["id"])
+        assert row is not None
+        assert "flowmaestro/concurrency_key" not in run_tags(row)
+
+
+def test_an_invalid_queue_config_is_rejected_with_node_and_field(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    definition = {
+        **QUEUED,
+        "nodes": {**QUEUED["nodes"], "q": {"type": "queueConfig", "config": {"priority": "asap"}}},
+    }
+    response = client.post("/workflows", json={"definition": definition}, headers=auth)
+    assert response.status_code == 422, response.text
+    problems = [(p["code"], p["node_id"], p["field"]) for p in response.json()["problems"]]
+    assert problems == [("invalid_config", "q", "priority")]
+
+
+# -- batch progress --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+@pytest.fixture
+def api(database_url: str, instance: DagsterInstance) -> Iterator[TestClient]:
+    settings = ApiSettings(
+        database_url=database_url,
+        dagster_graphql_url=UNREACHABLE_DAGSTER,
+        graphql_timeout_seconds=1,
+        launch_on_submit=False,
+    )
+    app = create_app(settings, dagster=DagsterClient(UNREACHABLE_DAGSTER, instance=instance))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def test_batch_progress_shows_in_the_execution_and_its_event_stream(
+    api: TestClient, database_url: str, instance: DagsterInstance
+) -> None:
+    auth = make_key(database_url, "batcher@example.com")
+    workflow_id = deployed_workflow(api, auth, BATCH)
+    inputs = {"xs": [1, 2, 0, 4]}
+    execution_id = start(api, auth, workflow_id, {"inputs": inputs})["id"]
+    tags = {
+        "flowmaestro/execution_id": execution_id,
+        "flowmaestro/workflow_id": workflow_id,
+        "flowmaestro/version": "1",
+    }
+    compiled = compile_workflow(BATCH, resource_defs=resources_for())
+    result = execute_locally(compiled, inputs, instance=instance, tags=tags, log_level="ERROR")
+    assert result.status == "succeeded"
+
+    body = api.get(f"/executions/{execution_id}", headers=auth).json()
+    assert body["status"] == "succeeded"
+    assert body["progress"] == {
+        "batch": {
+            "done": 4,
+            "total": 4,
+            "succeeded": 3,
+            "failed": 1,
+            "skipped": 0,
+            "finished": True,
+        }
+    }
+
+    stream = api.get(f"/executions/{execution_id}/events", headers=auth)
+    assert stream.status_code == 200
+    progress_events = [
+        block for block in stream.text.split("\n\n") if "event: node.progress" in block
+    ]
+    assert progress_events, stream.text[:2000]
+    assert '"done": 0' in progress_events[0] and '"total": 4' in progress_events[0]
+    assert '"done": 4' in progress_events[-1] and '"node_id": "batch"' in progress_events[-1]
