@@ -37,6 +37,8 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 PID_TAG = "flowmaestro/run_worker_pid"
 HOST_TAG = "flowmaestro/run_worker_host"
+PAUSED_TAG = "flowmaestro/paused"  # set by the API before it terminates a run to pause it
+PAUSE_SIGNAL = signal.SIGUSR1
 DEFAULT_PRELOAD: tuple[str, ...] = (
     "dagster._cli.api",
     "dagster._core.execution.api",
@@ -53,10 +55,20 @@ def run_worker(run_id: str, instance_ref: Any) -> None:
     from dagster._utils.interrupts import capture_interrupts
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(PAUSE_SIGNAL, _pause_requested)
     with capture_interrupts(), DagsterInstance.from_ref(instance_ref) as instance:
         _execute_run_command_body(
             run_id, instance, lambda _event: None, set_exit_code_on_failure=False
         )
+
+
+def _pause_requested(_signo: int, _frame: Any) -> None:
+    """A pause: unlike SIGINT, nothing is raised inside the running node (Dagster's interrupt
+    flag would fail it at its next framework call); the threaded executor sees the request
+    between steps, starts no more and lets the running ones finish."""
+    from flowmaestro_dagster.execution.threaded import request_pause
+
+    request_pause()
 
 
 class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
@@ -134,7 +146,10 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
         if run is None or pid is None or not _alive(pid):
             return False
         self._instance.report_run_canceling(run)
-        os.kill(pid, signal.SIGINT)  # the run worker turns this into a clean cancellation
+        if run.tags.get(PAUSED_TAG) == "true":
+            os.kill(pid, PAUSE_SIGNAL)  # stop at the next node boundary, the running node finishes
+        else:
+            os.kill(pid, signal.SIGINT)  # the run worker turns this into a clean cancellation
         return True
 
     @property

@@ -729,6 +729,39 @@ def test_a_step_running_alone_is_interrupted_like_in_process(instance: DagsterIn
     assert error is not None and error.cls_name == "DagsterExecutionInterruptedError"
 
 
+def test_a_pause_lets_the_running_step_finish_and_starts_no_more(
+    instance: DagsterInstance,
+) -> None:
+    """A pause (launcher.py turns SIGUSR1 into request_pause) interrupts no node: the lone
+    step running on the orchestrating thread finishes, the next one never starts."""
+    naps: list[int] = []
+
+    @op
+    def alone(context: OpExecutionContext) -> int:
+        context.instance.report_run_canceling(context.dagster_run)
+        threaded_module.request_pause()
+        for i in range(10):
+            naps.append(i)
+            time.sleep(0.02)
+        return 1
+
+    @op
+    def after(value: int) -> int:
+        return value
+
+    @job(executor_def=threaded_executor)
+    def paused() -> None:
+        after(alone())
+
+    try:
+        result = execute(paused, instance)
+    finally:
+        threaded_module._pause_requested.clear()
+    assert len(naps) == 10  # not interrupted
+    assert result.dagster_run.status == DagsterRunStatus.CANCELED
+    assert statuses(result) == {"alone": "STEP_SUCCESS"}
+
+
 def test_steps_still_running_after_the_grace_period_are_written_off(
     instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:

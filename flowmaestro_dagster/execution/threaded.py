@@ -70,6 +70,15 @@ TERMINATION_GRACE_SECONDS = 10.0
 
 _DONE = object()  # a worker finished a step (its last message for that step)
 
+# A pause (POST /executions/{id}/pause): set from a signal handler in the run worker
+# (launcher.py). Unlike SIGINT it interrupts no running node: the orchestrator starts no more
+# steps, lets the running ones finish and ends the run canceled, at a node boundary.
+_pause_requested = threading.Event()
+
+
+def request_pause() -> None:
+    _pause_requested.set()
+
 
 @dataclass(frozen=True)
 class _Raised:
@@ -270,7 +279,7 @@ def _orchestrate(
     deadline = float("inf")
     raised: BaseException | None = None
     while pool.jobs or (not interrupted and raised is None and not active.is_complete):
-        if not interrupted and active.check_for_interrupts():
+        if not interrupted and (active.check_for_interrupts() or _pause_requested.is_set()):
             interrupted = True
             active.mark_interrupted()
             yield DagsterEvent.engine_event(
