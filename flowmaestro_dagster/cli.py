@@ -1,4 +1,4 @@
-"""`flowmaestro` command line: validate, run, dev."""
+"""`flowmaestro` command line: validate, run, dev, api, worker, migrate."""
 
 import argparse
 import json
@@ -166,13 +166,14 @@ def _dev_api_key(home: Path) -> str:
 def cmd_dev(args: argparse.Namespace) -> int:
     """Dagster webserver + daemon (examples, platform sensors, deployed workflows) and the API."""
     from flowmaestro_api.settings import get_api_settings
-    from flowmaestro_dagster.instance_config import write_instance_yaml
+    from flowmaestro_dagster.instance_config import prepare_storage, write_instance_yaml
     from flowmaestro_dagster.workspace import write_workspace
 
     settings = get_settings()
     api = get_api_settings()
     home = _ensure_dagster_home()
     write_instance_yaml(home, api)  # run queue limits from the FLOWMAESTRO_* settings
+    prepare_storage(api)  # PostgreSQL: the Dagster schema
     host, port = args.host or settings.webserver_host, args.port or settings.webserver_port
     env = dict(os.environ)
     env.setdefault("FLOWMAESTRO_DAGSTER_GRAPHQL_URL", f"http://{host}:{port}/graphql")
@@ -252,6 +253,77 @@ def cmd_api(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A Celery worker for node steps (docs/deployment.md), in this process: SIGTERM is a warm
+    shutdown (running steps finish), and the broker is always FLOWMAESTRO_CELERY_BROKER_URL,
+    never Celery's AMQP default."""
+    from flowmaestro_api.settings import get_api_settings
+    from flowmaestro_dagster.execution.celery import make_celery_app, worker_hostname
+
+    api = get_api_settings()
+    if api.celery_broker_url is None or api.celery_backend is None:
+        print(
+            "flowmaestro worker: set FLOWMAESTRO_CELERY_BROKER_URL (e.g. redis://host:6379/0), "
+            "the same as the run workers'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    app = make_celery_app(
+        broker_url=api.celery_broker_url, backend_url=api.celery_backend, queue=api.celery_queue
+    )
+    argv = [
+        "worker",
+        f"--queues={api.celery_queue}",
+        f"--hostname={worker_hostname(args.name or str(os.getpid()))}",
+        f"--pool={args.pool}",
+        f"--loglevel={args.loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if args.concurrency:
+        argv.append(f"--concurrency={args.concurrency}")
+    _preload_worker()
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+def _preload_worker() -> None:
+    """Import what every step needs before the pool forks: a child's first step then starts
+    in about a second instead of paying several seconds of imports."""
+    import dagster_postgres  # noqa: F401 - the instance storage of a step's run
+    from dagster._core.execution.api import execute_plan_iterator  # noqa: F401
+
+    import flowmaestro_api.services.workflows  # noqa: F401 - what the shards load
+    import flowmaestro_dagster.compiler
+    import flowmaestro_dagster.definitions
+    import flowmaestro_dagster.io_manager  # noqa: F401
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade every table: the API's, then the Dagster instance's (its schema too)."""
+    from dagster import DagsterInstance
+
+    from flowmaestro_api.db import migrate
+    from flowmaestro_api.settings import get_api_settings
+    from flowmaestro_dagster.instance_config import prepare_storage, write_instance_yaml
+
+    api = get_api_settings()
+    migrate(api.database_url)
+    prepare_storage(api)
+    home = _ensure_dagster_home()
+    write_instance_yaml(home, api)
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.upgrade()
+    print(f"migrated {_redacted_url(api.database_url)}; Dagster instance at {home}")
+    return EXIT_OK
+
+
+def _redacted_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """Create an API key for a user (created if new); the key is shown once."""
     from flowmaestro_api.db import get_engine, migrate, session_scope
@@ -294,6 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=None)
     api.add_argument("--workers", type=int, default=1)
     api.set_defaults(handler=cmd_api)
+
+    worker = commands.add_parser("worker", help="start a Celery worker for node steps")
+    worker.add_argument("--name", default=None, help="unique on its host (default: the process id)")
+    worker.add_argument(
+        "--concurrency", type=int, default=None, help="steps at once (default: CPU count)"
+    )
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(handler=cmd_worker)
+
+    migrate = commands.add_parser(
+        "migrate", help="create/upgrade the API and Dagster tables, write dagster.yaml"
+    )
+    migrate.set_defaults(handler=cmd_migrate)
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -38,6 +38,7 @@ from flowmaestro_dagster.adapter import (
 )
 from flowmaestro_dagster.errors import InvalidWorkflowError
 from flowmaestro_dagster.execution import threaded_executor_for
+from flowmaestro_dagster.execution.celery import RUN_ON_TAG
 from flowmaestro_dagster.executors.io_nodes import _MISSING, input_value
 from flowmaestro_dagster.graph import LoopRegion, WorkflowGraph, branch_key, is_error_edge
 from flowmaestro_dagster.naming import job_name_for, label_slug, labelled_aliases, sanitize
@@ -336,6 +337,7 @@ class _Compiler:
                     f"{TAG_PREFIX}/node_id": node_id,
                     f"{TAG_PREFIX}/label": node.label,
                     f"{TAG_PREFIX}/type": node.source_type,
+                    **self._run_on_tag(node),
                 },
                 retry_policy=retry_policy(effective_retry(node, self.retry_keys.get(node_id))),
             )
@@ -379,6 +381,12 @@ class _Compiler:
                     concurrency_key=config.concurrency_key,
                 )
         return None
+
+    def _run_on_tag(self, node: NodeSpec) -> dict[str, str]:
+        """Where the node's step runs, when the node or the workflow says (else the executor
+        decides by node type: docs/deployment.md)."""
+        run_on = node.run_on or self.spec.settings.run_on
+        return {RUN_ON_TAG: run_on} if run_on else {}
 
     def _default_inputs(self) -> dict[str, Any]:
         defaults: dict[str, Any] = {}

@@ -8,6 +8,9 @@ FlowMaestroError
     ├── NodeConfigurationError    the node's settings cannot work (bad value at run time)
     └── ConnectorNotConfiguredError
                                   no executor / connector is configured for this node
+└── CeleryError                   a node step could not be run on a Celery worker
+    ├── CeleryUnavailableError    the broker is unreachable or no worker consumes the queue
+    └── CeleryWorkerLostError     the worker running a step stopped answering (killed, lost)
 """
 
 from collections.abc import Sequence
@@ -84,3 +87,16 @@ class NodeConfigurationError(NodeExecutionError):
 
 class ConnectorNotConfiguredError(NodeExecutionError):
     """No executor or connector is configured for this node."""
+
+
+class CeleryError(FlowMaestroError):
+    """A node step could not be run on a Celery worker."""
+
+
+class CeleryUnavailableError(CeleryError):
+    """No Celery worker can take node steps (broker unreachable, or no worker on the queue)."""
+
+
+class CeleryWorkerLostError(CeleryError):
+    """The Celery worker running a node step stopped answering; the run fails so that Dagster
+    retries it from failure (FLOWMAESTRO_RUN_RETRIES)."""

@@ -189,13 +189,13 @@ def prepare_storage(settings: ApiSettings) -> None:
 
 
 SECTIONS: tuple[Section, ...] = (
-    storage_section,
     telemetry_section,
     run_queue_section,
     concurrency_section,
     run_monitoring_section,
     run_retries_section,
     run_launcher_section,
+    storage_section,
 )
 
 

@@ -41,7 +41,7 @@ def test_a_postgres_database_url_renders_postgres_storage_in_the_dagster_schema(
     # psycopg2 explicitly (SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3), the password
     # kept, Dagster's tables in their own schema
     assert url == "postgresql+psycopg2://fm:s3cret@db:5432/flows?options=-csearch_path%3Ddagster"
-    assert list(config)[0] == "storage"
+    assert list(config)[-1] == "storage"  # appended to SECTIONS
 
 
 def test_the_schema_is_a_setting_and_existing_query_parameters_are_kept() -> None:

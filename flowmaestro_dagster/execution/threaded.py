@@ -22,6 +22,10 @@ ones still running with an interrupt error, and ends the run as canceled. Unlike
 op on a worker thread is not interrupted in the middle: Python cannot safely raise into another
 thread. A step that is the only one able to run is run on the orchestrating thread, as in
 process (no hand-offs for a chain; SIGINT interrupts it inside the op).
+
+Scale-out: with `FLOWMAESTRO_CELERY_BROKER_URL` set, a worker thread hands the steps routed to
+Celery (a node's `runOn`, or its type; `.celery`) to a dagster-celery worker and waits for their
+events instead of running them; everything else above is unchanged for them.
 """
 
 import asyncio
@@ -38,6 +42,7 @@ from typing import Any
 
 import dagster._check as check
 from dagster import DagsterEvent, ExecutorDefinition, Field, InitExecutorContext, Int
+from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.events import EngineEventData
 from dagster._core.execution.api import ExecuteRunWithPlanIterable
@@ -61,6 +66,14 @@ from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.executor.base import Executor
 from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
+
+from flowmaestro_dagster.errors import CeleryWorkerLostError
+from flowmaestro_dagster.execution.celery import (
+    CeleryDispatch,
+    CeleryRouting,
+    platform_routing,
+    wants_celery,
+)
 
 DEFAULT_MAX_CONCURRENT = 10
 # How often the orchestrator looks for a termination request while it waits for step events.
@@ -103,8 +116,11 @@ class _WorkerPool:
     when a terminated run gives up on it must not keep the process alive.
     """
 
-    def __init__(self, job_context: PlanExecutionContext) -> None:
+    def __init__(
+        self, job_context: PlanExecutionContext, dispatch: CeleryDispatch | None = None
+    ) -> None:
         self._job_context = job_context
+        self._dispatch = dispatch
         # (step key, events and markers in order); a step's last message ends with _DONE.
         self.inbox: queue.SimpleQueue[tuple[str, list[Any]]] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -124,6 +140,10 @@ class _WorkerPool:
         job = _Job(step, known_state)
         self.jobs[step.key] = job
         self._work.put(job)
+
+    def remote(self, step: ExecutionStep) -> bool:
+        """Whether the step runs on a Celery worker (its thread only waits for it)."""
+        return self._dispatch is not None and self._dispatch.routing.wants(step)
 
     def finished(self, step_key: str) -> None:
         self.jobs.pop(step_key, None)
@@ -152,7 +172,10 @@ class _WorkerPool:
         loop = asyncio.new_event_loop()
         try:
             while (job := self._work.get()) is not None:
-                self._run(job, loop)
+                if self.remote(job.step):
+                    self._run_remote(job)
+                else:
+                    self._run(job, loop)
         finally:
             try:
                 loop.run_until_complete(loop.shutdown_asyncgens())
@@ -176,6 +199,35 @@ class _WorkerPool:
         # Whatever escapes (raise_on_error, a framework error) is re-raised by the orchestrator
         # thread, as it would escape the in-process executor.
         except BaseException as error:  # noqa: BLE001
+            batch.append(_Raised(error))
+        finally:
+            batch.append(_DONE)
+            self.inbox.put((key, batch))
+
+    def _run_remote(self, job: _Job) -> None:
+        """One step on a Celery worker: its events arrive together when it ends (the worker
+        has already written them to the event log, and run the step's hooks)."""
+        assert self._dispatch is not None
+        key = job.step.key
+        batch: list[Any] = []
+        try:
+            batch.extend(
+                self._dispatch.run_step(
+                    self._job_context, job.step, job.known_state, self._job_context.retry_mode
+                )
+            )
+        except CeleryWorkerLostError as error:
+            # The step never ended: fail it for the record, then the run (a run failure, not a
+            # step failure, so the run retry re-executes it from failure).
+            step_context = self._job_context.for_step(job.step, job.known_state)
+            info = SerializableErrorInfo(str(error) + "\n", [], type(error).__name__)
+            batch.append(
+                DagsterEvent.step_failure_event(
+                    step_context, StepFailureData(info, None, ErrorSource.FRAMEWORK_ERROR)
+                )
+            )
+            batch.append(_Raised(error))
+        except BaseException as error:  # noqa: BLE001 - re-raised by the orchestrator thread
             batch.append(_Raised(error))
         finally:
             batch.append(_DONE)
@@ -217,13 +269,34 @@ def _step_context(
     return context
 
 
+def _celery_dispatch(
+    job_context: PlanExecutionContext, execution_plan: ExecutionPlan, routing: CeleryRouting | None
+) -> tuple[CeleryDispatch | None, str | None]:
+    """The run's Celery dispatch, or None and why steps that asked for Celery run here."""
+    steps = execution_plan.get_steps_to_execute_in_topo_order()
+    if routing is None:
+        asked = [step.key for step in steps if wants_celery(step)]
+        reason = "FLOWMAESTRO_CELERY_BROKER_URL is not set"
+        return None, f"steps {', '.join(asked)} run in process: {reason}" if asked else None
+    routed = [step.key for step in steps if routing.wants(step)]
+    if not routed:
+        return None, None
+    if not isinstance(job_context.job, ReconstructableJob):
+        return None, f"steps {', '.join(routed)} run in process: the job is not reconstructable"
+    if not execution_plan.artifacts_persisted:
+        return None, f"steps {', '.join(routed)} run in process: outputs are kept in memory"
+    return CeleryDispatch(routing, job_context.job), None
+
+
 def threaded_plan_iterator(
     job_context: PlanExecutionContext,
     execution_plan: ExecutionPlan,
     *,
     max_concurrent: int,
+    celery: CeleryRouting | None = None,
 ) -> Iterator[DagsterEvent]:
-    """`inner_plan_execution_iterator` with up to `max_concurrent` steps running at once."""
+    """`inner_plan_execution_iterator` with up to `max_concurrent` steps running at once (those
+    routed to `celery`, if given, on Celery workers)."""
     compute_log_manager = job_context.instance.compute_log_manager
     step_keys = [step.key for step in execution_plan.get_steps_to_execute_in_topo_order()]
     with (
@@ -250,7 +323,21 @@ def threaded_plan_iterator(
                 "Exception while setting up compute log capture",
                 EngineEventData(error=serializable_error_info_from_exc_info(sys.exc_info())),
             )
-        pool = _WorkerPool(job_context)
+        dispatch, note = _celery_dispatch(job_context, execution_plan, celery)
+        if note is not None:
+            yield DagsterEvent.engine_event(job_context, f"Celery: {note}", EngineEventData())
+        if dispatch is not None:
+            routed = [s.key for s in execution_plan.get_steps_to_execute_in_topo_order()]
+            routed = [
+                k for k in routed if dispatch.routing.wants(execution_plan.get_step_by_key(k))
+            ]
+            yield DagsterEvent.engine_event(
+                job_context,
+                f"Celery: steps {', '.join(routed)} run on workers of queue "
+                f"{dispatch.routing.queue!r}; the others on threads in process",
+                EngineEventData(),
+            )
+        pool = _WorkerPool(job_context, dispatch)
         try:
             yield from _orchestrate(job_context, active, pool, max_concurrent)
         finally:
@@ -258,6 +345,8 @@ def threaded_plan_iterator(
                 # let running steps finish before the run's resources are torn down
                 pool.wait(time.monotonic() + TERMINATION_GRACE_SECONDS)
             pool.close()
+            if dispatch is not None:
+                dispatch.close()
         try:
             capture_stack.close()
         except Exception:  # noqa: BLE001 - reported as an engine event, as Dagster does
@@ -295,7 +384,12 @@ def _orchestrate(
         if not interrupted and raised is None:
             steps = active.get_steps_to_execute(limit=max_concurrent - len(pool.jobs))
             yield from active.concurrency_event_iterator(job_context)
-            if len(steps) == 1 and not pool.jobs and active.sleep_interval() <= 0:
+            if (
+                len(steps) == 1
+                and not pool.jobs
+                and active.sleep_interval() <= 0
+                and not pool.remote(steps[0])
+            ):
                 # The only step that can run until it ends (nothing in flight, no retry or pool
                 # claim due): run it here, as in process, and skip two thread hand-offs.
                 yield from _run_inline(job_context, active, steps[0])
@@ -404,10 +498,16 @@ def _write_off(
 class ThreadedExecutor(Executor):
     """Runs up to `max_concurrent` ready steps at once, each on a thread of the run process."""
 
-    def __init__(self, retries: RetryMode, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> None:
+    def __init__(
+        self,
+        retries: RetryMode,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        celery: CeleryRouting | None = None,
+    ) -> None:
         self._retries = check.inst_param(retries, "retries", RetryMode)
         check.invariant(max_concurrent >= 1, "max_concurrent must be at least 1")
         self._max_concurrent = max_concurrent
+        self._celery = celery
 
     @property
     def retries(self) -> RetryMode:
@@ -429,12 +529,13 @@ class ThreadedExecutor(Executor):
         )
         started = time.perf_counter()
         max_concurrent = self._max_concurrent
+        celery = self._celery
 
         def iterator(
             job_context: PlanExecutionContext, execution_plan: ExecutionPlan
         ) -> Iterator[DagsterEvent]:
             return threaded_plan_iterator(
-                job_context, execution_plan, max_concurrent=max_concurrent
+                job_context, execution_plan, max_concurrent=max_concurrent, celery=celery
             )
 
         yield from ExecuteRunWithPlanIterable(
@@ -481,7 +582,11 @@ def _create_executor(init_context: InitExecutorContext) -> ThreadedExecutor:
     max_concurrent = check.int_elem(config, "max_concurrent")
     if max_concurrent < 1:
         raise ValueError(f"threaded executor: max_concurrent must be ≥ 1, got {max_concurrent}")
-    return ThreadedExecutor(retries=retries or RetryMode.ENABLED, max_concurrent=max_concurrent)
+    return ThreadedExecutor(
+        retries=retries or RetryMode.ENABLED,
+        max_concurrent=max_concurrent,
+        celery=platform_routing(),  # FLOWMAESTRO_CELERY_*: read where the run executes
+    )
 
 
 def _definition(default_max_concurrent: int) -> ExecutorDefinition:

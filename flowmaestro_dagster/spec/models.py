@@ -7,6 +7,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from flowmaestro_dagster.spec.configs import NodeConfig
 from flowmaestro_dagster.spec.policies import OnErrorSettings, RetrySettings
 
+# Where a node's step runs (docs/deployment.md): "celery" on a `flowmaestro worker` process when
+# the platform has Celery, "local" on the run's own threads.
+RunOn = Literal["celery", "local"]
+RUN_ON_VALUES: tuple[str, ...] = ("celery", "local")
+
 
 class NodeSpec(BaseModel):
     """A node: canonical type and config, with the original config kept for display."""
@@ -23,6 +28,7 @@ class NodeSpec(BaseModel):
     on_error: OnErrorSettings | None = None
     retry: RetrySettings | None = None
     retry_field: str | None = None
+    run_on: RunOn | None = None  # config `runOn`; None: the workflow's, else the platform's
 
     @property
     def provider(self) -> str | None:
@@ -56,6 +62,7 @@ class WorkflowSettings(BaseModel):
 
     timeout_ms: float | None = Field(default=None, gt=0, alias="timeout")
     max_concurrent_nodes: int = Field(default=10, ge=1, le=1000, alias="maxConcurrentNodes")
+    run_on: RunOn | None = Field(default=None, alias="runOn")
 
 
 class WorkflowSpec(BaseModel):

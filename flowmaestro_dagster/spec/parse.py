@@ -11,7 +11,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from flowmaestro_dagster.spec.configs import MediaConfig, NodeConfig, normalise_config
-from flowmaestro_dagster.spec.models import EdgeSpec, NodeSpec, WorkflowSettings, WorkflowSpec
+from flowmaestro_dagster.spec.models import (
+    RUN_ON_VALUES,
+    EdgeSpec,
+    NodeSpec,
+    WorkflowSettings,
+    WorkflowSpec,
+)
 from flowmaestro_dagster.spec.node_types import COMMENT_TYPE, resolve_type
 from flowmaestro_dagster.spec.policies import parse_on_error, parse_retry
 from flowmaestro_dagster.spec.problems import Problem, error
@@ -301,6 +307,16 @@ class _Parser:
         self.problems.extend(
             p.model_copy(update={"path": f"{path}.onError"}) for p in on_error_problems
         )
+        run_on = config.get("runOn")
+        if run_on not in (None, *RUN_ON_VALUES):
+            self.problem(
+                "invalid_run_on",
+                f"runOn must be one of {', '.join(RUN_ON_VALUES)} (got {run_on!r})",
+                f"{path}.{config_key}.runOn",
+                node_id=node_id,
+                field="runOn",
+            )
+            run_on = None
         if not isinstance(label, str) or not label.strip():
             label = _fallback_label(node_type, config)
         return NodeSpec(
@@ -314,6 +330,7 @@ class _Parser:
             on_error=on_error,
             retry=retry,
             retry_field=retry_field,
+            run_on=run_on,
         )
 
     # -- edges and settings ------------------------------------------------------------------
