@@ -413,3 +413,32 @@ def test_a_worker_killed_mid_step_retries_the_run_from_failure(scaled: Scaled) -
     assert "first" not in stats and "in" not in stats  # finished nodes are not re-run
     assert stats["slow"] == "SUCCESS" and stats["out"] == "SUCCESS"
     assert _celery_hosts(scaled, retry.run_id)["slow"] in scaled.workers  # the survivor
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+def test_with_no_worker_left_a_run_fails_at_once_saying_so(scaled: Scaled) -> None:
+    for host in list(scaled.workers):
+        worker = scaled.workers.pop(host)
+        worker.send_signal(signal.SIGTERM)  # `flowmaestro worker` is the worker: a warm shutdown
+        assert worker.wait(timeout=30) == 0
+    execution_id = _execute(scaled, "killed", {"n": 1})
+
+    def failed_run() -> Any:
+        runs = [run for run in _runs(scaled, execution_id) if run.status.value == "FAILURE"]
+        return runs[0] if runs else None
+
+    run = wait_for(failed_run, timeout=60)
+    records = scaled.dagster.instance.get_records_for_run(
+        run.run_id, of_type=DagsterEventType.RUN_FAILURE
+    ).records
+    error = records[0].event_log_entry.dagster_event.event_specific_data.error
+    assert (
+        "CeleryUnavailableError" in error.cls_name or "CeleryUnavailableError" in error.to_string()
+    )
+    assert f"no Celery worker consumes queue '{scaled.queue}'" in error.to_string()
+    stats = {
+        s.step_key: s.status.value for s in scaled.dagster.instance.get_run_step_stats(run.run_id)
+    }
+    assert stats["first"] == "SUCCESS" and "slow" not in stats  # never submitted

@@ -127,8 +127,16 @@ class CeleryDispatch:
         )
         self._lock = threading.Lock()
         self._checked = False
+        self._in_flight: dict[str, Any] = {}  # step key -> AsyncResult
+
+    def revoke_all(self) -> None:
+        """Termination: steps still queued are never started (running ones finish, as with
+        dagster-celery's executor; the run gives them its grace period)."""
+        for result in list(self._in_flight.values()):
+            result.revoke()
 
     def close(self) -> None:
+        self.revoke_all()
         self.app.close()
 
     # -- checks --------------------------------------------------------------------------------
@@ -209,6 +217,7 @@ class CeleryDispatch:
 
         self.ensure_workers()
         result = self.submit(job_context, step, known_state, retry_mode)
+        self._in_flight[step.key] = result
         missed = 0
         try:
             while True:
@@ -242,6 +251,8 @@ class CeleryDispatch:
         except BaseException:
             result.revoke()
             raise
+        finally:
+            self._in_flight.pop(step.key, None)
 
 
 def _redacted(url: str) -> str:

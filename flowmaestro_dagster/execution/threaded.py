@@ -145,6 +145,11 @@ class _WorkerPool:
         """Whether the step runs on a Celery worker (its thread only waits for it)."""
         return self._dispatch is not None and self._dispatch.routing.wants(step)
 
+    def revoke_remote(self) -> None:
+        """Termination: Celery steps still in the queue are revoked."""
+        if self._dispatch is not None:
+            self._dispatch.revoke_all()
+
     def finished(self, step_key: str) -> None:
         self.jobs.pop(step_key, None)
         self.settled.discard(step_key)
@@ -371,6 +376,7 @@ def _orchestrate(
         if not interrupted and (active.check_for_interrupts() or _pause_requested.is_set()):
             interrupted = True
             active.mark_interrupted()
+            pool.revoke_remote()
             yield DagsterEvent.engine_event(
                 job_context,
                 "Threaded executor: received termination signal - starting no more steps, "
