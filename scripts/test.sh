@@ -14,4 +14,6 @@ ruff check .
 echo "== mypy"
 mypy
 echo "== pytest"
-pytest "$@"
+# Two workers, a whole test file each: end-to-end files share one Dagster stack per file and
+# spend most of their time waiting on it, so two of them overlap well on two cores.
+pytest -n "${FLOWMAESTRO_TEST_WORKERS:-2}" --dist loadfile "$@"
