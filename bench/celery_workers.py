@@ -3,16 +3,21 @@ steps on Celery workers, side by side with the same workflows on the run's own t
 
 This is a hook for the Celery executor another engineer is adding. It measures only when
 
-1. `flowmaestro_dagster.execution` exposes it (a public name containing "celery"),
+1. `flowmaestro_dagster.execution` exposes it (a public name containing "celery", or its
+   `flowmaestro_dagster.execution.celery` module),
 2. the `flowmaestro worker` command exists, and
 3. the broker (Redis, `BROKER`) answers;
 
-otherwise, or if the run itself fails, the section records `not measured: <reason>`: it never
-reports a figure it did not measure. When it measures, it starts `WORKERS` `flowmaestro worker`
-processes on a queue of its own, sets `runOn: "celery"` in each workflow's settings (every node
-goes to Celery, as the settings document), and runs the workflows in this process on a
-persistent SQLite instance (a temporary DAGSTER_HOME the workers share), interleaved with the
-same workflows without `runOn` (every step on the run's threads).
+otherwise, or if a run fails or its steps did not go to Celery, the section records
+`not measured: <reason>`: it never reports a figure it did not measure.
+
+Celery routes steps only in launched runs whose outputs are persisted, so the workload runs on a
+real Dagster (`dagster dev`, `flowmaestro_dagster.testing.stack`) with the broker set and
+`WORKERS` `flowmaestro worker` processes on a queue of its own. Each workflow is deployed twice
+through the API: with `runOn: "celery"` in its settings (every node to Celery) and without (every
+node on the run's threads); executions of the two alternate, one at a time, and a figure is the
+run's own duration (Dagster's run start to end). Every Celery run is checked for the executor's
+engine event saying which steps went to the workers.
 
 `python -m bench.celery_workers [--quick]` prints the result as JSON.
 """
@@ -44,11 +49,20 @@ def not_measured(reason: str) -> dict[str, Any]:
 
 
 def exposed_executor() -> str | None:
-    """The public name of the Celery executor in `flowmaestro_dagster.execution`, if any."""
+    """The name under which `flowmaestro_dagster.execution` exposes a Celery executor, if any."""
+    import importlib
+
     from flowmaestro_dagster import execution
 
     names = getattr(execution, "__all__", None) or [n for n in dir(execution) if n[0] != "_"]
-    return next((n for n in names if "celery" in n.lower()), None)
+    found = next((n for n in names if "celery" in n.lower()), None)
+    if found is not None:
+        return f"flowmaestro_dagster.execution.{found}"
+    try:
+        importlib.import_module("flowmaestro_dagster.execution.celery")
+    except ImportError:
+        return None
+    return "flowmaestro_dagster.execution.celery"
 
 
 def worker_command() -> list[str] | None:
@@ -106,59 +120,108 @@ def workers(command: list[str], env: dict[str, str], log_dir: Path) -> Iterator[
                 process.wait(timeout=10)
 
 
+def _run_seconds(instance: Any, run_id: str) -> tuple[float, bool]:
+    """The run's duration and whether the executor said steps went to Celery workers."""
+    from dagster import DagsterEventType
+
+    record = instance.get_run_records(filters=_runs_filter(run_id))[0]
+    events = instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT).records
+    messages = [r.event_log_entry.message or "" for r in events]
+    routed = any(m.startswith("Celery: steps") for m in messages)
+    if not routed:
+        notes = [m for m in messages if m.startswith("Celery:")]
+        if notes:
+            raise RuntimeError(f"the steps stayed local: {notes[0]}")
+    return float(record.end_time - record.start_time), routed
+
+
+def _runs_filter(run_id: str) -> Any:
+    from dagster import RunsFilter
+
+    return RunsFilter(run_ids=[run_id])
+
+
 def measure(command: list[str], repeats: int) -> dict[str, Any]:
+    from fastapi.testclient import TestClient
+
     from bench import parallel
+    from flowmaestro_api.db import dispose_engines, get_engine, migrate, session_scope
+    from flowmaestro_api.main import create_app
+    from flowmaestro_api.security import create_api_key, ensure_user
+    from flowmaestro_api.services.dagster import DagsterClient
+    from flowmaestro_api.settings import ApiSettings
+    from flowmaestro_dagster.testing.stack import DagsterStack
 
     queue = f"bench-{uuid.uuid4().hex[:8]}"
+    times: dict[str, dict[str, list[float]]] = {
+        name: {"threads": [], "celery": []} for name in parallel.WORKLOADS
+    }
     with tempfile.TemporaryDirectory(prefix="bench-celery-") as tmp:
-        home = Path(tmp)
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        env_vars = {
-            "DAGSTER_HOME": str(home),
-            "FLOWMAESTRO_CELERY_BROKER_URL": BROKER,
-            "FLOWMAESTRO_CELERY_QUEUE": queue,
-        }
-        os.environ.update(env_vars)  # this process (the run) reads the same settings
-        for module in ("flowmaestro_dagster.settings", "flowmaestro_api.settings"):
-            for getter in ("get_settings", "get_api_settings"):
-                cached = getattr(sys.modules.get(module), getter, None)
-                if cached is not None and hasattr(cached, "cache_clear"):
-                    cached.cache_clear()
-        from dagster import DagsterInstance
+        url = f"sqlite:///{Path(tmp) / 'platform.db'}"
+        migrate(url)
+        broker = {"FLOWMAESTRO_CELERY_BROKER_URL": BROKER, "FLOWMAESTRO_CELERY_QUEUE": queue}
+        stack = DagsterStack(Path(tmp) / "home", url, extra_env=broker)
+        stack.start()
+        try:
+            settings = ApiSettings(
+                _env_file=None,
+                database_url=url,
+                dagster_graphql_url=stack.graphql_url,
+                dagster_ui_url=stack.ui_url,
+                reconcile_after_seconds=3600,
+            )
+            dagster = DagsterClient(stack.graphql_url, instance=stack.instance())
+            with session_scope(get_engine(url)) as session:
+                user = ensure_user(session, email=f"bench-{uuid.uuid4().hex[:6]}@example.com")
+                auth = {"Authorization": f"Bearer {create_api_key(session, user=user)}"}
+            with (
+                workers(command, stack.env(), Path(tmp)),
+                TestClient(create_app(settings, dagster=dagster)) as http,
+            ):
 
-        from flowmaestro_dagster.compiler import compile_workflow
-        from flowmaestro_dagster.execution.local import execute_in_process_with_executor
-        from flowmaestro_dagster.running import run_config_for
+                def deploy(definition: dict[str, Any]) -> str:
+                    workflow_id: str = http.post(
+                        "/workflows", json={"definition": definition}, headers=auth
+                    ).json()["id"]
+                    deployed = http.post(
+                        f"/workflows/{workflow_id}/versions/1/deploy", headers=auth
+                    ).json()
+                    if not deployed.get("runnable"):
+                        raise RuntimeError(f"deploy failed: {deployed}")
+                    return workflow_id
 
-        config = run_config_for({}, log_level="ERROR")
-        jobs = {}
-        for name, build in parallel.WORKLOADS.items():
-            on_celery = build()
-            on_celery["settings"] = {**on_celery.get("settings", {}), "runOn": "celery"}
-            jobs[name] = {
-                "threads": compile_workflow(build()).job,
-                "celery": compile_workflow(on_celery).job,
-            }
-        times: dict[str, dict[str, list[float]]] = {
-            name: {"threads": [], "celery": []} for name in jobs
-        }
-        with (
-            workers(command, {**os.environ, **env_vars}, home),
-            DagsterInstance.from_config(str(home)) as instance,
-        ):
-            for round_ in range(repeats + 1):  # round 0 warms up
-                for name, variants in jobs.items():
-                    order = list(variants.items())
-                    for variant, job in order if round_ % 2 == 0 else order[::-1]:
-                        started = time.perf_counter()
-                        result = execute_in_process_with_executor(
-                            job, run_config=config, instance=instance, raise_on_error=False
-                        )
-                        elapsed = time.perf_counter() - started
-                        if not result.success:
-                            raise RuntimeError(f"{name} on {variant} failed")
-                        if round_:
-                            times[name][variant].append(elapsed)
+                def once(workflow_id: str) -> str:
+                    execution_id = http.post(
+                        f"/workflows/{workflow_id}/executions", json={"inputs": {}}, headers=auth
+                    ).json()["id"]
+                    deadline = time.monotonic() + 300
+                    while time.monotonic() < deadline:
+                        runs = dagster.runs_for_execution(execution_id)
+                        if runs and runs[-1].status in ("SUCCESS", "FAILURE", "CANCELED"):
+                            if runs[-1].status != "SUCCESS":
+                                raise RuntimeError(f"run {runs[-1].run_id}: {runs[-1].status}")
+                            return runs[-1].run_id
+                        time.sleep(0.1)
+                    raise TimeoutError(f"execution {execution_id} did not finish in 300 s")
+
+                workflows: dict[str, dict[str, str]] = {}
+                for name, build in parallel.WORKLOADS.items():
+                    on_celery = build()
+                    on_celery["name"] += " on celery"
+                    on_celery["settings"] = {**on_celery.get("settings", {}), "runOn": "celery"}
+                    workflows[name] = {"threads": deploy(build()), "celery": deploy(on_celery)}
+                for round_ in range(repeats + 1):  # round 0 warms up
+                    for name, variants in workflows.items():
+                        order = list(variants.items())
+                        for variant, workflow_id in order if round_ % 2 == 0 else order[::-1]:
+                            seconds, routed = _run_seconds(dagster.instance, once(workflow_id))
+                            if variant == "celery" and not routed:
+                                raise RuntimeError(f"{name}: no step was sent to Celery")
+                            if round_:
+                                times[name][variant].append(seconds)
+        finally:
+            stack.stop()
+            dispose_engines()
     workloads = {
         name: {
             variant: {
@@ -191,19 +254,17 @@ def run(quick: bool = False) -> dict[str, Any]:
     if name is None:
         return not_measured(
             "flowmaestro_dagster.execution exposes no Celery executor yet (no public name "
-            "containing 'celery'; another engineer is adding it)"
+            "containing 'celery', no execution.celery module; another engineer is adding it)"
         )
     command = worker_command()
     if command is None:
-        return not_measured(
-            f"flowmaestro_dagster.execution exposes {name}, but there is no `flowmaestro worker`"
-        )
+        return not_measured(f"{name} exists, but there is no `flowmaestro worker` command")
     if not broker_answers():
         return not_measured(f"the Celery broker {BROKER} does not answer (scripts/services.sh)")
     try:
         found = measure(command, repeats=2 if quick else 5)
     except Exception as exc:  # noqa: BLE001 - recorded as the reason, never as a figure
-        return not_measured(f"{name} is exposed, but the run failed: {type(exc).__name__}: {exc}")
+        return not_measured(f"{name} exists, but the runs failed: {type(exc).__name__}: {exc}")
     found["executor"] = name
     return found
 

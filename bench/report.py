@@ -198,17 +198,20 @@ def parallel_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
 def celery_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     lines = [
         "The parallel workload (W1, W2, W3 above) with every node on Celery workers "
-        '(`runOn: "celery"`), side by side with the same workflows on the run\'s own threads. '
-        "The section is a hook (`bench/celery_workers.py`): it measures once "
-        "`flowmaestro_dagster.execution` exposes a Celery executor and `flowmaestro worker` "
-        "exists, and never reports a figure it did not measure.",
+        '(`runOn: "celery"` in the workflow settings), side by side with the same workflows '
+        "on the run's own threads. The section is a hook (`bench/celery_workers.py`): it "
+        "measures once `flowmaestro_dagster.execution` exposes a Celery executor and "
+        "`flowmaestro worker` exists, and never reports a figure it did not measure.",
         "",
     ]
     if not r.get("measured"):
         return [*lines, f"**Not measured: {r['reason']}.**"], []
     lines += [
-        f"{r['workers']} workers, broker {r['broker']}, {r['repeats']} interleaved rounds "
-        "after a warm-up, persistent SQLite instance.",
+        f"Executor: `{r.get('executor', '?')}`; {r['workers']} `flowmaestro worker` processes, "
+        f"broker {r['broker']}; launched runs on a real `dagster dev` (SQLite), the two "
+        f"variants alternating, {r['repeats']} rounds after a warm-up; a figure is the run's "
+        "own duration (Dagster's run start to end), and every Celery run was checked for the "
+        "executor's engine event naming the steps it sent to the workers.",
         "",
         "| workload | on the run's threads | on Celery workers | Celery / threads |",
         "|---|---|---|---|",
@@ -238,7 +241,9 @@ def api_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
         f"executions with fresh Idempotency-Keys for {shape['seconds']} s, on a fresh platform "
         "database per phase. Launch excluded: the API alone (`launch_on_submit` off). Launch "
         "included: each submission also launches a Dagster run through GraphQL (on a real "
-        "`dagster dev`), after the response. Submit → running: one execution at a time, from "
+        "`dagster dev`), after the response; runs launched are counted until "
+        f"{shape.get('launch_grace_s', 0)} s after the window (Dagster launches a few a "
+        "second: the rest are dropped). Submit → running: one execution at a time, from "
         f"the POST to the first node's STEP_START ({shape['samples']} samples).",
         "",
         "| measure | SQLite | PostgreSQL | PostgreSQL / SQLite |",
@@ -256,7 +261,7 @@ def api_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
         ),
         row("latency p50 [min, p99], launch included", latency("launch_included")),
         row(
-            "runs launched per second (until every launch finished)",
+            "runs launched per second",
             lambda b: str(b["launch_included"]["launched_per_second"]),
         ),
         row(

@@ -39,7 +39,7 @@ SECTIONS = [
     Section("compile", "Compiler", "bench.compile_and_run:compile_section", 0.5, 0.3),
     Section("overhead", "Per-node overhead", "bench.compile_and_run:overhead_section", 1.5, 0.5),
     Section("parallel", "Parallel nodes in one run", "bench.parallel:run", 3, 2),
-    Section("celery", "Celery workers", "bench.celery_workers:run", 2, 1),
+    Section("celery", "Celery workers", "bench.celery_workers:run", 3, 2),
     Section("api", "API submissions", "bench.api:run", 4, 3),
     Section("waitpoints", "Waitpoints", "bench.waitpoints:run", 3, 2),
     Section("queues", "Run queues", "bench.queues:run", 5, 3),
