@@ -399,10 +399,15 @@ def deploy_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
             f"{'n/a' if snapshot is None else num(snapshot) + ' s'} |"
         )
     sizes = list(r["sizes"])
+    last = r["sizes"][sizes[-1]]
     lines += [
         "",
         f"Deploy → runnable at {sizes[-1]} / at {sizes[0]} workflows: "
-        f"**{r['largest_over_smallest']}**.",
+        f"**{r['largest_over_smallest']}**. A reload rebuilds the snapshot of every job in the "
+        "location, so with one shard a deploy's time grows with all the deployed workflows "
+        f"(at {sizes[-1]}, the in-process snapshot alone is {num(last.get('shard_snapshot_s'))} s "
+        f"of the {num(last['reload_and_visible']['median_s'])} s reload); more shards divide "
+        "that part by about their number.",
     ]
     g = r["goals"]
     largest = r["sizes"][sizes[-1]]["deploy_to_runnable"]["median_s"]

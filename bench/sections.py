@@ -40,10 +40,10 @@ SECTIONS = [
     Section("overhead", "Per-node overhead", "bench.compile_and_run:overhead_section", 1.5, 0.5),
     Section("parallel", "Parallel nodes in one run", "bench.parallel:run", 3, 2),
     Section("celery", "Celery workers", "bench.celery_workers:run", 3, 2),
-    Section("api", "API submissions", "bench.api:run", 4, 3),
+    Section("api", "API submissions", "bench.api:run", 3, 2),
     Section("waitpoints", "Waitpoints", "bench.waitpoints:run", 3, 2),
     Section("queues", "Run queues", "bench.queues:run", 5, 3),
-    Section("deploy", "Deploy → runnable", "bench.deploy:run", 5, 2),
+    Section("deploy", "Deploy → runnable", "bench.deploy:run", 6, 2),
 ]
 BY_NAME = {s.name: s for s in SECTIONS}
 
