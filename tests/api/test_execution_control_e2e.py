@@ -5,7 +5,7 @@ What finished must not run again: checked in Dagster's step stats of the resumed
 """
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.compiler import compile_workflow
 from flowmaestro_dagster.testing.stack import DagsterStack
 from tests.api.conftest import make_key
+from tests.api.e2e import deploy, execution, start, status_is, wait_for
 from tests.services import migrated_template
 
 pytestmark = pytest.mark.slow
@@ -55,53 +56,6 @@ def client(stack: DagsterStack) -> Iterator[TestClient]:
 @pytest.fixture
 def auth(stack: DagsterStack) -> dict[str, str]:
     return make_key(stack.database_url, f"user-{time.monotonic_ns()}@example.com")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 90, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s (last: {last!r})")
-
-
-def deploy(client: TestClient, auth: dict[str, str], definition: dict[str, Any]) -> str:
-    created = client.post("/workflows", json={"definition": definition}, headers=auth)
-    assert created.status_code == 201, created.text
-    workflow_id: str = created.json()["id"]
-    deployed = client.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
-    assert deployed.status_code == 200 and deployed.json()["runnable"], deployed.text
-    return workflow_id
-
-
-def start(
-    client: TestClient, auth: dict[str, str], workflow_id: str, inputs: dict[str, Any]
-) -> str:
-    response = client.post(
-        f"/workflows/{workflow_id}/executions", json={"inputs": inputs}, headers=auth
-    )
-    assert response.status_code == 201, response.text
-    execution_id: str = response.json()["id"]
-    return execution_id
-
-
-def get(client: TestClient, auth: dict[str, str], execution_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = client.get(f"/executions/{execution_id}", headers=auth).json()
-    return body
-
-
-def status_is(
-    client: TestClient, auth: dict[str, str], execution_id: str, *statuses: str
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        body = get(client, auth, execution_id)
-        return body if body["status"] in statuses else None
-
-    result: dict[str, Any] = wait_for(check)
-    return result
 
 
 def node_status(body: dict[str, Any]) -> dict[str, str]:
@@ -248,7 +202,7 @@ def test_pause_stops_a_running_execution_and_resume_does_not_redo_finished_nodes
     definition = slow_flow(2500)
     workflow_id = deploy(client, auth, definition)
     execution_id = start(client, auth, workflow_id, {"who": "bo"})
-    wait_for(lambda: node_status(get(client, auth, execution_id)).get("slow") == "running")
+    wait_for(lambda: node_status(execution(client, auth, execution_id)).get("slow") == "running")
     paused = client.post(f"/executions/{execution_id}/pause", headers=auth)
     assert paused.status_code == 202, paused.text
     assert paused.json()["status"] in ("pausing", "paused")
@@ -264,7 +218,7 @@ def test_pause_stops_a_running_execution_and_resume_does_not_redo_finished_nodes
     again = client.post(f"/executions/{execution_id}/pause", headers=auth)  # idempotent
     assert again.status_code == 202 and again.json()["status"] == "paused"
     time.sleep(1.5)  # a daemon tick: no run retry, still paused, still one run
-    body = get(client, auth, execution_id)
+    body = execution(client, auth, execution_id)
     assert body["status"] == "paused" and len(body["runs"]) == 1
 
     resumed = client.post(f"/executions/{execution_id}/resume", headers=auth)

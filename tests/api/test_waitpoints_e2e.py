@@ -7,7 +7,7 @@ only the waitpoint and what follows it (checked in Dagster's step stats).
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +21,7 @@ from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.compiler import compile_workflow
 from flowmaestro_dagster.testing.stack import DagsterStack
 from tests.api.conftest import make_key
+from tests.api.e2e import deploy, execution, start, status_is, wait_for
 from tests.services import migrated_template
 
 pytestmark = pytest.mark.slow
@@ -71,53 +72,6 @@ def client(stack: DagsterStack, settings: ApiSettings) -> Iterator[TestClient]:
 @pytest.fixture
 def auth(stack: DagsterStack) -> dict[str, str]:
     return make_key(stack.database_url, f"user-{time.monotonic_ns()}@example.com")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s (last: {last!r})")
-
-
-def deploy(client: TestClient, auth: dict[str, str], definition: dict[str, Any]) -> str:
-    created = client.post("/workflows", json={"definition": definition}, headers=auth)
-    assert created.status_code == 201, created.text
-    workflow_id: str = created.json()["id"]
-    deployed = client.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
-    assert deployed.status_code == 200 and deployed.json()["runnable"], deployed.text
-    return workflow_id
-
-
-def start(
-    client: TestClient, auth: dict[str, str], workflow_id: str, inputs: dict[str, Any]
-) -> str:
-    response = client.post(
-        f"/workflows/{workflow_id}/executions", json={"inputs": inputs}, headers=auth
-    )
-    assert response.status_code == 201, response.text
-    execution_id: str = response.json()["id"]
-    return execution_id
-
-
-def execution(client: TestClient, auth: dict[str, str], execution_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = client.get(f"/executions/{execution_id}", headers=auth).json()
-    return body
-
-
-def status_is(
-    client: TestClient, auth: dict[str, str], execution_id: str, *statuses: str
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        body = execution(client, auth, execution_id)
-        return body if body["status"] in statuses else None
-
-    result: dict[str, Any] = wait_for(check)
-    return result
 
 
 def approval_flow(prompt: str = "Ship {{who}}?") -> dict[str, Any]:
