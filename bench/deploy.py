@@ -16,8 +16,8 @@ then, per sample, one more workflow is deployed through the API and timed:
   reload that grows with the workflows; the rest is starting the code server process.
 
 Deployed workflows are spread over `FLOWMAESTRO_CODE_LOCATION_SHARDS` code locations; the
-benchmark keeps the setting at its value in the environment (default 1: every workflow in one
-location, the worst case for a reload) and records it.
+section runs twice, with 1 shard (the default: every workflow in one location, the worst case
+for a reload) and with SHARDED_SHARDS, and records both.
 
 `python -m bench.deploy [--quick]` prints the result as JSON.
 """
@@ -49,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "corpus" / "flowmaestro"
 SIZES = (10, 200, 1000)
 GOAL_S_AT_1000 = 3.0
+# About 30 workflows per location at 1000: a reload stays near the cost of starting a code server.
+SHARDED_SHARDS = 32
 PROBE = {
     "name": "Deploy probe",
     "nodes": {
@@ -162,9 +164,13 @@ class Prober:
         raise TimeoutError(f"waited {timeout} s")
 
 
-def main(sizes: tuple[int, ...] = SIZES, samples: int = 3) -> dict[str, Any]:
+def main(
+    sizes: tuple[int, ...] = SIZES, samples: int = 3, shards: int | None = None
+) -> dict[str, Any]:
+    """One shard count (default: the setting's value in the environment)."""
     warnings.filterwarnings("ignore")
-    shards = ApiSettings(_env_file=None).code_location_shards
+    if shards is None:
+        shards = ApiSettings(_env_file=None).code_location_shards
     default_shards = ApiSettings.model_fields["code_location_shards"].default
     pool = corpus_definitions()
     results: dict[str, Any] = {
@@ -179,7 +185,7 @@ def main(sizes: tuple[int, ...] = SIZES, samples: int = 3) -> dict[str, Any]:
         migrate(url)
         email = f"bench-{uuid.uuid4().hex[:6]}@example.com"
         stack = DagsterStack(Path(tmp) / "home", url, shards=shards)
-        stack.start()
+        stack.start(timeout=180 + 10 * shards)  # a code server per shard starts
         try:
             settings = ApiSettings(
                 _env_file=None,
@@ -228,10 +234,11 @@ def main(sizes: tuple[int, ...] = SIZES, samples: int = 3) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    """The `deploy` section: 10, 200, 1000 workflows, or 10 and 100 for a smoke run."""
-    if quick:
-        return main(sizes=(10, 100), samples=1)
-    return main()
+    """The `deploy` section: 10, 200, 1000 workflows (10 and 100 for a smoke run), with one
+    shard (the default: every workflow in the location a deploy reloads) and with
+    SHARDED_SHARDS locations side by side."""
+    sizes, samples = ((10, 100), 1) if quick else (SIZES, 3)
+    return {"variants": [main(sizes, samples, shards=n) for n in (1, SHARDED_SHARDS)]}
 
 
 if __name__ == "__main__":

@@ -373,11 +373,38 @@ def queues_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
 
 
 def deploy_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    """One table per shard count (1, the default, and many), side by side."""
+    variants = r.get("variants", [r])
+    lines: Lines = []
+    goals: list[Goal] = []
+    for variant in variants:
+        more, goal = deploy_variant(variant)
+        lines += more
+        goals += goal
+    if len(variants) > 1:
+        first, last = variants[0], variants[-1]
+        size = list(first["sizes"])[-1]
+        one = first["sizes"][size]["deploy_to_runnable"]["median_s"]
+        many = last["sizes"].get(size, {}).get("deploy_to_runnable", {}).get("median_s")
+        if one and many:
+            lines += [
+                "",
+                f"At {size} workflows, {last['shards']} shards / 1 shard: "
+                f"**{round(many / one, 3)}** of the deploy time. Recommendation: about one "
+                "shard per 30 deployed workflows (`FLOWMAESTRO_CODE_LOCATION_SHARDS`); each "
+                "shard is a code server process (memory, and CPU when `dagster dev` starts).",
+            ]
+    return lines, goals
+
+
+def deploy_variant(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     default = "the default" if r["shards"] == r["shards_default"] else "not the default"
     lines = [
+        f"### {r['shards']} code-location shard(s)",
+        "",
         f"Code-location shards: **{r['shards']}** ({default}; "
-        "`FLOWMAESTRO_CODE_LOCATION_SHARDS`), so every deployed workflow is in the location a "
-        "deploy reloads when there is one shard. A real `dagster dev` and the API in process "
+        "`FLOWMAESTRO_CODE_LOCATION_SHARDS`); with one shard every deployed workflow is in the "
+        "location a deploy reloads. A real `dagster dev` and the API in process "
         f"on SQLite; workflows deployed straight into the database (the {r['corpus_definitions']}"
         " compiling corpus definitions in turn), then one more deployed through the API per "
         f"sample ({r['samples']} per size). Deploy → runnable: the deploy call, which reloads "
@@ -408,6 +435,7 @@ def deploy_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
         f"(at {sizes[-1]}, the in-process snapshot alone is {num(last.get('shard_snapshot_s'))} s "
         f"of the {num(last['reload_and_visible']['median_s'])} s reload); more shards divide "
         "that part by about their number.",
+        "",
     ]
     g = r["goals"]
     largest = r["sizes"][sizes[-1]]["deploy_to_runnable"]["median_s"]

@@ -43,7 +43,7 @@ SECTIONS = [
     Section("api", "API submissions", "bench.api:run", 3, 2),
     Section("waitpoints", "Waitpoints", "bench.waitpoints:run", 3, 2),
     Section("queues", "Run queues", "bench.queues:run", 5, 3),
-    Section("deploy", "Deploy → runnable", "bench.deploy:run", 6, 2),
+    Section("deploy", "Deploy → runnable", "bench.deploy:run", 12, 4),
 ]
 BY_NAME = {s.name: s for s in SECTIONS}
 

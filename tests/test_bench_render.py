@@ -241,17 +241,34 @@ RESULTS: dict[str, Any] = {
         "deploy": {
             "seconds": 300.0,
             "result": {
-                "shards": 1,
-                "shards_default": 1,
-                "corpus_definitions": 220,
-                "samples": 3,
-                "sizes": {
-                    "10": deploy_size(10, 1.0),
-                    "200": deploy_size(200, 1.5),
-                    "1000": deploy_size(1000, 2.5),
-                },
-                "largest_over_smallest": 2.5,
-                "goals": {"runnable_s_at_1000_max": 3.0, "met": True},
+                "variants": [
+                    {
+                        "shards": 1,
+                        "shards_default": 1,
+                        "corpus_definitions": 220,
+                        "samples": 3,
+                        "sizes": {
+                            "10": deploy_size(10, 1.0),
+                            "200": deploy_size(200, 1.5),
+                            "1000": deploy_size(1000, 2.5),
+                        },
+                        "largest_over_smallest": 2.5,
+                        "goals": {"runnable_s_at_1000_max": 3.0, "met": True},
+                    },
+                    {
+                        "shards": 32,
+                        "shards_default": 1,
+                        "corpus_definitions": 220,
+                        "samples": 3,
+                        "sizes": {
+                            "10": deploy_size(10, 1.0),
+                            "200": deploy_size(200, 1.1),
+                            "1000": deploy_size(1000, 1.25),
+                        },
+                        "largest_over_smallest": 1.25,
+                        "goals": {"runnable_s_at_1000_max": 3.0, "met": True},
+                    },
+                ]
             },
         },
     },
@@ -276,6 +293,8 @@ def test_render_shows_every_section_with_its_figures_and_goals() -> None:
     )
     assert "| approval → resumed, p50 | 3.1 s | ≤ 6.0 s | yes |" in text
     assert "Code-location shards: **1** (the default" in text
+    assert "Code-location shards: **32** (not the default" in text
+    assert "At 1000 workflows, 32 shards / 1 shard: **0.5** of the deploy time" in text
     assert "**Not measured: no Celery executor exposed yet.**" in text
     assert "| W3 | 0.6 s [0.55, 0.7] |" in text
     assert "| submissions per second, launch excluded | 60.0 | 90.0 | 1.5 |" in text
