@@ -156,7 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     docs.add_argument("--docs", action="store_true", help="write the docs even with --only")
     docs.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md alone")
     parser.add_argument("--render", type=Path, help="render the docs from a results file")
+    parser.add_argument(
+        "--into",
+        type=Path,
+        help="with --only: replace those sections in this earlier results file (the rerun is "
+        "recorded there under 'reruns') and render the docs from it",
+    )
     args = parser.parse_args(argv)
+    if args.into and not args.only:
+        parser.error("--into needs --only")
 
     if args.render:
         REPORT.write_text(render(json.loads(args.render.read_text())))
@@ -189,7 +197,16 @@ def main(argv: list[str] | None = None) -> int:
         results["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
     print(f"[bench] results: {(RESULTS / f'{stamp}.json').relative_to(ROOT)}")
-    if not args.no_docs and (args.docs or not args.only):
+    if args.into:
+        earlier: dict[str, Any] = json.loads(args.into.read_text())
+        earlier["sections"].update(results["sections"])
+        earlier.setdefault("reruns", []).append(
+            {"stamp": stamp, "command": results["command"], "sections": names}
+        )
+        args.into.write_text(json.dumps(earlier, indent=2))
+        results = earlier
+        print(f"[bench] merged into {args.into}")
+    if not args.no_docs and (args.docs or args.into or not args.only):
         REPORT.write_text(render(results))
         print(f"[bench] wrote {REPORT.relative_to(ROOT)}")
     failed = [n for n, s in results["sections"].items() if "error" in s]

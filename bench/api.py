@@ -11,7 +11,10 @@ reconciler would launch them all, and the submit → running samples would queue
 """
 
 import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -70,6 +73,55 @@ class Server:
         self.thread.join(timeout=30)
 
 
+API_WORKERS = 2  # uvicorn worker processes: one per core of the benchmark machine
+
+
+class ApiProcess:
+    """`flowmaestro api --workers N` in its own processes, as deployed: the load generator
+    (this process) does not share their interpreter lock."""
+
+    def __init__(self, settings: ApiSettings, dagster_home: Path, workers: int) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "DAGSTER_HOME": str(dagster_home),
+            "FLOWMAESTRO_DATABASE_URL": settings.database_url,
+            "FLOWMAESTRO_DAGSTER_GRAPHQL_URL": settings.dagster_graphql_url,
+            "FLOWMAESTRO_LAUNCH_ON_SUBMIT": str(settings.launch_on_submit).lower(),
+            "FLOWMAESTRO_RECONCILE_AFTER_SECONDS": str(settings.reconcile_after_seconds),
+        }
+        self.workers = workers
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> str:
+        command = [str(Path(sys.executable).with_name("flowmaestro")), "api"]
+        command += ["--port", str(self.port), "--workers", str(self.workers)]
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"flowmaestro api exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    return base
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("flowmaestro api did not answer in 120 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
 def pg_database() -> tuple[str, str]:
     name = f"fm_bench_{uuid.uuid4().hex[:8]}"
     engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
@@ -99,22 +151,23 @@ def launched_count(url: str) -> int:
 
 def submissions(
     settings: ApiSettings,
-    client: DagsterClient | None,
+    dagster_home: Path,
     *,
     seconds: float,
     clients: int,
     launch_grace: float = 0.0,
 ) -> dict[str, Any]:
-    """`clients` threads submitting for `seconds`; launches (if on) are counted until
-    `launch_grace` seconds after the window, and those not started by then are dropped (the
-    launch rate is Dagster's, a few a second: waiting for hundreds would take minutes)."""
-    app = create_app(settings, dagster=client)
+    """`clients` threads submitting for `seconds` to the API in its own processes; launches
+    (if on) are counted until `launch_grace` seconds after the window, and those not started by
+    then are dropped (the launch rate is Dagster's, a few a second: waiting for hundreds would
+    take minutes)."""
     auth = user_key(settings.database_url)
     launched_before = launched_count(settings.database_url)
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
-    with Server(app) as base, httpx.Client(base_url=base, timeout=60) as http:
+    server = ApiProcess(settings, dagster_home, API_WORKERS)
+    with server as base, httpx.Client(base_url=base, timeout=60) as http:
         workflow_id = http.post("/workflows", json={"definition": WORKFLOW}, headers=auth).json()[
             "id"
         ]
@@ -145,7 +198,6 @@ def submissions(
         time.sleep(launch_grace)
         launched = launched_count(settings.database_url) - launched_before
         launch_wall = time.perf_counter() - started
-        app.state.launcher.shutdown(wait=True, cancel_futures=True)
     return {
         "submissions": len(latencies),
         "errors": errors,
@@ -159,6 +211,7 @@ def submissions(
         "launched_per_second": round(launched / launch_wall, 1) if launched else 0.0,
         "launch_window_s": round(launch_wall, 1),
         "deploy_runnable": deployed.get("runnable"),
+        "api_workers": API_WORKERS,
     }
 
 
@@ -235,9 +288,11 @@ def run_backend(
     created: list[str] = []
     try:
         url = fresh_database(kind, workdir, "excluded", created)
+        home = workdir / f"idle-home-{kind}"
+        home.mkdir(exist_ok=True)
         excluded = submissions(
             ApiSettings(database_url=url, dagster_graphql_url=UNREACHABLE, launch_on_submit=False),
-            None,
+            home,
             seconds=seconds,
             clients=clients,
         )
@@ -253,7 +308,7 @@ def run_backend(
             client = DagsterClient(stack.graphql_url, instance=stack.instance())
             running = submit_to_running(stack, settings, client, samples)
             included = submissions(
-                settings, client, seconds=seconds, clients=clients, launch_grace=launch_grace
+                settings, stack.home, seconds=seconds, clients=clients, launch_grace=launch_grace
             )
         finally:
             stack.stop()
@@ -291,6 +346,7 @@ def main(
         if found["sqlite"][phase]["per_second"]
     }
     found["shape"] = {
+        "api_workers": API_WORKERS,
         "seconds": seconds,
         "clients": clients,
         "samples": samples,

@@ -237,7 +237,8 @@ def api_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
         )
 
     lines = [
-        f"The API under uvicorn in the benchmark process, {shape['clients']} clients posting "
+        f"The API as deployed (`flowmaestro api --workers {shape.get('api_workers', 1)}`, its "
+        f"own processes), {shape['clients']} client threads in the benchmark process posting "
         f"executions with fresh Idempotency-Keys for {shape['seconds']} s, on a fresh platform "
         "database per phase. Launch excluded: the API alone (`launch_on_submit` off). Launch "
         "included: each submission also launches a Dagster run through GraphQL (on a real "
@@ -504,8 +505,13 @@ def header(results: dict[str, Any]) -> Lines:
         f"| load average (1 min) | {m['load_average_before'][0]} before, {load_after} after |",
         f"| versions | Python {m['python']}, {packages}; SQLite {m['sqlite']}, PostgreSQL "
         f"{m['postgresql']}, Redis {m['redis']} |",
-        "",
     ]
+    for rerun in results.get("reruns", []):
+        lines.append(
+            f"| rerun | {', '.join(rerun['sections'])} measured again at {rerun['stamp']} "
+            f"(`{rerun['command']}`); those sections show the rerun |"
+        )
+    lines.append("")
     return lines
 
 

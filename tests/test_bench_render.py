@@ -350,3 +350,12 @@ def test_measured_celery_figures_render_side_by_side() -> None:
     text = render(results)
 
     assert "| W1 | 0.6 s [0.5, 0.7] | 1.2 s [1.1, 1.5] | 2.0 |" in text
+
+
+def test_a_rerun_merged_into_a_full_run_is_named_in_the_header() -> None:
+    results = copy.deepcopy(RESULTS)
+    results["reruns"] = [
+        {"stamp": "20260101T010000", "command": "python -m bench --only api", "sections": ["api"]}
+    ]
+    text = render(results)
+    assert "| rerun | api measured again at 20260101T010000 (`python -m bench --only api`)" in text
