@@ -37,16 +37,11 @@ class RunContext:
     log: logging.Logger = _log
 
 
-def run_node(
-    plan: NodePlan, state: ExecutionState, upstream: tuple[str, ...], run: RunContext
-) -> NodeOutcome:
-    """Execute a node's executor and add its output (and memory writes) to the state."""
-    if plan.type == "loop" and plan.loop is not None and plan.loop.mode == "inline":
-        return run_inline_loop(plan, state, upstream, run)
-    if plan.type == "batch" and plan.loop is not None and plan.loop.inline is not None:
-        return run_batch_node(plan, state, upstream, run)
-    config = plan.typed_config()
-    ctx = NodeContext(
+def node_context(
+    plan: NodePlan, config: Any, state: ExecutionState, upstream: tuple[str, ...], run: RunContext
+) -> NodeContext:
+    """What an executor sees of its node and of the run."""
+    return NodeContext(
         node_id=plan.node_id,
         node_type=plan.type,
         label=plan.label,
@@ -62,6 +57,18 @@ def run_node(
         step_key=run.step_key,
         log=run.log,
     )
+
+
+def run_node(
+    plan: NodePlan, state: ExecutionState, upstream: tuple[str, ...], run: RunContext
+) -> NodeOutcome:
+    """Execute a node's executor and add its output (and memory writes) to the state."""
+    if plan.type == "loop" and plan.loop is not None and plan.loop.mode == "inline":
+        return run_inline_loop(plan, state, upstream, run)
+    if plan.type == "batch" and plan.loop is not None and plan.loop.inline is not None:
+        return run_batch_node(plan, state, upstream, run)
+    config = plan.typed_config()
+    ctx = node_context(plan, config, state, upstream, run)
     executors = run.services.get("executors")
     result = get_executor(plan.type, executors)(ctx)
     if result.parked is not None:
@@ -180,22 +187,7 @@ def run_batch_node(
     loop, region = plan.loop, plan.loop.inline
     config = plan.typed_config()
     assert isinstance(config, BatchConfig)
-    ctx = NodeContext(
-        node_id=plan.node_id,
-        node_type=plan.type,
-        label=plan.label,
-        config=config,
-        state=state,
-        rank=plan.rank,
-        upstream=upstream,
-        attempt=run.attempt,
-        services=run.services,
-        run_id=run.run_id,
-        execution_id=run.execution_id,
-        run_tags=run.run_tags,
-        step_key=run.step_key,
-        log=run.log,
-    )
+    ctx = node_context(plan, config, state, upstream, run)
 
     def run_item(start: ExecutionState) -> ExecutionState | None:
         return _run_region(region, plan.node_id, start, run) if region.nodes else start
