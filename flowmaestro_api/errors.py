@@ -15,16 +15,17 @@ ApiError                         500 (never raised on purpose)
 └── DagsterUnavailable           503 the Dagster webserver did not answer
 """
 
+from __future__ import annotations
+
 import logging
 from collections.abc import Sequence
-from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from typing import TYPE_CHECKING, Any
 
 from flowmaestro_dagster.spec.problems import Problem
+
+if TYPE_CHECKING:  # FastAPI is imported where a response is made: code servers raise these too
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -141,11 +142,15 @@ def problem_response(
         "code": code,
         **{k: v for k, v in extra.items() if v not in (None, [], {})},
     }
+    from fastapi.responses import JSONResponse
+
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
 def register_error_handlers(app: FastAPI) -> None:
     """Map every error to problem+json; nothing escapes as an HTML 500."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -4,7 +4,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from flowmaestro_api.errors import Conflict, InvalidWorkflow, NotFound
@@ -16,8 +16,12 @@ from flowmaestro_dagster.naming import sanitize
 from flowmaestro_dagster.spec.parse import parse_workflow
 from flowmaestro_dagster.spec.problems import Problem
 
-ACTIVE_EXECUTION_STATUSES = ("queued", "running", "waiting")
+# An execution on one of these still needs its version's job (a paused one resumes on it).
+ACTIVE_EXECUTION_STATUSES = ("queued", "running", "waiting", "pausing", "paused")
 LOCATION_PREFIX = "flowmaestro-workflows"
+
+
+IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's bound-parameter limit
 
 
 def location_for(workflow_id: str, shards: int) -> str:
@@ -218,34 +222,37 @@ def archive_workflow(session: Session, *, user: User, workflow_id: str) -> Workf
 
 
 def loadable_versions(session: Session, *, shard: int, shards: int) -> list[WorkflowVersion]:
-    """Deployed versions, and any version an unfinished execution still runs on."""
-    rows = {
-        (r.workflow_id, r.version): r
-        for r in session.scalars(
-            select(WorkflowVersion).where(WorkflowVersion.status == "deployed")
-        )
-    }
-    active = session.execute(
-        select(Execution.workflow_id, Execution.version)
-        .where(Execution.status.in_(ACTIVE_EXECUTION_STATUSES))
-        .distinct()
-    ).all()
-    missing = [(w, v) for w, v in active if (w, v) not in rows]
-    if missing:
-        condition = or_(
-            *(
-                and_(WorkflowVersion.workflow_id == w, WorkflowVersion.version == v)
-                for w, v in missing
+    """Deployed versions, and any version an unfinished execution still runs on, of one shard.
+
+    Keys first, definitions only for this shard's versions: a code server (and every run
+    worker) of one shard out of many does not read every deployed definition.
+    """
+    keys = set(
+        session.execute(
+            select(WorkflowVersion.workflow_id, WorkflowVersion.version).where(
+                WorkflowVersion.status == "deployed"
             )
-        )
-        for row in session.scalars(select(WorkflowVersion).where(condition)):
-            rows[(row.workflow_id, row.version)] = row
+        ).tuples()
+    )
+    keys |= set(
+        session.execute(
+            select(Execution.workflow_id, Execution.version)
+            .where(Execution.status.in_(ACTIVE_EXECUTION_STATUSES))
+            .distinct()
+        ).tuples()
+    )
     suffix = f"-{shard}"
-    return [
-        row
-        for key, row in sorted(rows.items())
-        if location_for(row.workflow_id, shards).endswith(suffix)
-    ]
+    mine = {key for key in keys if location_for(key[0], shards).endswith(suffix)}
+    workflow_ids = sorted({workflow_id for workflow_id, _ in mine})
+    rows: dict[tuple[str, int], WorkflowVersion] = {}
+    for start in range(0, len(workflow_ids), IN_CHUNK):
+        chunk = workflow_ids[start : start + IN_CHUNK]
+        for row in session.scalars(
+            select(WorkflowVersion).where(WorkflowVersion.workflow_id.in_(chunk))
+        ):
+            if (row.workflow_id, row.version) in mine:
+                rows[(row.workflow_id, row.version)] = row
+    return [row for _, row in sorted(rows.items())]
 
 
 # -- diff ----------------------------------------------------------------------------------------
