@@ -5,25 +5,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flowmaestro_dagster.spec.configs import queue_priority as parse_priority
+
 ExecutionStatus = Literal[
     "queued", "running", "waiting", "pausing", "paused", "succeeded", "failed", "cancelled"
 ]
-PRIORITY_NAMES: dict[str, int] = {"low": -10, "normal": 0, "high": 10}
-
-
-def parse_priority(value: Any) -> int:
-    """`low` / `normal` / `high`, or an integer (higher runs first)."""
-    if isinstance(value, bool):
-        raise ValueError("priority must be low, normal, high or an integer")
-    if isinstance(value, int):
-        if not -1000 <= value <= 1000:
-            raise ValueError("priority must be between -1000 and 1000")
-        return value
-    if isinstance(value, str) and value.strip().lower() in PRIORITY_NAMES:
-        return PRIORITY_NAMES[value.strip().lower()]
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return parse_priority(int(value))
-    raise ValueError("priority must be low, normal, high or an integer")
 
 
 class _Schema(BaseModel):

@@ -356,7 +356,9 @@ QUEUE_PRIORITY_NAMES: dict[str, int] = {"low": -10, "normal": 0, "high": 10}
 
 
 def queue_priority(value: Any) -> int:
-    """`low` / `normal` / `high` (-10 / 0 / 10) or an integer in -1000..1000 (higher first)."""
+    """`low` / `normal` / `high` (-10 / 0 / 10) or an integer in -1000..1000 (higher first).
+
+    The one priority parser: queueConfig nodes, workflow settings and execution requests."""
     if isinstance(value, bool):
         raise ValueError("priority must be low, normal, high or an integer")
     if isinstance(value, float) and value.is_integer():
