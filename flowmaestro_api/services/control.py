@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from flowmaestro_api.errors import Conflict
@@ -26,7 +25,12 @@ from flowmaestro_api.services import executions as executions_service
 from flowmaestro_api.services.checkpoints import retry_from_checkpoint
 from flowmaestro_api.services.dagster import DagsterClient, RunInfo
 from flowmaestro_api.services.executions import PAUSED_TAG, execution_status
-from flowmaestro_api.services.waitpoints import RESUME_TAG, resume_run, waiting_executions
+from flowmaestro_api.services.waitpoints import (
+    RESUME_TAG,
+    record_decision,
+    resume_run,
+    waiting_executions,
+)
 
 
 def _status(session: Session, execution: Execution, runs: Sequence[RunInfo]) -> str:
@@ -146,20 +150,12 @@ def _resume_checkpoints(
         )
     at = utcnow().isoformat()
     for waitpoint in pending:
-        session.add(Decision(waitpoint_id=waitpoint.id, user_id=user.id, decision="resume"))
-        try:
-            session.flush()  # one decision per waitpoint: a concurrent resume loses here
-        except IntegrityError as exc:
-            session.rollback()
-            raise Conflict("the execution is already being resumed") from exc
-        session.execute(
-            update(Waitpoint)
-            .where(Waitpoint.id == waitpoint.id, Waitpoint.status == "pending")
-            .values(
-                status="resolved",
-                resolved_at=utcnow(),
-                resolution={"decision": "resume", "by": user.email, "at": at},
-            )
+        record_decision(
+            session,
+            waitpoint,
+            Decision(waitpoint_id=waitpoint.id, user_id=user.id, decision="resume"),
+            {"decision": "resume", "by": user.email, "at": at},
+            conflict="the execution is already being resumed",
         )
     session.commit()
     run_id = None

@@ -309,7 +309,9 @@ def decide(
     if waitpoint.status != "pending":
         raise Conflict("the approval was already decided")
     typed = check_response(waitpoint.spec, decision, value)
-    session.add(
+    record_decision(
+        session,
+        waitpoint,
         Decision(
             waitpoint_id=waitpoint.id,
             user_id=user.id if user else None,
@@ -317,26 +319,40 @@ def decide(
             decision=decision,
             value=typed,
             comment=comment,
-        )
+        ),
+        {
+            "decision": decision,
+            "value": typed,
+            "comment": comment,
+            "by": user.email if user else via,
+            "at": utcnow().isoformat(),
+        },
+        conflict="the approval was already decided",
     )
-    try:
-        session.flush()  # the unique waitpoint_id decides between concurrent decisions
-    except IntegrityError as exc:
-        session.rollback()
-        raise Conflict("the approval was already decided") from exc
-    resolution = {
-        "decision": decision,
-        "value": typed,
-        "comment": comment,
-        "by": user.email if user else via,
-        "at": utcnow().isoformat(),
-    }
-    if not _resolve(session, waitpoint, resolution):
-        session.rollback()
-        raise Conflict("the approval was already decided")
     session.commit()
     session.refresh(waitpoint)
     return waitpoint
+
+
+def record_decision(
+    session: Session,
+    waitpoint: Waitpoint,
+    decision: Decision,
+    resolution: dict[str, Any],
+    *,
+    conflict: str,
+) -> None:
+    """The one decision on a waitpoint, and pending → resolved; 409 `conflict` if another
+    decision got there first (the unique waitpoint_id decides between concurrent ones)."""
+    session.add(decision)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Conflict(conflict) from exc
+    if not _resolve(session, waitpoint, resolution):
+        session.rollback()
+        raise Conflict(conflict)
 
 
 def may_decide(session: Session, waitpoint: Waitpoint, user: User) -> bool:
