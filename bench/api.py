@@ -30,12 +30,12 @@ import sqlalchemy as sa
 import uvicorn
 from dagster import DagsterEventType
 
-from flowmaestro_api.db import dispose_engines, get_engine, migrate, session_scope
 from flowmaestro_api.main import create_app
-from flowmaestro_api.models import Execution
 from flowmaestro_api.security import create_api_key, ensure_user
-from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.store.db import dispose_engines, get_engine, migrate, session_scope
+from flowmaestro_dagster.store.models import Execution
 from flowmaestro_dagster.testing.stack import DagsterStack, free_port
 
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

@@ -3,8 +3,8 @@ steps on Celery workers, side by side with the same workflows on the run's own t
 
 This is a hook for the Celery executor another engineer is adding. It measures only when
 
-1. `flowmaestro_dagster.execution` exposes it (a public name containing "celery", or its
-   `flowmaestro_dagster.execution.celery` module),
+1. `flowmaestro_dagster.engines` exposes it (a public name containing "celery", or its
+   `flowmaestro_dagster.engines.celery` module),
 2. the `flowmaestro worker` command exists, and
 3. the broker (Redis, `BROKER`) answers;
 
@@ -49,20 +49,20 @@ def not_measured(reason: str) -> dict[str, Any]:
 
 
 def exposed_executor() -> str | None:
-    """The name under which `flowmaestro_dagster.execution` exposes a Celery executor, if any."""
+    """The name under which `flowmaestro_dagster.engines` exposes a Celery executor, if any."""
     import importlib
 
-    from flowmaestro_dagster import execution
+    from flowmaestro_dagster import engines as execution
 
     names = getattr(execution, "__all__", None) or [n for n in dir(execution) if n[0] != "_"]
     found = next((n for n in names if "celery" in n.lower()), None)
     if found is not None:
-        return f"flowmaestro_dagster.execution.{found}"
+        return f"flowmaestro_dagster.engines.{found}"
     try:
-        importlib.import_module("flowmaestro_dagster.execution.celery")
+        importlib.import_module("flowmaestro_dagster.engines.celery")
     except ImportError:
         return None
-    return "flowmaestro_dagster.execution.celery"
+    return "flowmaestro_dagster.engines.celery"
 
 
 def worker_command() -> list[str] | None:
@@ -145,11 +145,11 @@ def measure(command: list[str], repeats: int) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from bench import parallel
-    from flowmaestro_api.db import dispose_engines, get_engine, migrate, session_scope
     from flowmaestro_api.main import create_app
     from flowmaestro_api.security import create_api_key, ensure_user
-    from flowmaestro_api.services.dagster import DagsterClient
     from flowmaestro_api.settings import ApiSettings
+    from flowmaestro_dagster.control.client import DagsterClient
+    from flowmaestro_dagster.store.db import dispose_engines, get_engine, migrate, session_scope
     from flowmaestro_dagster.testing.stack import DagsterStack
 
     queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -253,7 +253,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     name = exposed_executor()
     if name is None:
         return not_measured(
-            "flowmaestro_dagster.execution exposes no Celery executor yet (no public name "
+            "flowmaestro_dagster.engines exposes no Celery executor yet (no public name "
             "containing 'celery', no execution.celery module; another engineer is adding it)"
         )
     command = worker_command()

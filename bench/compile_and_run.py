@@ -25,10 +25,9 @@ from typing import Any
 
 import dagster as dg
 
-from flowmaestro_dagster.compiler import compile_workflow
+from flowmaestro_dagster.engines.jobs import build_job
+from flowmaestro_dagster.engines.local import execute_in_process_with_executor, run_config_for
 from flowmaestro_dagster.errors import InvalidWorkflowError
-from flowmaestro_dagster.execution.local import execute_in_process_with_executor
-from flowmaestro_dagster.running import run_config_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "corpus" / "flowmaestro"
@@ -51,7 +50,7 @@ def corpus_compile_times(repeats: int = 3) -> dict[str, Any]:
         for _ in range(repeats):
             start = time.perf_counter()
             try:
-                compile_workflow(text)
+                build_job(text)
             except InvalidWorkflowError:
                 rejected += 1 if _ == 0 else 0
             best = min(best, time.perf_counter() - start)
@@ -100,7 +99,7 @@ def large_compile(nodes: int = 500, repeats: int = 3) -> dict[str, Any]:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        compile_workflow(definition)
+        build_job(definition)
         times.append(time.perf_counter() - start)
     return {
         "nodes": nodes,
@@ -182,7 +181,7 @@ VARIANTS = ("compiled_in_process", "compiled_threaded", "hand_written", "plain_p
 
 def chain_on(kind: str, repeats: int) -> dict[str, Any]:
     """The four variants on one instance kind, interleaved round by round after a warm-up."""
-    compiled = compile_workflow(chain_definition()).job  # its executor: threaded (the default)
+    compiled = build_job(chain_definition()).job  # its executor: threaded (the default)
     hand = hand_written_chain()
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     config = {**run_config_for({}), **quiet}

@@ -35,14 +35,14 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from flowmaestro_api.db import dispose_engines, get_engine, migrate, session_scope
 from flowmaestro_api.main import create_app
 from flowmaestro_api.security import create_api_key, ensure_user
-from flowmaestro_api.services.dagster import DagsterClient
-from flowmaestro_api.services.workflows import create_workflow, mark_deployed
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.compiler import compile_workflow
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.control.workflows import create_workflow, mark_deployed
+from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.errors import InvalidWorkflowError
+from flowmaestro_dagster.store.db import dispose_engines, get_engine, migrate, session_scope
 from flowmaestro_dagster.testing.stack import DagsterStack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def corpus_definitions() -> list[dict[str, Any]]:
     for path in sorted(CORPUS.rglob("*.json")):
         definition = json.loads(path.read_text())
         try:
-            compile_workflow(definition)
+            build_job(definition)
         except InvalidWorkflowError:
             continue
         found.append(definition)

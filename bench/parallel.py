@@ -34,10 +34,9 @@ from typing import Any
 
 from dagster import DagsterInstance, JobDefinition
 
-from flowmaestro_dagster.compiler import compile_workflow
-from flowmaestro_dagster.execution import threaded_executor_for
-from flowmaestro_dagster.execution.local import execute_in_process_with_executor
-from flowmaestro_dagster.running import run_config_for
+from flowmaestro_dagster.engines import threaded_executor_for
+from flowmaestro_dagster.engines.jobs import build_job
+from flowmaestro_dagster.engines.local import execute_in_process_with_executor, run_config_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_VENV = ROOT / "bench" / ".prefect-venv"
@@ -129,8 +128,8 @@ def dagster_runs(repeats: int) -> dict[str, dict[str, list[float]]]:
     config = run_config_for({}, log_level="ERROR")
     jobs: dict[str, tuple[JobDefinition, JobDefinition]] = {
         name: (
-            compile_workflow(build(), executor_def=threaded_executor_for(MAX_CONCURRENT)).job,
-            compile_workflow(build()).job,
+            build_job(build(), executor_def=threaded_executor_for(MAX_CONCURRENT)).job,
+            build_job(build()).job,
         )
         for name, build in WORKLOADS.items()
     }

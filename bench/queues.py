@@ -1,5 +1,5 @@
 """Run-queue benchmark, on a real Dagster (`dagster dev`: webserver, daemon, code locations) whose
-dagster.yaml is rendered from the settings by `flowmaestro_dagster.instance_config`.
+dagster.yaml is rendered from the settings by `flowmaestro_dagster.orchestration.instance_config`.
 
 * queue wait of a run submitted through the API: enqueued → dequeued (the daemon's RUN_STARTING)
   → started (RUN_START, its worker running), with an empty queue and with 200 runs queued
@@ -29,13 +29,13 @@ from typing import Any
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from flowmaestro_api.db import dispose_engines, get_engine, migrate, session_scope
 from flowmaestro_api.main import create_app
 from flowmaestro_api.security import create_api_key, ensure_user
-from flowmaestro_api.services.dagster import DagsterClient
-from flowmaestro_api.services.queues import read_snapshot, simulate
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.instance_config import render_instance_yaml
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.control.queues import read_snapshot, simulate
+from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
+from flowmaestro_dagster.store.db import dispose_engines, get_engine, migrate, session_scope
 from flowmaestro_dagster.testing.stack import DagsterStack, free_port
 
 PROBES = 15

@@ -200,7 +200,7 @@ def celery_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
         "The parallel workload (W1, W2, W3 above) with every node on Celery workers "
         '(`runOn: "celery"` in the workflow settings), side by side with the same workflows '
         "on the run's own threads. The section is a hook (`bench/celery_workers.py`): it "
-        "measures once `flowmaestro_dagster.execution` exposes a Celery executor and "
+        "measures once `flowmaestro_dagster.engines` exposes a Celery executor and "
         "`flowmaestro worker` exists, and never reports a figure it did not measure.",
         "",
     ]

@@ -21,12 +21,19 @@ from dagster import DagsterEventType, DagsterInstance
 from fastapi.testclient import TestClient
 
 from bench.api import PG_ADMIN, drop_pg, percentile, user_key
-from flowmaestro_api.db import get_engine, migrate, session_scope
 from flowmaestro_api.main import create_app
-from flowmaestro_api.models import Execution, User, Waitpoint, Workflow, WorkflowVersion, utcnow
-from flowmaestro_api.services.dagster import DagsterClient
-from flowmaestro_api.services.waitpoints import tick
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.control.waitpoints import tick
+from flowmaestro_dagster.store.db import get_engine, migrate, session_scope
+from flowmaestro_dagster.store.models import (
+    Execution,
+    User,
+    Waitpoint,
+    Workflow,
+    WorkflowVersion,
+    utcnow,
+)
 from flowmaestro_dagster.testing.stack import INSTANCE_YAML, DagsterStack
 
 SECRET = "bench-secret-key-0123456789"

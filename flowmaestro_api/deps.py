@@ -6,10 +6,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from flowmaestro_api.models import User
 from flowmaestro_api.security import authenticate
-from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.store.models import User
 
 
 def get_session(request: Request) -> Iterator[Session]:

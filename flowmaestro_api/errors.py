@@ -1,27 +1,60 @@
-"""API errors, rendered as RFC 9457 problem+json in one place (`register_error_handlers`).
+"""HTTP errors: every `PlatformError` rendered as RFC 9457 problem+json in one place.
 
-ApiError                         500 (never raised on purpose)
+The control plane (flowmaestro_dagster.errors) raises the domain errors and names their status;
+this module adds what only HTTP has and maps them all in `register_error_handlers`:
+
+PlatformError (flowmaestro_dagster.errors)   500 (never raised on purpose)
 ├── InvalidRequest               400 the request cannot be read
-├── Unauthenticated              401 missing or unknown API key
 ├── Forbidden                    403 the key's user may not do this
 ├── NotFound                     404 no such workflow / version / execution (or not yours)
 ├── Conflict                     409 the resource is in the wrong state for this
 ├── Gone                         410 it existed but has expired
-├── PayloadTooLarge              413
 ├── Unprocessable                422 valid JSON, invalid content (carries validation problems)
 │   ├── InvalidWorkflow          the definition has errors
 │   ├── InvalidInputs            inputs do not match the workflow's input nodes
 │   └── IdempotencyKeyReused     the key was used with a different request
-└── DagsterUnavailable           503 the Dagster webserver did not answer
+├── DagsterUnavailable           503 the Dagster webserver did not answer
+└── ApiError                     (this module)
+    ├── Unauthenticated          401 missing or unknown API key
+    └── PayloadTooLarge          413
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from flowmaestro_dagster.spec.problems import Problem
+from flowmaestro_dagster.errors import (
+    Conflict,
+    DagsterUnavailable,
+    Forbidden,
+    Gone,
+    IdempotencyKeyReused,
+    InvalidInputs,
+    InvalidRequest,
+    InvalidWorkflow,
+    NotFound,
+    PlatformError,
+    Unprocessable,
+)
+
+__all__ = [
+    "ApiError",
+    "Conflict",
+    "DagsterUnavailable",
+    "Forbidden",
+    "Gone",
+    "IdempotencyKeyReused",
+    "InvalidInputs",
+    "InvalidRequest",
+    "InvalidWorkflow",
+    "NotFound",
+    "PayloadTooLarge",
+    "PlatformError",
+    "Unauthenticated",
+    "Unprocessable",
+    "register_error_handlers",
+]
 
 if TYPE_CHECKING:  # FastAPI is imported where a response is made: code servers raise these too
     from fastapi import FastAPI, Request
@@ -31,37 +64,8 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
 
-class ApiError(Exception):
-    """Internal error."""
-
-    status = 500
-    code = "internal_error"
-
-    def __init__(
-        self,
-        detail: str | None = None,
-        *,
-        problems: Sequence[Problem | dict[str, Any]] = (),
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        self.detail = detail or (self.__doc__ or "").strip()
-        self.problems = [
-            p.model_dump(exclude_none=True) if isinstance(p, Problem) else p for p in problems
-        ]
-        self.headers = headers or {}
-        self.extra = extra
-        super().__init__(self.detail)
-
-    @property
-    def title(self) -> str:
-        return (type(self).__doc__ or self.code).strip().splitlines()[0].rstrip(".")
-
-
-class InvalidRequest(ApiError):
-    """The request could not be read."""
-
-    status, code = 400, "invalid_request"
+class ApiError(PlatformError):
+    """The request cannot be served."""
 
 
 class Unauthenticated(ApiError):
@@ -70,64 +74,10 @@ class Unauthenticated(ApiError):
     status, code = 401, "unauthenticated"
 
 
-class Forbidden(ApiError):
-    """Not allowed."""
-
-    status, code = 403, "forbidden"
-
-
-class NotFound(ApiError):
-    """Not found."""
-
-    status, code = 404, "not_found"
-
-
-class Conflict(ApiError):
-    """The resource is not in a state that allows this."""
-
-    status, code = 409, "conflict"
-
-
-class Gone(ApiError):
-    """It has expired."""
-
-    status, code = 410, "gone"
-
-
 class PayloadTooLarge(ApiError):
     """The request body is too large."""
 
     status, code = 413, "payload_too_large"
-
-
-class Unprocessable(ApiError):
-    """The request is well-formed but its content is invalid."""
-
-    status, code = 422, "unprocessable"
-
-
-class InvalidWorkflow(Unprocessable):
-    """The workflow definition has errors."""
-
-    code = "invalid_workflow"
-
-
-class InvalidInputs(Unprocessable):
-    """The inputs do not match the workflow's input nodes."""
-
-    code = "invalid_inputs"
-
-
-class IdempotencyKeyReused(Unprocessable):
-    """The Idempotency-Key was already used with a different request."""
-
-    code = "idempotency_key_reused"
-
-
-class DagsterUnavailable(ApiError):
-    """The Dagster webserver did not answer."""
-
-    status, code = 503, "dagster_unavailable"
 
 
 def problem_response(
@@ -152,8 +102,8 @@ def register_error_handlers(app: FastAPI) -> None:
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(PlatformError)
+    async def _api_error(request: Request, exc: PlatformError) -> JSONResponse:
         response = problem_response(
             exc.status, exc.code, exc.title, exc.detail, request, problems=exc.problems, **exc.extra
         )

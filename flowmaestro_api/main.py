@@ -8,13 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
-from flowmaestro_api.db import get_engine, migrate, session_factory, session_scope
 from flowmaestro_api.errors import PayloadTooLarge, problem_response, register_error_handlers
 from flowmaestro_api.routes import approvals, executions, health, queues, workflows
 from flowmaestro_api.routes.observability import router as observability_router
-from flowmaestro_api.services.dagster import DagsterClient
-from flowmaestro_api.services.executions import launch_execution
 from flowmaestro_api.settings import ApiSettings, get_api_settings
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.control.executions import launch_execution
+from flowmaestro_dagster.store.db import get_engine, migrate, session_factory, session_scope
 
 log = logging.getLogger("flowmaestro.api")
 

@@ -1,11 +1,14 @@
-"""Request and response schemas (XCreate / XUpdate / XPublic / XList)."""
+"""Request and response schemas (XCreate / XUpdate / XPublic / XList).
+
+`ExecutionCreate` and `WorkflowSettingsIn` are the control plane's (control/requests.py).
+"""
 
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from flowmaestro_dagster.spec.configs import queue_priority as parse_priority
+from flowmaestro_dagster.control.requests import WorkflowSettingsIn
 
 ExecutionStatus = Literal[
     "queued", "running", "waiting", "pausing", "paused", "succeeded", "failed", "cancelled"
@@ -14,21 +17,6 @@ ExecutionStatus = Literal[
 
 class _Schema(BaseModel):
     model_config = ConfigDict(from_attributes=True)
-
-
-class WorkflowSettingsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    priority: int | str | None = None
-    queue: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-    concurrency_limit: int | None = Field(default=None, ge=1, le=10)
-    one_at_a_time_per_user: bool | None = None
-    idempotency_ttl_seconds: int | None = Field(default=None, ge=60, le=30 * 86_400)
-
-    @field_validator("priority")
-    @classmethod
-    def _priority(cls, value: Any) -> int | None:
-        return None if value is None else parse_priority(value)
 
 
 class WorkflowCreate(BaseModel):
@@ -113,19 +101,6 @@ class VersionDiff(BaseModel):
     nodes: DiffSection
     edges: DiffSection
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-
-class ExecutionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    inputs: dict[str, Any] = Field(default_factory=dict)
-    priority: int | str | None = None
-    queue: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-
-    @field_validator("priority")
-    @classmethod
-    def _priority(cls, value: Any) -> int | None:
-        return None if value is None else parse_priority(value)
 
 
 class NodeStatusPublic(BaseModel):

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowmaestro_api.errors import Unauthenticated
-from flowmaestro_api.models import ApiKey, User, utcnow
+from flowmaestro_dagster.store.models import ApiKey, User, utcnow
 
 KEY_PREFIX = "fm"
 _TOUCH_EVERY = timedelta(minutes=1)

@@ -1,20 +1,18 @@
-"""`flowmaestro` command line: validate, run, dev, api, worker, migrate."""
+"""`flowmaestro` command line, Dagster side: validate, run, worker, migrate (the API adds
+`dev`, `api` and `keys`: flowmaestro_api/cli.py)."""
 
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flowmaestro_dagster.catalog import workflow_files
-from flowmaestro_dagster.compiler import compile_workflow
+from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.errors import InvalidWorkflowError
-from flowmaestro_dagster.settings import PROJECT_ROOT, get_settings
+from flowmaestro_dagster.orchestration.catalog import workflow_files
+from flowmaestro_dagster.settings import get_settings
 from flowmaestro_dagster.spec.problems import Problem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -33,7 +31,7 @@ def validate_file(path: Path) -> dict[str, Any]:
         record.update(errors=[{"code": "unreadable", "message": str(exc)}], warnings=[])
         return record
     try:
-        compiled = compile_workflow(text)
+        compiled = build_job(text)
     except InvalidWorkflowError as exc:
         record["errors"] = [_problem_dict(p) for p in exc.problems if p.severity == "error"]
         record["warnings"] = [_problem_dict(p) for p in exc.problems if p.severity == "warning"]
@@ -102,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"flowmaestro run: bad --inputs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        compiled = compile_workflow(path.read_bytes())
+        compiled = build_job(path.read_bytes())
     except OSError as exc:
         print(f"flowmaestro run: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
@@ -115,11 +113,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from dagster import DagsterInstance
 
-    from flowmaestro_dagster.running import execute_locally
+    from flowmaestro_dagster.engines.local import execute_workflow
 
-    _ensure_dagster_home()
+    ensure_dagster_home()
     with DagsterInstance.get() as instance:
-        result = execute_locally(compiled, inputs, instance=instance, log_level="ERROR")
+        result = execute_workflow(compiled, inputs, instance=instance, log_level="ERROR")
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
     else:
@@ -133,134 +131,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if result.status == "succeeded" else EXIT_FAILED
 
 
-def _ensure_dagster_home() -> Path:
+def ensure_dagster_home() -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or get_settings().dagster_home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
 
-def _dev_api_key(home: Path) -> str:
-    """The development user's API key, created once and kept in DAGSTER_HOME (git-ignored)."""
-    from flowmaestro_api.db import get_engine, migrate, session_scope
-    from flowmaestro_api.security import authenticate, create_api_key, ensure_user
-    from flowmaestro_api.settings import get_api_settings
-
-    url = get_api_settings().database_url
-    migrate(url)
-    key_file = home / "dev-api-key"
-    with session_scope(get_engine(url)) as session:
-        if key_file.exists():
-            try:
-                authenticate(session, key_file.read_text().strip())
-                return key_file.read_text().strip()
-            except Exception:  # noqa: BLE001 - a stale key (new database): make a new one
-                pass
-        user = ensure_user(session, email="dev@localhost", name="Developer")
-        key = create_api_key(session, user=user, name="development")
-    key_file.write_text(key)
-    key_file.chmod(0o600)
-    return key
-
-
-def cmd_dev(args: argparse.Namespace) -> int:
-    """Dagster webserver + daemon (examples, platform sensors, deployed workflows) and the API."""
-    from flowmaestro_api.settings import get_api_settings
-    from flowmaestro_dagster.instance_config import prepare_storage, write_instance_yaml
-    from flowmaestro_dagster.workspace import write_workspace
-
-    settings = get_settings()
-    api = get_api_settings()
-    home = _ensure_dagster_home()
-    write_instance_yaml(home, api)  # run queue limits from the FLOWMAESTRO_* settings
-    prepare_storage(api)  # PostgreSQL: the Dagster schema
-    host, port = args.host or settings.webserver_host, args.port or settings.webserver_port
-    env = dict(os.environ)
-    env.setdefault("FLOWMAESTRO_DAGSTER_GRAPHQL_URL", f"http://{host}:{port}/graphql")
-    env.setdefault("FLOWMAESTRO_DAGSTER_UI_URL", f"http://{host}:{port}")
-    workspace = write_workspace(home / "workspace.yaml", api.code_location_shards)
-    key = _dev_api_key(home)
-    bin_dir = Path(sys.executable).parent
-    # A shell's background job starts with SIGINT ignored, and children inherit "ignored";
-    # with a handler installed here, exec resets it to the default in the children.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    dagster = subprocess.Popen(
-        [str(bin_dir / "dagster"), "dev", "-w", str(workspace), "-h", host, "-p", str(port)],
-        cwd=PROJECT_ROOT,
-        env=env,
-    )
-    processes = [dagster]
-    if not args.no_api:
-        processes.append(
-            subprocess.Popen(
-                [
-                    str(bin_dir / "flowmaestro"),
-                    "api",
-                    "--host",
-                    api.api_host,
-                    "--port",
-                    str(api.api_port),
-                ],
-                cwd=PROJECT_ROOT,
-                env=env,
-            )
-        )
-    print(f"DAGSTER_HOME={home}")
-    print(f"Dagster UI:  http://{host}:{port}")
-    if not args.no_api:
-        print(f"API:         http://{api.api_host}:{api.api_port}  (docs at /docs)")
-        print(f"API key:     {key}   (user dev@localhost; also in {home / 'dev-api-key'})")
-
-    def stop(_signum: int, _frame: object) -> None:
-        for process in processes:
-            # `dagster dev` shuts its webserver, daemon and code servers down on SIGINT.
-            process.send_signal(signal.SIGINT)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        while all(p.poll() is None for p in processes):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    stop(signal.SIGINT, None)
-    codes = []
-    for process in processes:
-        try:
-            codes.append(process.wait(timeout=60))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            codes.append(process.wait())
-    return max(codes, default=0)
-
-
-def cmd_api(args: argparse.Namespace) -> int:
-    """The HTTP API alone (uvicorn)."""
-    import uvicorn
-
-    from flowmaestro_api.settings import get_api_settings
-
-    api = get_api_settings()
-    _ensure_dagster_home()
-    uvicorn.run(
-        "flowmaestro_api.main:create_app",
-        factory=True,
-        host=args.host or api.api_host,
-        port=args.port or api.api_port,
-        workers=args.workers,
-        log_level="info",
-    )
-    return EXIT_OK
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     """A Celery worker for node steps (docs/deployment.md), in this process: SIGTERM is a warm
     shutdown (running steps finish), and the broker is always FLOWMAESTRO_CELERY_BROKER_URL,
     never Celery's AMQP default."""
-    from flowmaestro_api.settings import get_api_settings
-    from flowmaestro_dagster.execution.celery import make_celery_app, worker_hostname
+    from flowmaestro_dagster.engines.celery import make_celery_app, worker_hostname
+    from flowmaestro_dagster.settings import get_settings
 
-    api = get_api_settings()
+    api = get_settings()
     if api.celery_broker_url is None or api.celery_backend is None:
         print(
             "flowmaestro worker: set FLOWMAESTRO_CELERY_BROKER_URL (e.g. redis://host:6379/0), "
@@ -293,24 +178,22 @@ def _preload_worker() -> None:
     import dagster_postgres  # noqa: F401 - the instance storage of a step's run
     from dagster._core.execution.api import execute_plan_iterator  # noqa: F401
 
-    import flowmaestro_api.services.workflows  # noqa: F401 - what the shards load
-    import flowmaestro_dagster.compiler
-    import flowmaestro_dagster.definitions
-    import flowmaestro_dagster.io_manager  # noqa: F401
-
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Create or upgrade every table: the API's, then the Dagster instance's (its schema too)."""
     from dagster import DagsterInstance
 
-    from flowmaestro_api.db import migrate
-    from flowmaestro_api.settings import get_api_settings
-    from flowmaestro_dagster.instance_config import prepare_storage, write_instance_yaml
+    from flowmaestro_dagster.orchestration.instance_config import (
+        prepare_storage,
+        write_instance_yaml,
+    )
+    from flowmaestro_dagster.settings import get_settings
+    from flowmaestro_dagster.store.db import migrate
 
-    api = get_api_settings()
+    api = get_settings()
     migrate(api.database_url)
     prepare_storage(api)
-    home = _ensure_dagster_home()
+    home = ensure_dagster_home()
     write_instance_yaml(home, api)
     with DagsterInstance.from_config(str(home)) as instance:
         instance.upgrade()
@@ -324,23 +207,11 @@ def _redacted_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    """Create an API key for a user (created if new); the key is shown once."""
-    from flowmaestro_api.db import get_engine, migrate, session_scope
-    from flowmaestro_api.security import create_api_key, ensure_user
-    from flowmaestro_api.settings import get_api_settings
-
-    url = get_api_settings().database_url
-    migrate(url)
-    with session_scope(get_engine(url)) as session:
-        user = ensure_user(session, email=args.email, name=args.name or "")
-        key = create_api_key(session, user=user, name=args.label or "")
-    print(key)
-    return EXIT_OK
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowmaestro", description=__doc__)
+def build_parser(
+    more: Callable[[Any], None] | None = None, description: str | None = None
+) -> argparse.ArgumentParser:
+    """The Dagster-side commands; `more(commands)` adds others (the API's `dev`, `api`, `keys`)."""
+    parser = argparse.ArgumentParser(prog="flowmaestro", description=description or __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     validate = commands.add_parser("validate", help="check workflow files and compile them")
@@ -354,18 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inputs", help="inputs as a JSON object, or @file.json")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(handler=cmd_run)
-
-    dev = commands.add_parser("dev", help="start the Dagster UI, daemon and the API")
-    dev.add_argument("--host", default=None, help="Dagster UI host")
-    dev.add_argument("--port", type=int, default=None, help="Dagster UI port")
-    dev.add_argument("--no-api", action="store_true", help="start Dagster only")
-    dev.set_defaults(handler=cmd_dev)
-
-    api = commands.add_parser("api", help="start the HTTP API alone")
-    api.add_argument("--host", default=None)
-    api.add_argument("--port", type=int, default=None)
-    api.add_argument("--workers", type=int, default=1)
-    api.set_defaults(handler=cmd_api)
 
     worker = commands.add_parser("worker", help="start a Celery worker for node steps")
     worker.add_argument("--name", default=None, help="unique on its host (default: the process id)")
@@ -381,21 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(handler=cmd_migrate)
 
-    keys = commands.add_parser("keys", help="manage API keys")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    create = key_commands.add_parser("create", help="create an API key (printed once)")
-    create.add_argument("--email", required=True, help="the user the key belongs to")
-    create.add_argument("--name", default=None, help="the user's display name")
-    create.add_argument("--label", default=None, help="a name for the key")
-    create.set_defaults(handler=cmd_keys_create)
+    if more is not None:
+        more(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", module="dagster")
-    args = build_parser().parse_args(argv)
+    args = (parser or build_parser()).parse_args(argv)
     handler = args.handler
     try:
         code: int = handler(args)

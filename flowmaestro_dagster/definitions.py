@@ -13,22 +13,25 @@ from typing import Any
 
 import dagster as dg
 
-from flowmaestro_dagster.adapter import INPUTS_RESOURCE, SERVICES_RESOURCE
-from flowmaestro_dagster.catalog import load_catalog
-from flowmaestro_dagster.resources import FlowMaestroResource, workflow_inputs_resource
+from flowmaestro_dagster.adapter.ops import INPUTS_RESOURCE, SERVICES_RESOURCE
+from flowmaestro_dagster.adapter.resources import default_resources, workflow_inputs_resource
+from flowmaestro_dagster.orchestration.catalog import load_catalog
 from flowmaestro_dagster.settings import get_settings
 
 
 def node_resources(*, database_outputs: bool = False) -> dict[str, Any]:
-    resources: dict[str, Any] = {
-        INPUTS_RESOURCE: workflow_inputs_resource,
-        SERVICES_RESOURCE: FlowMaestroResource(platform=database_outputs),
-    }
-    if database_outputs:
-        from flowmaestro_dagster.io_manager import NodeOutputIOManager
+    """The ops' resources; `database_outputs`: the platform's (outputs and waitpoints in its
+    database, so a resumed run reads what the parked run produced)."""
+    if not database_outputs:
+        return default_resources()
+    from flowmaestro_dagster.adapter.io_manager import NodeOutputIOManager
+    from flowmaestro_dagster.orchestration.resources import PlatformResource
 
-        resources["io_manager"] = NodeOutputIOManager()
-    return resources
+    return {
+        INPUTS_RESOURCE: workflow_inputs_resource,
+        SERVICES_RESOURCE: PlatformResource(),
+        "io_manager": NodeOutputIOManager(),
+    }
 
 
 def build_definitions() -> dg.Definitions:
@@ -44,11 +47,10 @@ def defs() -> dg.Definitions:
 
 @dg.definitions
 def platform_defs() -> dg.Definitions:
-    from flowmaestro_api.db import get_engine, migrate
-    from flowmaestro_api.settings import get_api_settings
-    from flowmaestro_dagster.sensors import platform_sensors
+    from flowmaestro_dagster.orchestration.sensors import platform_sensors
+    from flowmaestro_dagster.store.db import get_engine, migrate
 
-    settings = get_api_settings()
+    settings = get_settings()
     migrate(settings.database_url)
     get_engine(settings.database_url)
     return dg.Definitions(sensors=platform_sensors())
@@ -58,13 +60,12 @@ def build_shard(shard: int) -> dg.RepositoryDefinition:
     """Deployed workflow versions of one shard, as a repository of lazily built jobs."""
     from sqlalchemy.exc import OperationalError
 
-    from flowmaestro_api.db import get_engine, migrate, session_scope
-    from flowmaestro_api.services.workflows import loadable_versions
-    from flowmaestro_api.settings import get_api_settings
-    from flowmaestro_dagster.compiler import compile_workflow
-    from flowmaestro_dagster.instance_config import pool_op_tags
+    from flowmaestro_dagster.control.workflows import loadable_versions
+    from flowmaestro_dagster.engines.jobs import build_job
+    from flowmaestro_dagster.store.db import get_engine, migrate, session_scope
+    from flowmaestro_dagster.tags import pool_op_tags
 
-    settings = get_api_settings()
+    settings = get_settings()
 
     def load() -> list[tuple[str, dict[str, Any], str]]:
         with session_scope(get_engine(settings.database_url)) as session:
@@ -84,7 +85,7 @@ def build_shard(shard: int) -> dg.RepositoryDefinition:
         # Every op is in the workflow's pool: the API sets its slots to the workflow's
         # concurrency limit (pool granularity `run`: a slot is a run; docs/queues.md).
         return lambda: (
-            compile_workflow(
+            build_job(
                 definition,
                 job_name=job_name,
                 resource_defs=resources,

@@ -8,6 +8,10 @@ FlowMaestroError
     ├── NodeConfigurationError    the node's settings cannot work (bad value at run time)
     └── ConnectorNotConfiguredError
                                   no executor / connector is configured for this node
+├── PlatformError                 a control-plane request cannot be done (`status`: HTTP answer)
+│   ├── InvalidRequest 400, Forbidden 403, NotFound 404, Conflict 409, Gone 410
+│   ├── Unprocessable 422         (InvalidWorkflow, InvalidInputs, IdempotencyKeyReused)
+│   └── DagsterUnavailable 503    the Dagster webserver did not answer
 └── CeleryError                   a node step could not be run on a Celery worker
     ├── CeleryUnavailableError    the broker is unreachable or no worker consumes the queue
     └── CeleryWorkerLostError     the worker running a step stopped answering (killed, lost)
@@ -100,3 +104,93 @@ class CeleryUnavailableError(CeleryError):
 class CeleryWorkerLostError(CeleryError):
     """The Celery worker running a node step stopped answering; the run fails so that Dagster
     retries it from failure (FLOWMAESTRO_RUN_RETRIES)."""
+
+
+# -- the control plane: requests the API (and sensors) make of the platform -----------------
+
+
+class PlatformError(FlowMaestroError):
+    """Internal error."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        problems: Sequence["Problem | dict[str, Any]"] = (),
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.detail = detail or (self.__doc__ or "").strip()
+        self.problems = [
+            p if isinstance(p, dict) else p.model_dump(exclude_none=True) for p in problems
+        ]
+        self.headers = headers or {}
+        self.extra = extra
+        super().__init__(self.detail)
+
+    @property
+    def title(self) -> str:
+        return (type(self).__doc__ or self.code).strip().splitlines()[0].rstrip(".")
+
+
+class InvalidRequest(PlatformError):
+    """The request could not be read."""
+
+    status, code = 400, "invalid_request"
+
+
+class Forbidden(PlatformError):
+    """Not allowed."""
+
+    status, code = 403, "forbidden"
+
+
+class NotFound(PlatformError):
+    """Not found."""
+
+    status, code = 404, "not_found"
+
+
+class Conflict(PlatformError):
+    """The resource is not in a state that allows this."""
+
+    status, code = 409, "conflict"
+
+
+class Gone(PlatformError):
+    """It has expired."""
+
+    status, code = 410, "gone"
+
+
+class Unprocessable(PlatformError):
+    """The request is well-formed but its content is invalid."""
+
+    status, code = 422, "unprocessable"
+
+
+class InvalidWorkflow(Unprocessable):
+    """The workflow definition has errors."""
+
+    code = "invalid_workflow"
+
+
+class InvalidInputs(Unprocessable):
+    """The inputs do not match the workflow's input nodes."""
+
+    code = "invalid_inputs"
+
+
+class IdempotencyKeyReused(Unprocessable):
+    """The Idempotency-Key was already used with a different request."""
+
+    code = "idempotency_key_reused"
+
+
+class DagsterUnavailable(PlatformError):
+    """The Dagster webserver did not answer."""
+
+    status, code = 503, "dagster_unavailable"

@@ -11,6 +11,8 @@ export PATH="$root/.venv/bin:$PATH"
 echo "== ruff"
 ruff format --check .
 ruff check .
+echo "== import contracts"
+lint-imports --no-cache
 echo "== mypy"
 mypy
 echo "== pytest"

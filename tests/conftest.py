@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from flowmaestro_dagster.results import WorkflowRunResult
+from flowmaestro_dagster.engines.results import WorkflowRunResult
 from flowmaestro_dagster.testing import run_workflow
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from flowmaestro_api.db import dispose_engines, migrate
+from flowmaestro_dagster.store.db import dispose_engines, migrate
 from flowmaestro_dagster.testing.stack import DagsterStack, free_port
 
 PG_ADMIN_URL = os.environ.get(

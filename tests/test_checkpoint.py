@@ -8,21 +8,18 @@ from typing import Any
 
 import pytest
 
-from flowmaestro_api.db import get_engine, migrate, session_scope
-from flowmaestro_api.models import Checkpoint, Execution, User, Workflow
-from flowmaestro_api.services.checkpoints import (
-    DatabaseCheckpointStore,
-    list_checkpoints,
-    purge_expired_checkpoints,
-)
+from flowmaestro_dagster.compile.validation import validate
+from flowmaestro_dagster.control.checkpoints import list_checkpoints, purge_expired_checkpoints
+from flowmaestro_dagster.engines.results import WorkflowRunResult
 from flowmaestro_dagster.errors import ConnectorNotConfiguredError
-from flowmaestro_dagster.executors import NodeContext, get_executor
-from flowmaestro_dagster.executors.waitpoints import WaitpointRecord
-from flowmaestro_dagster.results import WorkflowRunResult
-from flowmaestro_dagster.runtime.state import ExecutionState
+from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.nodes import NodeContext, get_executor
+from flowmaestro_dagster.nodes.waitpoints import WaitpointRecord
 from flowmaestro_dagster.spec.configs import CheckpointConfig, normalise_config
 from flowmaestro_dagster.spec.parse import parse_workflow
-from flowmaestro_dagster.validation import validate
+from flowmaestro_dagster.store.checkpoints import DatabaseCheckpointStore
+from flowmaestro_dagster.store.db import get_engine, migrate, session_scope
+from flowmaestro_dagster.store.models import Checkpoint, Execution, User, Workflow
 from tests.conftest import flow
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from flowmaestro_dagster.cli import main
+from flowmaestro_api.cli import main
 from tests.conftest import CORPUS, flow
 
 

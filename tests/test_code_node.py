@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from flowmaestro_dagster.errors import NodeConfigurationError, NodeExecutionError
-from flowmaestro_dagster.executors.base import NodeContext
-from flowmaestro_dagster.executors.code import execute_code, global_names, snippet_names
-from flowmaestro_dagster.runtime.state import ExecutionState
+from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.nodes.base import NodeContext
+from flowmaestro_dagster.nodes.code import execute_code, global_names, snippet_names
 from flowmaestro_dagster.settings import CodeSettings, Settings
 from flowmaestro_dagster.spec.configs import CodeConfig
 from flowmaestro_dagster.testing import run_workflow
@@ -228,7 +228,7 @@ def test_python_kernel_layers_hold_without_the_audit_hook(tmp_path: Path) -> Non
     import subprocess
     import sys
 
-    from flowmaestro_dagster.sandbox import python as sandbox
+    from flowmaestro_dagster.nodes.sandbox import python as sandbox
 
     folder = str(Path(sandbox.__file__).parent)
     done = subprocess.run(

@@ -5,8 +5,8 @@ from typing import Any
 import dagster as dg
 from dagster import Backoff
 
-from flowmaestro_dagster.compiler import compile_workflow
-from flowmaestro_dagster.naming import unique_aliases
+from flowmaestro_dagster.compile.naming import unique_aliases
+from flowmaestro_dagster.engines.jobs import build_job
 from tests.conftest import flow
 
 
@@ -33,14 +33,14 @@ def two_workflows() -> list[dict[str, Any]]:
 
 
 def test_job_names_are_stable_valid_names() -> None:
-    first, second = (compile_workflow(w) for w in two_workflows())
+    first, second = (build_job(w) for w in two_workflows())
     assert first.job_name == "first_workflow"
     assert second.job_name == "second_workflow"
-    assert compile_workflow(two_workflows()[0]).job_name == first.job_name
+    assert build_job(two_workflows()[0]).job_name == first.job_name
 
 
 def test_node_ids_become_collision_free_aliases_with_original_id_in_tags() -> None:
-    second = compile_workflow(two_workflows()[1])
+    second = build_job(two_workflows()[1])
     aliases = second.aliases
     assert aliases["input"] == "input_"  # `input` is reserved by Dagster
     assert aliases["llm_1"] == "llm_1"  # the id that is already valid keeps the plain name
@@ -59,7 +59,7 @@ def test_aliases_are_deterministic_and_unique_for_hostile_ids() -> None:
 
 
 def test_workflows_share_one_op_definition_per_node_type() -> None:
-    jobs = [compile_workflow(w).job for w in two_workflows()]
+    jobs = [build_job(w).job for w in two_workflows()]
     defs = dg.Definitions(jobs=jobs)
     defs.get_repository_def()  # raises on conflicting op definitions
     llm_defs = {
@@ -72,7 +72,7 @@ def test_workflows_share_one_op_definition_per_node_type() -> None:
 
 
 def test_op_labels_type_and_plan_config() -> None:
-    compiled = compile_workflow(two_workflows()[0])
+    compiled = build_job(two_workflows()[0])
     assert compiled.aliases["llm-1"] == "summarize__llm_1"  # the Gantt shows the label
     assert compiled.aliases["input-1"] == "input_1"  # a label that only repeats id/type/name
     node = compiled.job.graph.node_named("summarize__llm_1")
@@ -97,7 +97,7 @@ def test_retry_policies_come_from_node_settings_or_type_defaults() -> None:
         ],
         [("in", "call"), ("in", "ask"), ("in", "pure")],
     )
-    job = compile_workflow(definition).job
+    job = build_job(definition).job
     policies = {n.name: job.graph.node_named(n.name).retry_policy for n in job.graph.nodes}
     call = policies["call"]
     assert call is not None and call.max_retries == 3 and call.delay == 0.25
@@ -114,7 +114,7 @@ def test_workflow_timeout_becomes_dagster_max_runtime() -> None:
         "edges": [],
         "settings": {"timeout": 90000},
     }
-    job = compile_workflow(definition).job
+    job = build_job(definition).job
     assert job.tags["dagster/max_runtime"] == "90.0"
 
 
@@ -133,7 +133,7 @@ def test_branch_outputs_are_optional_per_handle() -> None:
         ],
         [("in", "sw"), ("sw", "a", "high priority"), ("sw", "b", "default")],
     )
-    job = compile_workflow(definition).job
+    job = build_job(definition).job
     switch_def = job.graph.node_named("sw").definition
     assert set(switch_def.output_dict) == {"result", "high_priority", "default"}
     assert all(not out.is_required for out in switch_def.output_defs)
@@ -141,7 +141,7 @@ def test_branch_outputs_are_optional_per_handle() -> None:
 
 def test_compiling_is_pure_and_repeatable() -> None:
     definition = two_workflows()[0]
-    first = compile_workflow(definition)
-    second = compile_workflow(definition)
+    first = build_job(definition)
+    second = build_job(definition)
     assert first.aliases == second.aliases
     assert first.job.get_job_snapshot().snapshot_id == second.job.get_job_snapshot().snapshot_id

@@ -15,7 +15,16 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from flowmaestro_dagster.connectors import (
+from flowmaestro_dagster.compile.validation import validate
+from flowmaestro_dagster.errors import (
+    ConnectorNotConfiguredError,
+    NodeConfigurationError,
+    NodeExecutionError,
+    TransientNodeError,
+)
+from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.nodes.base import NodeContext
+from flowmaestro_dagster.nodes.connectors import (
     ConnectorRegistry,
     ConnectorRequest,
     builtin_registry,
@@ -23,20 +32,11 @@ from flowmaestro_dagster.connectors import (
     load_entry_points,
     reset_default_registry,
 )
-from flowmaestro_dagster.errors import (
-    ConnectorNotConfiguredError,
-    NodeConfigurationError,
-    NodeExecutionError,
-    TransientNodeError,
-)
-from flowmaestro_dagster.executors.base import NodeContext
-from flowmaestro_dagster.executors.integration import execute_integration, execute_media
-from flowmaestro_dagster.runtime.state import ExecutionState
+from flowmaestro_dagster.nodes.integration import execute_integration, execute_media
 from flowmaestro_dagster.settings import HttpSettings, Settings
 from flowmaestro_dagster.spec.configs import IntegrationConfig, MediaConfig
 from flowmaestro_dagster.spec.parse import parse_workflow
 from flowmaestro_dagster.testing import EchoServer, run_workflow
-from flowmaestro_dagster.validation import validate
 from tests.conftest import flow
 
 LOOPBACK = HttpSettings(allow_loopback=True)
@@ -474,8 +474,8 @@ def test_secrets_never_reach_run_config_tags_or_event_log(
     from dagster import instance_for_test
     from dagster._serdes import serialize_value
 
-    from flowmaestro_dagster.compiler import compile_workflow
-    from flowmaestro_dagster.running import execute_locally
+    from flowmaestro_dagster.engines.jobs import build_job
+    from flowmaestro_dagster.engines.local import execute_workflow
     from flowmaestro_dagster.settings import get_settings
 
     inbox, port = smtp
@@ -537,9 +537,7 @@ def test_secrets_never_reach_run_config_tags_or_event_log(
     (tmp_path / "home").mkdir()
     try:
         with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-            result = execute_locally(
-                compile_workflow(definition), {"name": "Ann"}, instance=instance
-            )
+            result = execute_workflow(build_job(definition), {"name": "Ann"}, instance=instance)
             assert (
                 result.nodes["say"].status == "succeeded"
                 and result.nodes["mail"].status == "succeeded"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from flowmaestro_dagster.compiler import compile_workflow
+from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.errors import InvalidWorkflowError
 from tests.conftest import CYCLIC, corpus_files, corpus_id, flow
 
@@ -17,7 +17,7 @@ def test_the_corpus_is_there() -> None:
 
 @pytest.mark.parametrize("path", [f for f in FILES if corpus_id(f) not in CYCLIC], ids=corpus_id)
 def test_corpus_workflow_compiles(path: Path) -> None:
-    compiled = compile_workflow(path.read_bytes())
+    compiled = build_job(path.read_bytes())
     node_count = len(compiled.spec.nodes)
     assert len(compiled.job.nodes_in_topological_order) >= 1
     assert len(compiled.aliases) <= node_count
@@ -30,7 +30,7 @@ def test_corpus_workflow_compiles(path: Path) -> None:
 def test_cyclic_corpus_workflow_is_rejected_naming_the_cycle(relative: str) -> None:
     path = next(f for f in FILES if corpus_id(f) == relative)
     with pytest.raises(InvalidWorkflowError) as info:
-        compile_workflow(path.read_bytes())
+        build_job(path.read_bytes())
     cycles = [p for p in info.value.problems if p.code == "cycle"]
     assert len(cycles) == 1
     path_nodes = cycles[0].message.split(": ", 1)[1].split(";")[0].split(" → ")
@@ -47,7 +47,7 @@ def test_router_edge_with_a_handle_matching_no_route_is_a_warning_not_a_crash() 
         ],
         [("in", "r"), ("r", "a", "hot"), ("r", "b", "lukewarm")],
     )
-    compiled = compile_workflow(definition)
+    compiled = build_job(definition)
     assert [p.code for p in compiled.warnings] == ["unknown_branch_handle"]
     assert "lukewarm" in compiled.warnings[0].message
 

@@ -8,7 +8,7 @@ waitpoints run in process (`run_workflow`); those with a humanReview or a long w
 the API on one real Dagster (`DagsterStack`) for the module.
 
 On the stack the corpus's day-long escalation wait parks as a datetime waitpoint; the test
-then moves that waitpoint's `due_at` (flowmaestro_api.models.Waitpoint) into the past, and the
+then moves that waitpoint's `due_at` (flowmaestro_dagster.store.models.Waitpoint) into the past, and the
 `waitpoint_resumer` sensor (FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS=1) resumes the run exactly
 as it would a day later. The stack's executions are all started at once so their runs overlap.
 
@@ -51,21 +51,21 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from flowmaestro_api.db import get_engine, session_scope
 from flowmaestro_api.main import create_app
-from flowmaestro_api.models import Waitpoint
 from flowmaestro_api.security import create_api_key, ensure_user
-from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.compiler import compile_workflow
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.engines.jobs import build_job
+from flowmaestro_dagster.engines.results import WorkflowRunResult
 from flowmaestro_dagster.errors import InvalidWorkflowError
-from flowmaestro_dagster.results import WorkflowRunResult
 from flowmaestro_dagster.settings import (
     ConnectionSettings,
     DatabaseConnection,
     HttpSettings,
     Settings,
 )
+from flowmaestro_dagster.store.db import get_engine, session_scope
+from flowmaestro_dagster.store.models import Waitpoint
 from flowmaestro_dagster.testing import (
     EchoServer,
     FakeLLMServer,
@@ -132,7 +132,7 @@ def test_every_file_of_the_category_is_covered() -> None:
 @pytest.mark.parametrize("name", sorted(CYCLES))
 def test_cyclic_files_are_rejected_at_compile_time_naming_the_cycle(name: str) -> None:
     with pytest.raises(InvalidWorkflowError) as info:
-        compile_workflow(definition(name))
+        build_job(definition(name))
     errors = [p for p in info.value.problems if p.severity == "error"]
     assert [p.code for p in errors] == ["cycle"]
     assert errors[0].message == (

@@ -20,9 +20,9 @@ from flowmaestro_dagster.errors import (
     NodeConfigurationError,
     NodeExecutionError,
 )
-from flowmaestro_dagster.executors.base import NodeContext
-from flowmaestro_dagster.executors.database import SQLError, execute_database, parameterise
-from flowmaestro_dagster.runtime.state import ExecutionState
+from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.nodes.base import NodeContext
+from flowmaestro_dagster.nodes.database import SQLError, execute_database, parameterise
 from flowmaestro_dagster.settings import Settings
 from flowmaestro_dagster.spec.configs import DatabaseConfig
 from flowmaestro_dagster.testing import run_workflow

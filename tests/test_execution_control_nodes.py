@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 from dagster import Backoff, DagsterInstance
 
-from flowmaestro_dagster.compiler import compile_workflow
-from flowmaestro_dagster.progress import parse_progress
-from flowmaestro_dagster.results import WorkflowRunResult
-from flowmaestro_dagster.running import execute_locally
+from flowmaestro_dagster.compile.validation import validate
+from flowmaestro_dagster.engines.jobs import build_job
+from flowmaestro_dagster.engines.local import execute_workflow
+from flowmaestro_dagster.engines.results import WorkflowRunResult
+from flowmaestro_dagster.runtime.progress import parse_progress
 from flowmaestro_dagster.testing import resources_for
-from flowmaestro_dagster.validation import validate
 from tests.conftest import flow
 
 Run = Callable[..., WorkflowRunResult]
@@ -127,18 +127,18 @@ def test_batch_in_backend_shape_with_dialect_keys_and_no_body() -> None:
     }
     warnings = [p.code for p in validate(definition)]
     assert "empty_batch" in warnings
-    compiled = compile_workflow(definition, resource_defs=resources_for())
+    compiled = build_job(definition, resource_defs=resources_for())
     plan = compiled.job.run_config_schema  # compiles to one op for the batch
     assert plan is not None and set(compiled.aliases) == {"b", "out"}
-    result = execute_locally(compiled, {})
+    result = execute_workflow(compiled, {})
     assert result.status == "succeeded" and result.outputs == {"r": [3, 1, 2]}
 
 
 def test_batch_body_runs_inside_the_batch_op_and_reports_progress() -> None:
-    compiled = compile_workflow(batch_flow(onItemError="continue"), resource_defs=resources_for())
+    compiled = build_job(batch_flow(onItemError="continue"), resource_defs=resources_for())
     assert "inv" not in compiled.aliases  # the body has no step of its own
     with DagsterInstance.ephemeral() as instance:
-        result = execute_locally(compiled, {"xs": [1, 2, 0, 4]}, instance=instance)
+        result = execute_workflow(compiled, {"xs": [1, 2, 0, 4]}, instance=instance)
         records = instance.get_records_for_run(result.run_id).records
     progress = [parse_progress(r.event_log_entry.user_message) for r in records]
     reports = [p for p in progress if p is not None]
@@ -218,9 +218,9 @@ def retry_flow(config_edges: list[tuple[str, ...]], **config: Any) -> dict[str, 
 
 
 def policies(definition: dict[str, Any]) -> dict[str, Any]:
-    job = compile_workflow(definition).job
+    job = build_job(definition).job
     by_alias = {n.name: job.graph.node_named(n.name).retry_policy for n in job.graph.nodes}
-    aliases = compile_workflow(definition).aliases
+    aliases = build_job(definition).aliases
     return {node_id: by_alias[alias] for node_id, alias in aliases.items()}
 
 
@@ -317,7 +317,7 @@ def test_queue_config_is_exposed_on_the_compiled_workflow_and_as_job_tags() -> N
         },
         "edges": [{"id": "e", "source": "in", "target": "q"}],
     }
-    compiled = compile_workflow(definition)
+    compiled = build_job(definition)
     settings = compiled.queue_settings
     assert settings is not None
     assert (settings.node_id, settings.priority, settings.queue) == ("q", 10, "ai-workflows")
@@ -325,7 +325,7 @@ def test_queue_config_is_exposed_on_the_compiled_workflow_and_as_job_tags() -> N
     assert compiled.job.tags["dagster/priority"] == "10"
     assert compiled.job.tags["flowmaestro/queue"] == "ai-workflows"
     assert "flowmaestro/concurrency_key" not in compiled.job.tags  # rendered per execution
-    assert compile_workflow(flow([{"id": "i", "type": "input"}], [])).queue_settings is None
+    assert build_job(flow([{"id": "i", "type": "input"}], [])).queue_settings is None
 
 
 @pytest.mark.parametrize(

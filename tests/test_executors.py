@@ -5,12 +5,12 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from flowmaestro_dagster.adapter import OpShape, node_op
+from flowmaestro_dagster.adapter.ops import OpShape, node_op
+from flowmaestro_dagster.adapter.resources import FlowMaestroResource
 from flowmaestro_dagster.errors import ConnectorNotConfiguredError, NodeConfigurationError
-from flowmaestro_dagster.executors import NodeContext, get_executor
-from flowmaestro_dagster.plan import NodePlan, config_model
-from flowmaestro_dagster.resources import FlowMaestroResource
-from flowmaestro_dagster.runtime.state import ExecutionState
+from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.nodes import NodeContext, get_executor
+from flowmaestro_dagster.runtime.plan import NodePlan, config_model
 from flowmaestro_dagster.spec.configs import normalise_config
 
 

@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from flowmaestro_dagster.errors import ExpressionError
-from flowmaestro_dagster.runtime.expressions import Unresolved, evaluate, free_names, parse
-from flowmaestro_dagster.runtime.state import ExecutionState
+from flowmaestro_dagster.lang.expressions import Unresolved, evaluate, free_names, parse
+from flowmaestro_dagster.lang.state import ExecutionState
 
 STATE = (
     ExecutionState.start({"topic": "AI", "n": 3, "flag": "true"})

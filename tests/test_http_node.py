@@ -12,7 +12,7 @@ from flowmaestro_dagster.errors import (
     NodeExecutionError,
     TransientNodeError,
 )
-from flowmaestro_dagster.executors import NodeResult
+from flowmaestro_dagster.nodes import NodeResult
 from flowmaestro_dagster.settings import HttpSettings, Settings
 from flowmaestro_dagster.testing import EchoServer, run_workflow
 from tests.conftest import flow

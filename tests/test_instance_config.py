@@ -10,13 +10,13 @@ from dagster import DagsterInstance
 from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
 from pydantic import ValidationError
 
-from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.instance_config import (
+from flowmaestro_dagster.orchestration.instance_config import (
     SECTIONS,
     instance_config,
     render_instance_yaml,
     write_instance_yaml,
 )
+from flowmaestro_dagster.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,8 +31,8 @@ def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def settings(**values: Any) -> ApiSettings:
-    return ApiSettings(_env_file=None, **values)  # type: ignore[call-arg]
+def settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 def load(tmp_path: Path, text: str) -> DagsterInstance:
@@ -135,7 +135,7 @@ def test_the_yaml_has_no_legacy_or_conflicting_keys() -> None:
 def test_a_new_section_plugs_in_and_dagster_accepts_it(tmp_path: Path) -> None:
     """How issue 8 adds storage: one function, appended to SECTIONS."""
 
-    def storage_section(_: ApiSettings) -> Mapping[str, Any]:
+    def storage_section(_: Settings) -> Mapping[str, Any]:
         return {"storage": {"sqlite": {"base_dir": str(tmp_path / "storage")}}}
 
     text = render_instance_yaml(settings(), (*SECTIONS, storage_section))

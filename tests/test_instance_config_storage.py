@@ -14,20 +14,20 @@ import yaml
 from dagster import DagsterInstance, job, op
 from dagster_postgres import PostgresRunStorage
 
-from flowmaestro_api.db import dispose_engines, migrate
-from flowmaestro_api.models import Base
-from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.instance_config import (
+from flowmaestro_dagster.orchestration.instance_config import (
     instance_config,
     prepare_storage,
     render_instance_yaml,
     storage_url,
 )
+from flowmaestro_dagster.settings import Settings
+from flowmaestro_dagster.store.db import dispose_engines, migrate
+from flowmaestro_dagster.store.models import Base
 from tests.services import create_pg_database, drop_pg_database, pg_url, require_postgres
 
 
-def settings(**values: Any) -> ApiSettings:
-    return ApiSettings(_env_file=None, **values)  # type: ignore[call-arg]
+def settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 def test_sqlite_keeps_the_embedded_default_no_storage_section() -> None:

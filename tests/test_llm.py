@@ -15,8 +15,8 @@ from flowmaestro_dagster.errors import (
     NodeExecutionError,
     TransientNodeError,
 )
-from flowmaestro_dagster.executors import NodeContext, NodeResult, get_executor
-from flowmaestro_dagster.runtime.state import ExecutionState
+from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.nodes import NodeContext, NodeResult, get_executor
 from flowmaestro_dagster.settings import LLMProvider, LLMSettings, Settings
 from flowmaestro_dagster.spec.configs import normalise_config
 from flowmaestro_dagster.testing import FakeLLMServer, FakeReply, run_workflow

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from flowmaestro_dagster.net import (
+from flowmaestro_dagster.nodes.net import (
     AddressPolicy,
     BlockedAddressError,
     check_url,

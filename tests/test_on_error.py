@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from flowmaestro_dagster.compiler import compile_workflow
-from flowmaestro_dagster.naming import labelled_aliases
+from flowmaestro_dagster.compile.naming import labelled_aliases
+from flowmaestro_dagster.compile.validation import validate
+from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.settings import ConnectionSettings, HttpSettings, Settings
 from flowmaestro_dagster.testing import EchoServer, run_workflow
-from flowmaestro_dagster.validation import validate
 from tests.conftest import flow
 
 BROKEN = "{not json"
@@ -270,7 +270,7 @@ def test_error_handles_are_not_branches_and_add_an_error_output() -> None:
         [("c", "yes", "true"), ("c", "oops", "error")],
     )
     assert not [p for p in validate(definition) if p.severity == "warning"]
-    compiled = compile_workflow(definition)
+    compiled = build_job(definition)
     outputs = set(compiled.job.graph.node_named(compiled.aliases["c"]).definition.output_dict)
     assert outputs == {"result", "true", "false", "error"}
     result = run_workflow(definition, {})

@@ -9,15 +9,7 @@ from typing import Any
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from flowmaestro_dagster.compiler import CompiledWorkflow, compile_workflow
-from flowmaestro_dagster.errors import (
-    ConnectorNotConfiguredError,
-    NodeConfigurationError,
-    NodeExecutionError,
-    TransientNodeError,
-)
-from flowmaestro_dagster.results import WorkflowRunResult
-from flowmaestro_dagster.retries import (
+from flowmaestro_dagster.adapter.retries import (
     backoff_ms,
     decide,
     effective_retry,
@@ -26,11 +18,20 @@ from flowmaestro_dagster.retries import (
     retry_wait_seconds,
     schedule_ms,
 )
-from flowmaestro_dagster.running import execute_locally
+from flowmaestro_dagster.compile.compiler import CompiledWorkflow
+from flowmaestro_dagster.compile.validation import validate
+from flowmaestro_dagster.engines.jobs import build_job
+from flowmaestro_dagster.engines.local import execute_workflow
+from flowmaestro_dagster.engines.results import WorkflowRunResult
+from flowmaestro_dagster.errors import (
+    ConnectorNotConfiguredError,
+    NodeConfigurationError,
+    NodeExecutionError,
+    TransientNodeError,
+)
 from flowmaestro_dagster.settings import HttpSettings, Settings
 from flowmaestro_dagster.spec.policies import RetrySettings
 from flowmaestro_dagster.testing import EchoServer, FakeLLMServer, FakeReply, resources_for
-from flowmaestro_dagster.validation import validate
 from tests.conftest import flow
 
 
@@ -138,7 +139,7 @@ def test_decide_stops_at_the_last_attempt() -> None:
 
 
 def test_type_defaults_and_http_retry_count() -> None:
-    spec = compile_workflow(
+    spec = build_job(
         flow(
             [
                 {"id": "a", "type": "llm", "prompt": "x"},
@@ -200,8 +201,8 @@ def run_measured(
     definition: dict[str, Any], node_id: str, config: Settings, inputs: dict[str, Any]
 ) -> Measured:
     instance = DagsterInstance.ephemeral()
-    compiled = compile_workflow(definition, resource_defs=resources_for(config))
-    result = execute_locally(compiled, inputs, instance=instance, log_level="ERROR")
+    compiled = build_job(definition, resource_defs=resources_for(config))
+    result = execute_workflow(compiled, inputs, instance=instance, log_level="ERROR")
     alias = compiled.aliases[node_id]
     events = [
         (r.event_log_entry.timestamp, r.event_log_entry.dagster_event)
@@ -356,7 +357,7 @@ def test_a_retryable_errors_pattern_retries_a_404(echo: EchoServer) -> None:
 
 
 def test_the_plan_carries_the_retry_settings_and_the_op_a_policy() -> None:
-    compiled = compile_workflow(llm_flow({"maxAttempts": 3, "minDelayMs": 250}))
+    compiled = build_job(llm_flow({"maxAttempts": 3, "minDelayMs": 250}))
     alias = compiled.aliases["ask"]
     assert alias == "ask"  # a label that only repeats the id adds nothing
     run_config = compiled.job.run_config

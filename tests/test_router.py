@@ -10,7 +10,7 @@ from flowmaestro_dagster.errors import (
     NodeExecutionError,
     TransientNodeError,
 )
-from flowmaestro_dagster.executors.llm import parse_route_answer
+from flowmaestro_dagster.nodes.llm import parse_route_answer
 from flowmaestro_dagster.spec.configs import Route
 from flowmaestro_dagster.testing import FakeLLMServer, FakeReply, run_workflow
 from tests.conftest import flow

@@ -21,16 +21,17 @@ from dagster import DagsterEventType, EventRecordsFilter, RunsFilter
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from flowmaestro_api.db import get_engine, session_scope
 from flowmaestro_api.main import create_app
-from flowmaestro_api.models import NodeOutput
 from flowmaestro_api.security import ensure_user
-from flowmaestro_api.services.dagster import DagsterClient
-from flowmaestro_api.services.workflows import create_workflow, mark_deployed
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.compiler import RUN_ON_TAG, compile_workflow
+from flowmaestro_dagster.compile.compiler import RUN_ON_TAG
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.control.workflows import create_workflow, mark_deployed
+from flowmaestro_dagster.engines.celery import CeleryDispatch, CeleryRouting, make_celery_app
+from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.errors import CeleryUnavailableError, InvalidWorkflowError
-from flowmaestro_dagster.execution.celery import CeleryDispatch, CeleryRouting, make_celery_app
+from flowmaestro_dagster.store.db import get_engine, session_scope
+from flowmaestro_dagster.store.models import NodeOutput
 from tests.api.conftest import make_key
 from tests.services import (
     REDIS_URL,
@@ -108,7 +109,7 @@ KILLED = {
 
 
 def _tags(definition: dict[str, Any]) -> dict[str, str | None]:
-    job = compile_workflow(definition).job
+    job = build_job(definition).job
     return {node.name: node.tags.get(RUN_ON_TAG) for node in job.graph.nodes}
 
 
@@ -134,13 +135,13 @@ def test_bad_run_on_values_name_the_node_and_the_field() -> None:
         ],
     }
     with pytest.raises(InvalidWorkflowError) as caught:
-        compile_workflow(bad_node)
+        build_job(bad_node)
     (problem,) = [p for p in caught.value.problems if p.severity == "error"]
     assert (problem.code, problem.node_id, problem.field) == ("invalid_run_on", "slow", "runOn")
     assert "gpu" in problem.message
     bad_workflow = {**KILLED, "settings": {"runOn": "everywhere"}}
     with pytest.raises(InvalidWorkflowError) as caught:
-        compile_workflow(bad_workflow)
+        build_job(bad_workflow)
     (problem,) = [p for p in caught.value.problems if p.severity == "error"]
     assert problem.field == "settings.runOn"
 
@@ -166,7 +167,7 @@ def test_a_broker_that_is_not_redis_is_refused() -> None:
 def _plan_steps(definition: dict[str, Any]) -> list[Any]:
     from dagster._core.execution.api import create_execution_plan
 
-    job = compile_workflow(definition).job
+    job = build_job(definition).job
     return list(create_execution_plan(job).get_steps_to_execute_in_topo_order())
 
 
@@ -189,7 +190,7 @@ def test_no_worker_on_the_queue_is_a_clear_error_not_a_hang() -> None:
 
 
 def _a_job() -> Any:
-    return compile_workflow(FAN_OUT).job
+    return build_job(FAN_OUT).job
 
 
 def test_an_unreachable_broker_is_a_clear_error() -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from flowmaestro_dagster.results import WorkflowRunResult
+from flowmaestro_dagster.engines.results import WorkflowRunResult
 from tests.conftest import flow
 
 Run = Callable[..., WorkflowRunResult]

@@ -1,7 +1,7 @@
 """`{{...}}` interpolation: nested paths, arrays, objects, expressions and filters."""
 
-from flowmaestro_dagster.runtime.state import ExecutionState
-from flowmaestro_dagster.runtime.templates import render
+from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.lang.templates import render
 
 STATE = (
     ExecutionState.start({"topic": "AI", "tags": ["a", "b"]})

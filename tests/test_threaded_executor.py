@@ -43,20 +43,20 @@ from dagster import (
 )
 
 import tests.test_semantics as semantics
-from flowmaestro_dagster.compiler import compile_workflow
-from flowmaestro_dagster.execution import (
+from flowmaestro_dagster.engines import (
     DEFAULT_MAX_CONCURRENT,
     ThreadedExecutor,
     threaded_executor,
     threaded_executor_for,
 )
-from flowmaestro_dagster.execution import threaded as threaded_module
-from flowmaestro_dagster.execution.local import (
+from flowmaestro_dagster.engines import threaded as threaded_module
+from flowmaestro_dagster.engines.jobs import build_job
+from flowmaestro_dagster.engines.local import (
     execute_in_process_with_executor,
     execute_workflow,
     run_workflow_threaded,
 )
-from flowmaestro_dagster.results import WorkflowRunResult
+from flowmaestro_dagster.engines.results import WorkflowRunResult
 from flowmaestro_dagster.testing import resources_for
 from tests.conftest import flow
 
@@ -89,7 +89,7 @@ def run() -> Callable[..., WorkflowRunResult]:
 
 def run_in_process(definition: Any, inputs: dict[str, Any]) -> WorkflowRunResult:
     """The same workflow on Dagster's in-process executor, whatever the compiler's default."""
-    compiled = compile_workflow(
+    compiled = build_job(
         definition, executor_def=in_process_executor, resource_defs=resources_for()
     )
     return execute_workflow(compiled, inputs, log_level="WARNING")
@@ -929,7 +929,7 @@ def test_parallel_javascript_and_jsonata_transforms_match_in_process() -> None:
 
 def launched_job() -> JobDefinition:
     """A compiled workflow as a code location would load it (reconstructable by name)."""
-    return compile_workflow(delay_branches(3, 50), executor_def=threaded_executor_for(2)).job
+    return build_job(delay_branches(3, 50), executor_def=threaded_executor_for(2)).job
 
 
 def test_a_launched_run_uses_the_threaded_executor_on_a_persistent_instance(
@@ -955,9 +955,7 @@ def test_a_launched_run_uses_the_threaded_executor_on_a_persistent_instance(
 
 
 def test_compiled_job_carries_the_executor_and_its_limit() -> None:
-    compiled = compile_workflow(
-        delay_branches(2, 0, limit=4), executor_def=threaded_executor_for(4)
-    )
+    compiled = build_job(delay_branches(2, 0, limit=4), executor_def=threaded_executor_for(4))
     assert compiled.job.executor_def.name == "threaded"
     config_field = compiled.job.executor_def.config_schema.as_field()
     assert config_field.config_type.fields["max_concurrent"].default_value == 4

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from flowmaestro_dagster.compiler import compile_workflow
+from flowmaestro_dagster.compile.validation import validate
+from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.errors import InvalidWorkflowError
 from flowmaestro_dagster.spec.problems import Problem
-from flowmaestro_dagster.validation import validate
 from tests.conftest import flow
 
 
@@ -204,7 +204,7 @@ def test_reference_to_a_node_that_runs_later_is_a_warning() -> None:
 
 def test_a_definition_with_errors_never_becomes_a_job() -> None:
     with pytest.raises(InvalidWorkflowError) as info:
-        compile_workflow(flow([{"id": "x", "type": "teleport"}], []))
+        build_job(flow([{"id": "x", "type": "teleport"}], []))
     assert [p.code for p in info.value.problems if p.severity == "error"] == ["unknown_node_type"]
 
 

@@ -12,10 +12,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from flowmaestro_api.deps import CurrentUser, SessionDep, SettingsDep
-from flowmaestro_api.errors import ApiError, Forbidden, NotFound, Unauthenticated
-from flowmaestro_api.models import Waitpoint
-from flowmaestro_api.services import waitpoints as service
+from flowmaestro_api.errors import Forbidden, NotFound, PlatformError, Unauthenticated
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control import waitpoints as service
+from flowmaestro_dagster.store.models import Waitpoint
 
 router = APIRouter(tags=["approvals"])
 
@@ -86,7 +86,7 @@ def resume_soon(request: Request, waitpoint: Waitpoint) -> None:
     execution_id, run_id = waitpoint.execution_id, waitpoint.run_id
 
     def resume() -> None:
-        from flowmaestro_api.db import session_scope
+        from flowmaestro_dagster.store.db import session_scope
 
         try:
             with session_scope(engine) as session:
@@ -245,7 +245,7 @@ def approval_page_decide(
             value=value or None,
             comment=comment or None,
         )
-    except ApiError as exc:
+    except PlatformError as exc:
         return _page("Not recorded", f'<p id="result">{html.escape(exc.detail)}</p>', exc.status)
     resume_soon(request, decided)
     word = (

@@ -11,12 +11,10 @@ from sqlalchemy.orm import Session
 
 from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SettingsDep
 from flowmaestro_api.errors import ApiError
-from flowmaestro_api.models import Waitpoint
 from flowmaestro_api.schemas import (
     CheckpointDetail,
     CheckpointList,
     CheckpointPublic,
-    ExecutionCreate,
     ExecutionList,
     ExecutionPublic,
     ExecutionStatus,
@@ -25,12 +23,14 @@ from flowmaestro_api.schemas import (
     RunPublic,
     WaitpointPublic,
 )
-from flowmaestro_api.services import checkpoints as checkpoint_service
-from flowmaestro_api.services import control
-from flowmaestro_api.services import executions as service
 from flowmaestro_api.services.events import execution_events
 from flowmaestro_api.services.progress import node_progress
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control import checkpoints as checkpoint_service
+from flowmaestro_dagster.control import executions as service
+from flowmaestro_dagster.control import lifecycle as control
+from flowmaestro_dagster.control.requests import ExecutionCreate
+from flowmaestro_dagster.store.models import Waitpoint
 
 router = APIRouter(tags=["executions"])
 MAX_OFFSET = 1_000_000
@@ -53,7 +53,7 @@ def _public(view: service.ExecutionView, settings: ApiSettings) -> ExecutionPubl
     public.url = f"{ui}/runs/{latest}" if latest else None
     public.nodes = [NodeStatusPublic.model_validate(n) for n in view.nodes]
     if public.status == "queued" or (view.runs and view.runs[-1].status == "QUEUED"):
-        from flowmaestro_api.services.queues import queue_status
+        from flowmaestro_dagster.control.queues import queue_status
 
         public.queue_position, public.queued_reason = queue_status(execution, view.runs, settings)
     return public
@@ -156,7 +156,7 @@ def _waitpoints(
     session: Session, settings: ApiSettings, execution_id: str
 ) -> list[WaitpointPublic]:
     """The execution's waitpoints; a webhook wait shows the URL its caller must POST to."""
-    from flowmaestro_api.services.waitpoints import signed_token
+    from flowmaestro_dagster.control.waitpoints import signed_token
 
     rows = session.scalars(
         select(Waitpoint)

@@ -19,7 +19,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep
 from flowmaestro_api.errors import DagsterUnavailable, Unauthenticated, Unprocessable
-from flowmaestro_api.services import executions as executions_service
 from flowmaestro_api.services.analytics import (
     NodeDurationHistogram,
     node_index,
@@ -27,7 +26,8 @@ from flowmaestro_api.services.analytics import (
     workflow_analytics,
 )
 from flowmaestro_api.services.timeline import RunTrace, execution_traces, timeline
-from flowmaestro_api.services.workflows import get_workflow
+from flowmaestro_dagster.control import executions as executions_service
+from flowmaestro_dagster.control.workflows import get_workflow
 
 router = APIRouter(tags=["observability"])
 log = logging.getLogger("flowmaestro.api.observability")

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep
-from flowmaestro_api.services import queues as service
+from flowmaestro_dagster.control import queues as service
 
 router = APIRouter(tags=["queues"])
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response, status
 
 from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SettingsDep
-from flowmaestro_api.errors import ApiError
+from flowmaestro_api.errors import PlatformError
 from flowmaestro_api.schemas import (
     Deployment,
     VersionDiff,
@@ -17,8 +17,8 @@ from flowmaestro_api.schemas import (
     WorkflowPublic,
     WorkflowUpdate,
 )
-from flowmaestro_api.services import workflows as service
-from flowmaestro_api.services.dagster import DagsterClient
+from flowmaestro_dagster.control import workflows as service
+from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.spec.problems import Problem, warning
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
@@ -30,7 +30,7 @@ VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 def _apply_limits(dagster: DagsterClient, workflow: Any) -> Problem | None:
     """Give Dagster the workflow's concurrency settings now (pool slots, run tags); a failure
     is a warning: the settings are stored and the next deploy or settings change retries."""
-    from flowmaestro_api.services.queues import apply_workflow_limits
+    from flowmaestro_dagster.control.queues import apply_workflow_limits
 
     try:
         apply_workflow_limits(dagster.instance, workflow)
@@ -170,7 +170,7 @@ def deploy_version(
         dagster.reload_location(location)
         runnable = dagster.wait_for_job(location, row.job_name, timeout=30)
         detail = None if runnable else "the code location reloaded but the job is not visible yet"
-    except ApiError as exc:
+    except PlatformError as exc:
         runnable, detail = (
             False,
             f"deployed; Dagster will pick it up on its next reload ({exc.detail})",

@@ -18,24 +18,22 @@ from typing import Any
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
-from flowmaestro_api.models import Execution, Workflow, WorkflowVersion
-from flowmaestro_api.services.dagster import DagsterClient, RunInfo
 from flowmaestro_api.services.timeline import (
-    EXECUTION_TAG,
     FINISHED,
-    RESUME_TAG,
-    WAITING_TAG,
     NodeInfo,
     RunTrace,
     build_spans,
     chain_status,
     read_trace,
 )
-from flowmaestro_dagster.compiler import CompiledWorkflow
+from flowmaestro_dagster.compile.compiler import CompiledWorkflow
+from flowmaestro_dagster.control.client import DagsterClient, RunInfo
+from flowmaestro_dagster.store.models import Execution, Workflow, WorkflowVersion
+from flowmaestro_dagster.tags import EXECUTION_TAG, RESUME_TAG, WAITING_TAG
+from flowmaestro_dagster.tags import WORKFLOW_NAME_TAG as WORKFLOW_TAG
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 MAX_EXECUTIONS = 5000
-WORKFLOW_TAG = "flowmaestro/workflow"  # every compiled job carries it
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:

@@ -7,9 +7,9 @@ from typing import Any
 
 from dagster import DagsterEventType
 
-from flowmaestro_api.services.dagster import DagsterClient
-from flowmaestro_api.services.executions import TERMINAL, run_status
-from flowmaestro_dagster.progress import parse_progress
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.control.executions import TERMINAL, run_status
+from flowmaestro_dagster.runtime.progress import parse_progress
 
 # Dagster event type -> the event name the builder sees
 EVENT_NAMES: dict[DagsterEventType, str] = {

@@ -1,16 +1,16 @@
 """Progress of an execution's long nodes (batches), read back from Dagster's event log.
 
 A batch logs `flowmaestro/progress {...}` messages as its items finish
-(`flowmaestro_dagster.progress`); the latest one per step is the node's progress. A batch
+(`flowmaestro_dagster.runtime.progress`); the latest one per step is the node's progress. A batch
 inside a loop body has one step per loop item: their counts add up.
 """
 
 from collections.abc import Sequence
 from typing import Any
 
-from flowmaestro_api.services.dagster import DagsterClient, RunInfo
-from flowmaestro_dagster.compiler import CompiledWorkflow
-from flowmaestro_dagster.progress import parse_progress
+from flowmaestro_dagster.compile.compiler import CompiledWorkflow
+from flowmaestro_dagster.control.client import DagsterClient, RunInfo
+from flowmaestro_dagster.runtime.progress import parse_progress
 
 _COUNTS = ("done", "total", "succeeded", "failed", "skipped")
 

@@ -27,14 +27,9 @@ from typing import Any
 
 from dagster import DagsterEventType
 
-from flowmaestro_api.services.dagster import DagsterClient, RunInfo
-
-TAG = "flowmaestro"
-EXECUTION_TAG = f"{TAG}/execution_id"
-WAITING_TAG = f"{TAG}/waiting"
-RESUME_TAG = f"{TAG}/resume_of"
-RETRY_TAG = f"{TAG}/retry_of"
-HANDLED_METADATA = "flowmaestro/error"  # the adapter marks outputs of a handled failure
+from flowmaestro_dagster.control.client import DagsterClient, RunInfo
+from flowmaestro_dagster.tags import ERROR_METADATA as HANDLED_METADATA
+from flowmaestro_dagster.tags import RESUME_TAG, RETRY_TAG, WAITING_TAG
 
 RUN_STATUS = {
     "QUEUED": "queued",
@@ -61,7 +56,6 @@ _STEP_KINDS: dict[DagsterEventType, str] = {
 TRACE_EVENTS: frozenset[DagsterEventType] = frozenset(
     {*_STEP_KINDS, DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_START}
 )
-
 
 # -- what one run did ----------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 The batch's body is a loop region (graph.py) run inside the batch's own op, like a while
 loop's: items are split into chunks of `batchSize`; a chunk's items run on up to
 `concurrency` threads, and the next chunk starts when the chunk is done. After each item the
-batch logs its progress (`flowmaestro_dagster.progress`), which reaches the run's event log.
+batch logs its progress (`flowmaestro_dagster.runtime.progress`), which reaches the run's event log.
 
 * `onItemError: fail` — the first failed item stops the batch: no further item starts, the
   items already running finish, and the node fails (its own retry and onError apply).
@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowmaestro_dagster.errors import NodeExecutionError
-from flowmaestro_dagster.executors import NodeContext, NodeResult
-from flowmaestro_dagster.executors.batch import batch_items, batch_summary, chunks
-from flowmaestro_dagster.plan import NodePlan
-from flowmaestro_dagster.progress import Progress
-from flowmaestro_dagster.runtime.state import ExecutionState
+from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.nodes import NodeContext, NodeResult
+from flowmaestro_dagster.nodes.batch import batch_items, batch_summary, chunks
+from flowmaestro_dagster.runtime.plan import NodePlan
+from flowmaestro_dagster.runtime.progress import Progress
 from flowmaestro_dagster.spec.configs import BatchConfig
 
 PROGRESS_INTERVAL_SECONDS = 1.0

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowmaestro_dagster.errors import ExpressionError, NodeConfigurationError
-from flowmaestro_dagster.executors import NodeContext, NodeResult, get_executor
-from flowmaestro_dagster.executors.loop import loop_items
-from flowmaestro_dagster.plan import InlineRegion, LoopPlan, NodePlan
+from flowmaestro_dagster.lang.expressions import Evaluator, parse, truthy
+from flowmaestro_dagster.lang.state import ExecutionState, MemoryWrite
+from flowmaestro_dagster.nodes import NodeContext, NodeResult, get_executor
+from flowmaestro_dagster.nodes.loop import loop_items
 from flowmaestro_dagster.runtime.batch import batch_node_result, run_batch
-from flowmaestro_dagster.runtime.expressions import Evaluator, parse, truthy
-from flowmaestro_dagster.runtime.state import ExecutionState, MemoryWrite
+from flowmaestro_dagster.runtime.plan import InlineRegion, LoopPlan, NodePlan
 from flowmaestro_dagster.spec.configs import BatchConfig, LoopConfig
 
 _log = logging.getLogger("flowmaestro.runtime")

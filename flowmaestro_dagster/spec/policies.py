@@ -20,7 +20,7 @@ def _patterns(value: tuple[str, ...]) -> tuple[str, ...]:
 class RetrySettings(BaseModel):
     """How often, and how patiently, a node is retried.
 
-    Waits between attempts (see `flowmaestro_dagster.retries.backoff_ms`): exponential
+    Waits between attempts (see `flowmaestro_dagster.adapter.retries.backoff_ms`): exponential
     `minDelayMs·2^(n-1)`, linear `minDelayMs·n`, fixed `minDelayMs`, each capped at
     `maxDelayMs`; `randomize` spreads each wait by ±25 %.
     """

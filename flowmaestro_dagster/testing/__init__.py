@@ -3,11 +3,10 @@
 from collections.abc import Mapping
 from typing import Any
 
-from flowmaestro_dagster.adapter import SERVICES_RESOURCE
-from flowmaestro_dagster.compiler import compile_workflow, default_resources
-from flowmaestro_dagster.resources import static_services_resource
-from flowmaestro_dagster.results import WorkflowRunResult
-from flowmaestro_dagster.running import execute_locally
+from flowmaestro_dagster.adapter.resources import resources_for
+from flowmaestro_dagster.engines.jobs import build_job
+from flowmaestro_dagster.engines.local import execute_workflow
+from flowmaestro_dagster.engines.results import WorkflowRunResult
 from flowmaestro_dagster.settings import Settings
 from flowmaestro_dagster.testing.fake_llm import FakeLLMServer, FakeReply, RecordedRequest
 from flowmaestro_dagster.testing.http_server import EchoRequest, EchoServer
@@ -23,14 +22,6 @@ __all__ = [
 ]
 
 
-def resources_for(settings: Settings | None = None) -> dict[str, Any]:
-    """The node ops' resources, with `settings` in place of the environment's."""
-    resources = default_resources()
-    if settings is not None:
-        resources[SERVICES_RESOURCE] = static_services_resource(settings)
-    return resources
-
-
 def run_workflow(
     definition: Any,
     inputs: Mapping[str, Any] | None = None,
@@ -41,5 +32,5 @@ def run_workflow(
 ) -> WorkflowRunResult:
     """Compile and run a definition in process on an ephemeral instance."""
     compile_options.setdefault("resource_defs", resources_for(settings))
-    compiled = compile_workflow(definition, **compile_options)
-    return execute_locally(compiled, inputs, log_level=log_level)
+    compiled = build_job(definition, **compile_options)
+    return execute_workflow(compiled, inputs, log_level=log_level)

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from flowmaestro_api.db import migrate
-from flowmaestro_dagster.instance_config import prepare_storage
-from flowmaestro_dagster.workspace import render_workspace
+from flowmaestro_dagster.orchestration.instance_config import prepare_storage
+from flowmaestro_dagster.orchestration.workspace import render_workspace
+from flowmaestro_dagster.store.db import migrate
 
 _WORKSPACE_STATUS = """
 { workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus } } } }
@@ -138,12 +138,12 @@ class DagsterStack:
 
 
 def _settings(database_url: str) -> Any:
-    from flowmaestro_api.settings import ApiSettings
+    from flowmaestro_dagster.settings import Settings
 
-    return ApiSettings(database_url=database_url)
+    return Settings(database_url=database_url)
 
 
 def _rendered(database_url: str) -> str:
-    from flowmaestro_dagster.instance_config import render_instance_yaml
+    from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 
     return render_instance_yaml(_settings(database_url))

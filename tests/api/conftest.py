@@ -7,11 +7,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from flowmaestro_api.db import get_engine, session_scope
 from flowmaestro_api.main import create_app
-from flowmaestro_api.models import Base
 from flowmaestro_api.security import create_api_key, ensure_user
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.store.db import get_engine, session_scope
+from flowmaestro_dagster.store.models import Base
 from tests.services import database_from, migrated_template
 
 ROOT = Path(__file__).resolve().parents[2]

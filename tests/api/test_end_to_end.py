@@ -19,14 +19,14 @@ import uvicorn
 from dagster import RunsFilter
 from fastapi.testclient import TestClient
 
-from flowmaestro_api.db import get_engine, session_scope
 from flowmaestro_api.main import create_app
-from flowmaestro_api.models import Execution
-from flowmaestro_api.schemas import ExecutionCreate
 from flowmaestro_api.security import ensure_user
-from flowmaestro_api.services.dagster import DagsterClient
-from flowmaestro_api.services.executions import reconcile_launches, start_execution
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.control.executions import reconcile_launches, start_execution
+from flowmaestro_dagster.control.requests import ExecutionCreate
+from flowmaestro_dagster.store.db import get_engine, session_scope
+from flowmaestro_dagster.store.models import Execution
 from tests.api.conftest import GREETER, example, make_key
 from tests.services import DagsterStack, free_port, migrated_template, pg_url
 

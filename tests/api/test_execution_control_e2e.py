@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from flowmaestro_api.main import create_app
-from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.compiler import compile_workflow
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.testing.stack import DagsterStack
 from tests.api.conftest import make_key
 from tests.api.e2e import deploy, execution, start, status_is, wait_for
@@ -144,7 +144,7 @@ def test_a_pause_here_checkpoint_parks_shows_its_state_and_resumes_through_the_a
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     assert done["status"] == "succeeded" and done["outputs"] == {"result": "prepared ada"}
     assert len(done["runs"]) == 2 and done["runs"][1]["parent_run_id"] == parked_run
-    aliases = compile_workflow(checkpoint_flow()).aliases
+    aliases = build_job(checkpoint_flow()).aliases
     again = steps(stack, done["runs"][1]["run_id"])
     assert aliases["cp"] in again and aliases["out"] in again
     assert aliases["prep"] not in again and aliases["in"] not in again
@@ -227,7 +227,7 @@ def test_pause_stops_a_running_execution_and_resume_does_not_redo_finished_nodes
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     assert done["status"] == "succeeded" and done["outputs"] == {"result": "3:2:1:bo"}
     assert len(done["runs"]) == 2 and done["runs"][1]["parent_run_id"] == run_id
-    aliases = compile_workflow(definition).aliases
+    aliases = build_job(definition).aliases
     second = steps(stack, done["runs"][1]["run_id"])
     assert not {aliases["in"], aliases["first"], aliases["slow"]} & set(second)  # not re-run
     assert aliases["last"] in second
@@ -281,7 +281,7 @@ def test_a_retry_after_a_later_failure_restarts_from_the_latest_checkpoint(
     assert retried.status_code == 202, retried.text
     again = status_is(client, auth, execution_id, "failed", "succeeded")
     assert len(again["runs"]) == 2
-    aliases = compile_workflow(definition).aliases
+    aliases = build_job(definition).aliases
     second = steps(stack, again["runs"][1]["run_id"])
     # Everything after the checkpoint runs again (enrich had succeeded); nothing before it.
     assert second == {aliases["enrich"], aliases["boom"]}

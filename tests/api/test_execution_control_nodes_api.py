@@ -10,14 +10,14 @@ import pytest
 from dagster import DagsterInstance
 from fastapi.testclient import TestClient
 
-from flowmaestro_api.db import get_engine, session_scope
 from flowmaestro_api.main import create_app
-from flowmaestro_api.models import Execution
-from flowmaestro_api.services.dagster import DagsterClient
-from flowmaestro_api.services.executions import run_tags
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.compiler import compile_workflow
-from flowmaestro_dagster.running import execute_locally
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.control.executions import run_tags
+from flowmaestro_dagster.engines.jobs import build_job
+from flowmaestro_dagster.engines.local import execute_workflow
+from flowmaestro_dagster.store.db import get_engine, session_scope
+from flowmaestro_dagster.store.models import Execution
 from flowmaestro_dagster.testing import resources_for
 from tests.api.conftest import UNREACHABLE_DAGSTER, deployed_workflow, make_key
 
@@ -177,8 +177,8 @@ def test_batch_progress_shows_in_the_execution_and_its_event_stream(
         "flowmaestro/workflow_id": workflow_id,
         "flowmaestro/version": "1",
     }
-    compiled = compile_workflow(BATCH, resource_defs=resources_for())
-    result = execute_locally(compiled, inputs, instance=instance, tags=tags, log_level="ERROR")
+    compiled = build_job(BATCH, resource_defs=resources_for())
+    result = execute_workflow(compiled, inputs, instance=instance, tags=tags, log_level="ERROR")
     assert result.status == "succeeded"
 
     body = api.get(f"/executions/{execution_id}", headers=auth).json()

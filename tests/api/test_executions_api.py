@@ -9,9 +9,9 @@ from datetime import timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from flowmaestro_api.db import get_engine, session_scope
-from flowmaestro_api.models import Execution, IdempotencyKey, utcnow
-from flowmaestro_api.services.executions import purge_expired_keys
+from flowmaestro_dagster.control.executions import purge_expired_keys
+from flowmaestro_dagster.store.db import get_engine, session_scope
+from flowmaestro_dagster.store.models import Execution, IdempotencyKey, utcnow
 from tests.api.conftest import deployed_workflow, row_counts
 
 

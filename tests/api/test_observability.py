@@ -16,9 +16,7 @@ from dagster import DagsterEventType, DagsterInstance
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from flowmaestro_api.db import get_engine, session_scope
 from flowmaestro_api.main import create_app
-from flowmaestro_api.models import Execution
 from flowmaestro_api.services.analytics import (
     ExecutionFacts,
     NodeDurationHistogram,
@@ -26,11 +24,13 @@ from flowmaestro_api.services.analytics import (
     percentile,
     summarize,
 )
-from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.services.timeline import NodeInfo, RunTrace, StepEvent, build_spans
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.compiler import compile_workflow
-from flowmaestro_dagster.running import execute_locally
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.engines.jobs import build_job
+from flowmaestro_dagster.engines.local import execute_workflow
+from flowmaestro_dagster.store.db import get_engine, session_scope
+from flowmaestro_dagster.store.models import Execution
 from flowmaestro_dagster.testing import FakeLLMServer, FakeReply, resources_for
 from tests.api.conftest import UNREACHABLE_DAGSTER, make_key
 
@@ -131,13 +131,13 @@ def execute(
     )
     assert created.status_code == 201, created.text
     execution_id: str = created.json()["id"]
-    compiled = compile_workflow(definition, resource_defs=resources_for(settings.get("settings")))
+    compiled = build_job(definition, resource_defs=resources_for(settings.get("settings")))
     tags = {
         "flowmaestro/execution_id": execution_id,
         "flowmaestro/workflow_id": workflow_id,
         "flowmaestro/version": "1",
     }
-    result = execute_locally(compiled, inputs, instance=instance, tags=tags, log_level="ERROR")
+    result = execute_workflow(compiled, inputs, instance=instance, tags=tags, log_level="ERROR")
     return execution_id, result.run_id
 
 

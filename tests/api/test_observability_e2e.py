@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from flowmaestro_api.main import create_app
-from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.testing import FakeLLMServer, FakeReply
 from flowmaestro_dagster.testing.fake_llm import API_KEY
 from flowmaestro_dagster.testing.stack import DagsterStack

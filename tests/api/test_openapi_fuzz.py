@@ -11,10 +11,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from flowmaestro_api.db import dispose_engines, migrate
 from flowmaestro_api.main import create_app
-from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.store.db import dispose_engines, migrate
 from flowmaestro_dagster.testing.stack import INSTANCE_YAML
 from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, make_key
 

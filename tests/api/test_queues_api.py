@@ -16,11 +16,12 @@ from dagster._core.remote_origin import (
 )
 from fastapi.testclient import TestClient
 
-from flowmaestro_api.db import dispose_engines, migrate
 from flowmaestro_api.main import create_app
-from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.instance_config import render_instance_yaml, workflow_pool
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
+from flowmaestro_dagster.store.db import dispose_engines, migrate
+from flowmaestro_dagster.tags import workflow_pool
 from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, make_key
 
 

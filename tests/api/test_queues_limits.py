@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import pytest
 from dagster import RunsFilter
 
-from flowmaestro_api.db import get_engine, session_scope
-from flowmaestro_api.models import Execution
-from flowmaestro_api.services.executions import compiled_for, run_tags, version_row
-from flowmaestro_dagster.running import run_config_for
+from flowmaestro_dagster.control.executions import compiled_for, run_tags, version_row
+from flowmaestro_dagster.engines.local import run_config_for
+from flowmaestro_dagster.store.db import get_engine, session_scope
+from flowmaestro_dagster.store.models import Execution
 from tests.api.test_queues_support import (
     QueueStack,
     deploy,

@@ -23,9 +23,10 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
     QueuedRunCoordinatorDaemon,
 )
 
-from flowmaestro_api.services.queues import read_snapshot, simulate
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.instance_config import render_instance_yaml, workflow_pool
+from flowmaestro_dagster.control.queues import read_snapshot, simulate
+from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
+from flowmaestro_dagster.tags import workflow_pool
 
 
 @pytest.fixture

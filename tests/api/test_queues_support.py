@@ -17,12 +17,12 @@ from typing import Any
 from dagster import DagsterEventType, DagsterInstance, RunsFilter
 from fastapi.testclient import TestClient
 
-from flowmaestro_api.db import get_engine, session_scope
 from flowmaestro_api.main import create_app
 from flowmaestro_api.security import create_api_key, ensure_user
-from flowmaestro_api.services.dagster import DagsterClient
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.instance_config import render_instance_yaml
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
+from flowmaestro_dagster.store.db import get_engine, session_scope
 from tests.services import DagsterStack, free_port, migrated_template
 
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -5,16 +5,16 @@ from typing import Any
 
 import pytest
 
-from flowmaestro_api.db import get_engine, session_scope
-from flowmaestro_api.models import Execution
 from flowmaestro_api.security import ensure_user
-from flowmaestro_api.services.workflows import (
+from flowmaestro_dagster.control.workflows import (
     create_workflow,
     loadable_versions,
     location_for,
     mark_deployed,
     update_workflow,
 )
+from flowmaestro_dagster.store.db import get_engine, session_scope
+from flowmaestro_dagster.store.models import Execution
 
 SHARDS = 4
 DEFINITION: dict[str, Any] = {

@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from flowmaestro_api.main import create_app
-from flowmaestro_api.services.dagster import DagsterClient
-from flowmaestro_api.services.waitpoints import sign
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.compiler import compile_workflow
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.control.waitpoints import sign
+from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.testing.stack import DagsterStack
 from tests.api.conftest import make_key
 from tests.api.e2e import deploy, execution, start, status_is, wait_for
@@ -157,7 +157,7 @@ def test_approval_round_trip_through_the_api(
     assert done["outputs"] == {"result": "approved prepared v2"}
     assert len(done["runs"]) == 2 and done["runs"][1]["parent_run_id"] == parked_run
     resumed = {s.step_key for s in stack.instance().get_run_step_stats(done["runs"][1]["run_id"])}
-    aliases = compile_workflow(approval_flow()).aliases  # op names carry labels (issue #7)
+    aliases = build_job(approval_flow()).aliases  # op names carry labels (issue #7)
     assert aliases["prep"] not in resumed and aliases["in"] not in resumed
     assert aliases["review"] in resumed
 
@@ -545,7 +545,7 @@ def test_a_killed_run_worker_is_resumed_without_redoing_finished_nodes(
 
     from dagster import DagsterRunStatus, RunsFilter
 
-    from flowmaestro_dagster.launcher import PID_TAG
+    from flowmaestro_dagster.engines.launcher import PID_TAG
 
     definition = {
         "name": "Crash",
@@ -564,7 +564,7 @@ def test_a_killed_run_worker_is_resumed_without_redoing_finished_nodes(
             {"id": "c", "source": "slow", "target": "out"},
         ],
     }
-    steps = compile_workflow(definition).aliases
+    steps = build_job(definition).aliases
     workflow_id = deploy(client, auth, definition)
     execution_id = start(client, auth, workflow_id, {"who": "crash"})
     instance = stack.instance()

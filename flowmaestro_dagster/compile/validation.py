@@ -1,0 +1,516 @@
+"""`validate(definition)`: every problem a builder can show next to a node or field.
+
+Errors stop a definition from becoming a job; warnings are advice (a branch handle that
+matches no case, a reference nothing upstream provides, a connector this deployment lacks).
+"""
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+from flowmaestro_dagster.errors import ExpressionError
+from flowmaestro_dagster.lang import expressions
+from flowmaestro_dagster.lang.templates import template_roots
+from flowmaestro_dagster.nodes.connectors import connector_problems
+from flowmaestro_dagster.spec.configs import (
+    TRANSFORM_OPERATIONS,
+    BatchConfig,
+    ConditionalConfig,
+    InputConfig,
+    LoopConfig,
+    QueueConfigConfig,
+    RetryConfigConfig,
+    SharedMemoryConfig,
+    SubworkflowConfig,
+    SwitchConfig,
+    TransformConfig,
+)
+from flowmaestro_dagster.spec.graph import (
+    LOOP_BODY_HANDLES,
+    WorkflowGraph,
+    branch_key,
+    is_error_edge,
+)
+from flowmaestro_dagster.spec.models import NodeSpec, WorkflowSpec
+from flowmaestro_dagster.spec.node_types import (
+    BRANCH_TYPES,
+    REGION_TYPES,
+    WAITPOINT_TYPES,
+    resolve_type,
+)
+from flowmaestro_dagster.spec.parse import parse_workflow
+from flowmaestro_dagster.spec.policies import parse_retry_defaults
+from flowmaestro_dagster.spec.problems import Problem, error, warning
+
+# Top-level keys a node type's output has when it has no outputVariable.
+STANDARD_OUTPUT_KEYS: dict[str, frozenset[str]] = {
+    "llm": frozenset({"text", "usage", "model", "provider"}),
+    "router": frozenset({"route", "reason", "text", "usage", "model", "provider"}),
+    "http": frozenset({"status", "headers", "data", "responseTime"}),
+    "code": frozenset({"output", "stdout", "stderr", "metadata"}),
+    "conditional": frozenset({"result", "branch"}),
+    "switch": frozenset({"value", "matched", "branch"}),
+    "loop": frozenset({"items", "count", "results"}),
+    "shared-memory": frozenset({"key", "value", "operation", "results"}),
+    "transform": frozenset({"result"}),
+    "humanReview": frozenset({"response", "decision", "approved"}),
+    "wait": frozenset({"waited", "resumedAt"}),
+    "batch": frozenset({"results", "errors", "succeeded", "failed", "skipped", "total"}),
+    "retryConfig": frozenset({"retry"}),
+    "queueConfig": frozenset({"priority", "queue", "concurrencyKey"}),
+    "checkpoint": frozenset({"checkpoint", "saved", "savedAt", "expiresAt", "paused"}),
+}
+# Outputs whose keys are only known at run time: references below them are not flagged.
+_OPEN_OUTPUT_TYPES = frozenset({"trigger", "code", "integration", "database", "http"})
+_NOT_SCANNED_FIELDS = frozenset({"code", "script"})
+_PATH_FIELDS = {
+    "loop": ("items", "arrayPath", "collection", "arrayVariable"),
+    "batch": ("items", "arrayPath", "collection", "array", "arrayVariable"),
+}
+_MAX_REFERENCE_WARNINGS = 200
+
+
+def validate(definition: Any) -> list[Problem]:
+    """All problems of a definition (JSON text, bytes, parsed data, or a `WorkflowSpec`)."""
+    if isinstance(definition, WorkflowSpec):
+        spec: WorkflowSpec | None = definition
+        problems: list[Problem] = []
+    else:
+        spec, problems = parse_workflow(definition)
+    if spec is None:
+        return problems
+    return problems + validate_spec(spec)
+
+
+def validate_spec(spec: WorkflowSpec) -> list[Problem]:
+    problems: list[Problem] = []
+    if not spec.nodes:
+        problems.append(error("empty_workflow", "the workflow has no nodes", path="$.nodes"))
+        return problems
+    for edge in spec.edges:
+        for end in ("source", "target"):
+            node_id = getattr(edge, end)
+            if node_id not in spec.nodes:
+                problems.append(
+                    error(
+                        "edge_missing_node",
+                        f"edge '{edge.id}' {end} '{node_id}' is not a node of this workflow",
+                        field=end,
+                        path=f"edges[{edge.id}].{end}",
+                    )
+                )
+    if spec.entry_point is not None and spec.entry_point not in spec.nodes:
+        problems.append(
+            warning(
+                "entry_point_missing",
+                f"entryPoint '{spec.entry_point}' is not a node; start nodes are found from edges",
+                field="entryPoint",
+            )
+        )
+    graph = WorkflowGraph(spec)
+    cycle = WorkflowGraph(spec, error_paths=False).find_cycle()
+    if cycle is not None:
+        path = " → ".join(cycle)
+        problems.append(
+            error(
+                "cycle",
+                f"the workflow has a cycle: {path}; loops must use a loop node",
+                node_id=cycle[0],
+                path="$.edges",
+            )
+        )
+    else:
+        cycle = graph.find_cycle()  # only an error edge or a goto can close it now
+        if cycle is not None:
+            problems.append(_error_path_cycle(graph, cycle))
+    for node in spec.nodes.values():
+        problems.extend(_node_config_problems(node))
+        problems.extend(_handle_problems(spec, graph, node))
+        problems.extend(_on_error_problems(spec, node))
+    problems.extend(_settings_node_problems(spec))
+    if cycle is None:
+        problems.extend(_batch_body_problems(spec, graph))
+        problems.extend(_reference_problems(spec, graph))
+    problems += connector_problems(spec)
+    return problems
+
+
+# -- node config ---------------------------------------------------------------------------------
+
+
+def _missing(node: NodeSpec, field: str, message: str) -> Problem:
+    return error("missing_config", message, node_id=node.id, field=field)
+
+
+def _node_config_problems(node: NodeSpec) -> Iterator[Problem]:
+    config = node.config
+    if resolve_type(node.source_type) is None:
+        return
+    if isinstance(config, TransformConfig):
+        yield from _transform_problems(node, config)
+    elif isinstance(config, ConditionalConfig):
+        if config.mode == "expression":
+            yield from _expression_problems(node, config.expression, _field(node, "condition"))
+        elif config.left_value is None:
+            yield _missing(
+                node,
+                "condition",
+                "a conditional needs a condition, an expression, or leftValue/operator/rightValue",
+            )
+    elif isinstance(config, SwitchConfig):
+        if config.expression in (None, ""):
+            yield _missing(node, "expression", "a switch needs an expression to match")
+        if not config.cases:
+            yield warning(
+                "no_cases",
+                "the switch has no cases: only its default branch can run",
+                node_id=node.id,
+                field="cases",
+            )
+    elif isinstance(config, LoopConfig):
+        if config.loop_type == "forEach" and config.items in (None, ""):
+            yield _missing(node, "items", "a forEach loop needs the list to iterate (arrayPath)")
+        elif config.loop_type == "count" and config.count is None:
+            yield _missing(node, "count", "a count loop needs count")
+        elif config.loop_type == "while":
+            if not config.condition:
+                yield _missing(node, "condition", "a while loop needs a condition")
+            else:
+                yield from _expression_problems(node, config.condition, "condition")
+    elif isinstance(config, BatchConfig):
+        yield from _batch_problems(node, config)
+    elif isinstance(config, RetryConfigConfig):
+        keys, problems = parse_retry_defaults(
+            config.retry, node_id=node.id, field=config.retry_field
+        )
+        yield from problems
+        if not keys and not problems:
+            yield warning(
+                "empty_settings",
+                "the retry configuration sets nothing (maxAttempts, backoffStrategy, ...)",
+                node_id=node.id,
+                field=config.retry_field or "maxAttempts",
+            )
+    elif isinstance(config, QueueConfigConfig) and not (
+        config.priority is not None or config.queue or config.concurrency_key
+    ):
+        if not any(k in node.original_config for k in ("priority", "queue", "concurrencyKey")):
+            yield warning(
+                "empty_settings",
+                "the queue configuration sets nothing (priority, queue, concurrencyKey)",
+                node_id=node.id,
+                field="priority",
+            )
+    elif isinstance(config, SubworkflowConfig) and not config.workflow_id:
+        yield _missing(node, "workflowId", "a subworkflow needs workflowId (the child workflow)")
+    elif isinstance(config, SharedMemoryConfig) and config.operation != "search" and not config.key:
+        yield _missing(node, "key", f"shared-memory {config.operation} needs a key")
+
+
+def _batch_problems(node: NodeSpec, config: BatchConfig) -> Iterator[Problem]:
+    given = any(k in node.original_config for k in _PATH_FIELDS["batch"])
+    if config.items == "" or (config.items is None and not given):
+        yield _missing(node, "items", "a batch needs items: an array or a {{reference}}")
+    if (
+        config.min_success is not None
+        and isinstance(config.items, list)
+        and config.min_success > len(config.items)
+    ):
+        yield error(
+            "invalid_config",
+            f"minSuccess: {config.min_success} is more than the {len(config.items)} item(s)",
+            node_id=node.id,
+            field="minSuccess",
+        )
+
+
+def _settings_node_problems(spec: WorkflowSpec) -> Iterator[Problem]:
+    """One queueConfig per workflow: it applies when the execution starts, wherever it is."""
+    queue_nodes = [n for n in spec.nodes.values() if n.type == "queueConfig"]
+    for extra in queue_nodes[1:]:
+        yield error(
+            "duplicate_queue_config",
+            f"the workflow already has a queue configuration ('{queue_nodes[0].id}'): keep one",
+            node_id=extra.id,
+            field="type",
+        )
+
+
+def _batch_body_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[Problem]:
+    """A batch's body runs inside its op: nothing in it may park the execution."""
+    regions = graph.loop_regions(graph.topological_order())
+    for region in regions.values():
+        if spec.nodes[region.loop_id].type != "batch":
+            continue
+        if not region.body:
+            yield warning(
+                "empty_batch",
+                "nothing runs per item (no node downstream of the batch before an output or "
+                "join): each item's result is the item itself",
+                node_id=region.loop_id,
+                field="items",
+            )
+        for member in region.body:
+            if spec.nodes[member].type in WAITPOINT_TYPES:
+                yield error(
+                    "waitpoint_in_batch",
+                    f"a {spec.nodes[member].type} node cannot run per item inside batch "
+                    f"'{region.loop_id}': put it after the batch",
+                    node_id=member,
+                    field="type",
+                )
+
+
+def _field(node: NodeSpec, default: str) -> str:
+    for key in ("condition", "expression"):
+        if key in node.original_config:
+            return key
+    return default
+
+
+def _expression_problems(node: NodeSpec, expression: str | None, field: str) -> Iterator[Problem]:
+    if not expression or not expression.strip():
+        yield _missing(node, field, "the condition is empty")
+        return
+    try:
+        expressions.parse(expression)
+    except ExpressionError as exc:
+        yield error(
+            "invalid_expression",
+            f"cannot parse {field} {expression!r}: {exc}",
+            node_id=node.id,
+            field=field,
+        )
+
+
+def _transform_problems(node: NodeSpec, config: TransformConfig) -> Iterator[Problem]:
+    operation = config.operation
+    if operation not in TRANSFORM_OPERATIONS:
+        yield warning(
+            "unknown_operation",
+            f"unknown transform operation '{operation}': the node passes its input through",
+            node_id=node.id,
+            field="operation",
+        )
+        return
+    if operation == "template" and config.template is None and config.expression is None:
+        yield _missing(node, "template", "a template transform needs a template")
+    if operation in ("map", "filter", "reduce", "custom") and not config.expression:
+        yield _missing(node, "expression", f"a {operation} transform needs an expression")
+
+
+# -- edges and handles ---------------------------------------------------------------------------
+
+
+def _handle_problems(spec: WorkflowSpec, graph: WorkflowGraph, node: NodeSpec) -> Iterator[Problem]:
+    for edge in graph.outgoing.get(node.id, []):
+        handle = edge.handle
+        if handle is None or is_error_edge(edge):
+            continue
+        if node.type in BRANCH_TYPES:
+            if branch_key(spec, node.id, handle) is None:
+                yield warning(
+                    "unknown_branch_handle",
+                    f"edge '{edge.id}' leaves on handle '{handle}', which matches no "
+                    f"{_choices(node)} of this {node.type}: '{edge.target}' never runs through it",
+                    node_id=node.id,
+                    field="sourceHandle",
+                )
+        elif node.type in REGION_TYPES and handle in LOOP_BODY_HANDLES:
+            continue
+        elif node.type not in REGION_TYPES:
+            yield warning(
+                "unknown_handle",
+                f"edge '{edge.id}' has handle '{handle}'; a {node.type} node has no branches, "
+                "so it is treated as a plain edge",
+                node_id=node.id,
+                field="sourceHandle",
+            )
+
+
+def _choices(node: NodeSpec) -> str:
+    if isinstance(node.config, SwitchConfig):
+        values = [c.value for c in node.config.cases] + ["default"]
+        return "case (" + ", ".join(values) + ")"
+    if node.type == "router":
+        routes = [r.value for r in getattr(node.config, "routes", [])] + ["default"]
+        return "route (" + ", ".join(routes) + ")"
+    return "branch (true, false)"
+
+
+def _on_error_problems(spec: WorkflowSpec, node: NodeSpec) -> Iterator[Problem]:
+    on_error = node.on_error
+    if on_error is None:
+        return
+    if on_error.strategy == "fallback" and "fallback_value" not in on_error.model_fields_set:
+        yield warning(
+            "fallback_without_value",
+            "onError fallback has no fallbackValue: the node's value is null when it fails",
+            node_id=node.id,
+            field="onError.fallbackValue",
+        )
+    if on_error.strategy != "goto":
+        return
+    if not on_error.goto_node:
+        yield _missing(node, "onError.gotoNode", "onError goto needs gotoNode")
+    elif on_error.goto_node not in spec.nodes:
+        yield error(
+            "invalid_on_error",
+            f"onError gotoNode '{on_error.goto_node}' is not a node of this workflow",
+            node_id=node.id,
+            field="onError.gotoNode",
+        )
+
+
+def _error_path_cycle(graph: WorkflowGraph, cycle: list[str]) -> Problem:
+    """A cycle that only exists through an error edge or a goto: name the edge that closes it."""
+    path = " → ".join(cycle)
+    for source, target in itertools.pairwise(cycle):
+        for edge in graph.outgoing[source]:
+            if edge.target != target or not is_error_edge(edge):
+                continue
+            if edge.id.endswith(":onError.gotoNode"):
+                return error(
+                    "error_path_cycle",
+                    f"onError goto '{target}' would create a cycle ({path}): a goto must lead "
+                    "to a node that does not run before this one",
+                    node_id=source,
+                    field="onError.gotoNode",
+                )
+            return error(
+                "error_path_cycle",
+                f"the error edge '{edge.id}' to '{target}' would create a cycle ({path}): a "
+                "fallback must be a node that does not run before this one",
+                node_id=source,
+                field="sourceHandle",
+                path=f"edges[{edge.id}].sourceHandle",
+            )
+    return error("cycle", f"the workflow has a cycle: {path}", node_id=cycle[0], path="$.edges")
+
+
+# -- references ----------------------------------------------------------------------------------
+
+
+def _reference_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[Problem]:
+    input_names = {
+        name
+        for node in spec.nodes.values()
+        if isinstance(node.config, InputConfig)
+        for name in [*node.config.names, node.config.name]
+        if name
+    } | {
+        str(node.config.extras()["inputVariable"])
+        for node in spec.nodes.values()
+        if node.type == "files" and node.config.extras().get("inputVariable")
+    }
+    regions = graph.loop_regions(graph.topological_order())
+    # A loop's exits (and what follows them) read its body nodes' per-item results.
+    via_loop: dict[str, set[str]] = {}
+    for region in regions.values():
+        for exit_id in region.exits:
+            for follower in {exit_id, *graph.descendants(exit_id)}:
+                via_loop.setdefault(follower, set()).update(region.body)
+    count = 0
+    for node in spec.nodes.values():
+        ancestors = graph.ancestors(node.id) | via_loop.get(node.id, set())
+        if any(spec.nodes[a].type in _OPEN_OUTPUT_TYPES for a in ancestors):
+            open_keys = True
+        else:
+            open_keys = False
+        known = _known_names(spec, ancestors) | input_names
+        for field, root, text in _node_references(node):
+            if root is None:
+                yield warning(
+                    "invalid_reference",
+                    f"cannot parse reference {text} in {field}; it stays as written",
+                    node_id=node.id,
+                    field=field,
+                )
+            elif root in known or root == node.id:
+                continue
+            elif root in spec.nodes:
+                yield warning(
+                    "reference_not_upstream",
+                    f"{field} refers to node '{root}', which does not run before this node",
+                    node_id=node.id,
+                    field=field,
+                )
+            elif open_keys:
+                continue
+            else:
+                yield warning(
+                    "unresolved_reference",
+                    f"{field} refers to '{root}', which no input, upstream node or "
+                    "outputVariable provides; it stays as written",
+                    node_id=node.id,
+                    field=field,
+                )
+            count += 1
+            if count >= _MAX_REFERENCE_WARNINGS:
+                return
+
+
+def _known_names(spec: WorkflowSpec, ancestors: set[str]) -> set[str]:
+    known = {"inputs"}
+    for node_id in ancestors:
+        node = spec.nodes[node_id]
+        known.add(node_id)
+        config = node.config
+        if config.output_variable:
+            known.add(config.output_variable)
+        else:
+            known |= STANDARD_OUTPUT_KEYS.get(node.type, frozenset())
+        if isinstance(config, InputConfig):
+            known.update(n for n in [*config.names, config.name] if n)
+        if isinstance(config, LoopConfig):
+            known |= {config.item_variable, config.index_variable, "results"}
+        if isinstance(config, BatchConfig):
+            known |= {config.item_variable, config.index_variable} | STANDARD_OUTPUT_KEYS["batch"]
+        if isinstance(config, ConditionalConfig | SwitchConfig):
+            known |= STANDARD_OUTPUT_KEYS[node.type]
+        if isinstance(config, SharedMemoryConfig):
+            known |= STANDARD_OUTPUT_KEYS["shared-memory"]
+        if node.type == "output" and isinstance(config.extras(), dict):
+            name = getattr(config, "name", None)
+            if name:
+                known.add(name)
+    return known
+
+
+def _node_references(node: NodeSpec) -> Iterator[tuple[str, str | None, str]]:
+    """(field, root name or None if unparsable, reference text) for every reference."""
+    config = node.original_config
+    for key, value in config.items():
+        if key in _NOT_SCANNED_FIELDS or key in ("retry", "onError"):
+            continue
+        if node.type == "conditional" and key in ("condition", "expression"):
+            yield from _expression_roots(key, value)
+            continue
+        is_path = key in _PATH_FIELDS.get(node.type, ()) and isinstance(value, str)
+        if is_path and "{{" not in value and "${" not in value:
+            yield from _expression_roots(key, value)
+            continue
+        yield from _string_roots(key, value)
+
+
+def _expression_roots(field: str, value: Any) -> Iterator[tuple[str, str | None, str]]:
+    if not isinstance(value, str):
+        return
+    try:
+        tree = expressions.parse(value)
+    except ExpressionError:
+        return  # reported as invalid_expression
+    for name in dict.fromkeys(expressions.free_names(tree)):
+        yield field, name, value
+
+
+def _string_roots(field: str, value: Any) -> Iterator[tuple[str, str | None, str]]:
+    if isinstance(value, str):
+        for text, root in template_roots(value):
+            yield field, root, text
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _string_roots(f"{field}[{index}]", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _string_roots(f"{field}.{key}", item)

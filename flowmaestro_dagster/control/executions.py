@@ -1,0 +1,642 @@
+"""Executions: idempotent starts, exactly-once launches, and their status read from Dagster.
+
+Starting an execution commits it first and launches it after; a launch claims the execution
+with a lease (a conditional UPDATE), looks for a Dagster run already tagged with the
+execution's id, and only then asks Dagster for a run. A process that dies between commit and
+launch leaves the execution for the reconciler (`reconcile_launches`, run by a sensor), which
+goes through the same claim, so every execution gets exactly one first run.
+"""
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, object_session
+
+from flowmaestro_dagster.compile.compiler import CONCURRENCY_KEY_TAG, CompiledWorkflow
+from flowmaestro_dagster.control.client import DagsterClient, RunInfo
+from flowmaestro_dagster.control.requests import ExecutionCreate
+from flowmaestro_dagster.control.workflows import get_version, get_workflow, location_for
+from flowmaestro_dagster.engines.jobs import build_job
+from flowmaestro_dagster.engines.local import run_config_for
+from flowmaestro_dagster.engines.results import NodeRun, final_outputs
+from flowmaestro_dagster.errors import (
+    Conflict,
+    DagsterUnavailable,
+    IdempotencyKeyReused,
+    InvalidInputs,
+    InvalidRequest,
+    NotFound,
+)
+from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.lang.templates import render_string
+from flowmaestro_dagster.nodes.io_nodes import coerce_input
+from flowmaestro_dagster.spec.configs import InputConfig
+from flowmaestro_dagster.store.models import (
+    Execution,
+    IdempotencyKey,
+    NodeOutput,
+    User,
+    Waitpoint,
+    Workflow,
+    WorkflowVersion,
+    utcnow,
+)
+from flowmaestro_dagster.tags import (
+    EXECUTION_TAG,
+    PAUSED_TAG,
+    RETRY_TAG,
+    USER_TAG,
+    VERSION_TAG,
+    WILL_RETRY_TAG,
+    WORKFLOW_ID_TAG,
+)
+
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+RUN_STATUS = {
+    "QUEUED": "queued",
+    "NOT_STARTED": "queued",
+    "STARTING": "queued",
+    "MANAGED": "queued",
+    "STARTED": "running",
+    "CANCELING": "running",
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "CANCELED": "cancelled",
+}
+MAX_KEY_LENGTH = 255
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite gives naive datetimes back; everything here is UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+# -- starting ------------------------------------------------------------------------------------
+
+
+def request_fingerprint(body: ExecutionCreate) -> str:
+    canonical = json.dumps(
+        {"inputs": body.inputs, "priority": body.priority, "queue": body.queue},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@lru_cache(maxsize=512)
+def compiled_version(workflow_id: str, version: int, definition_json: str) -> CompiledWorkflow:
+    """A version's compiled job (versions never change, so this caches by content)."""
+    return build_job(definition_json)
+
+
+def compiled_for(row: WorkflowVersion) -> CompiledWorkflow:
+    return compiled_version(
+        row.workflow_id, row.version, json.dumps(row.definition, sort_keys=True)
+    )
+
+
+def check_inputs(compiled: CompiledWorkflow, inputs: Mapping[str, Any]) -> None:
+    """Required inputs present, typed inputs of the right type: else 422 before anything starts."""
+    problems = []
+    for node in compiled.spec.nodes.values():
+        config = node.config
+        if not isinstance(config, InputConfig) or not config.name:
+            continue
+        names = config.names or [config.name]
+        given = next((n for n in names if n in inputs), None)
+        if given is None:
+            if config.required and not config.has_default:
+                problems.append(
+                    {
+                        "code": "missing_input",
+                        "node_id": node.id,
+                        "field": config.name,
+                        "message": f"input '{config.name}' is required",
+                    }
+                )
+            continue
+        value = inputs[given]
+        kind = config.input_type.lower()
+        coerced = coerce_input(value, kind)
+        bad = (kind == "number" and not isinstance(coerced, int | float)) or (
+            kind in ("boolean", "bool") and not isinstance(coerced, bool)
+        )
+        if bad or (kind == "number" and isinstance(coerced, bool)):
+            problems.append(
+                {
+                    "code": "invalid_input",
+                    "node_id": node.id,
+                    "field": given,
+                    "message": f"input '{given}' must be a {kind}, got {type(value).__name__}",
+                }
+            )
+    if problems:
+        raise InvalidInputs("; ".join(p["message"] for p in problems[:5]), problems=problems)
+
+
+def start_execution(
+    session: Session,
+    *,
+    user: User,
+    workflow_id: str,
+    body: ExecutionCreate,
+    idempotency_key: str | None,
+    default_ttl_seconds: int,
+    shards: int,
+) -> tuple[Execution, bool]:
+    """The execution for this request (created, or replayed for a repeated key) and whether
+    it was replayed. Commits: the caller launches it afterwards."""
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY_LENGTH:
+        raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+    fingerprint = request_fingerprint(body)
+    workflow = get_workflow(session, user=user, workflow_id=workflow_id)
+    if idempotency_key is not None:
+        replay = _replay(
+            session, user=user, workflow=workflow, key=idempotency_key, fingerprint=fingerprint
+        )
+        if replay is not None:
+            return replay, True
+    if workflow.archived_at is not None:
+        raise Conflict("the workflow is archived")
+    if workflow.deployed_version is None:
+        raise Conflict("the workflow has no deployed version: deploy one first")
+    version = get_version(session, workflow=workflow, version=workflow.deployed_version)
+    compiled = compiled_for(version)
+    check_inputs(compiled, body.inputs)
+    # The request's values, else the definition's queueConfig node, else the workflow's.
+    node = compiled.queue_settings
+    node_priority = node.priority if node is not None else None
+    execution = Execution(
+        id=str(uuid.uuid4()),
+        workflow_id=workflow.id,
+        version=version.version,
+        user_id=user.id,
+        status="queued",
+        priority=next(
+            p for p in (body.priority, node_priority, workflow.priority, 0) if p is not None
+        ),
+        queue=body.queue or (node.queue if node is not None else None) or workflow.queue,
+        inputs=body.inputs,
+        job_name=version.job_name,
+        location_name=location_for(workflow.id, shards),
+    )
+    session.add(execution)
+    if idempotency_key is not None:
+        ttl = workflow.idempotency_ttl_seconds or default_ttl_seconds
+        session.add(
+            IdempotencyKey(
+                user_id=user.id,
+                workflow_id=workflow.id,
+                key=idempotency_key,
+                request_hash=fingerprint,
+                execution_id=execution.id,
+                expires_at=utcnow() + timedelta(seconds=ttl),
+            )
+        )
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another request with the same key committed first: the constraint decided.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        replay = _replay(
+            session, user=user, workflow=workflow, key=idempotency_key, fingerprint=fingerprint
+        )
+        if replay is None:
+            raise
+        return replay, True
+    return execution, False
+
+
+def _replay(
+    session: Session, *, user: User, workflow: Workflow, key: str, fingerprint: str
+) -> Execution | None:
+    row = session.scalar(
+        select(IdempotencyKey).where(
+            IdempotencyKey.user_id == user.id,
+            IdempotencyKey.workflow_id == workflow.id,
+            IdempotencyKey.key == key,
+        )
+    )
+    if row is None:
+        return None
+    if _aware(row.expires_at) <= utcnow():  # type: ignore[operator]
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row.id))
+        session.commit()
+        return None
+    if row.request_hash != fingerprint:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used with a different request body; use a new key"
+        )
+    execution = session.get(Execution, row.execution_id)
+    return execution
+
+
+def purge_expired_keys(session: Session) -> int:
+    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= utcnow()))
+    session.commit()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# -- launching -----------------------------------------------------------------------------------
+
+
+def run_tags(execution: Execution) -> dict[str, str]:
+    """Tags of every run of an execution; the run queue's limits key on them (queues.py)."""
+    from flowmaestro_dagster.control.queues import queue_tags
+
+    return {
+        EXECUTION_TAG: execution.id,
+        WORKFLOW_ID_TAG: execution.workflow_id,
+        VERSION_TAG: str(execution.version),
+        USER_TAG: execution.user_id,
+        "dagster/priority": str(execution.priority),
+        **queue_tags(execution),
+        **concurrency_key_tags(execution),
+    }
+
+
+def concurrency_key_tags(execution: Execution) -> dict[str, str]:
+    """`flowmaestro/concurrency_key` from the definition's queueConfig node, its references
+    rendered against the execution's inputs (one run per key at a time: docs/queues.md)."""
+    session = object_session(execution)
+    version = version_row(session, execution) if session is not None else None
+    if version is None:
+        return {}
+    settings = compiled_for(version).queue_settings
+    if settings is None or not settings.concurrency_key:
+        return {}
+    key = render_string(settings.concurrency_key, ExecutionState.start(execution.inputs or {}))
+    return {CONCURRENCY_KEY_TAG: key.strip()[:255]} if key.strip() else {}
+
+
+def launch_execution(
+    session: Session, client: DagsterClient, execution_id: str, *, lease_seconds: int
+) -> str | None:
+    """Launch one execution's first run, exactly once; None if someone else holds it."""
+    token = str(uuid.uuid4())
+    now = utcnow()
+    claimed = session.execute(
+        update(Execution)
+        .where(
+            Execution.id == execution_id,
+            Execution.launched_at.is_(None),
+            Execution.status != "cancelled",
+            (Execution.launch_claimed_at.is_(None))
+            | (Execution.launch_claimed_at < now - timedelta(seconds=lease_seconds)),
+        )
+        .values(
+            launch_token=token, launch_claimed_at=now, launch_attempts=Execution.launch_attempts + 1
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    if not claimed:
+        return None
+    execution = session.get(Execution, execution_id)
+    assert execution is not None
+    try:
+        existing = client.runs_for_execution(execution_id)
+        # Launched before a crash? Record that run, never launch a second one.
+        run_id = existing[0].run_id if existing else _launch_loading_if_needed(client, execution)
+    except Exception as exc:
+        # Leave it to the reconciler: release the claim and record why.
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id, Execution.launch_token == token)
+            .values(launch_token=None, launch_claimed_at=None, error=f"launch failed: {exc}")
+        )
+        session.commit()
+        raise
+    session.execute(
+        update(Execution)
+        .where(Execution.id == execution_id, Execution.launch_token == token)
+        .values(
+            run_id=run_id,
+            latest_run_id=run_id,
+            launched_at=utcnow(),
+            launch_token=None,
+            error=None,
+        )
+    )
+    session.commit()
+    return run_id
+
+
+def _launch_loading_if_needed(client: DagsterClient, execution: Execution) -> str:
+    """Launch; if the job is not loaded yet (a deploy whose reload failed), reload and retry."""
+
+    def launch() -> str:
+        return client.launch(
+            location=execution.location_name,
+            job=execution.job_name,
+            run_config=run_config_for(execution.inputs),
+            tags=run_tags(execution),
+        )
+
+    try:
+        return launch()
+    except Conflict:
+        client.reload_location(execution.location_name)
+        client.wait_for_job(execution.location_name, execution.job_name, timeout=30)
+        return launch()
+
+
+def pending_launches(session: Session, *, older_than_seconds: float, limit: int = 100) -> list[str]:
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    return list(
+        session.scalars(
+            select(Execution.id)
+            .where(
+                Execution.launched_at.is_(None),
+                Execution.status == "queued",
+                Execution.created_at <= cutoff,
+            )
+            .order_by(Execution.created_at)
+            .limit(limit)
+        )
+    )
+
+
+def reconcile_launches(
+    session: Session, client: DagsterClient, *, older_than_seconds: float, lease_seconds: int
+) -> dict[str, int]:
+    """Launch committed-but-unlaunched executions (after a crash or a failed launch)."""
+    launched = skipped = failed = 0
+    for execution_id in pending_launches(session, older_than_seconds=older_than_seconds):
+        try:
+            run_id = launch_execution(session, client, execution_id, lease_seconds=lease_seconds)
+        except Exception as exc:  # noqa: BLE001 - one bad execution must not stop the rest
+            log.warning("could not launch execution %s: %s", execution_id, exc)
+            failed += 1
+            continue
+        if run_id is None:
+            skipped += 1
+        else:
+            launched += 1
+    return {"launched": launched, "skipped": skipped, "failed": failed}
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def get_execution(session: Session, *, user: User, execution_id: str) -> Execution:
+    execution = session.get(Execution, execution_id)
+    if execution is None or execution.user_id != user.id:
+        raise NotFound(f"no execution {execution_id}")
+    return execution
+
+
+def list_executions(
+    session: Session,
+    *,
+    user: User,
+    workflow_id: str | None,
+    status: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[Sequence[Execution], int]:
+    query = select(Execution).where(Execution.user_id == user.id)
+    if workflow_id:
+        query = query.where(Execution.workflow_id == workflow_id)
+    if status:
+        query = query.where(Execution.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Execution.created_at.desc()).limit(limit).offset(offset)
+    ).all()
+    return rows, total
+
+
+@dataclass
+class ExecutionView:
+    execution: Execution
+    runs: list[RunInfo]
+    nodes: list[dict[str, Any]]
+
+
+def execution_status(execution: Execution, runs: Sequence[RunInfo]) -> str:
+    if execution.status == "cancelled" and not runs:
+        return "cancelled"
+    if not runs:
+        return "queued"
+    return run_status(runs[-1])
+
+
+def run_status(run: RunInfo) -> str:
+    if run.tags.get(PAUSED_TAG) == "true" and run.status in ("CANCELING", "CANCELED"):
+        return "pausing" if run.status == "CANCELING" else "paused"
+    if run.status == "FAILURE" and run.tags.get(WILL_RETRY_TAG) == "true":
+        return "running"  # its run worker died; Dagster's run retries re-execute it from failure
+    return RUN_STATUS.get(run.status, "running")
+
+
+def version_row(session: Session, execution: Execution) -> WorkflowVersion | None:
+    return session.scalar(
+        select(WorkflowVersion).where(
+            WorkflowVersion.workflow_id == execution.workflow_id,
+            WorkflowVersion.version == execution.version,
+        )
+    )
+
+
+def refresh(session: Session, client: DagsterClient, execution: Execution) -> ExecutionView:
+    """Read the execution's runs, steps and node outputs from Dagster and the output store,
+    and write the status back so lists and filters stay current."""
+    try:
+        runs = client.runs_for_execution(execution.id)
+    except DagsterUnavailable as exc:
+        log.warning("showing stored state of execution %s: %s", execution.id, exc)
+        return ExecutionView(execution, [], [])
+    status = execution_status(execution, runs)
+    parked = _parked_nodes(session, execution.id)
+    if parked and status in ("succeeded", "queued") and (status == "succeeded" or runs):
+        status = "waiting"  # the run ended at a waitpoint, or its resume is queued
+    version = version_row(session, execution)
+    nodes: list[dict[str, Any]] = []
+    outputs: dict[str, Any] | None = execution.outputs
+    if version is not None and runs:
+        compiled = compiled_for(version)
+        node_runs = _node_runs(session, client, compiled, execution, runs)
+        for node_id, waitpoint_status in parked.items():
+            if node_id in node_runs and waitpoint_status == "pending":
+                node_runs[node_id][0].status = "waiting"
+        nodes = [_node_public(run, extra) for run, extra in node_runs.values()]
+        failed = [run for run, _ in node_runs.values() if run.status == "failed" and run.error]
+        if status == "failed" and failed and not execution.error:
+            execution.error = f"node '{failed[0].node_id}' failed: {failed[0].error}"[:4000]
+        if status == "succeeded":
+            outputs = final_outputs(compiled, {k: v[0] for k, v in node_runs.items()})
+    changes: dict[str, Any] = {}
+    if status != execution.status:
+        changes["status"] = status
+    if runs:
+        first, last = runs[0], runs[-1]
+        if first.start_time and execution.started_at is None:
+            changes["started_at"] = datetime.fromtimestamp(first.start_time, UTC)
+        if status in TERMINAL and last.end_time:
+            changes["finished_at"] = datetime.fromtimestamp(last.end_time, UTC)
+        if last.run_id != execution.latest_run_id:
+            changes["latest_run_id"] = last.run_id
+        if execution.run_id is None:
+            changes["run_id"] = first.run_id
+    if outputs != execution.outputs:
+        changes["outputs"] = outputs
+    if changes:
+        for key, value in changes.items():
+            setattr(execution, key, value)
+        session.commit()
+    return ExecutionView(execution, runs, nodes)
+
+
+def _parked_nodes(session: Session, execution_id: str) -> dict[str, str]:
+    """Nodes with a waitpoint not yet resumed: node id -> waitpoint status."""
+    rows = session.execute(
+        select(Waitpoint.node_id, Waitpoint.status).where(
+            Waitpoint.execution_id == execution_id,
+            Waitpoint.status.in_(("pending", "resolved", "resuming")),
+        )
+    ).all()
+    return {str(node_id): str(status) for node_id, status in rows}
+
+
+def _node_runs(
+    session: Session,
+    client: DagsterClient,
+    compiled: CompiledWorkflow,
+    execution: Execution,
+    runs: Sequence[RunInfo],
+) -> dict[str, tuple[NodeRun, dict[str, Any]]]:
+    """Per node: status, attempts, times, output — later runs override re-executed steps."""
+    stats: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for dagster_run in runs:
+        for stat in client.step_stats(dagster_run.run_id):
+            stats[stat.step_key] = stat
+        errors.update(client.step_errors(dagster_run.run_id))
+    states: dict[str, dict[str, ExecutionState]] = {}
+    errored: set[str] = set()  # aliases whose failure only an error edge / goto handled
+    for row in session.scalars(
+        select(NodeOutput).where(
+            NodeOutput.execution_id == execution.id, NodeOutput.output_name.in_(("result", "error"))
+        )
+    ):
+        alias = row.step_key.split("[", 1)[0]
+        if row.output_name == "error":
+            errored.add(alias)
+            continue
+        states.setdefault(alias, {})[row.mapping_key or ""] = ExecutionState.from_dict(row.value)
+    result: dict[str, tuple[NodeRun, dict[str, Any]]] = {}
+    for node_id, node in compiled.spec.nodes.items():
+        node_run = NodeRun(node_id, node.label, node.source_type, "not_run")
+        extra: dict[str, Any] = {}
+        result[node_id] = (node_run, extra)
+        node_alias = compiled.aliases.get(node_id)
+        if node_alias is None:
+            continue
+        mine = [
+            s for key, s in stats.items() if key == node_alias or key.startswith(f"{node_alias}[")
+        ]
+        if not mine:
+            continue
+        node_run.attempts = sum(int(getattr(s, "attempts", 1) or 1) for s in mine)
+        starts = [s.start_time for s in mine if s.start_time]
+        ends = [s.end_time for s in mine if s.end_time]
+        if starts:
+            extra["started_at"] = datetime.fromtimestamp(min(starts), UTC)
+        if ends:
+            extra["finished_at"] = datetime.fromtimestamp(max(ends), UTC)
+        if starts and ends:
+            extra["duration_ms"] = round((max(ends) - min(starts)) * 1000, 1)
+        statuses = {s.status.value if s.status else "IN_PROGRESS" for s in mine}
+        node_states = states.get(node_alias, {})
+        failures = [m for key, m in errors.items() if key.split("[", 1)[0] == node_alias]
+        if "FAILURE" in statuses:
+            node_run.status = "failed"
+            node_run.error = failures[-1] if failures else None
+        elif "IN_PROGRESS" in statuses:
+            node_run.status = "running"
+        elif statuses == {"SKIPPED"}:
+            node_run.status = "skipped"
+        else:
+            node_run.status = "succeeded"
+            live = [s for s in node_states.values() if not s.skipped]
+            if not live and node_alias in errored:
+                node_run.status = "failed"  # handled by its error path
+            elif not live:  # it yielded nothing, or only skip markers: nothing reached it
+                node_run.status = "skipped"
+        if "" in node_states and len(node_states) == 1:
+            state = node_states[""]
+            node_run.output = None if state.skipped else state.outputs.get(node_id)
+        elif node_states:
+            ordered = [node_states[k] for k in sorted(node_states)]
+            node_run.iterations = len(ordered)
+            node_run.output = [None if s.skipped else s.outputs.get(node_id) for s in ordered]
+    return result
+
+
+def _node_public(run: NodeRun, extra: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "node_id": run.node_id,
+        "label": run.label,
+        "type": run.type,
+        "status": run.status,
+        "attempts": run.attempts,
+        "iterations": run.iterations,
+        "output": run.output,
+        "error": run.error,
+        **extra,
+    }
+
+
+# -- control -------------------------------------------------------------------------------------
+
+
+def cancel_execution(session: Session, client: DagsterClient, execution: Execution) -> None:
+    runs = client.runs_for_execution(execution.id)
+    if not runs:
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution.id, Execution.launched_at.is_(None))
+            .values(status="cancelled", finished_at=utcnow())
+        )
+        session.commit()
+        session.refresh(execution)
+        if execution.status == "cancelled":
+            return
+        runs = client.runs_for_execution(execution.id)
+    latest = runs[-1] if runs else None
+    if latest is None or run_status(latest) in TERMINAL:
+        raise Conflict(f"the execution is already {execution_status(execution, runs)}")
+    client.terminate(latest.run_id)
+
+
+def retry_execution(session: Session, client: DagsterClient, execution: Execution) -> str:
+    runs = client.runs_for_execution(execution.id)
+    status = execution_status(execution, runs)
+    if status not in ("failed", "cancelled") or not runs:
+        raise Conflict(f"only failed or cancelled executions can be retried (this one is {status})")
+    run_id = client.reexecute_from_failure(runs[-1].run_id, {RETRY_TAG: runs[-1].run_id})
+    execution.latest_run_id = run_id
+    execution.status = "queued"
+    execution.finished_at = None
+    session.commit()
+    return run_id
+
+
+def ids(rows: Iterable[Execution]) -> list[str]:
+    return [row.id for row in rows]

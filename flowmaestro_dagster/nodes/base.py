@@ -1,0 +1,110 @@
+"""The executor interface: plain Python, no Dagster.
+
+An executor takes a `NodeContext` (the node's canonical config, the execution state upstream of
+it, and the platform services) and returns a `NodeResult`. `flowmaestro_dagster.adapter.ops` turns
+executors into ops; tests call them as functions.
+"""
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from flowmaestro_dagster.errors import NodeConfigurationError, NodeExecutionError
+from flowmaestro_dagster.lang import templates
+from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.spec.configs import NodeConfig
+
+ConfigT = TypeVar("ConfigT", bound=NodeConfig)
+_log = logging.getLogger("flowmaestro.executors")
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    node_id: str
+    node_type: str
+    label: str
+    config: NodeConfig
+    state: ExecutionState
+    rank: int = 0
+    upstream: tuple[str, ...] = ()
+    attempt: int = 1
+    services: Mapping[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    execution_id: str | None = None
+    run_tags: Mapping[str, str] = field(default_factory=dict)
+    step_key: str | None = None
+    log: logging.Logger = _log
+
+    @property
+    def iteration(self) -> tuple[int, ...]:
+        """Loop iteration indices (outermost first); () outside loops."""
+        return self.state.iteration
+
+    def typed_config(self, model: type[ConfigT]) -> ConfigT:
+        if not isinstance(self.config, model):
+            raise NodeConfigurationError(
+                f"expected {model.__name__}, got {type(self.config).__name__}",
+                node_id=self.node_id,
+                node_type=self.node_type,
+            )
+        return self.config
+
+    def render(self, value: Any) -> Any:
+        """Resolve `{{...}}` references in a config value against the upstream state."""
+        return templates.render(value, self.state)
+
+    def render_text(self, value: Any) -> str:
+        return templates.render_string(value, self.state)
+
+    def upstream_value(self) -> Any:
+        """The output of the direct predecessor(s): one value, or an object keyed by node id."""
+        values = {n: self.state.outputs[n] for n in self.upstream if n in self.state.outputs}
+        if len(values) == 1:
+            return next(iter(values.values()))
+        return values or None
+
+    def error(
+        self, message: str, cls: type[NodeExecutionError] = NodeExecutionError, **kw: Any
+    ) -> NodeExecutionError:
+        return cls(message, node_id=self.node_id, node_type=self.node_type, **kw)
+
+
+@dataclass(frozen=True)
+class MemoryOp:
+    operation: str  # store | append | delete
+    key: str
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Park:
+    """A waitpoint that is not resolved yet: the node yields nothing and the run ends; a
+    sensor re-executes the node (and what follows it) once the waitpoint resolves."""
+
+    kind: str  # datetime | approval | callback | child
+    waitpoint_id: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """What a node produced: its output, and for branch / loop nodes what to do next."""
+
+    output: Any
+    branches: frozenset[str] | None = None
+    items: Sequence[Any] | None = None
+    memory: Sequence[MemoryOp] = ()
+    parked: Park | None = None
+
+
+def wrap_output(value: Any, output_variable: str | None, default_key: str = "result") -> Any:
+    """A node's output: under `outputVariable` when set, else the value (objects) or `result`."""
+    if output_variable:
+        return {output_variable: value}
+    if isinstance(value, dict):
+        return value
+    return {default_key: value}
+
+
+Executor = Callable[[NodeContext], NodeResult]

@@ -1,0 +1,219 @@
+"""The Dagster instance configuration (`dagster.yaml`), rendered from the platform settings.
+
+Limits live in `FLOWMAESTRO_*` settings, not in hand-edited YAML: `flowmaestro dev` writes
+`DAGSTER_HOME/dagster.yaml` from `render_instance_yaml(settings)` and the committed
+`dagster_home/dagster.yaml` is that rendering for the default settings.
+
+The file is a list of sections; each is a function `settings -> {top-level key: value}`.
+To add one (storage, run retries, run monitoring ...), write such a function and put it in
+`SECTIONS` — nothing else changes. Dagster rejects some combinations: `run_queue` excludes a
+`run_coordinator` entry, and with `concurrency: runs:` the run limits must not also appear
+under `run_queue` (see `dagster._core.instance.config`).
+
+The run queue (see docs/queues.md):
+
+* `run_queue` — Dagster's QueuedRunCoordinator (its daemon dequeues every
+  `dequeue_interval_seconds`, highest `dagster/priority` first, FIFO among equals);
+* `concurrency: runs:` — `max_concurrent_runs`, and tag limits on the tags the API puts on
+  every run (`run_tags` in flowmaestro_dagster/control/executions.py): one per user
+  (`flowmaestro/user`, per unique value), one for "one at a time per user" workflows
+  (`flowmaestro/user_workflow`, per unique value, limit 1), one per named queue
+  (`flowmaestro/queue`);
+* `concurrency: pools:` — per-workflow limits are pools (one per workflow, on every op) whose
+  slot counts the API sets at runtime; `granularity: run` makes a slot a run, not an op.
+
+Storage (docs/deployment.md): SQLite under DAGSTER_HOME by default; with a PostgreSQL
+`FLOWMAESTRO_DATABASE_URL`, `storage: postgres:` in the same database, schema
+`FLOWMAESTRO_DAGSTER_SCHEMA` (`dagster`). Same database, so one server, one backup and one
+setting; own schema, because Dagster and the API's migrations both keep their revision in a
+table named `alembic_version` (no other table name is shared). `prepare_storage` creates the
+schema (Dagster creates its tables on first use, never the schema).
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; Dagster depends on it
+
+from flowmaestro_dagster.settings import Settings
+from flowmaestro_dagster.tags import (
+    CONCURRENCY_KEY_TAG,
+    QUEUE_TAG,
+    USER_TAG,
+    USER_WORKFLOW_TAG,
+)
+
+Section = Callable[[Settings], Mapping[str, Any]]
+
+HEADER = (
+    "# The Dagster instance. Written by `flowmaestro dev` from the FLOWMAESTRO_* settings\n"
+    "# (flowmaestro_dagster/orchestration/instance_config.py); edits are lost.\n"
+    "# Storage: SQLite under DAGSTER_HOME unless a storage section says otherwise.\n"
+)
+
+
+def telemetry_section(settings: Settings) -> Mapping[str, Any]:
+    return {"telemetry": {"enabled": False}}
+
+
+def run_queue_section(settings: Settings) -> Mapping[str, Any]:
+    """The QueuedRunCoordinator: `run_queue` implies it (no `run_coordinator` entry)."""
+    run_queue: dict[str, Any] = {
+        "dequeue_interval_seconds": settings.dequeue_interval_seconds,
+        # A deploy reloads a code location; a run dequeued meanwhile is put back in the queue
+        # (up to 3 times, 5 s apart) instead of being failed.
+        "max_user_code_failure_retries": 3,
+        "user_code_failure_retry_delay": 5,
+    }
+    if settings.dequeue_use_threads:
+        run_queue["dequeue_use_threads"] = True
+        if settings.dequeue_num_workers is not None:
+            run_queue["dequeue_num_workers"] = settings.dequeue_num_workers
+    return {"run_queue": run_queue}
+
+
+def tag_concurrency_limits(settings: Settings) -> list[dict[str, Any]]:
+    """Per user, one-at-a-time-per-user workflows, and each named queue."""
+    limits: list[dict[str, Any]] = []
+    if settings.user_run_limit is not None:
+        limits.append(
+            {
+                "key": USER_TAG,
+                "value": {"applyLimitPerUniqueValue": True},
+                "limit": settings.user_run_limit,
+            }
+        )
+    # Only runs of workflows with the switch on carry this tag (value: workflow and user).
+    limits.append(
+        {"key": USER_WORKFLOW_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    )
+    # Only runs of workflows whose queueConfig node names a key carry this tag.
+    limits.append(
+        {"key": CONCURRENCY_KEY_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    )
+    for name, limit in sorted(settings.queue_limits.items()):
+        limits.append({"key": QUEUE_TAG, "value": name, "limit": limit})
+    return limits
+
+
+def concurrency_section(settings: Settings) -> Mapping[str, Any]:
+    return {
+        "concurrency": {
+            "runs": {
+                "max_concurrent_runs": settings.max_concurrent_runs,
+                "tag_concurrency_limits": tag_concurrency_limits(settings),
+            },
+            # No default_limit: a pool without a limit set (a workflow without one) is free.
+            "pools": {"granularity": settings.pool_granularity},
+        }
+    }
+
+
+def run_monitoring_section(settings: Settings) -> Mapping[str, Any]:
+    """Detects run workers that died; a run that outlives the max runtime is failed."""
+    monitoring: dict[str, Any] = {
+        "enabled": True,
+        "poll_interval_seconds": 5,
+        "start_timeout_seconds": 180,
+    }
+    if settings.run_max_runtime_seconds:
+        monitoring["max_runtime_seconds"] = settings.run_max_runtime_seconds
+    return {"run_monitoring": monitoring}
+
+
+def run_retries_section(settings: Settings) -> Mapping[str, Any]:
+    """A run whose worker died is re-executed from failure (finished nodes are not redone).
+
+    Op failures are not retried at the run level: nodes have their own retry policies.
+    """
+    if not settings.run_retries:
+        return {}
+    return {
+        "run_retries": {
+            "enabled": True,
+            "max_retries": settings.run_retries,
+            "retry_on_asset_or_op_failure": False,
+        }
+    }
+
+
+def run_launcher_section(settings: Settings) -> Mapping[str, Any]:
+    """Warm run workers forked from a preloaded server (flowmaestro_dagster/engines/launcher.py)."""
+    if settings.run_launcher != "forkserver":
+        return {}
+    return {
+        "run_launcher": {
+            "module": "flowmaestro_dagster.engines.launcher",
+            "class": "ForkserverRunLauncher",
+        }
+    }
+
+
+def storage_url(settings: Settings) -> str:
+    """The database URL with the Dagster schema as the connections' search path."""
+    url = sa.make_url(settings.database_url)
+    url = url.update_query_dict({"options": f"-csearch_path={settings.dagster_schema}"})
+    return url.render_as_string(hide_password=False)
+
+
+def storage_section(settings: Settings) -> Mapping[str, Any]:
+    """Runs, event logs and schedules in PostgreSQL when the platform database is; else the
+    embedded default (SQLite files under DAGSTER_HOME, no section)."""
+    if not settings.postgres:
+        return {}
+    return {"storage": {"postgres": {"postgres_url": storage_url(settings)}}}
+
+
+def prepare_storage(settings: Settings) -> None:
+    """Create the Dagster schema of a PostgreSQL database (idempotent; SQLite: nothing)."""
+    if not settings.postgres:
+        return
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{settings.dagster_schema}"'))
+    finally:
+        engine.dispose()
+
+
+SECTIONS: tuple[Section, ...] = (
+    telemetry_section,
+    run_queue_section,
+    concurrency_section,
+    run_monitoring_section,
+    run_retries_section,
+    run_launcher_section,
+    storage_section,
+)
+
+
+def instance_config(settings: Settings, sections: Sequence[Section] = SECTIONS) -> dict[str, Any]:
+    """The configuration as data; a key set by two sections is a bug, so it raises."""
+    config: dict[str, Any] = {}
+    for section in sections:
+        for key, value in section(settings).items():
+            if key in config:
+                raise ValueError(f"instance config key {key!r} is set by two sections")
+            config[key] = value
+    return config
+
+
+def render_instance_yaml(settings: Settings, sections: Sequence[Section] = SECTIONS) -> str:
+    """`dagster.yaml` text: the header, then one block per top-level key."""
+    blocks = [
+        yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False)
+        for key, value in instance_config(settings, sections).items()
+    ]
+    return HEADER + "\n" + "\n".join(blocks)
+
+
+def write_instance_yaml(home: Path, settings: Settings) -> Path:
+    """Write `dagster.yaml` (owner-only: a PostgreSQL URL may hold a password)."""
+    path = home / "dagster.yaml"
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_instance_yaml(settings))
+    if settings.postgres:
+        path.chmod(0o600)
+    return path

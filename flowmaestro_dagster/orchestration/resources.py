@@ -1,0 +1,31 @@
+"""The node services of the platform's code locations: settings plus the database stores."""
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from flowmaestro_dagster.adapter.resources import FlowMaestroResource
+from flowmaestro_dagster.control.waitpoints import start_child_execution
+from flowmaestro_dagster.settings import get_settings
+from flowmaestro_dagster.store.checkpoints import DatabaseCheckpointStore
+from flowmaestro_dagster.store.waitpoints import DatabaseWaitpointStore
+
+
+class PlatformResource(FlowMaestroResource):
+    """Runs of API executions: waitpoints and checkpoints live in the platform database."""
+
+    def services(self) -> Mapping[str, Any]:
+        settings = get_settings()
+        return {
+            "settings": settings,
+            "waitpoints": DatabaseWaitpointStore(
+                settings.database_url,
+                sleep_threshold_seconds=settings.wait_sleep_threshold_seconds,
+                start_child=partial(
+                    start_child_execution,
+                    database_url=settings.database_url,
+                    shards=settings.code_location_shards,
+                ),
+            ),
+            "checkpoints": DatabaseCheckpointStore(settings.database_url),
+        }
