@@ -9,19 +9,13 @@ from sqlalchemy.orm import Session
 from flowmaestro_api.security import authenticate
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.store.db import session_scope
 from flowmaestro_dagster.store.models import User
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    session: Session = request.app.state.sessions()
-    try:
+    with session_scope(request.app.state.sessions) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def get_settings(request: Request) -> ApiSettings:

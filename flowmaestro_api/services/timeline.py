@@ -28,20 +28,10 @@ from typing import Any
 from dagster import DagsterEventType
 
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
+from flowmaestro_dagster.control.executions import RUN_STATUS
 from flowmaestro_dagster.tags import ERROR_METADATA as HANDLED_METADATA
 from flowmaestro_dagster.tags import RESUME_TAG, RETRY_TAG, WAITING_TAG
 
-RUN_STATUS = {
-    "QUEUED": "queued",
-    "NOT_STARTED": "queued",
-    "STARTING": "queued",
-    "MANAGED": "queued",
-    "STARTED": "running",
-    "CANCELING": "running",
-    "SUCCESS": "succeeded",
-    "FAILURE": "failed",
-    "CANCELED": "cancelled",
-}
 FINISHED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 
 _STEP_KINDS: dict[DagsterEventType, str] = {

@@ -5,7 +5,7 @@ yields nothing, what follows is skipped and the run ends — no worker waits. Wh
 waitpoint resolves, a sensor re-executes this node and what follows it; this time the store
 returns the resolution and the node produces its output. Short waits sleep in the op instead.
 
-The store (`services["waitpoints"]`) is the platform database (flowmaestro_api); without it
+The store (`services["waitpoints"]`) is the platform database (store/waitpoints.py); without it
 (a run outside the platform) only short waits can run.
 """
 
@@ -24,9 +24,9 @@ from flowmaestro_dagster.errors import (
 from flowmaestro_dagster.lang.expressions import to_number
 from flowmaestro_dagster.nodes.base import Executor, NodeContext, NodeResult, Park, wrap_output
 from flowmaestro_dagster.spec.configs import HumanReviewConfig, SubworkflowConfig, WaitConfig
+from flowmaestro_dagster.spec.durations import to_milliseconds
 
 DEFAULT_SLEEP_THRESHOLD_S = 30.0
-_UNIT_MS = {"ms": 1, "seconds": 1000, "minutes": 60_000, "hours": 3_600_000, "days": 86_400_000}
 RESOLVED = frozenset({"resolved", "resuming", "resumed"})
 
 
@@ -118,7 +118,7 @@ def due_time(ctx: NodeContext, config: WaitConfig, now: datetime) -> datetime:
         raise ctx.error(
             f"wait duration must be a number >= 0, got {value!r}", NodeConfigurationError
         )
-    milliseconds = number * _UNIT_MS[config.duration_unit]
+    milliseconds = to_milliseconds(number, config.duration_unit)
     return now + timedelta(milliseconds=milliseconds)
 
 

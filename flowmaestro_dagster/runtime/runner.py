@@ -131,20 +131,7 @@ def run_inline_loop(
     config = plan.typed_config()
     assert isinstance(config, LoopConfig)
     region = plan.loop.inline
-    ctx = NodeContext(
-        node_id=plan.node_id,
-        node_type=plan.type,
-        label=plan.label,
-        config=config,
-        state=state,
-        rank=plan.rank,
-        upstream=upstream,
-        services=run.services,
-        run_id=run.run_id,
-        execution_id=run.execution_id,
-        run_tags=run.run_tags,
-        log=run.log,
-    )
+    ctx = node_context(plan, config, state, upstream, run)
     item_states: list[ExecutionState | None] = []
     items: list[Any] = []
     if config.loop_type == "while":

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flowmaestro_dagster.spec.durations import canonical_unit, parse_duration_seconds
 from flowmaestro_dagster.spec.problems import Problem, error
 
 _MISSING: Any = object()
@@ -279,18 +280,18 @@ class SubworkflowConfig(NodeConfig):
     inputs: Any = None
 
 
-CHECKPOINT_EXPIRY_UNITS = {"m": 60, "h": 3600, "d": 86_400}
 CHECKPOINT_DEFAULT_EXPIRY = "7d"
 CHECKPOINT_MAX_EXPIRY_SECONDS = 90 * 86_400
 
 
 def expiry_seconds(value: str) -> int:
     """`30m`, `1h`, `24h`, `7d` → seconds (1 minute to 90 days); ValueError otherwise."""
-    text = str(value).strip().lower()
-    number, unit = text[:-1], text[-1:]
-    if unit not in CHECKPOINT_EXPIRY_UNITS or not number.isdigit():
-        raise ValueError("must be a number of minutes, hours or days such as 1h, 24h or 7d")
-    seconds = int(number) * CHECKPOINT_EXPIRY_UNITS[unit]
+    try:
+        seconds = int(parse_duration_seconds(value))
+    except ValueError:
+        raise ValueError(
+            "must be a number of minutes, hours or days such as 1h, 24h or 7d"
+        ) from None
     if not 60 <= seconds <= CHECKPOINT_MAX_EXPIRY_SECONDS:
         raise ValueError("must be between 1m and 90d")
     return seconds
@@ -615,27 +616,6 @@ def _loop(raw: _Raw) -> None:
     _output_variable(raw)
 
 
-_UNIT_ALIASES = {
-    "ms": "ms",
-    "millisecond": "ms",
-    "milliseconds": "ms",
-    "s": "seconds",
-    "sec": "seconds",
-    "second": "seconds",
-    "seconds": "seconds",
-    "m": "minutes",
-    "min": "minutes",
-    "minute": "minutes",
-    "minutes": "minutes",
-    "h": "hours",
-    "hour": "hours",
-    "hours": "hours",
-    "d": "days",
-    "day": "days",
-    "days": "days",
-}
-
-
 @_normaliser("wait", model=WaitConfig)
 def _wait(raw: _Raw) -> None:
     wait_type = raw.take("wait_type", "waitType")
@@ -649,8 +629,8 @@ def _wait(raw: _Raw) -> None:
         raw.set("timestamp", value, raw.origin.get("duration"))
         raw.values.pop("duration", None)
     elif unit is not None:
-        canonical_unit = _UNIT_ALIASES.get(str(unit).lower())
-        raw.set("duration_unit", canonical_unit or unit, "durationUnit")
+        canonical = canonical_unit(str(unit))
+        raw.set("duration_unit", canonical or unit, "durationUnit")
     elif value is not _MISSING and wait_type == "duration":
         # Templates wrote `waitType: duration, duration: 86400` meaning seconds; a bare
         # `duration` (the backend shape) is milliseconds. See docs/node-types.md.

@@ -56,9 +56,12 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session that commits on success and rolls back on any error."""
-    session = Session(engine, expire_on_commit=False)
+def session_scope(source: Engine | sessionmaker[Session]) -> Iterator[Session]:
+    """A session (from an engine, or a factory) that commits on success and rolls back on any
+    error: the one transaction boundary of sensors, run workers and API requests."""
+    session = (
+        source() if isinstance(source, sessionmaker) else Session(source, expire_on_commit=False)
+    )
     try:
         yield session
         session.commit()
