@@ -13,10 +13,17 @@ from typing import Any, TypeVar
 from flowmaestro_dagster.errors import NodeConfigurationError, NodeExecutionError
 from flowmaestro_dagster.lang import templates
 from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.settings import Settings, get_settings
 from flowmaestro_dagster.spec.configs import NodeConfig
 
 ConfigT = TypeVar("ConfigT", bound=NodeConfig)
 _log = logging.getLogger("flowmaestro.executors")
+
+
+def settings_of(services: Mapping[str, Any]) -> Settings:
+    """The `settings` service (a test's, an embedding's), else the environment's."""
+    settings = services.get("settings")
+    return settings if isinstance(settings, Settings) else get_settings()
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,11 @@ class NodeContext:
     def iteration(self) -> tuple[int, ...]:
         """Loop iteration indices (outermost first); () outside loops."""
         return self.state.iteration
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the run was given (the services resource), else the environment's."""
+        return settings_of(self.services)
 
     def typed_config(self, model: type[ConfigT]) -> ConfigT:
         if not isinstance(self.config, model):

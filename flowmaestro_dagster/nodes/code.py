@@ -29,7 +29,7 @@ from flowmaestro_dagster.nodes.base import Executor, NodeContext, NodeResult, wr
 from flowmaestro_dagster.nodes.sandbox import SnippetInputs, SnippetResult
 from flowmaestro_dagster.nodes.sandbox.javascript import run_javascript
 from flowmaestro_dagster.nodes.sandbox.python import PythonLimits, run_python
-from flowmaestro_dagster.settings import CodeSettings, Settings, get_settings
+from flowmaestro_dagster.settings import CodeSettings
 from flowmaestro_dagster.spec.configs import CodeConfig
 
 ENVELOPE_KEYS = ("output", "stdout", "stderr", "metadata")
@@ -127,14 +127,9 @@ def global_names(names: Iterable[str], language: str) -> tuple[str, ...]:
     return tuple(chosen)
 
 
-def _settings(ctx: NodeContext) -> Settings:
-    settings = ctx.services.get("settings")
-    return settings if isinstance(settings, Settings) else get_settings()
-
-
 def execute_code(ctx: NodeContext) -> NodeResult:
     config = ctx.typed_config(CodeConfig)
-    limits = _settings(ctx).code
+    limits = ctx.settings.code
     code = config.code if isinstance(config.code, str) else ""
     if not code.strip():
         raise ctx.error("the code node has no code", NodeConfigurationError)

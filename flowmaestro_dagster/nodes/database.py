@@ -37,7 +37,7 @@ from flowmaestro_dagster.errors import (
 from flowmaestro_dagster.lang import templates
 from flowmaestro_dagster.lang.expressions import Scope
 from flowmaestro_dagster.nodes.base import Executor, NodeContext, NodeResult, wrap_output
-from flowmaestro_dagster.settings import DatabaseConnection, Settings, get_settings
+from flowmaestro_dagster.settings import DatabaseConnection
 from flowmaestro_dagster.spec.configs import DatabaseConfig
 
 RAW_OPERATIONS = frozenset({"query", "select", "execute", "raw", "sql", "read", "write", "run"})
@@ -245,13 +245,8 @@ def dispose_engines() -> None:
 # -- the executor --------------------------------------------------------------------------------
 
 
-def _settings(ctx: NodeContext) -> Settings:
-    settings = ctx.services.get("settings")
-    return settings if isinstance(settings, Settings) else get_settings()
-
-
 def _connection(ctx: NodeContext, config: DatabaseConfig) -> tuple[str, DatabaseConnection]:
-    databases = _settings(ctx).databases
+    databases = ctx.settings.databases
     wanted = [n for n in (config.connection_id, config.provider) if n]
     for name in wanted:
         if name in databases:

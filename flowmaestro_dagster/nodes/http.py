@@ -23,7 +23,7 @@ from flowmaestro_dagster.errors import (
 from flowmaestro_dagster.lang.expressions import to_text
 from flowmaestro_dagster.nodes.base import Executor, NodeContext, NodeResult, wrap_output
 from flowmaestro_dagster.nodes.net import BlockedAddressError, guarded_client, parse_retry_after
-from flowmaestro_dagster.settings import HttpSettings, Settings, get_settings
+from flowmaestro_dagster.settings import HttpSettings
 from flowmaestro_dagster.spec.configs import HttpConfig, KeyValue
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -69,8 +69,7 @@ class _TooLarge(Exception):
 
 
 def node_http_settings(ctx: NodeContext) -> HttpSettings:
-    settings = ctx.services.get("settings")
-    return (settings if isinstance(settings, Settings) else get_settings()).http
+    return ctx.settings.http
 
 
 def _key(text: Any) -> str:

@@ -32,16 +32,11 @@ from flowmaestro_dagster.nodes.connectors import (
     describe,
     resolve_connection,
 )
-from flowmaestro_dagster.settings import ConnectionSettings, Settings, get_settings
+from flowmaestro_dagster.settings import ConnectionSettings
 from flowmaestro_dagster.spec.configs import IntegrationConfig
 from flowmaestro_dagster.spec.node_types import MEDIA_TYPES
 
 _SECRET_FIELDS = ("url", "password", "signing_secret", "token", "api_key")
-
-
-def _settings(ctx: NodeContext) -> Settings:
-    settings = ctx.services.get("settings")
-    return settings if isinstance(settings, Settings) else get_settings()
 
 
 def _registry(ctx: NodeContext) -> ConnectorRegistry:
@@ -80,7 +75,7 @@ def _call(
     *,
     media: bool = False,
 ) -> Any:
-    settings = _settings(ctx)
+    settings = ctx.settings
     connection_name, connection = resolve_connection(
         settings, str(connection_id) if connection_id else None, provider
     )

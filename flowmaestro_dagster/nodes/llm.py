@@ -32,7 +32,7 @@ from flowmaestro_dagster.errors import (
 from flowmaestro_dagster.lang.expressions import to_text
 from flowmaestro_dagster.nodes.base import Executor, NodeContext, NodeResult, wrap_output
 from flowmaestro_dagster.nodes.net import parse_retry_after
-from flowmaestro_dagster.settings import LLMProvider, Settings, get_settings
+from flowmaestro_dagster.settings import LLMProvider, Settings
 from flowmaestro_dagster.spec.configs import LLMConfig, MediaConfig, Route, RouterConfig
 
 if TYPE_CHECKING:  # the SDK takes ~2 s to import: only nodes that call a model load it
@@ -64,8 +64,7 @@ class ChatReply:
 
 def node_settings(ctx: NodeContext) -> Settings:
     """The settings the run was given (the services resource), else the environment's."""
-    settings = ctx.services.get("settings")
-    return settings if isinstance(settings, Settings) else get_settings()
+    return ctx.settings
 
 
 def resolve_provider(ctx: NodeContext, name: str | None) -> tuple[str, LLMProvider]:

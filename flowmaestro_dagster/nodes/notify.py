@@ -14,10 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flowmaestro_dagster.lang.state import ExecutionState
-from flowmaestro_dagster.nodes.base import NodeContext
+from flowmaestro_dagster.nodes.base import NodeContext, settings_of
 from flowmaestro_dagster.nodes.connectors import ConnectorRequest
 from flowmaestro_dagster.nodes.connectors.webhook import send
-from flowmaestro_dagster.settings import Settings, get_settings
 from flowmaestro_dagster.spec.configs import MediaConfig
 from flowmaestro_dagster.spec.policies import NotifyTarget
 
@@ -71,9 +70,7 @@ def notify_failure(
 ) -> bool:
     """POST `payload` to `target`; True if it was delivered. Never raises."""
     logger = log or _log
-    settings = services.get("settings")
-    if not isinstance(settings, Settings):
-        settings = get_settings()
+    settings = settings_of(services)
     connection = None
     if target.connection is not None:
         connection = settings.connections.get(target.connection)
