@@ -23,13 +23,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 from pydantic import SecretStr
 
 from flowmaestro_dagster.settings import LLMProvider, LLMSettings, Settings
+from flowmaestro_dagster.testing.local_server import LocalHTTPServer
 
 API_KEY = "fake-llm-key"
 
@@ -130,8 +130,10 @@ def _content_text(content: Any) -> str:
 Responder = Callable[[RecordedRequest], "FakeReply | str | None"]
 
 
-class FakeLLMServer:
+class FakeLLMServer(LocalHTTPServer):
     """An OpenAI-compatible endpoint on 127.0.0.1 (a free port), served from a thread."""
+
+    name = "fake LLM server"
 
     def __init__(
         self,
@@ -147,53 +149,9 @@ class FakeLLMServer:
         self.model = model
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        if self._server is not None:
-            return self
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._closing.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    # -- addresses and settings ----------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the fake LLM server is not running (use it as a context manager)")
-        return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:
@@ -238,7 +196,7 @@ class FakeLLMServer:
 
     def _wait(self, seconds: float) -> None:
         if seconds > 0:
-            self._closing.wait(seconds)
+            self.closing.wait(seconds)
 
     # -- responses -----------------------------------------------------------------------------
 
@@ -335,7 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             raw=raw,
         )
-        fake: FakeLLMServer = self.server.fake  # type: ignore[attr-defined]
+        fake: FakeLLMServer = self.server.owner  # type: ignore[attr-defined]
         try:
             status, headers, payload = fake.respond(request)
         except Exception as exc:  # noqa: BLE001 - a responder bug shows as a 500 the test sees
@@ -360,3 +318,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 __all__ = ["API_KEY", "FakeLLMServer", "FakeReply", "RecordedRequest", "fake_embedding"]
+
+
+FakeLLMServer.handler = _Handler

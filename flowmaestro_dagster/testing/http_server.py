@@ -19,10 +19,11 @@ import json
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from flowmaestro_dagster.testing.local_server import LocalHTTPServer
 
 MAX_DELAY_S = 30.0
 DRIP_INTERVAL_S = 0.1
@@ -43,54 +44,15 @@ class EchoRequest:
         return self.body.decode("utf-8", errors="replace")
 
 
-class EchoServer:
+class EchoServer(LocalHTTPServer):
     """An HTTP server that echoes requests and answers chosen statuses, delays and redirects."""
+
+    name = "echo server"
 
     def __init__(self) -> None:
         self.requests: list[EchoRequest] = []
         self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Self:
-        if self._server is None:
-            server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
-            server.daemon_threads = True
-            server.echo = self  # type: ignore[attr-defined]
-            self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._closing.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the echo server is not running (use it as a context manager)")
-        return int(self._server.server_address[1])
+        super().__init__()
 
     def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path if path.startswith('/') else '/' + path}"
@@ -110,7 +72,7 @@ class EchoServer:
                 headers["Retry-After"] = request.query["retry_after"][0]
             return int(parts[1]), headers, json.dumps(echo).encode()
         if len(parts) == 2 and parts[0] == "delay":
-            self._closing.wait(min(float(parts[1]), MAX_DELAY_S))
+            self.closing.wait(min(float(parts[1]), MAX_DELAY_S))
             return 200, json_type, json.dumps(echo).encode()
         if parts == ["redirect"]:
             status = int(request.query.get("status", ["302"])[0])
@@ -128,7 +90,7 @@ class EchoServer:
 
     def _drip(self, count: int) -> Iterator[bytes]:
         for _ in range(count):
-            if self._closing.wait(DRIP_INTERVAL_S):
+            if self.closing.wait(DRIP_INTERVAL_S):
                 return
             yield b"x"
 
@@ -169,7 +131,7 @@ class _EchoHandler(BaseHTTPRequestHandler):
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
         )
-        echo: EchoServer = self.server.echo  # type: ignore[attr-defined]
+        echo: EchoServer = self.server.owner  # type: ignore[attr-defined]
         echo._record(request)
         try:
             status, headers, payload = echo.respond(request)
@@ -203,3 +165,6 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
 
 __all__ = ["EchoRequest", "EchoServer"]
+
+
+EchoServer.handler = _EchoHandler
