@@ -328,7 +328,7 @@ class Settings(BaseSettings):
         default="dagster",
         pattern=r"^[a-z_][a-z0-9_]{0,62}$",
         description="with a PostgreSQL database_url: the schema holding the Dagster instance "
-        "storage (the API's tables stay in the URL's default schema)",
+        "storage (the platform's tables stay in the URL's default schema)",
     )
     celery_broker_url: str | None = Field(
         default=None,

@@ -1,7 +1,6 @@
-"""Executors for compiled workflows: ready nodes of one run run concurrently on threads.
-
-Only `threaded` is imported here (it depends on Dagster alone), so the compiler can import this
-package; the helpers that run a compiled workflow on its own executor are in `.local`.
+"""Engines: how a compiled workflow's steps run (threads, Celery workers, the forkserver run
+launcher) and the wiring of a compiled job to one (`jobs.build_job`). The compiler never
+imports this package; only `threaded` is imported here (the other modules pull in more).
 """
 
 from flowmaestro_dagster.engines.threaded import (
