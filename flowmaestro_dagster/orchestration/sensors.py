@@ -1,6 +1,14 @@
-"""Sensors of the platform code location: launch reconciliation and execution status sync."""
+"""Sensors of the platform code location: launch reconciliation and execution status sync.
+
+Each factory takes optional `settings` (default: read from the environment at every tick) and
+`client_factory` (default: the GraphQL client of those settings on the tick's instance), so a
+tick can be evaluated without a webserver (tests/test_sensors.py).
+"""
+
+from collections.abc import Callable
 
 from dagster import (
+    DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunStatusSensorContext,
@@ -15,12 +23,35 @@ from flowmaestro_dagster.control.checkpoints import purge_expired_checkpoints
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.executions import purge_expired_keys, reconcile_launches, refresh
 from flowmaestro_dagster.control.waitpoints import tick
-from flowmaestro_dagster.settings import get_settings
+from flowmaestro_dagster.settings import Settings, get_settings
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution
+from flowmaestro_dagster.tags import EXECUTION_TAG
+
+ClientFactory = Callable[[DagsterInstance], DagsterClient]
 
 
-def make_launch_reconciler_sensor(minimum_interval_seconds: int = 10) -> SensorDefinition:
+def graphql_client(settings: Settings, instance: DagsterInstance) -> DagsterClient:
+    """The production client: actions through the webserver's GraphQL, reads from `instance`."""
+    return DagsterClient(
+        settings.dagster_graphql_url, timeout=settings.graphql_timeout_seconds, instance=instance
+    )
+
+
+def _for_tick(
+    settings: Settings | None, client_factory: ClientFactory | None, instance: DagsterInstance
+) -> tuple[Settings, DagsterClient]:
+    current = settings or get_settings()
+    client = client_factory(instance) if client_factory else graphql_client(current, instance)
+    return current, client
+
+
+def make_launch_reconciler_sensor(
+    minimum_interval_seconds: int = 10,
+    *,
+    settings: Settings | None = None,
+    client_factory: ClientFactory | None = None,
+) -> SensorDefinition:
     """Launches executions that were committed but never launched (the API died, Dagster was
     down): the same exactly-once claim as the API's own launch. Also purges expired
     idempotency keys and checkpoints."""
@@ -32,18 +63,13 @@ def make_launch_reconciler_sensor(minimum_interval_seconds: int = 10) -> SensorD
         description="Launches committed executions that have no Dagster run yet.",
     )
     def execution_launch_reconciler(context: SensorEvaluationContext) -> SkipReason:
-        settings = get_settings()
-        client = DagsterClient(
-            settings.dagster_graphql_url,
-            timeout=settings.graphql_timeout_seconds,
-            instance=context.instance,
-        )
-        with session_scope(get_engine(settings.database_url)) as session:
+        current, client = _for_tick(settings, client_factory, context.instance)
+        with session_scope(get_engine(current.database_url)) as session:
             counts = reconcile_launches(
                 session,
                 client,
-                older_than_seconds=settings.reconcile_after_seconds,
-                lease_seconds=settings.launch_lease_seconds,
+                older_than_seconds=current.reconcile_after_seconds,
+                lease_seconds=current.launch_lease_seconds,
             )
             purged = purge_expired_keys(session)
             checkpoints = purge_expired_checkpoints(session)
@@ -56,7 +82,12 @@ def make_launch_reconciler_sensor(minimum_interval_seconds: int = 10) -> SensorD
     return execution_launch_reconciler
 
 
-def make_waitpoint_sensor(minimum_interval_seconds: int = 5) -> SensorDefinition:
+def make_waitpoint_sensor(
+    minimum_interval_seconds: int = 5,
+    *,
+    settings: Settings | None = None,
+    client_factory: ClientFactory | None = None,
+) -> SensorDefinition:
     """Resolves due, expired and child waitpoints and resumes parked runs that are ready.
 
     Approvals and callbacks resume at once through the API; this sensor is their backstop.
@@ -69,20 +100,20 @@ def make_waitpoint_sensor(minimum_interval_seconds: int = 5) -> SensorDefinition
         description="Resumes executions parked at waitpoints once they resolve.",
     )
     def waitpoint_resumer(context: SensorEvaluationContext) -> SkipReason:
-        settings = get_settings()
-        client = DagsterClient(
-            settings.dagster_graphql_url,
-            timeout=settings.graphql_timeout_seconds,
-            instance=context.instance,
-        )
-        with session_scope(get_engine(settings.database_url)) as session:
-            counts = tick(session, client, lease_seconds=settings.launch_lease_seconds)
+        current, client = _for_tick(settings, client_factory, context.instance)
+        with session_scope(get_engine(current.database_url)) as session:
+            counts = tick(session, client, lease_seconds=current.launch_lease_seconds)
         return SkipReason(", ".join(f"{k} {v}" for k, v in counts.items()))
 
     return waitpoint_resumer
 
 
-def make_execution_status_sensor(status: DagsterRunStatus) -> SensorDefinition:
+def make_execution_status_sensor(
+    status: DagsterRunStatus,
+    *,
+    settings: Settings | None = None,
+    client_factory: ClientFactory | None = None,
+) -> SensorDefinition:
     """Writes a finished run's outcome back to its execution (for lists, filters, analytics)."""
 
     @run_status_sensor(
@@ -93,12 +124,11 @@ def make_execution_status_sensor(status: DagsterRunStatus) -> SensorDefinition:
         minimum_interval_seconds=5,
     )
     def execution_status(context: RunStatusSensorContext) -> None:
-        execution_id = context.dagster_run.tags.get("flowmaestro/execution_id")
+        execution_id = context.dagster_run.tags.get(EXECUTION_TAG)
         if not execution_id:
             return
-        settings = get_settings()
-        client = DagsterClient(settings.dagster_graphql_url, instance=context.instance)
-        with session_scope(get_engine(settings.database_url)) as session:
+        current, client = _for_tick(settings, client_factory, context.instance)
+        with session_scope(get_engine(current.database_url)) as session:
             execution = session.get(Execution, execution_id)
             if execution is not None:
                 refresh(session, client, execution)

@@ -10,6 +10,7 @@ from flowmaestro_dagster.engines.results import WorkflowRunResult
 from flowmaestro_dagster.settings import Settings
 from flowmaestro_dagster.testing.fake_llm import FakeLLMServer, FakeReply, RecordedRequest
 from flowmaestro_dagster.testing.http_server import EchoRequest, EchoServer
+from flowmaestro_dagster.testing.recording_client import RecordingDagsterClient
 
 __all__ = [
     "EchoRequest",
@@ -17,6 +18,7 @@ __all__ = [
     "FakeLLMServer",
     "FakeReply",
     "RecordedRequest",
+    "RecordingDagsterClient",
     "resources_for",
     "run_workflow",
 ]
