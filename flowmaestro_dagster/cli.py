@@ -176,7 +176,8 @@ def _preload_worker() -> None:
     """Import what every step needs before the pool forks: a child's first step then starts
     in about a second instead of paying several seconds of imports."""
     import dagster_postgres  # noqa: F401 - the instance storage of a step's run
-    from dagster._core.execution.api import execute_plan_iterator  # noqa: F401
+
+    from flowmaestro_dagster.dagster_internals import execute_plan_iterator  # noqa: F401
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -19,9 +19,6 @@ from dagster import (
     NodeInvocation,
 )
 
-# Public API has no data form of collect(); this is the class `.collect()` builds.
-from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
-
 from flowmaestro_dagster.adapter.ops import (
     ERROR,
     INPUTS_RESOURCE,
@@ -37,6 +34,9 @@ from flowmaestro_dagster.adapter.ops import (
 from flowmaestro_dagster.adapter.retries import effective_retry, retry_defaults, retry_policy
 from flowmaestro_dagster.compile.naming import job_name_for, label_slug, labelled_aliases, sanitize
 from flowmaestro_dagster.compile.validation import validate_spec
+
+# Public API has no data form of collect(); this is the class `.collect()` builds.
+from flowmaestro_dagster.dagster_internals import DynamicCollectDependencyDefinition
 from flowmaestro_dagster.errors import InvalidWorkflowError
 from flowmaestro_dagster.nodes.io_nodes import _MISSING, input_value
 from flowmaestro_dagster.runtime.plan import (

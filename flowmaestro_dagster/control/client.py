@@ -3,32 +3,42 @@
 Launching, re-executing, terminating and reloading code locations go through the webserver's
 GraphQL API (they need the workspace); reading runs, step stats and events goes straight to
 the instance's storage (same DAGSTER_HOME or PostgreSQL), which is fast and needs no server.
+
+Actions that Dagster's own GraphQL client (`dagster_graphql.DagsterGraphQLClient`) covers use it:
+launch (`submit_job_execution`), terminate (`terminate_run`), reload (`reload_repository_location`).
+The others are queries written here, sent over the same transport: that client has no
+re-execution (neither from failure nor of chosen steps with a parent run) and lists jobs only of
+every location (a private method); tags are written to the instance, not through GraphQL.
 """
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
-import httpx
+import requests
+from dagster_graphql import (
+    DagsterGraphQLClient,
+    DagsterGraphQLClientError,
+    ReloadRepositoryLocationStatus,
+)
+from gql import Client, GraphQLRequest
+from gql.transport.exceptions import TransportError, TransportQueryError
+from gql.transport.requests import RequestsHTTPTransport
 
 from flowmaestro_dagster.errors import Conflict, DagsterUnavailable, PlatformError
+from flowmaestro_dagster.tags import EXECUTION_TAG
 
 REPOSITORY = "__repository__"
+# Launch answers that mean the job is not (yet) in the loaded workspace.
+NOT_LOADED = frozenset({"PipelineNotFoundError", "RepositoryNotFoundError"})
 
-_LAUNCH = """
-mutation Launch($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on Error { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on InvalidStepError { invalidStepKey }
-    ... on InvalidOutputError { invalidOutputName }
-  }
-}
-"""
+T = TypeVar("T")
+
+# Hand-written: DagsterGraphQLClient has no re-execution (from failure, or of chosen steps with
+# a parent and root run), and lists jobs only through a private method that reads every location.
 
 _REEXECUTE = """
 mutation Reexecute($params: ReexecutionParams) {
@@ -56,32 +66,6 @@ mutation ReexecuteSteps($params: ExecutionParams!) {
 }
 """
 
-_TERMINATE = """
-mutation Terminate($runId: String!) {
-  terminateRun(runId: $runId) {
-    __typename
-    ... on TerminateRunFailure { message }
-    ... on Error { message }
-  }
-}
-"""
-
-_RELOAD = """
-mutation Reload($name: String!) {
-  reloadRepositoryLocation(repositoryLocationName: $name) {
-    __typename
-    ... on WorkspaceLocationEntry {
-      loadStatus
-      locationOrLoadError {
-        __typename
-        ... on PythonError { message }
-      }
-    }
-    ... on Error { message }
-  }
-}
-"""
-
 _JOBS = """
 query Jobs($location: String!) {
   repositoryOrError(
@@ -92,6 +76,22 @@ query Jobs($location: String!) {
   }
 }
 """
+
+
+def _raise_for_server_error(response: requests.Response, *_: Any, **__: Any) -> None:
+    """A 5xx means the webserver is unavailable, even with a GraphQL body (a resolver crash):
+    raise before gql reads the body as an answer."""
+    if response.status_code >= 500:
+        response.raise_for_status()
+
+
+def _describe(detail: Any) -> str:
+    """The message of a refusal (config errors come as a list of {message})."""
+    if isinstance(detail, list):
+        return "; ".join(
+            str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in detail
+        )
+    return str(detail)
 
 
 @dataclass(frozen=True)
@@ -113,34 +113,80 @@ class DagsterClient:
         if instance is not None:
             self.__dict__["instance"] = instance  # e.g. a sensor's context.instance
 
-    # -- GraphQL -------------------------------------------------------------------------
+    # -- GraphQL ---------------------------------------------------------------------------
+
+    def _transport(self, timeout: float | None) -> RequestsHTTPTransport:
+        """A new transport per call: a gql transport holds one session, not shared by threads."""
+        return RequestsHTTPTransport(
+            url=self.graphql_url,
+            timeout=cast(int, timeout or self.timeout),  # requests takes float seconds
+            hooks={"response": _raise_for_server_error},
+        )
+
+    def _dagster(self, timeout: float | None = None) -> DagsterGraphQLClient:
+        host = urlsplit(self.graphql_url).netloc or self.graphql_url  # only for its messages
+        return DagsterGraphQLClient(host, transport=self._transport(timeout))
+
+    def _transport_error(self, exc: BaseException) -> PlatformError:
+        """What a failed request means: the webserver did not answer, or refused the query."""
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, requests.HTTPError) and cause.response is not None:
+                status = cause.response.status_code
+                if status >= 500:
+                    return DagsterUnavailable(f"Dagster webserver answered {status}")
+                return PlatformError(f"Dagster webserver answered {status}")
+            if isinstance(cause, requests.RequestException):
+                return DagsterUnavailable(f"Dagster webserver at {self.graphql_url}: {cause}")
+            if isinstance(cause, TransportQueryError):
+                message = (cause.errors or [{}])[0].get("message", str(cause))
+                return PlatformError(f"Dagster GraphQL error: {message}")
+            cause = cause.__cause__
+        return PlatformError(f"Dagster webserver at {self.graphql_url}: {exc}")
 
     def _graphql(
         self, query: str, variables: dict[str, Any], *, timeout: float | None = None
     ) -> Any:
+        """A query written here (no DagsterGraphQLClient equivalent); its `data`."""
         try:
-            response = httpx.post(
-                self.graphql_url,
-                json={"query": query, "variables": variables},
-                timeout=timeout or self.timeout,
-            )
-        except httpx.HTTPError as exc:
-            raise DagsterUnavailable(f"Dagster webserver at {self.graphql_url}: {exc}") from exc
-        if response.status_code >= 500:
-            raise DagsterUnavailable(f"Dagster webserver answered {response.status_code}")
-        body = response.json()
-        if body.get("errors"):
-            raise PlatformError(f"Dagster GraphQL error: {body['errors'][0].get('message')}")
-        return body["data"]
+            with Client(transport=self._transport(timeout)) as session:
+                return session.execute(GraphQLRequest(query, variable_values=variables))
+        except TransportError as exc:  # requests' own errors arrive wrapped in one
+            raise self._transport_error(exc) from exc
+
+    def _call(
+        self,
+        action: Callable[[DagsterGraphQLClient], T],
+        refused: Callable[[str, str], PlatformError],
+        *,
+        timeout: float | None = None,
+    ) -> T:
+        """Run a DagsterGraphQLClient call; Dagster's refusals become `refused(kind, message)`."""
+        try:
+            return action(self._dagster(timeout))
+        except DagsterGraphQLClientError as exc:
+            if exc.__cause__ is not None:  # the request failed (raised `from` gql's error)
+                raise self._transport_error(exc.__cause__) from exc
+            kind, *detail = exc.args or ("error",)
+            body = detail[0] if detail else exc.body
+            raise refused(str(kind), _describe(body)) from exc
+        except KeyError as exc:
+            # The client's queries select `message` only on the answers they expect; another
+            # (e.g. UnauthorizedError from a read-only webserver) has none.
+            raise refused("unexpected answer", f"no field {exc}") from exc
 
     @staticmethod
     def _launch_result(result: Mapping[str, Any]) -> str:
         if result["__typename"] == "LaunchRunSuccess":
             return str(result["run"]["runId"])
         message = result.get("message") or result.get("errors") or result["__typename"]
-        if result["__typename"] in ("PipelineNotFoundError", "RepositoryNotFoundError"):
-            raise Conflict(f"the job is not loaded in Dagster yet: {message}")
-        raise PlatformError(f"Dagster refused the launch ({result['__typename']}): {message}")
+        raise DagsterClient._launch_refused(str(result["__typename"]), _describe(message))
+
+    @staticmethod
+    def _launch_refused(kind: str, message: str) -> PlatformError:
+        if kind in NOT_LOADED:
+            return Conflict(f"the job is not loaded in Dagster yet: {message}")
+        return PlatformError(f"Dagster refused the launch ({kind}): {message}")
 
     def launch(
         self,
@@ -150,17 +196,16 @@ class DagsterClient:
         run_config: Mapping[str, Any],
         tags: Mapping[str, str],
     ) -> str:
-        params = {
-            "selector": {
-                "repositoryLocationName": location,
-                "repositoryName": REPOSITORY,
-                "jobName": job,
-            },
-            "runConfigData": dict(run_config),
-            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
-        }
-        data = self._graphql(_LAUNCH, {"params": params})
-        return self._launch_result(data["launchRun"])
+        return self._call(
+            lambda client: client.submit_job_execution(
+                job,
+                repository_location_name=location,
+                repository_name=REPOSITORY,
+                run_config=dict(run_config),
+                tags=dict(tags),
+            ),
+            self._launch_refused,
+        )
 
     def reexecute_from_failure(self, parent_run_id: str, extra_tags: Mapping[str, str]) -> str:
         params = {
@@ -200,23 +245,27 @@ class DagsterClient:
         return self._launch_result(data["launchRunReexecution"])
 
     def terminate(self, run_id: str) -> None:
-        data = self._graphql(_TERMINATE, {"runId": run_id})
-        result = data["terminateRun"]
-        if result["__typename"] != "TerminateRunSuccess":
-            raise Conflict(f"Dagster could not terminate run {run_id}: {result.get('message')}")
+        def refused(_kind: str, message: str) -> PlatformError:
+            return Conflict(f"Dagster could not terminate run {run_id}: {message}")
+
+        self._call(lambda client: client.terminate_run(run_id), refused)
 
     def tag_run(self, run_id: str, tags: Mapping[str, str]) -> None:
         """Add or change tags of a run (shown in the Dagster UI; e.g. `flowmaestro/paused`)."""
         self.instance.add_run_tags(run_id, dict(tags))
 
     def reload_location(self, location: str, *, timeout: float = 120.0) -> None:
-        data = self._graphql(_RELOAD, {"name": location}, timeout=timeout)
-        result = data["reloadRepositoryLocation"]
-        if result["__typename"] != "WorkspaceLocationEntry":
-            raise PlatformError(f"Dagster could not reload {location}: {result.get('message')}")
-        error = (result.get("locationOrLoadError") or {}).get("message")
-        if error:
-            raise PlatformError(f"code location {location} failed to load: {error}")
+        def refused(_kind: str, message: str) -> PlatformError:
+            return PlatformError(f"Dagster could not reload {location}: {message}")
+
+        info = self._call(
+            lambda client: client.reload_repository_location(location), refused, timeout=timeout
+        )
+        if info.status is ReloadRepositoryLocationStatus.SUCCESS:
+            return
+        if info.failure_type == "PythonError":  # the location's code raised while loading
+            raise PlatformError(f"code location {location} failed to load: {info.message}")
+        raise refused(info.failure_type or "", info.message or "")
 
     def job_names(self, location: str) -> set[str]:
         data = self._graphql(_JOBS, {"location": location})
@@ -249,7 +298,7 @@ class DagsterClient:
         from dagster import RunsFilter
 
         records = self.instance.get_run_records(
-            filters=RunsFilter(tags={"flowmaestro/execution_id": execution_id})
+            filters=RunsFilter(tags={EXECUTION_TAG: execution_id})
         )
         runs = [
             RunInfo(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, QueuedRunCoordinator, RunsFilter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
@@ -154,8 +154,6 @@ class QueueSnapshot:
 
 def read_snapshot(instance: DagsterInstance) -> QueueSnapshot:
     """The run queue from the instance's storage (what the daemon's next pass will read)."""
-    from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
-
     coordinator = instance.run_coordinator
     config = instance.get_concurrency_config()
     queue = config.run_queue_config

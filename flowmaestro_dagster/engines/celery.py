@@ -28,13 +28,18 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dagster import DagsterEvent
-from dagster._core.definitions.reconstruct import ReconstructableJob
-from dagster._core.execution.context.system import PlanExecutionContext
-from dagster._core.execution.plan.state import KnownExecutionState
-from dagster._core.execution.plan.step import ExecutionStep, IExecutionStep
-from dagster._core.execution.retries import RetryMode
+from dagster import DagsterEvent, deserialize_value
 
+from flowmaestro_dagster.dagster_internals import (
+    ExecuteStepArgs,
+    ExecutionStep,
+    IExecutionStep,
+    KnownExecutionState,
+    PlanExecutionContext,
+    ReconstructableJob,
+    RetryMode,
+    pack_value,
+)
 from flowmaestro_dagster.errors import CeleryUnavailableError, CeleryWorkerLostError
 from flowmaestro_dagster.tags import NODE_TYPE_TAG, RUN_ON_TAG
 
@@ -184,8 +189,6 @@ class CeleryDispatch:
         retry_mode: RetryMode,
     ) -> Any:
         """dagster-celery's `_submit_task`, for this run's job and our queue."""
-        from dagster._grpc.types import ExecuteStepArgs
-        from dagster._serdes import pack_value
         from dagster_celery.config import TASK_EXECUTE_PLAN_NAME
 
         args = ExecuteStepArgs(
@@ -212,7 +215,6 @@ class CeleryDispatch:
         """Run one step on a worker; its events (already in the event log) in order."""
         from billiard.exceptions import WorkerLostError
         from celery.exceptions import TimeoutError as ResultTimeout
-        from dagster_shared.serdes import deserialize_value
 
         self.ensure_workers()
         result = self.submit(job_context, step, known_state, retry_mode)

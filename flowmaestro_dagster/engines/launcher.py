@@ -24,23 +24,23 @@ from collections.abc import Mapping, Sequence
 from multiprocessing.context import ForkServerContext
 from typing import Any, Self
 
-from dagster import Field
-from dagster._config.config_schema import UserConfigSchema
-from dagster._core.launcher.base import (
+from dagster import DagsterInstance, DagsterRun, Field
+
+from flowmaestro_dagster.dagster_internals import (
     CheckRunHealthResult,
+    ConfigurableClass,
+    ConfigurableClassData,
     LaunchRunContext,
     RunLauncher,
     WorkerStatus,
+    capture_interrupts,
+    execute_run_command_body,
 )
-from dagster._core.storage.dagster_run import DagsterRun
-from dagster._serdes import ConfigurableClass, ConfigurableClassData
-
 from flowmaestro_dagster.tags import HOST_TAG, PAUSED_TAG, PID_TAG
 
 PAUSE_SIGNAL = signal.SIGUSR1
 DEFAULT_PRELOAD: tuple[str, ...] = (
-    "dagster._cli.api",
-    "dagster._core.execution.api",
+    "flowmaestro_dagster.dagster_internals",  # the run worker's body: `dagster api execute_run`
     "flowmaestro_dagster.definitions",
     "flowmaestro_dagster.adapter.io_manager",
     "flowmaestro_dagster.control.waitpoints",
@@ -49,14 +49,10 @@ DEFAULT_PRELOAD: tuple[str, ...] = (
 
 def run_worker(run_id: str, instance_ref: Any) -> None:
     """The body of a run worker process: what `dagster api execute_run` does."""
-    from dagster._cli.api import _execute_run_command_body
-    from dagster._core.instance import DagsterInstance
-    from dagster._utils.interrupts import capture_interrupts
-
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(PAUSE_SIGNAL, _pause_requested)
     with capture_interrupts(), DagsterInstance.from_ref(instance_ref) as instance:
-        _execute_run_command_body(
+        execute_run_command_body(
             run_id, instance, lambda _event: None, set_exit_code_on_failure=False
         )
 
@@ -88,7 +84,7 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
         return self._inst_data
 
     @classmethod
-    def config_type(cls) -> UserConfigSchema:
+    def config_type(cls) -> Mapping[str, Any]:
         return {
             "preload": Field(
                 [str],

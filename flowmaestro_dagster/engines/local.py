@@ -10,12 +10,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from dagster import DagsterInstance, ExecuteInProcessResult, ExecutorDefinition, JobDefinition
-from dagster._core.definitions.job_base import InMemoryJob
-from dagster._core.execution.execute_in_process import core_execute_in_process, merge_run_tags
 
 from flowmaestro_dagster.adapter.ops import INPUTS_RESOURCE
 from flowmaestro_dagster.adapter.resources import resources_for
 from flowmaestro_dagster.compile.compiler import CompiledWorkflow, load_spec
+from flowmaestro_dagster.dagster_internals import InMemoryJob, core_execute_in_process
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.results import WorkflowRunResult, output_states, summarize
 from flowmaestro_dagster.engines.threaded import threaded_executor_for
@@ -54,14 +53,8 @@ def execute_in_process_with_executor(
         instance=instance,
         output_capturing_enabled=True,
         raise_on_error=raise_on_error,
-        run_tags=merge_run_tags(
-            job_def=job,
-            partition_key=None,
-            tags=tags,
-            asset_selection=None,
-            instance=instance,
-            run_config=config,
-        ),
+        # Dagster's `merge_run_tags` without a partition: the job's run tags, then `tags`.
+        run_tags={**job.run_tags, **(tags or {})},
         asset_selection=frozenset(),
     )
 

@@ -38,35 +38,42 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-import dagster._check as check
-from dagster import DagsterEvent, ExecutorDefinition, Field, InitExecutorContext, Int
-from dagster._core.definitions.reconstruct import ReconstructableJob
-from dagster._core.errors import DagsterExecutionInterruptedError
-from dagster._core.events import EngineEventData
-from dagster._core.execution.api import ExecuteRunWithPlanIterable
-from dagster._core.execution.compute_logs import create_compute_log_file_key
-from dagster._core.execution.context.system import (
-    PlanExecutionContext,
-    PlanOrchestrationContext,
+from dagster import (
+    DagsterEvent,
+    DagsterExecutionInterruptedError,
+    DagsterInvariantViolationError,
+    Executor,
+    ExecutorDefinition,
+    Field,
+    InitExecutorContext,
+    Int,
     StepExecutionContext,
 )
-from dagster._core.execution.context_creation_job import PlanExecutionContextManager
-from dagster._core.execution.plan.active import ActiveExecution
-from dagster._core.execution.plan.execute_plan import (
-    _trigger_hook,
-    dagster_event_sequence_for_step,
-)
-from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
-from dagster._core.execution.plan.objects import ErrorSource, StepFailureData
-from dagster._core.execution.plan.plan import ExecutionPlan
-from dagster._core.execution.plan.state import KnownExecutionState
-from dagster._core.execution.plan.step import ExecutionStep
-from dagster._core.execution.retries import RetryMode, get_retries_config
-from dagster._core.executor.base import Executor
-from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
 
+from flowmaestro_dagster.dagster_internals import (
+    ActiveExecution,
+    EngineEventData,
+    ErrorSource,
+    ExecuteRunWithPlanIterable,
+    ExecutionPlan,
+    ExecutionStep,
+    InstanceConcurrencyContext,
+    KnownExecutionState,
+    PlanExecutionContext,
+    PlanExecutionContextManager,
+    PlanOrchestrationContext,
+    ReconstructableJob,
+    RetryMode,
+    SerializableErrorInfo,
+    StepFailureData,
+    create_compute_log_file_key,
+    dagster_event_sequence_for_step,
+    get_retries_config,
+    serializable_error_info_from_exc_info,
+    trigger_hook,
+)
 from flowmaestro_dagster.engines.celery import (
     CeleryDispatch,
     CeleryRouting,
@@ -199,7 +206,7 @@ class _WorkerPool:
                 if _changes_plan_state(event):
                     self.inbox.put((key, batch))
                     batch = []
-            for event in _trigger_hook(step_context, events):
+            for event in trigger_hook(step_context, events):
                 batch.append(event)
         # Whatever escapes (raise_on_error, a framework error) is re-raised by the orchestrator
         # thread, as it would escape the in-process executor.
@@ -269,9 +276,17 @@ def _step_context(
         known_state=known_state,
         event_loop=loop,
     )
-    missing = [key for key in context.required_resource_keys if not hasattr(context.resources, key)]
-    check.invariant(not missing, f"Step {step.key} is missing resources {missing}.")
+    _check_resources(context)
     return context
+
+
+def _check_resources(context: StepExecutionContext) -> None:
+    """What Dagster's step loop checks before it runs a step."""
+    missing = [key for key in context.required_resource_keys if not hasattr(context.resources, key)]
+    if missing:
+        raise DagsterInvariantViolationError(
+            f"Step {context.step.key} is missing resources {missing}."
+        )
 
 
 def _celery_dispatch(
@@ -434,12 +449,7 @@ def _run_inline(
 ) -> Iterator[DagsterEvent]:
     """One step on the orchestrating thread: the in-process executor's loop body."""
     step_context = job_context.for_step(step, active.get_known_state())
-    missing = [
-        key
-        for key in step_context.required_resource_keys
-        if not hasattr(step_context.resources, key)
-    ]
-    check.invariant(not missing, f"Step {step.key} is missing resources {missing}.")
+    _check_resources(step_context)
     events: list[DagsterEvent] = []
     for event in dagster_event_sequence_for_step(step_context):
         events.append(event)
@@ -447,7 +457,7 @@ def _run_inline(
         active.handle_event(event)
     active.verify_complete(job_context, step.key)
     yield from active.plan_events_iterator(job_context)
-    yield from _trigger_hook(step_context, events)
+    yield from trigger_hook(step_context, events)
 
 
 def _wait_seconds(
@@ -510,8 +520,11 @@ class ThreadedExecutor(Executor):
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         celery: CeleryRouting | None = None,
     ) -> None:
-        self._retries = check.inst_param(retries, "retries", RetryMode)
-        check.invariant(max_concurrent >= 1, "max_concurrent must be at least 1")
+        if not isinstance(retries, RetryMode):
+            raise TypeError(f"retries must be a RetryMode, got {retries!r}")
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        self._retries = retries
         self._max_concurrent = max_concurrent
         self._celery = celery
 
@@ -584,8 +597,9 @@ def _config_schema(default_max_concurrent: int) -> Field:
 
 def _create_executor(init_context: InitExecutorContext) -> ThreadedExecutor:
     config = init_context.executor_config
-    retries = RetryMode.from_config(check.dict_elem(config, "retries"))
-    max_concurrent = check.int_elem(config, "max_concurrent")
+    # Validated by Dagster against `_config_schema` before this is called.
+    retries = RetryMode.from_config(cast(dict[str, dict[str, Any]], config["retries"]))
+    max_concurrent = cast(int, config["max_concurrent"])
     if max_concurrent < 1:
         raise ValueError(f"threaded executor: max_concurrent must be ≥ 1, got {max_concurrent}")
     return ThreadedExecutor(

@@ -32,7 +32,7 @@ INSTANCE_YAML = """
 telemetry:
   enabled: false
 run_coordinator:
-  module: dagster._core.run_coordinator
+  module: dagster
   class: QueuedRunCoordinator
   config:
     max_concurrent_runs: 10

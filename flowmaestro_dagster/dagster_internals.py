@@ -1,0 +1,127 @@
+"""Every private Dagster name FlowMaestro uses: imported here, once, and nowhere else.
+
+Dagster's public API has no extension points for what the threaded executor (engines/threaded.py),
+the Celery step dispatch (engines/celery.py), the forkserver run launcher (engines/launcher.py),
+in-process runs on a chosen executor (engines/local.py) and the compiler's dynamic collect
+(compile/compiler.py) do: they are built on Dagster's own internals. One module makes a Dagster
+upgrade a review of one file, each name saying why no public API serves; tests/test_architecture.py
+fails if another module imports a private Dagster module. Anything Dagster exports (`dagster.X`)
+is imported from `dagster` instead. Checked against Dagster 1.13.
+"""
+
+# launcher: what `dagster api execute_run` runs in a run worker (a CLI command body; Dagster has
+# no public function that executes a launched run in the current process).
+from dagster._cli.api import _execute_run_command_body as execute_run_command_body
+
+# compiler: the dependency `.collect()` builds inside a composition function; the public API has
+# no data form of it for a GraphDefinition built from a dependency dict.
+from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
+
+# local: `JobDefinition.execute_in_process` always swaps the job's executor for the in-process
+# one; `core_execute_in_process` on an `InMemoryJob` is that call without the swap.
+from dagster._core.definitions.job_base import InMemoryJob
+
+# threaded, celery: the type `dagster.reconstructable()` returns (not exported); steps go to
+# Celery only for a job a worker can rebuild.
+from dagster._core.definitions.reconstruct import ReconstructableJob
+
+# threaded: the payload of engine events (`DagsterEvent.engine_event` needs one).
+from dagster._core.events import EngineEventData
+
+# threaded: runs a plan iterator inside the run's execution context, as Dagster's in-process
+# executor does. cli: `execute_plan_iterator` is what a Celery worker runs for a step (preloaded).
+from dagster._core.execution.api import ExecuteRunWithPlanIterable, execute_plan_iterator
+
+# threaded: the key of the run's captured stdout/stderr, as Dagster's executors name it.
+from dagster._core.execution.compute_logs import create_compute_log_file_key
+
+# threaded, celery: the contexts an executor is handed and builds per step (`dagster.Executor`
+# is public, its `execute` arguments are not; only StepExecutionContext is exported).
+from dagster._core.execution.context.system import PlanExecutionContext, PlanOrchestrationContext
+
+# threaded: opens the run's resources and loggers around the plan iterator.
+from dagster._core.execution.context_creation_job import PlanExecutionContextManager
+
+# local: `JobDefinition.execute_in_process` without its executor swap (see InMemoryJob).
+from dagster._core.execution.execute_in_process import core_execute_in_process
+
+# threaded: Dagster's plan state machine (readiness, skips, retries, fan-in, dynamic mapping).
+from dagster._core.execution.plan.active import ActiveExecution
+
+# threaded: the body of one step and of its hooks (`_trigger_hook` is module-private there).
+from dagster._core.execution.plan.execute_plan import _trigger_hook as trigger_hook
+from dagster._core.execution.plan.execute_plan import dagster_event_sequence_for_step
+
+# threaded: the run's pool (op concurrency) claims, held as the in-process executor holds them.
+from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+
+# threaded: the payload of a step failure event (a step written off, a Celery worker lost).
+from dagster._core.execution.plan.objects import ErrorSource, StepFailureData
+
+# threaded, celery: the plan, its steps and the state a step starts from.
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.plan.state import KnownExecutionState
+from dagster._core.execution.plan.step import ExecutionStep, IExecutionStep
+
+# threaded, celery: an executor's `retries` config and mode (`Executor.retries` returns one).
+from dagster._core.execution.retries import RetryMode, get_retries_config
+
+# launcher: the base of a run launcher and what Dagster hands it (only DefaultRunLauncher, a
+# concrete launcher, is exported).
+from dagster._core.launcher import (
+    CheckRunHealthResult,
+    LaunchRunContext,
+    RunLauncher,
+    WorkerStatus,
+)
+
+# celery: the arguments of dagster-celery's `execute_plan` task, which takes them packed.
+from dagster._grpc.types import ExecuteStepArgs
+
+# launcher: how dagster.yaml instantiates a plug-in (`module:`, `class:`, `config:`).
+# celery: `pack_value` is the task's argument format (`dagster.serialize_value` is a string).
+from dagster._serdes import ConfigurableClass, ConfigurableClassData, pack_value
+
+# threaded: the error of engine and step failure events.
+from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
+
+# launcher: turns SIGINT into Dagster's interrupt in a run worker, as `dagster api execute_run`.
+from dagster._utils.interrupts import capture_interrupts
+
+__all__ = [
+    "ActiveExecution",
+    "CheckRunHealthResult",
+    "ConfigurableClass",
+    "ConfigurableClassData",
+    "DynamicCollectDependencyDefinition",
+    "EngineEventData",
+    "ErrorSource",
+    "ExecuteRunWithPlanIterable",
+    "ExecuteStepArgs",
+    "ExecutionPlan",
+    "ExecutionStep",
+    "IExecutionStep",
+    "InMemoryJob",
+    "InstanceConcurrencyContext",
+    "KnownExecutionState",
+    "LaunchRunContext",
+    "PlanExecutionContext",
+    "PlanExecutionContextManager",
+    "PlanOrchestrationContext",
+    "ReconstructableJob",
+    "RetryMode",
+    "RunLauncher",
+    "SerializableErrorInfo",
+    "StepFailureData",
+    "WorkerStatus",
+    "capture_interrupts",
+    "core_execute_in_process",
+    "create_compute_log_file_key",
+    "dagster_event_sequence_for_step",
+    "execute_plan_iterator",
+    "execute_run_command_body",
+    "get_retries_config",
+    "pack_value",
+    "serializable_error_info_from_exc_info",
+    "trigger_hook",
+]
