@@ -2,19 +2,30 @@
 plus the API's: dev (Dagster UI + daemon + API), api, keys."""
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from flowmaestro_api.settings import get_api_settings
 from flowmaestro_dagster import cli as dagster_cli
-from flowmaestro_dagster.cli import EXIT_OK, ensure_dagster_home
+from flowmaestro_dagster.cli import EXIT_OK, EXIT_USAGE, ensure_dagster_home
 from flowmaestro_dagster.settings import PROJECT_ROOT
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+DEV_LOG_LEVEL_ENV = "FLOWMAESTRO_DEV_LOG_LEVEL"
+# `dagster dev` warns on every start that `dg dev` supersedes it; `dg dev` is in the
+# dagster-dg-cli package, which this project does not install. Ignored in that process only
+# (`-W` is not inherited by its webserver, daemon and code servers).
+DAGSTER_DEV_SUPERSEDED = "ignore:Function `dev_command` is superseded:FutureWarning"
+READY_TIMEOUT_SECONDS = 180.0
 
 
 def _dev_api_key(home: Path) -> str:
@@ -39,8 +50,73 @@ def _dev_api_key(home: Path) -> str:
     return key
 
 
+def dev_log_level(flag: str | None) -> str:
+    """`--log-level`, else FLOWMAESTRO_DEV_LOG_LEVEL, else warning: an idle platform logs every
+    sensor tick and request at info, which buries the URLs, the key and the problems."""
+    level = (flag or os.environ.get(DEV_LOG_LEVEL_ENV) or "warning").strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def dev_commands(
+    *, host: str, port: int, workspace: Path, log_level: str, api_host: str, api_port: int
+) -> tuple[list[str], list[str]]:
+    """The `dagster dev` and `flowmaestro api` command lines that `flowmaestro dev` starts."""
+    dagster = [sys.executable, "-W", DAGSTER_DEV_SUPERSEDED, "-m", "dagster", "dev"]
+    dagster += ["-w", str(workspace), "-h", host, "-p", str(port)]
+    dagster += ["--log-level", log_level, "--code-server-log-level", log_level]
+    api = [str(Path(sys.executable).parent / "flowmaestro"), "api"]
+    api += ["--host", api_host, "--port", str(api_port), "--log-level", log_level]
+    return dagster, api
+
+
+def probe_url(host: str, port: int, path: str) -> str:
+    """The URL that reaches a server listening on `host` from this host."""
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+
+# Straight to the local servers, whatever HTTP(S)_PROXY says.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def answers(url: str) -> bool:
+    """Whether a server answers at `url` yet (any HTTP status counts)."""
+    try:
+        with _direct.open(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):  # refused while starting; a malformed host
+        return False
+
+
+def _stop_and_wait(processes: list[subprocess.Popen[bytes]]) -> int:
+    """SIGINT each child once (the graceful path of `dagster dev` and uvicorn); a group that
+    is still there after 60 s is killed, with the webserver, daemon and code servers in it."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    codes = []
+    for process in processes:
+        try:
+            codes.append(process.wait(timeout=60))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            codes.append(process.wait())
+    return max(codes, default=0)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Dagster webserver + daemon (examples, platform sensors, deployed workflows) and the API."""
+    try:
+        log_level = dev_log_level(args.log_level)
+    except ValueError as exc:
+        print(f"flowmaestro dev: {exc} (--log-level or {DEV_LOG_LEVEL_ENV})", file=sys.stderr)
+        return EXIT_USAGE
+
     from flowmaestro_dagster.orchestration.instance_config import (
         prepare_storage,
         write_instance_yaml,
@@ -57,58 +133,71 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env.setdefault("FLOWMAESTRO_DAGSTER_UI_URL", f"http://{host}:{port}")
     workspace = write_workspace(home / "workspace.yaml", api.code_location_shards)
     key = _dev_api_key(home)
-    bin_dir = Path(sys.executable).parent
-    # A shell's background job starts with SIGINT ignored, and children inherit "ignored";
-    # with a handler installed here, exec resets it to the default in the children.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    dagster = subprocess.Popen(
-        [str(bin_dir / "dagster"), "dev", "-w", str(workspace), "-h", host, "-p", str(port)],
-        cwd=PROJECT_ROOT,
-        env=env,
+    dagster_command, api_command = dev_commands(
+        host=host,
+        port=port,
+        workspace=workspace,
+        log_level=log_level,
+        api_host=api.api_host,
+        api_port=api.api_port,
     )
-    processes = [dagster]
+    commands = [dagster_command] if args.no_api else [dagster_command, api_command]
+    probes = [probe_url(host, port, "/server_info")]
     if not args.no_api:
-        processes.append(
-            subprocess.Popen(
-                [
-                    str(bin_dir / "flowmaestro"),
-                    "api",
-                    "--host",
-                    api.api_host,
-                    "--port",
-                    str(api.api_port),
-                ],
-                cwd=PROJECT_ROOT,
-                env=env,
-            )
-        )
-    print(f"DAGSTER_HOME={home}")
-    print(f"Dagster UI:  http://{host}:{port}")
-    if not args.no_api:
-        print(f"API:         http://{api.api_host}:{api.api_port}  (docs at /docs)")
-        print(f"API key:     {key}   (user dev@localhost; also in {home / 'dev-api-key'})")
+        probes.append(probe_url(api.api_host, api.api_port, "/docs"))
 
-    def stop(_signum: int, _frame: object) -> None:
+    def announce(ready: bool) -> None:
+        print(f"DAGSTER_HOME={home}")
+        print(f"Dagster UI:  http://{host}:{port}")
+        if not args.no_api:
+            print(f"API:         http://{api.api_host}:{api.api_port}  (docs at /docs)")
+            print(f"API key:     {key}   (user dev@localhost; also in {home / 'dev-api-key'})")
+        state = "Ready" if ready else f"Not answering after {READY_TIMEOUT_SECONDS:.0f} s"
+        more = "" if log_level in ("info", "debug") else f"; all logs: {DEV_LOG_LEVEL_ENV}=info"
+        print(f"{state}. Ctrl-C stops{more}", flush=True)
+
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def forward(_signum: int, _frame: object) -> None:
         for process in processes:
-            # `dagster dev` shuts its webserver, daemon and code servers down on SIGINT.
-            process.send_signal(signal.SIGINT)
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
 
-    signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C, `kill` and a closed terminal all end the loop below, which stops the children
+    # once. (A shell's background job starts with SIGINT ignored, and children inherit
+    # "ignored"; with a handler installed here, exec resets it to the default in them.)
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for signum in stop_signals:
+        signal.signal(signum, signal.default_int_handler)
+    print(f"Starting Dagster and the API (logs: {log_level} and above) ...", flush=True)
     try:
+        for command in commands:
+            # Its own process group: Ctrl-C reaches this process alone, which passes exactly
+            # one SIGINT on (a second one makes uvicorn skip the app's shutdown and
+            # `dagster dev` abort).
+            processes.append(
+                subprocess.Popen(
+                    command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, process_group=0
+                )
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        announced = False
         while all(p.poll() is None for p in processes):
+            if not announced:
+                ready = all(map(answers, probes))
+                if ready or time.monotonic() > deadline:
+                    announce(ready)
+                    announced = True
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
-    stop(signal.SIGINT, None)
-    codes = []
-    for process in processes:
-        try:
-            codes.append(process.wait(timeout=60))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            codes.append(process.wait())
-    return max(codes, default=0)
+    finally:
+        for signum in stop_signals:
+            signal.signal(signum, forward)  # another Ctrl-C is passed on: it forces
+        with contextlib.suppress(OSError):  # the terminal may be gone
+            print("Stopping ...", flush=True)
+        code = _stop_and_wait(processes)
+    return code
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -123,7 +212,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         host=args.host or api.api_host,
         port=args.port or api.api_port,
         workers=args.workers,
-        log_level="info",
+        log_level=args.log_level,
     )
     return EXIT_OK
 
@@ -143,16 +232,30 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def add_api_commands(commands: Any) -> None:
-    dev = commands.add_parser("dev", help="start the Dagster UI, daemon and the API")
+    dev = commands.add_parser(
+        "dev",
+        help="start the Dagster UI, daemon and the API",
+        description="Start the Dagster webserver, daemon and code servers, and the API; print "
+        "their URLs and the development API key once they answer.",
+    )
     dev.add_argument("--host", default=None, help="Dagster UI host")
     dev.add_argument("--port", type=int, default=None, help="Dagster UI port")
     dev.add_argument("--no-api", action="store_true", help="start Dagster only")
+    dev.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=None,
+        help=f"what Dagster and the API log (default: ${DEV_LOG_LEVEL_ENV}, else warning: "
+        "problems only; info shows every sensor tick and request)",
+    )
     dev.set_defaults(handler=cmd_dev)
 
     api = commands.add_parser("api", help="start the HTTP API alone")
     api.add_argument("--host", default=None)
     api.add_argument("--port", type=int, default=None)
     api.add_argument("--workers", type=int, default=1)
+    api.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     api.set_defaults(handler=cmd_api)
 
     keys = commands.add_parser("keys", help="manage API keys")

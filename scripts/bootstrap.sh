@@ -26,6 +26,8 @@ want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "Installing dependencies into .venv"
   .venv/bin/python -m pip install --quiet --upgrade pip
+  # Built in pip's isolated environment with the setuptools that [build-system] asks for,
+  # not with .venv's own.
   .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
   echo "$want" > "$stamp"
 fi
