@@ -1,13 +1,15 @@
 """Approvals (humanReview waitpoints) and callbacks (webhook waits): decide, and resume at once."""
 
-import html
 import json
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Header, Request
 from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
@@ -152,18 +154,23 @@ def approval_link(
 
 # -- the approval page ---------------------------------------------------------------------------
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}}
-.prompt{{white-space:pre-wrap;background:#f4f4f5;padding:1rem;border-radius:.5rem}}
-button{{font-size:1rem;padding:.5rem 1.25rem;margin-right:.5rem}}
-textarea,input{{width:100%;font-size:1rem;margin:.5rem 0}}</style></head>
-<body><h1>{title}</h1>{body}</body></html>"""
+# Autoescaped: the prompt, label and placeholder come from the workflow and its inputs.
+TEMPLATES = Jinja2Templates(
+    env=Environment(
+        loader=FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
+        autoescape=select_autoescape(),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+)
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
+def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, name, context, status_code=status)
+
+
+def _invalid(request: Request) -> HTMLResponse:
+    return _page(request, "approval_invalid.html", 404, title="Link not valid")
 
 
 def _linked(session: Session, settings: ApiSettings, token: str) -> Waitpoint:
@@ -174,48 +181,25 @@ def _linked(session: Session, settings: ApiSettings, token: str) -> Waitpoint:
     return row
 
 
-def _input(row: Waitpoint) -> str:
-    kind = str(row.spec.get("input_type") or "text")
-    placeholder = html.escape(str(row.spec.get("placeholder") or ""))
-    if kind == "boolean":
-        return (
-            '<label><input type="radio" name="value" value="true" style="width:auto"> Yes</label> '
-            '<label><input type="radio" name="value" value="false" style="width:auto"> No</label>'
-        )
-    if kind == "number":
-        return (
-            f'<input type="number" step="any" name="value" id="value" placeholder="{placeholder}">'
-        )
-    rows = 6 if kind == "json" else 3
-    return (
-        f'<textarea name="value" id="value" rows="{rows}" placeholder="{placeholder}"></textarea>'
-    )
-
-
 @router.get("/approve/{token}", response_class=HTMLResponse, include_in_schema=False)
-def approval_page(token: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+def approval_page(
+    token: str, request: Request, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
     try:
         row = _linked(session, settings, token)
     except NotFound:
-        return _page("Link not valid", "<p>This approval link is not valid.</p>", 404)
-    prompt = html.escape(str(row.spec.get("prompt") or ""))
+        return _invalid(request)
+    prompt = str(row.spec.get("prompt") or "")
     if row.status != "pending":
-        return _page(
-            "Already decided",
-            f'<p class="prompt">{prompt}</p><p id="result">This review was already decided.</p>',
-            409,
-        )
-    label = html.escape(str(row.spec.get("label") or "Review"))
-    body = (
-        f'<p class="prompt" id="prompt">{prompt}</p>'
-        '<form method="post" id="decision-form">'
-        f'<label for="value">Response (optional)</label>{_input(row)}'
-        '<label for="comment">Comment</label><input type="text" name="comment" id="comment">'
-        '<p><button type="submit" name="decision" value="approve" id="approve">Approve</button>'
-        '<button type="submit" name="decision" value="reject" id="reject">Reject</button>'
-        "</p></form>"
+        return _page(request, "approval_decided.html", 409, title="Already decided", prompt=prompt)
+    return _page(
+        request,
+        "approval.html",
+        title=str(row.spec.get("label") or "Review"),
+        prompt=prompt,
+        input_type=str(row.spec.get("input_type") or "text"),
+        placeholder=str(row.spec.get("placeholder") or ""),
     )
-    return _page(label, body)
 
 
 @router.post("/approve/{token}", response_class=HTMLResponse, include_in_schema=False)
@@ -231,7 +215,7 @@ def approval_page_decide(
     try:
         row = _linked(session, settings, token)
     except NotFound:
-        return _page("Link not valid", "<p>This approval link is not valid.</p>", 404)
+        return _invalid(request)
     chosen = decision
     if decision == "approve" and value not in (None, ""):
         chosen = "respond"  # a typed response given with Approve
@@ -246,14 +230,16 @@ def approval_page_decide(
             comment=comment or None,
         )
     except PlatformError as exc:
-        return _page("Not recorded", f'<p id="result">{html.escape(exc.detail)}</p>', exc.status)
+        return _page(
+            request, "approval_result.html", exc.status, title="Not recorded", message=exc.detail
+        )
     resume_soon(request, decided)
     word = (
         "approved"
         if decided.resolution and decided.resolution.get("decision") != "reject"
         else "rejected"
     )
-    return _page("Thank you", f'<p id="result">Recorded: {word}.</p>')
+    return _page(request, "approval_result.html", title="Thank you", message=f"Recorded: {word}.")
 
 
 # -- callbacks -----------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from concurrent.futures import Executor
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sse_starlette import EventSourceResponse
 
 from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SettingsDep
 from flowmaestro_api.errors import ApiError
@@ -23,7 +23,7 @@ from flowmaestro_api.schemas import (
     RunPublic,
     WaitpointPublic,
 )
-from flowmaestro_api.services.events import execution_events
+from flowmaestro_api.services.events import HEARTBEAT_SECONDS, SEPARATOR, execution_events
 from flowmaestro_api.services.progress import node_progress
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control import checkpoints as checkpoint_service
@@ -276,7 +276,7 @@ def get_checkpoint(
 
 @router.get(
     "/executions/{execution_id}/events",
-    response_class=StreamingResponse,
+    response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 def execution_event_stream(
@@ -285,14 +285,18 @@ def execution_event_stream(
     user: CurrentUser,
     dagster: DagsterDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> StreamingResponse:
+) -> EventSourceResponse:
     """Node start / finish / fail / retry and status changes, as server-sent events."""
     execution = service.get_execution(session, user=user, execution_id=execution_id)
     version = service.version_row(session, execution)
     node_ids = service.compiled_for(version).node_ids if version is not None else {}
+    session.commit()  # the stream may last an hour: give the connection back before it starts
     stream = execution_events(dagster, execution.id, node_ids, last_event_id=last_event_id)
-    return StreamingResponse(
-        stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    return EventSourceResponse(
+        stream,
+        headers={"Cache-Control": "no-cache"},
+        ping=HEARTBEAT_SECONDS,
+        sep=SEPARATOR,
     )
 
 

@@ -1,0 +1,167 @@
+"""GET /executions/{id}/events: the wire format, and what a follower costs the server.
+
+Dagster is scripted here (one run, its records, a status the test sets) so the stream can be
+held open, many times over, and cut; test_end_to_end and test_execution_control_nodes_api read
+it from real runs.
+"""
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from dagster import DagsterEventType
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from flowmaestro_api.main import create_app
+from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control.client import DagsterClient, RunInfo
+from flowmaestro_dagster.testing.stack import free_port
+from tests.api.conftest import UNREACHABLE_DAGSTER, deployed_workflow
+from tests.api.e2e import wait_for
+
+
+class ScriptedDagster(DagsterClient):
+    """One run of every execution, with the given event records and status."""
+
+    def __init__(self, status: str, records: Sequence[Any] = ()) -> None:
+        super().__init__(UNREACHABLE_DAGSTER)
+        self.status = status
+        self.records = list(records)
+        self.reads = 0
+        self.lock = threading.Lock()
+
+    def runs_for_execution(self, execution_id: str) -> list[RunInfo]:
+        with self.lock:
+            self.reads += 1
+        return [RunInfo("run-1", self.status, {}, None, None, None, None, None)]
+
+    def event_records(
+        self, run_id: str, cursor: str | None, limit: int = 500
+    ) -> tuple[list[Any], str | None]:
+        start = int(cursor or 0)
+        batch = self.records[start : start + limit]
+        return batch, str(start + len(batch))
+
+
+def step_start(storage_id: int, step_key: str) -> Any:
+    event = SimpleNamespace(
+        event_type=DagsterEventType.STEP_START, step_key=step_key, event_specific_data=None
+    )
+    entry = SimpleNamespace(dagster_event=event, timestamp=1.5, user_message="", step_key=step_key)
+    return SimpleNamespace(storage_id=storage_id, event_log_entry=entry)
+
+
+@pytest.fixture
+def settings(database_url: str) -> ApiSettings:
+    return ApiSettings(
+        database_url=database_url, dagster_graphql_url=UNREACHABLE_DAGSTER, launch_on_submit=False
+    )
+
+
+def started(app: FastAPI, auth: dict[str, str]) -> str:
+    with TestClient(app) as client:
+        workflow_id = deployed_workflow(client, auth)
+        response = client.post(
+            f"/workflows/{workflow_id}/executions", json={"inputs": {"who": "x"}}, headers=auth
+        )
+    assert response.status_code == 201, response.text
+    execution_id: str = response.json()["id"]
+    return execution_id
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """The app behind a real uvicorn, whose connections a client can cut."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=30, interval=0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_events_are_framed_with_ids_names_and_json_data(
+    settings: ApiSettings, auth: dict[str, str]
+) -> None:
+    dagster = ScriptedDagster("SUCCESS", [step_start(7, "out")])
+    app = create_app(settings, dagster=dagster)
+    execution_id = started(app, auth)
+    with TestClient(app) as client:
+        response = client.get(f"/executions/{execution_id}/events", headers=auth)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["cache-control"] == "no-cache"
+    started_data = {
+        "execution_id": execution_id,
+        "run_id": "run-1",
+        "timestamp": 1.5,
+        "node_id": "out",
+        "step_key": "out",
+    }
+    end_data = {"execution_id": execution_id, "status": "succeeded"}
+    assert response.text == (
+        f"id: run-1:7\nevent: node.started\ndata: {json.dumps(started_data)}\n\n"
+        f"event: end\ndata: {json.dumps(end_data)}\n\n"
+    )
+
+
+def test_a_client_that_goes_away_stops_the_polling(
+    settings: ApiSettings, auth: dict[str, str]
+) -> None:
+    dagster = ScriptedDagster("STARTED", [step_start(1, "out")])
+    app = create_app(settings, dagster=dagster)
+    execution_id = started(app, auth)
+    with (
+        serving(app) as base,
+        httpx.stream("GET", f"{base}/executions/{execution_id}/events", headers=auth) as stream,
+    ):
+        lines = stream.iter_lines()  # dropping the iterator would close the connection now
+        assert next(lines) == "id: run-1:1"
+        wait_for(lambda: dagster.reads >= 3, timeout=10, interval=0.05)  # it polls
+    time.sleep(1.0)  # the server notices the disconnect; a read under way may finish
+    reads = dagster.reads
+    time.sleep(1.5)  # three poll intervals
+    assert dagster.reads == reads
+
+
+def test_followers_hold_no_thread_and_no_connection(
+    settings: ApiSettings, auth: dict[str, str]
+) -> None:
+    """More open streams than the thread pool has threads (40) and the database pool has
+    connections (15 on SQLite), and sync routes still answer."""
+    dagster = ScriptedDagster("STARTED", [step_start(1, "out")])
+    app = create_app(settings, dagster=dagster)
+    execution_id = started(app, auth)
+
+    async def follow_many(base: str) -> int:
+        async with (
+            httpx.AsyncClient(base_url=base, headers=auth, timeout=30) as client,
+            AsyncExitStack() as streams,
+        ):
+            followers = []  # kept: a dropped line iterator closes its connection
+            # a follower blocked in a worker thread would wait for a free one (a heartbeat)
+            async with asyncio.timeout(10):
+                for _ in range(50):
+                    response = await streams.enter_async_context(
+                        client.stream("GET", f"/executions/{execution_id}/events")
+                    )
+                    followers.append(response.aiter_lines())
+                    assert await anext(followers[-1]) == "id: run-1:1"
+                health = await client.get("/health")
+            return health.status_code
+
+    with serving(app) as base:
+        assert asyncio.run(follow_many(base)) == 200
