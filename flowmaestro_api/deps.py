@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session
 from flowmaestro_api.security import authenticate
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.control.executions import get_execution
 from flowmaestro_dagster.store.db import session_scope
-from flowmaestro_dagster.store.models import User
+from flowmaestro_dagster.store.models import Execution, User
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -47,3 +48,11 @@ def current_user(
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def get_own_execution(execution_id: str, session: SessionDep, user: CurrentUser) -> Execution:
+    """The execution named in the path, if it is the caller's (404 otherwise)."""
+    return get_execution(session, user=user, execution_id=execution_id)
+
+
+OwnExecution = Annotated[Execution, Depends(get_own_execution)]

@@ -2,14 +2,15 @@
 follow (server-sent events)."""
 
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
-from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SettingsDep
+from flowmaestro_api.deps import CurrentUser, DagsterDep, OwnExecution, SessionDep, SettingsDep
 from flowmaestro_api.errors import ApiError
 from flowmaestro_api.schemas import (
     CheckpointDetail,
@@ -29,8 +30,9 @@ from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control import checkpoints as checkpoint_service
 from flowmaestro_dagster.control import executions as service
 from flowmaestro_dagster.control import lifecycle as control
+from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.requests import ExecutionCreate
-from flowmaestro_dagster.store.models import Waitpoint
+from flowmaestro_dagster.store.models import Execution, User, Waitpoint
 
 router = APIRouter(tags=["executions"])
 MAX_OFFSET = 1_000_000
@@ -133,7 +135,7 @@ def list_executions(
 
 @router.get("/executions/{execution_id}", response_model=ExecutionPublic)
 def get_execution(
-    execution_id: str,
+    execution: OwnExecution,
     session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
@@ -141,10 +143,9 @@ def get_execution(
 ) -> ExecutionPublic:
     """Status, per-node status / attempts / durations / outputs, every Dagster run, and the
     progress of batch nodes (`progress`: node id -> done / total / succeeded / failed)."""
-    execution = service.get_execution(session, user=user, execution_id=execution_id)
     view = service.refresh(session, dagster, execution)
     public = _public(view, settings)
-    public.waitpoints = _waitpoints(session, settings, execution_id)
+    public.waitpoints = _waitpoints(session, settings, execution.id)
     version = service.version_row(session, execution)
     if version is not None and view.runs:
         progress = node_progress(dagster, service.compiled_for(version), view.runs)
@@ -174,66 +175,69 @@ def _waitpoints(
     return result
 
 
-@router.post("/executions/{execution_id}/cancel", response_model=ExecutionPublic, status_code=202)
-def cancel_execution(
-    execution_id: str,
+@dataclass(frozen=True)
+class _Action:
+    """What a lifecycle action on one of the caller's executions works with."""
+
+    execution: Execution
+    session: Session
+    user: User
+    settings: ApiSettings
+    dagster: DagsterClient
+
+    def answer(self) -> ExecutionPublic:
+        """The execution as it is after the action."""
+        return _public(service.refresh(self.session, self.dagster, self.execution), self.settings)
+
+
+def _action(
+    execution: OwnExecution,
     session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
     dagster: DagsterDep,
-) -> ExecutionPublic:
-    execution = service.get_execution(session, user=user, execution_id=execution_id)
-    control.cancel_execution(session, dagster, execution)
-    return _public(service.refresh(session, dagster, execution), settings)
+) -> _Action:
+    return _Action(execution, session, user, settings, dagster)
+
+
+ActionDep = Annotated[_Action, Depends(_action)]
+
+
+@router.post("/executions/{execution_id}/cancel", response_model=ExecutionPublic, status_code=202)
+def cancel_execution(it: ActionDep) -> ExecutionPublic:
+    """Cancel a queued, running or paused execution (its run is terminated). 409 if its
+    latest run has already ended."""
+    control.cancel_execution(it.session, it.dagster, it.execution)
+    return it.answer()
 
 
 @router.post("/executions/{execution_id}/retry", response_model=ExecutionPublic, status_code=202)
-def retry_execution(
-    execution_id: str,
-    session: SessionDep,
-    user: CurrentUser,
-    settings: SettingsDep,
-    dagster: DagsterDep,
-) -> ExecutionPublic:
+def retry_execution(it: ActionDep) -> ExecutionPublic:
     """Re-execute from failure: finished nodes are not run again. A failure downstream of a
     live checkpoint re-executes from the latest such checkpoint instead (every node after it
     runs again on the checkpoint's state)."""
-    execution = service.get_execution(session, user=user, execution_id=execution_id)
-    control.retry_execution(session, dagster, execution)
-    return _public(service.refresh(session, dagster, execution), settings)
+    control.retry_execution(it.session, it.dagster, it.execution)
+    return it.answer()
 
 
 @router.post("/executions/{execution_id}/pause", response_model=ExecutionPublic, status_code=202)
-def pause_execution(
-    execution_id: str,
-    session: SessionDep,
-    user: CurrentUser,
-    settings: SettingsDep,
-    dagster: DagsterDep,
-) -> ExecutionPublic:
+def pause_execution(it: ActionDep) -> ExecutionPublic:
     """Stop a running execution at the next node boundary: no further node starts, finished
     nodes stay finished, the run ends and holds no slot. `pausing` until the run has ended,
     then `paused`; pausing again changes nothing. 409 if it is not running."""
-    execution = service.get_execution(session, user=user, execution_id=execution_id)
-    control.pause_execution(session, dagster, execution)
-    return _public(service.refresh(session, dagster, execution), settings)
+    control.pause_execution(it.session, it.dagster, it.execution)
+    return it.answer()
 
 
 @router.post("/executions/{execution_id}/resume", response_model=ExecutionPublic, status_code=202)
-def resume_execution(
-    execution_id: str,
-    session: SessionDep,
-    user: CurrentUser,
-    settings: SettingsDep,
-    dagster: DagsterDep,
-) -> ExecutionPublic:
+def resume_execution(it: ActionDep) -> ExecutionPublic:
     """Continue a paused execution, or one parked at a checkpoint with `pauseHere`, without
     running finished nodes again. 409 if it is neither."""
-    execution = service.get_execution(session, user=user, execution_id=execution_id)
+    lease = it.settings.launch_lease_seconds
     control.resume_execution(
-        session, dagster, execution, user=user, lease_seconds=settings.launch_lease_seconds
+        it.session, it.dagster, it.execution, user=it.user, lease_seconds=lease
     )
-    return _public(service.refresh(session, dagster, execution), settings)
+    return it.answer()
 
 
 def _checkpoint_public(row: Any, model: type[CheckpointPublic]) -> Any:
@@ -258,7 +262,7 @@ def list_checkpoints(execution_id: str, session: SessionDep, user: CurrentUser) 
 
 @router.get("/executions/{execution_id}/checkpoints/{node_id}", response_model=CheckpointDetail)
 def get_checkpoint(
-    execution_id: str,
+    execution: OwnExecution,
     node_id: str,
     session: SessionDep,
     user: CurrentUser,
@@ -266,7 +270,6 @@ def get_checkpoint(
 ) -> CheckpointDetail:
     """The state kept at a checkpoint node: inputs, every node output so far (by node id)
     and shared memory. `iteration` (`0`, `1.2`) picks one of a loop body's checkpoints."""
-    execution = service.get_execution(session, user=user, execution_id=execution_id)
     row = checkpoint_service.get_checkpoint(
         session, execution=execution, node_id=node_id, iteration=iteration
     )
@@ -280,14 +283,13 @@ def get_checkpoint(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 def execution_event_stream(
-    execution_id: str,
+    execution: OwnExecution,
     session: SessionDep,
     user: CurrentUser,
     dagster: DagsterDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     """Node start / finish / fail / retry and status changes, as server-sent events."""
-    execution = service.get_execution(session, user=user, execution_id=execution_id)
     version = service.version_row(session, execution)
     node_ids = service.compiled_for(version).node_ids if version is not None else {}
     session.commit()  # the stream may last an hour: give the connection back before it starts
