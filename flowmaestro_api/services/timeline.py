@@ -345,7 +345,7 @@ def chain_status(traces: Sequence[RunTrace], stored: str) -> str:
     last = traces[-1]
     status = RUN_STATUS.get(last.status, "running")
     if status == "cancelled" and last.tags.get("flowmaestro/paused") == "true":
-        return "paused"  # terminated by POST /pause (services/control.py)
+        return "paused"  # terminated by POST /pause (control/lifecycle.py)
     if status == "succeeded" and last.parked_steps():
         return "waiting"
     return status
