@@ -26,19 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 import uvicorn
-from dagster import DagsterEventType
 
+from bench.common import drop_pg, first_step_start, percentile, pg_database, user_key
 from flowmaestro_api.main import create_app
-from flowmaestro_api.security import create_api_key, ensure_user
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
-from flowmaestro_dagster.store.db import dispose_engines, get_engine, migrate, session_scope
+from flowmaestro_dagster.store.db import get_engine, migrate, session_scope
 from flowmaestro_dagster.store.models import Execution
 from flowmaestro_dagster.testing.stack import DagsterStack, free_port
 
-PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 UNREACHABLE = "http://127.0.0.1:9/graphql"
 WORKFLOW = {
     "name": "Bench greeter",
@@ -48,11 +45,6 @@ WORKFLOW = {
     ],
     "edges": [{"id": "e", "source": "in", "target": "out"}],
 }
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class Server:
@@ -120,28 +112,6 @@ class ApiProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-
-
-def pg_database() -> tuple[str, str]:
-    name = f"fm_bench_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with engine.connect() as connection:
-        connection.execute(sa.text(f"CREATE DATABASE {name}"))
-    return name, PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-
-
-def drop_pg(name: str) -> None:
-    dispose_engines()
-    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with engine.connect() as connection:
-        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-def user_key(url: str) -> dict[str, str]:
-    with session_scope(get_engine(url)) as session:
-        user = ensure_user(session, email=f"bench-{uuid.uuid4().hex[:6]}@example.com")
-        key = create_api_key(session, user=user)
-    return {"Authorization": f"Bearer {key}"}
 
 
 def launched_count(url: str) -> int:
@@ -238,15 +208,7 @@ def submit_to_running(
             while first_step is None and time.monotonic() < deadline:
                 runs = client.runs_for_execution(execution_id)
                 if runs:
-                    starts = [
-                        r.event_log_entry.timestamp
-                        for r in instance.get_records_for_run(runs[0].run_id).records
-                        if r.event_log_entry.dagster_event
-                        and r.event_log_entry.dagster_event.event_type
-                        == DagsterEventType.STEP_START
-                    ]
-                    if starts:
-                        first_step = min(starts)
+                    first_step = first_step_start(instance, runs[0].run_id)
                 time.sleep(0.05)
             if first_step is not None:
                 delays.append(first_step - submitted)

@@ -145,11 +145,10 @@ def measure(command: list[str], repeats: int) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from bench import parallel
+    from bench.common import deploy, stack_settings, submit, user_key
     from flowmaestro_api.main import create_app
-    from flowmaestro_api.security import create_api_key, ensure_user
-    from flowmaestro_api.settings import ApiSettings
     from flowmaestro_dagster.control.client import DagsterClient
-    from flowmaestro_dagster.store.db import dispose_engines, get_engine, migrate, session_scope
+    from flowmaestro_dagster.store.db import dispose_engines, migrate
     from flowmaestro_dagster.testing.stack import DagsterStack
 
     queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -163,37 +162,16 @@ def measure(command: list[str], repeats: int) -> dict[str, Any]:
         stack = DagsterStack(Path(tmp) / "home", url, extra_env=broker)
         stack.start()
         try:
-            settings = ApiSettings(
-                _env_file=None,
-                database_url=url,
-                dagster_graphql_url=stack.graphql_url,
-                dagster_ui_url=stack.ui_url,
-                reconcile_after_seconds=3600,
-            )
+            settings = stack_settings(url, stack, reconcile_after_seconds=3600)
             dagster = DagsterClient(stack.graphql_url, instance=stack.instance())
-            with session_scope(get_engine(url)) as session:
-                user = ensure_user(session, email=f"bench-{uuid.uuid4().hex[:6]}@example.com")
-                auth = {"Authorization": f"Bearer {create_api_key(session, user=user)}"}
+            auth = user_key(url)
             with (
                 workers(command, stack.env(), Path(tmp)),
                 TestClient(create_app(settings, dagster=dagster)) as http,
             ):
 
-                def deploy(definition: dict[str, Any]) -> str:
-                    workflow_id: str = http.post(
-                        "/workflows", json={"definition": definition}, headers=auth
-                    ).json()["id"]
-                    deployed = http.post(
-                        f"/workflows/{workflow_id}/versions/1/deploy", headers=auth
-                    ).json()
-                    if not deployed.get("runnable"):
-                        raise RuntimeError(f"deploy failed: {deployed}")
-                    return workflow_id
-
                 def once(workflow_id: str) -> str:
-                    execution_id = http.post(
-                        f"/workflows/{workflow_id}/executions", json={"inputs": {}}, headers=auth
-                    ).json()["id"]
+                    execution_id = submit(http, auth, workflow_id, {})
                     deadline = time.monotonic() + 300
                     while time.monotonic() < deadline:
                         runs = dagster.runs_for_execution(execution_id)
@@ -209,7 +187,10 @@ def measure(command: list[str], repeats: int) -> dict[str, Any]:
                     on_celery = build()
                     on_celery["name"] += " on celery"
                     on_celery["settings"] = {**on_celery.get("settings", {}), "runOn": "celery"}
-                    workflows[name] = {"threads": deploy(build()), "celery": deploy(on_celery)}
+                    workflows[name] = {
+                        "threads": deploy(http, auth, build()),
+                        "celery": deploy(http, auth, on_celery),
+                    }
                 for round_ in range(repeats + 1):  # round 0 warms up
                     for name, variants in workflows.items():
                         order = list(variants.items())

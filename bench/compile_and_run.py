@@ -25,6 +25,7 @@ from typing import Any
 
 import dagster as dg
 
+from bench.common import percentile
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.local import execute_in_process_with_executor, run_config_for
 from flowmaestro_dagster.errors import InvalidWorkflowError
@@ -33,12 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "corpus" / "flowmaestro"
 NODE_SECONDS = 0.010
 CHAIN = 20
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def corpus_compile_times(repeats: int = 3) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from bench.common import echo_flow, stack_settings, wait_until
 from flowmaestro_api.main import create_app
 from flowmaestro_api.security import create_api_key, ensure_user
 from flowmaestro_api.settings import ApiSettings
@@ -51,14 +52,7 @@ SIZES = (10, 200, 1000)
 GOAL_S_AT_1000 = 3.0
 # About 30 workflows per location at 1000: a reload stays near the cost of starting a code server.
 SHARDED_SHARDS = 32
-PROBE = {
-    "name": "Deploy probe",
-    "nodes": {
-        "in": {"type": "input", "config": {"inputName": "who"}},
-        "out": {"type": "output", "config": {"outputName": "greeting", "value": "hi {{who}}"}},
-    },
-    "edges": [{"id": "e", "source": "in", "target": "out"}],
-}
+PROBE = echo_flow("Deploy probe", "greeting", "hi {{who}}")
 
 
 def corpus_definitions() -> list[dict[str, Any]]:
@@ -139,10 +133,10 @@ class Prober:
         if submitted.status_code != 201:
             raise RuntimeError(f"submission refused: {submitted.text}")
         execution_id = submitted.json()["id"]
-        runs = self._wait(lambda: self.dagster.runs_for_execution(execution_id), 120)
+        runs = wait_until(lambda: self.dagster.runs_for_execution(execution_id), 120, 0.05)
         launched_s = time.perf_counter() - started
         run_id = runs[0].run_id
-        self._wait(lambda: self._finished(run_id), 180)  # quiet machine for the next sample
+        wait_until(lambda: self._finished(run_id), 180, 0.05)  # quiet machine for the next sample
         return {
             "runnable_s": runnable_s,
             "reload_s": float(answer["reload_seconds"]),
@@ -152,16 +146,6 @@ class Prober:
     def _finished(self, run_id: str) -> bool:
         run = self.dagster.instance.get_run_by_id(run_id)
         return run is not None and run.is_finished
-
-    @staticmethod
-    def _wait(predicate: Any, timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise TimeoutError(f"waited {timeout} s")
 
 
 def main(
@@ -187,13 +171,8 @@ def main(
         stack = DagsterStack(Path(tmp) / "home", url, shards=shards)
         stack.start(timeout=180 + 10 * shards)  # a code server per shard starts
         try:
-            settings = ApiSettings(
-                _env_file=None,
-                database_url=url,
-                dagster_graphql_url=stack.graphql_url,
-                dagster_ui_url=stack.ui_url,
-                code_location_shards=shards,
-                reconcile_after_seconds=3600,
+            settings = stack_settings(
+                url, stack, code_location_shards=shards, reconcile_after_seconds=3600
             )
             dagster = DagsterClient(stack.graphql_url, instance=stack.instance())
             with session_scope(get_engine(url)) as session:

@@ -19,7 +19,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,26 +28,27 @@ from typing import Any
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
+from bench.common import (
+    deploy,
+    echo_flow,
+    percentile,
+    stack_settings,
+    submit,
+    user_key,
+    wait_until,
+)
 from flowmaestro_api.main import create_app
-from flowmaestro_api.security import create_api_key, ensure_user
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.queues import read_snapshot, simulate
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
-from flowmaestro_dagster.store.db import dispose_engines, get_engine, migrate, session_scope
+from flowmaestro_dagster.store.db import dispose_engines, migrate
 from flowmaestro_dagster.testing.stack import DagsterStack, free_port
 
 PROBES = 15
 BACKLOG = 200
 DECISIONS = 20
-QUICK = {
-    "name": "Queue probe",
-    "nodes": {
-        "in": {"type": "input", "config": {"inputName": "who"}},
-        "out": {"type": "output", "config": {"outputName": "done", "value": "{{who}}"}},
-    },
-    "edges": [{"id": "e", "source": "in", "target": "out"}],
-}
+QUICK = echo_flow("Queue probe", "done", "{{who}}")
 
 
 def retrying() -> dict[str, Any]:
@@ -63,11 +63,6 @@ def retrying() -> dict[str, Any]:
         },
         "edges": [{"id": "e", "source": "in", "target": "call"}],
     }
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(values: list[float], unit: float = 1.0, digits: int = 3) -> dict[str, float]:
@@ -97,29 +92,13 @@ class Platform:
         return instance
 
     def user(self) -> dict[str, str]:
-        with session_scope(get_engine(self.database_url)) as session:
-            user = ensure_user(session, email=f"bench-{uuid.uuid4().hex[:8]}@example.com")
-            key = create_api_key(session, user=user)
-        return {"Authorization": f"Bearer {key}"}
+        return user_key(self.database_url)
 
     def deploy(self, auth: dict[str, str], definition: dict[str, Any], **settings: Any) -> str:
-        body: dict[str, Any] = {"definition": definition}
-        if settings:
-            body["settings"] = settings
-        workflow_id: str = self.client.post("/workflows", json=body, headers=auth).json()["id"]
-        deployed = self.client.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
-        assert deployed.json()["runnable"], deployed.text
-        return workflow_id
+        return deploy(self.client, auth, definition, **settings)
 
     def submit(self, auth: dict[str, str], workflow_id: str, **body: Any) -> str:
-        response = self.client.post(
-            f"/workflows/{workflow_id}/executions",
-            json={"inputs": {"who": "b"}, **body},
-            headers=auth,
-        )
-        assert response.status_code == 201, response.text
-        execution_id: str = response.json()["id"]
-        return execution_id
+        return submit(self.client, auth, workflow_id, {"who": "b"}, **body)
 
     def record(self, execution_id: str) -> Any:
         records = self.instance.get_run_records(
@@ -128,13 +107,7 @@ class Platform:
         return records[0] if records else None
 
     def wait(self, predicate: Callable[[], Any], timeout: float = 300) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.2)
-        raise TimeoutError("the benchmark waited too long")
+        return wait_until(predicate, timeout, interval=0.2)
 
     def finished(self, execution_id: str) -> Any:
         def done() -> Any:
@@ -170,14 +143,7 @@ def platform(workdir: Path, **queue_settings: Any) -> Iterator[Platform]:
     previous = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(stack.home)  # the API reads the queue from here
     try:
-        settings = ApiSettings(
-            _env_file=None,
-            database_url=url,
-            dagster_graphql_url=stack.graphql_url,
-            dagster_ui_url=stack.ui_url,
-            **queue_settings,
-        )
-        yield Platform(stack, settings)
+        yield Platform(stack, stack_settings(url, stack, **queue_settings))
     finally:
         if previous is None:
             os.environ.pop("DAGSTER_HOME", None)

@@ -17,10 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from dagster import DagsterEventType, DagsterInstance
+from dagster import DagsterInstance
 from fastapi.testclient import TestClient
 
-from bench.api import PG_ADMIN, drop_pg, percentile, user_key
+from bench.common import (
+    deploy,
+    drop_pg,
+    first_step_start,
+    percentile,
+    pg_database,
+    submit,
+    user_key,
+    wait_until,
+)
 from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
@@ -37,6 +46,7 @@ from flowmaestro_dagster.store.models import (
 from flowmaestro_dagster.testing.stack import INSTANCE_YAML, DagsterStack
 
 SECRET = "bench-secret-key-0123456789"
+STEP_TIMEOUT_S = 180
 APPROVAL = {
     "name": "Bench approval",
     "nodes": [
@@ -67,26 +77,6 @@ TIMER = {
 }
 
 
-def _first_step_start(instance: DagsterInstance, run_id: str) -> float | None:
-    starts = [
-        r.event_log_entry.timestamp
-        for r in instance.get_records_for_run(run_id).records
-        if r.event_log_entry.dagster_event
-        and r.event_log_entry.dagster_event.event_type == DagsterEventType.STEP_START
-    ]
-    return min(starts) if starts else None
-
-
-def _wait(predicate: Any, timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError("benchmark step did not finish")
-
-
 def resume_latency(workdir: Path, samples: int) -> dict[str, Any]:
     url = f"sqlite:///{workdir / 'resume.db'}"
     migrate(url)
@@ -111,21 +101,27 @@ def resume_latency(workdir: Path, samples: int) -> dict[str, Any]:
         approval_delays: list[float] = []
         due_delays: list[float] = []
         with TestClient(app) as http:
-            approval_id = _deploy(http, auth, APPROVAL)
-            timer_id = _deploy(http, auth, TIMER)
+            approval_id = deploy(http, auth, APPROVAL)
+            timer_id = deploy(http, auth, TIMER)
             for _ in range(samples):
-                execution_id = _start(http, auth, approval_id)
-                waitpoint = _wait(lambda eid=execution_id: _approval_of(http, auth, eid))
+                execution_id = submit(http, auth, approval_id, {"who": "b"})
+                waitpoint = wait_until(
+                    lambda eid=execution_id: _approval_of(http, auth, eid), STEP_TIMEOUT_S
+                )
                 decided = time.time()
                 http.post(
                     f"/approvals/{waitpoint}/decision", json={"decision": "approve"}, headers=auth
                 )
-                started = _wait(lambda eid=execution_id: _resumed_start(client, instance, eid))
+                started = wait_until(
+                    lambda eid=execution_id: _resumed_start(client, instance, eid), STEP_TIMEOUT_S
+                )
                 approval_delays.append(started - decided)
             for _ in range(max(3, samples // 2)):
-                execution_id = _start(http, auth, timer_id)
-                due = _wait(lambda eid=execution_id: _due_at(url, eid))
-                started = _wait(lambda eid=execution_id: _resumed_start(client, instance, eid))
+                execution_id = submit(http, auth, timer_id, {"who": "b"})
+                due = wait_until(lambda eid=execution_id: _due_at(url, eid), STEP_TIMEOUT_S)
+                started = wait_until(
+                    lambda eid=execution_id: _resumed_start(client, instance, eid), STEP_TIMEOUT_S
+                )
                 due_delays.append(started - due)
     finally:
         stack.stop()
@@ -145,23 +141,6 @@ def _summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-def _deploy(http: TestClient, auth: dict[str, str], definition: dict[str, Any]) -> str:
-    workflow_id: str = http.post(
-        "/workflows", json={"definition": definition}, headers=auth
-    ).json()["id"]
-    deployed = http.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth).json()
-    if not deployed.get("runnable"):
-        raise RuntimeError(f"deploy failed: {deployed}")
-    return workflow_id
-
-
-def _start(http: TestClient, auth: dict[str, str], workflow_id: str) -> str:
-    execution_id: str = http.post(
-        f"/workflows/{workflow_id}/executions", json={"inputs": {"who": "b"}}, headers=auth
-    ).json()["id"]
-    return execution_id
-
-
 def _approval_of(http: TestClient, auth: dict[str, str], execution_id: str) -> str | None:
     items = http.get("/approvals", headers=auth).json()["items"]
     return next((a["id"] for a in items if a["execution_id"] == execution_id), None)
@@ -179,7 +158,7 @@ def _resumed_start(
     runs = client.runs_for_execution(execution_id)
     if len(runs) < 2:
         return None
-    return _first_step_start(instance, runs[-1].run_id)
+    return first_step_start(instance, runs[-1].run_id)
 
 
 def parked_tick(url: str, parked: int = 10_000) -> dict[str, Any]:
@@ -269,12 +248,9 @@ def main(samples: int = 8) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         results["sqlite_tick"] = parked_tick(f"sqlite:///{workdir / 'parked.db'}")
-        name = f"fm_bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"CREATE DATABASE {name}"))
+        name, pg_url = pg_database()
         try:
-            results["postgres_tick"] = parked_tick(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+            results["postgres_tick"] = parked_tick(pg_url)
         finally:
             drop_pg(name)
         results["resume"] = resume_latency(workdir, samples)

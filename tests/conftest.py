@@ -10,6 +10,7 @@ import pytest
 
 from flowmaestro_dagster.engines.results import WorkflowRunResult
 from flowmaestro_dagster.testing import run_workflow
+from tests.builders import flow  # noqa: F401 - re-exported: the unit tests import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("FLOWMAESTRO_CORPUS", ROOT / "tests" / "corpus" / "flowmaestro"))
@@ -46,33 +47,3 @@ def run() -> Callable[..., WorkflowRunResult]:
         return run_workflow(definition, inputs or {}, **kw)
 
     return _run
-
-
-def flow(
-    nodes: list[dict[str, Any]], edges: list[tuple[Any, ...]], name: str = "t"
-) -> dict[str, Any]:
-    """A React-Flow definition from compact node and edge lists.
-
-    Node: {"id", "type", **data}; edge: (source, target) or (source, target, sourceHandle).
-    """
-    return {
-        "name": name,
-        "nodes": [
-            {
-                "id": n["id"],
-                "type": n["type"],
-                "position": {"x": 0, "y": 0},
-                "data": {k: v for k, v in n.items() if k not in ("id", "type")},
-            }
-            for n in nodes
-        ],
-        "edges": [
-            {
-                "id": f"e{i}",
-                "source": e[0],
-                "target": e[1],
-                **({"sourceHandle": e[2]} if len(e) > 2 else {}),
-            }
-            for i, e in enumerate(edges)
-        ],
-    }

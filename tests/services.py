@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import sqlalchemy as sa
@@ -22,15 +23,21 @@ PG_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("FLOWMAESTRO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def require_postgres() -> None:
+def _unreachable(service: str, url: str, exc: Exception) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{service} is required under CI=true and is unreachable: {exc}")
+    pytest.skip(f"{service} not reachable at {url} (run scripts/services.sh)")
+
+
+def require_postgres(url: str = PG_ADMIN_URL) -> None:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
-        engine = sa.create_engine(PG_ADMIN_URL, poolclass=sa.pool.NullPool)
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required under CI=true and is unreachable: {exc}")
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL} (run scripts/services.sh)")
+        _unreachable("PostgreSQL", url, exc)
+    finally:
+        engine.dispose()
 
 
 def require_redis() -> None:
@@ -39,9 +46,7 @@ def require_redis() -> None:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is required under CI=true and is unreachable: {exc}")
-        pytest.skip(f"Redis not reachable at {REDIS_URL} (run scripts/services.sh)")
+        _unreachable("Redis", REDIS_URL, exc)
 
 
 def _admin() -> sa.Engine:

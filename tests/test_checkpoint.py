@@ -20,24 +20,15 @@ from flowmaestro_dagster.spec.parse import parse_workflow
 from flowmaestro_dagster.store.checkpoints import DatabaseCheckpointStore
 from flowmaestro_dagster.store.db import get_engine, migrate, session_scope
 from flowmaestro_dagster.store.models import Checkpoint, Execution, User, Workflow
-from tests.conftest import flow
+from tests.builders import chain, node
 
 
 def test_react_flow_and_backend_shapes_give_the_same_config() -> None:
-    react = flow(
-        [
-            {"id": "in", "type": "input", "inputName": "x"},
-            {
-                "id": "cp",
-                "type": "checkpoint",
-                "label": "After input",
-                "checkpointName": "after-input",
-                "expiresIn": "24h",
-                "pauseHere": True,
-            },
-        ],
-        [("in", "cp")],
-    )
+    react = chain(
+        node("in", "input", inputName="x"),
+        node("cp", "checkpoint", label="After input", checkpointName="after-input", expiresIn="24h", pauseHere=True),
+        react=True,
+    )  # fmt: skip
     backend = {
         "name": "t",
         "nodes": {
@@ -76,12 +67,10 @@ def test_checkpoint_defaults_to_seven_days_without_pause() -> None:
     ],
 )
 def test_invalid_settings_are_errors_naming_node_and_field(raw: dict[str, Any], field: str) -> None:
-    definition = flow(
-        [
-            {"id": "in", "type": "input", "inputName": "x"},
-            {"id": "cp", "type": "checkpoint", **raw},
-        ],
-        [("in", "cp")],
+    definition = chain(
+        node("in", "input", inputName="x"),
+        node("cp", "checkpoint", **raw),
+        react=True,
     )
     errors = [p for p in validate(definition) if p.severity == "error"]
     assert len(errors) == 1, errors
@@ -150,13 +139,11 @@ def test_a_pause_nobody_resumed_before_expiry_fails_the_node() -> None:
 def test_outside_the_platform_a_checkpoint_passes_through_and_a_pause_needs_the_platform(
     run: Callable[..., WorkflowRunResult],
 ) -> None:
-    definition = flow(
-        [
-            {"id": "in", "type": "input", "inputName": "x"},
-            {"id": "cp", "type": "checkpoint"},
-            {"id": "out", "type": "output", "outputName": "y", "value": "{{x}}"},
-        ],
-        [("in", "cp"), ("cp", "out")],
+    definition = chain(
+        node("in", "input", inputName="x"),
+        node("cp", "checkpoint"),
+        node("out", "output", outputName="y", value="{{x}}"),
+        react=True,
     )
     result = run(definition, {"x": "kept"})
     assert result.status == "succeeded" and result.outputs == {"y": "kept"}

@@ -18,7 +18,8 @@ from flowmaestro_dagster.nodes.code import execute_code, global_names, snippet_n
 from flowmaestro_dagster.settings import CodeSettings, Settings
 from flowmaestro_dagster.spec.configs import CodeConfig
 from flowmaestro_dagster.testing import run_workflow
-from tests.conftest import flow, load_corpus
+from tests.builders import flow, node
+from tests.conftest import load_corpus
 
 SETTINGS = Settings()
 
@@ -325,21 +326,10 @@ def test_corpus_return_value_is_readable_by_reference() -> None:
 def test_python_node_in_a_job_and_failure_is_reported() -> None:
     definition = flow(
         [
-            {"id": "in", "type": "input", "inputName": "n"},
-            {
-                "id": "py",
-                "type": "code",
-                "language": "python",
-                "code": "return {'sq': n * n}",
-                "outputVariable": "r",
-            },
-            {"id": "out", "type": "output", "outputName": "sq", "value": "{{r.sq}}"},
-            {
-                "id": "bad",
-                "type": "code",
-                "language": "python",
-                "code": "return open('/etc/shadow').read()",
-            },
+            node("in", "input", inputName="n"),
+            node("py", "code", language="python", code="return {'sq': n * n}", outputVariable="r"),
+            node("out", "output", outputName="sq", value="{{r.sq}}"),
+            node("bad", "code", language="python", code="return open('/etc/shadow').read()"),
         ],
         [("in", "py"), ("py", "out"), ("in", "bad")],
     )

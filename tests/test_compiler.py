@@ -7,24 +7,22 @@ from dagster import Backoff
 
 from flowmaestro_dagster.compile.naming import unique_aliases
 from flowmaestro_dagster.engines.jobs import build_job
-from tests.conftest import flow
+from tests.builders import chain, flow, node
 
 
 def two_workflows() -> list[dict[str, Any]]:
-    first = flow(
-        [
-            {"id": "input-1", "type": "input", "inputName": "x"},
-            {"id": "llm-1", "type": "llm", "label": "Summarize", "prompt": "{{x}}"},
-            {"id": "c", "type": "conditional", "condition": "x > 1"},
-        ],
-        [("input-1", "llm-1"), ("llm-1", "c")],
+    first = chain(
+        node("input-1", "input", inputName="x"),
+        node("llm-1", "llm", label="Summarize", prompt="{{x}}"),
+        node("c", "conditional", condition="x > 1"),
         name="First Workflow",
+        react=True,
     )
     second = flow(
         [
-            {"id": "input", "type": "input", "inputName": "y"},
-            {"id": "llm_1", "type": "llm", "prompt": "{{y}}"},
-            {"id": "llm-1", "type": "llm", "prompt": "{{y}}"},
+            node("input", "input", inputName="y"),
+            node("llm_1", "llm", prompt="{{y}}"),
+            node("llm-1", "llm", prompt="{{y}}"),
         ],
         [("input", "llm_1"), ("input", "llm-1")],
         name="Second: workflow!",
@@ -85,18 +83,13 @@ def test_op_labels_type_and_plan_config() -> None:
 def test_retry_policies_come_from_node_settings_or_type_defaults() -> None:
     definition = flow(
         [
-            {"id": "in", "type": "input", "inputName": "x"},
-            {
-                "id": "call",
-                "type": "http",
-                "url": "https://x",
-                "retry": {"maxAttempts": 4, "backoffStrategy": "linear", "minDelayMs": 250},
-            },
-            {"id": "ask", "type": "llm", "prompt": "{{x}}"},
-            {"id": "pure", "type": "transform", "operation": "passthrough"},
+            node("in", "input", inputName="x"),
+            node("call", "http", url="https://x", retry={"maxAttempts": 4, "backoffStrategy": "linear", "minDelayMs": 250}),
+            node("ask", "llm", prompt="{{x}}"),
+            node("pure", "transform", operation="passthrough"),
         ],
         [("in", "call"), ("in", "ask"), ("in", "pure")],
-    )
+    )  # fmt: skip
     job = build_job(definition).job
     policies = {n.name: job.graph.node_named(n.name).retry_policy for n in job.graph.nodes}
     call = policies["call"]
@@ -121,15 +114,10 @@ def test_workflow_timeout_becomes_dagster_max_runtime() -> None:
 def test_branch_outputs_are_optional_per_handle() -> None:
     definition = flow(
         [
-            {"id": "in", "type": "input", "inputName": "x"},
-            {
-                "id": "sw",
-                "type": "switch",
-                "expression": "{{x}}",
-                "cases": ["high priority", "low"],
-            },
-            {"id": "a", "type": "transform", "operation": "passthrough"},
-            {"id": "b", "type": "transform", "operation": "passthrough"},
+            node("in", "input", inputName="x"),
+            node("sw", "switch", expression="{{x}}", cases=["high priority", "low"]),
+            node("a", "transform", operation="passthrough"),
+            node("b", "transform", operation="passthrough"),
         ],
         [("in", "sw"), ("sw", "a", "high priority"), ("sw", "b", "default")],
     )

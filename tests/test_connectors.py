@@ -37,7 +37,7 @@ from flowmaestro_dagster.settings import HttpSettings, Settings
 from flowmaestro_dagster.spec.configs import IntegrationConfig, MediaConfig
 from flowmaestro_dagster.spec.parse import parse_workflow
 from flowmaestro_dagster.testing import EchoServer, run_workflow
-from tests.conftest import flow
+from tests.builders import chain, flow, node
 
 LOOPBACK = HttpSettings(allow_loopback=True)
 
@@ -158,20 +158,11 @@ def test_entry_point_distribution_adds_a_connector(
 
     reset_default_registry()
     try:
-        definition = flow(
-            [
-                {"id": "in", "type": "input", "inputName": "topic"},
-                {
-                    "id": "t",
-                    "type": "integration",
-                    "provider": "acme-crm",
-                    "operation": "createTicket",
-                    "subject": "{{topic}}",
-                    "outputVariable": "ticket",
-                },
-            ],
-            [("in", "t")],
-        )
+        definition = chain(
+            node("in", "input", inputName="topic"),
+            node("t", "integration", provider="acme-crm", operation="createTicket", subject="{{topic}}", outputVariable="ticket"),
+            react=True,
+        )  # fmt: skip
         problems = validate(definition)
         assert not [p for p in problems if p.code == "connector_required"]
         result = run_workflow(definition, {"topic": "printer on fire"})
@@ -413,17 +404,11 @@ def test_unconfigured_providers_and_media_types_fail_precisely() -> None:
 def test_validate_lists_required_connectors_as_warnings() -> None:
     definition = flow(
         [
-            {"id": "in", "type": "input", "inputName": "x"},
-            {"id": "crm", "type": "hubspot", "operation": "updateContact"},
-            {
-                "id": "say",
-                "type": "integration",
-                "provider": "slack",
-                "operation": "sendMessage",
-                "text": "hi",
-            },
-            {"id": "ocr", "type": "ocrExtraction"},
-            {"id": "tpl", "type": "templateOutput", "template": "x"},
+            node("in", "input", inputName="x"),
+            node("crm", "hubspot", operation="updateContact"),
+            node("say", "integration", provider="slack", operation="sendMessage", text="hi"),
+            node("ocr", "ocrExtraction"),
+            node("tpl", "templateOutput", template="x"),
         ],
         [("in", "crm"), ("in", "say"), ("in", "ocr"), ("in", "tpl")],
     )
@@ -441,25 +426,12 @@ def test_validate_lists_required_connectors_as_warnings() -> None:
 def test_template_output_renders_variables_and_html() -> None:
     definition = flow(
         [
-            {"id": "in", "type": "input", "inputName": "tpl"},
-            {
-                "id": "t",
-                "type": "templateOutput",
-                "templateType": "handlebars",
-                "template": "{{tpl}}",
-                "variables": {"who": "{{name}}"},
-                "outputVariable": "filled",
-            },
-            {
-                "id": "h",
-                "type": "templateOutput",
-                "template": "# Hi {{name}}",
-                "outputFormat": "html",
-                "outputName": "page",
-            },
+            node("in", "input", inputName="tpl"),
+            node("t", "templateOutput", templateType="handlebars", template="{{tpl}}", variables={"who": "{{name}}"}, outputVariable="filled"),
+            node("h", "templateOutput", template="# Hi {{name}}", outputFormat="html", outputName="page"),
         ],
         [("in", "t"), ("in", "h")],
-    )
+    )  # fmt: skip
     result = run_workflow(definition, {"tpl": "Dear {{who}},", "name": "Ann"})
     assert result.output("t") == {"filled": "Dear Ann,"}
     assert result.output("h") == {"page": "<h1>Hi Ann</h1>\n"}
@@ -506,34 +478,13 @@ def test_secrets_never_reach_run_config_tags_or_event_log(
     get_settings.cache_clear()
     definition = flow(
         [
-            {"id": "in", "type": "input", "inputName": "name"},
-            {
-                "id": "say",
-                "type": "slack",
-                "operation": "sendMessage",
-                "channel": "#x",
-                "text": "hi {{name}}",
-            },
-            {
-                "id": "mail",
-                "type": "integration",
-                "provider": "email",
-                "operation": "sendEmail",
-                "to": "ann@corp.eu",
-                "subject": "hi {{name}}",
-                "body": "b",
-            },
-            {
-                "id": "fail",
-                "type": "slack",
-                "operation": "sendMessage",
-                "text": "x",
-                "connectionId": "slack-down",
-                "retry": {"maxAttempts": 1},
-            },
+            node("in", "input", inputName="name"),
+            node("say", "slack", operation="sendMessage", channel="#x", text="hi {{name}}"),
+            node("mail", "integration", provider="email", operation="sendEmail", to="ann@corp.eu", subject="hi {{name}}", body="b"),
+            node("fail", "slack", operation="sendMessage", text="x", connectionId="slack-down", retry={"maxAttempts": 1}),
         ],
         [("in", "say"), ("in", "mail"), ("in", "fail")],
-    )
+    )  # fmt: skip
     (tmp_path / "home").mkdir()
     try:
         with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:

@@ -6,7 +6,8 @@ import pytest
 
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.errors import InvalidWorkflowError
-from tests.conftest import CYCLIC, corpus_files, corpus_id, flow
+from tests.builders import flow, node
+from tests.conftest import CYCLIC, corpus_files, corpus_id
 
 FILES = corpus_files()
 
@@ -40,10 +41,10 @@ def test_cyclic_corpus_workflow_is_rejected_naming_the_cycle(relative: str) -> N
 def test_router_edge_with_a_handle_matching_no_route_is_a_warning_not_a_crash() -> None:
     definition = flow(
         [
-            {"id": "in", "type": "input", "inputName": "q"},
-            {"id": "r", "type": "router", "prompt": "{{q}}", "routes": ["hot", {"value": "cold"}]},
-            {"id": "a", "type": "transform", "operation": "passthrough"},
-            {"id": "b", "type": "transform", "operation": "passthrough"},
+            node("in", "input", inputName="q"),
+            node("r", "router", prompt="{{q}}", routes=["hot", {"value": "cold"}]),
+            node("a", "transform", operation="passthrough"),
+            node("b", "transform", operation="passthrough"),
         ],
         [("in", "r"), ("r", "a", "hot"), ("r", "b", "lukewarm")],
     )

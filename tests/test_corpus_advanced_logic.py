@@ -42,7 +42,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,9 +51,6 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from flowmaestro_api.main import create_app
-from flowmaestro_api.security import create_api_key, ensure_user
-from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.results import WorkflowRunResult
@@ -74,11 +71,25 @@ from flowmaestro_dagster.testing import (
 )
 from flowmaestro_dagster.testing.fake_llm import API_KEY
 from flowmaestro_dagster.testing.stack import DagsterStack
+from tests.api.e2e import (
+    api_client,
+    approvals_of,
+    decide,
+    deploy,
+    finished,
+    new_user,
+    node_statuses,
+    reaches,
+    running_stack,
+    stack_settings,
+    start,
+    status_is,
+    wait_for,
+)
 from tests.conftest import CORPUS, ROOT
 from tests.services import (
     create_pg_database,
     drop_pg_database,
-    migrated_template,
     pg_url,
     require_postgres,
 )
@@ -302,27 +313,36 @@ def test_dynamic_workflow_router_default_route_needs_the_platform_in_process(
 # -- dynamic-workflow-router-2: switch → conditional → (router) → llm → slack --------------------
 
 
-def test_dynamic_workflow_router_2_automated_request_goes_through_the_team_router(
-    settings: Settings, llm: FakeLLMServer, slack: EchoServer
-) -> None:
-    request = {"type": "automated", "priority": "urgent", "area": "api", "ref": "dwr2-auto"}
-    posted_before = len(slack.requests)
-    result = run_workflow(
+def run_router_2(request: dict[str, Any], settings: Settings) -> WorkflowRunResult:
+    return run_workflow(
         definition("dynamic-workflow-router-2.json"), {"request": request}, settings=settings
     )
-    # The switch's only edge has no handle, so it runs the conditional whatever the case;
-    # `automated` takes the conditional's true branch through the team router.
-    assert statuses(result) == {
+
+
+def router_2_statuses(router_team: str) -> dict[str, str]:
+    """Node statuses of dynamic-workflow-router-2 as written, for either request type."""
+    return {
         "input-1": "succeeded",
         "switch-priority": "succeeded",
         "conditional-type": "succeeded",
-        "router-team": "succeeded",
-        "llm-process": "succeeded",
+        "router-team": router_team,
+        "llm-process": "succeeded",  # a join: it also runs with the false branch alone
         # Definition bug: the Slack node has a channel but no message. Failing the node with a
         # configuration error (nothing is posted) is right: Slack rejects an empty message.
         "integration-slack": "failed",
         "output-1": "not_run",
     }
+
+
+def test_dynamic_workflow_router_2_automated_request_goes_through_the_team_router(
+    settings: Settings, llm: FakeLLMServer, slack: EchoServer
+) -> None:
+    request = {"type": "automated", "priority": "urgent", "area": "api", "ref": "dwr2-auto"}
+    posted_before = len(slack.requests)
+    result = run_router_2(request, settings)
+    # The switch's only edge has no handle, so it runs the conditional whatever the case;
+    # `automated` takes the conditional's true branch through the team router.
+    assert statuses(result) == router_2_statuses(router_team="succeeded")
     assert result.status == "failed"
     assert result.output("switch-priority")["priorityCase"] == "urgent"
     assert result.output("conditional-type")["isAutomated"] is True
@@ -339,18 +359,8 @@ def test_dynamic_workflow_router_2_automated_request_goes_through_the_team_route
 
 def test_dynamic_workflow_router_2_manual_request_skips_the_router(settings: Settings) -> None:
     request = {"type": "manual", "priority": "someday", "ref": "dwr2-manual"}
-    result = run_workflow(
-        definition("dynamic-workflow-router-2.json"), {"request": request}, settings=settings
-    )
-    assert statuses(result) == {
-        "input-1": "succeeded",
-        "switch-priority": "succeeded",
-        "conditional-type": "succeeded",
-        "router-team": "skipped",
-        "llm-process": "succeeded",  # a join: runs with the false branch alone
-        "integration-slack": "failed",
-        "output-1": "not_run",
-    }
+    result = run_router_2(request, settings)
+    assert statuses(result) == router_2_statuses(router_team="skipped")
     switch = result.output("switch-priority")
     # No case matches: the default handle, and `defaultCase` names the case taken.
     assert switch["matched"] is None and switch["branch"] == "default"
@@ -826,6 +836,11 @@ def test_scheduled_task_orchestrator_2_fails_where_the_definition_is_wrong(
 
 # -- state-machine-workflow-2: a transition table in a code node, a guard conditional -----------
 
+# Every execution runs the nodes up to the guard.
+UP_TO_THE_GUARD = dict.fromkeys(
+    ("input-1", "shared-memory-1", "code-transition", "conditional-valid"), "succeeded"
+)
+
 
 def test_state_machine_workflow_2_invalid_transition_goes_straight_to_the_output(
     settings: Settings,
@@ -838,10 +853,7 @@ def test_state_machine_workflow_2_invalid_transition_goes_straight_to_the_output
         settings=settings,
     )
     assert statuses(result) == {
-        "input-1": "succeeded",
-        "shared-memory-1": "succeeded",
-        "code-transition": "succeeded",
-        "conditional-valid": "succeeded",
+        **UP_TO_THE_GUARD,
         "shared-memory-2": "skipped",
         "llm-action": "skipped",
         "integration-slack": "skipped",
@@ -862,10 +874,7 @@ def test_state_machine_workflow_2_valid_transition_updates_the_state(
         settings=settings,
     )
     assert statuses(result) == {
-        "input-1": "succeeded",
-        "shared-memory-1": "succeeded",
-        "code-transition": "succeeded",
-        "conditional-valid": "succeeded",
+        **UP_TO_THE_GUARD,
         "shared-memory-2": "succeeded",
         "llm-action": "succeeded",
         "integration-slack": "failed",  # no message text (definition bug, see above)
@@ -960,18 +969,8 @@ def test_state_machine_workflow_state_without_a_handler_skips_everything_after_t
 # -- on a real Dagster: humanReview and long waits through the API --------------------------------
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 180, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s (last: {last!r})")
-
-
 SECRET = "corpus-advanced-logic-secret-0123456789"
+TIMEOUT = 180  # s, for every wait on the stack: the module's runs overlap
 
 
 @pytest.fixture(scope="module")
@@ -981,96 +980,32 @@ def stack(
     """One `dagster dev` for the module. Run workers get the settings from the environment:
     the fake LLM as provider `openai`, loopback allowed, the echo server as the `slack`
     connection's webhook (named through a variable), and a 1 s waitpoint sensor."""
-    workdir = tmp_path_factory.mktemp("advanced-logic")
-    with migrated_template("sqlite", workdir) as template:
-        dagster = DagsterStack(
-            workdir / "home",
-            f"sqlite:///{template}",
-            extra_env={
-                "FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS": "1",
-                "FLOWMAESTRO_SECRET_KEY": SECRET,
-                "FLOWMAESTRO_CALLBACK_SIGNING_SECRET": SECRET,
-                "FLOWMAESTRO_LLM__PROVIDERS__OPENAI__BASE_URL": llm.url,
-                "FLOWMAESTRO_LLM__PROVIDERS__OPENAI__API_KEY": API_KEY,
-                "FLOWMAESTRO_HTTP__ALLOW_LOOPBACK": "true",
-                "FLOWMAESTRO_CONNECTIONS__SLACK__URL_ENV": SLACK_URL_VARIABLE,
-                SLACK_URL_VARIABLE: slack.url(SLACK_PATH),
-            },
-        )
-        dagster.start()
-        try:
-            yield dagster
-        finally:
-            dagster.stop()
+    env = {
+        "FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS": "1",
+        "FLOWMAESTRO_SECRET_KEY": SECRET,
+        "FLOWMAESTRO_CALLBACK_SIGNING_SECRET": SECRET,
+        "FLOWMAESTRO_LLM__PROVIDERS__OPENAI__BASE_URL": llm.url,
+        "FLOWMAESTRO_LLM__PROVIDERS__OPENAI__API_KEY": API_KEY,
+        "FLOWMAESTRO_HTTP__ALLOW_LOOPBACK": "true",
+        "FLOWMAESTRO_CONNECTIONS__SLACK__URL_ENV": SLACK_URL_VARIABLE,
+        SLACK_URL_VARIABLE: slack.url(SLACK_PATH),
+    }
+    with running_stack(tmp_path_factory.mktemp("advanced-logic"), extra_env=env) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def client(stack: DagsterStack) -> Iterator[TestClient]:
-    settings = ApiSettings(
-        database_url=stack.database_url,
-        dagster_graphql_url=stack.graphql_url,
-        dagster_ui_url=stack.ui_url,
-        secret_key=SECRET,
-        callback_signing_secret=SECRET,
-    )
-    dagster = DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
-    with TestClient(create_app(settings, dagster=dagster), raise_server_exceptions=False) as api:
-        yield api
+    """The API on the stack (the module's `settings` fixture is the in-process runs')."""
+    api = stack_settings(stack, secret_key=SECRET, callback_signing_secret=SECRET)
+    dagster = DagsterClient(api.dagster_graphql_url, instance=stack.instance())
+    with api_client(api, dagster) as test_client:
+        yield test_client
 
 
 @pytest.fixture(scope="module")
 def auth(stack: DagsterStack) -> dict[str, str]:
-    with session_scope(get_engine(stack.database_url)) as session:
-        user = ensure_user(session, email="corpus-advanced-logic@example.com")
-        key = create_api_key(session, user=user)
-    return {"Authorization": f"Bearer {key}"}
-
-
-def deploy(client: TestClient, auth: dict[str, str], name: str) -> str:
-    created = client.post("/workflows", json={"definition": definition(name)}, headers=auth)
-    assert created.status_code == 201, created.text
-    workflow_id: str = created.json()["id"]
-    deployed = client.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
-    assert deployed.status_code == 200 and deployed.json()["runnable"], deployed.text
-    return workflow_id
-
-
-def start(client: TestClient, auth: dict[str, str], workflow_id: str, inputs: Any) -> str:
-    response = client.post(
-        f"/workflows/{workflow_id}/executions", json={"inputs": inputs}, headers=auth
-    )
-    assert response.status_code == 201, response.text
-    execution_id: str = response.json()["id"]
-    return execution_id
-
-
-def execution(client: TestClient, auth: dict[str, str], execution_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = client.get(f"/executions/{execution_id}", headers=auth).json()
-    return body
-
-
-def reaches(
-    client: TestClient,
-    auth: dict[str, str],
-    execution_id: str,
-    check: Callable[[dict[str, Any]], bool],
-) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        body = execution(client, auth, execution_id)
-        return body if check(body) else None
-
-    result: dict[str, Any] = wait_for(probe)
-    return result
-
-
-def finished(client: TestClient, auth: dict[str, str], execution_id: str) -> dict[str, Any]:
-    return reaches(
-        client, auth, execution_id, lambda e: e["status"] in ("succeeded", "failed", "cancelled")
-    )
-
-
-def node_statuses(body: dict[str, Any]) -> dict[str, str]:
-    return {n["node_id"]: n["status"] for n in body["nodes"]}
+    return new_user(stack.database_url, "corpus-advanced-logic")
 
 
 def node(body: dict[str, Any], node_id: str) -> dict[str, Any]:
@@ -1082,17 +1017,11 @@ def pending_approvals(
     client: TestClient, auth: dict[str, str], execution_id: str, count: int
 ) -> list[dict[str, Any]]:
     def probe() -> list[dict[str, Any]] | None:
-        items = client.get("/approvals", headers=auth).json()["items"]
-        mine = [a for a in items if a["execution_id"] == execution_id]
+        mine = approvals_of(client, auth, execution_id)
         return mine if len(mine) == count else None
 
-    found: list[dict[str, Any]] = wait_for(probe)
+    found: list[dict[str, Any]] = wait_for(probe, TIMEOUT)
     return sorted(found, key=lambda a: a["iteration"])
-
-
-def decide(client: TestClient, auth: dict[str, str], approval_id: str, **decision: Any) -> None:
-    response = client.post(f"/approvals/{approval_id}/decision", json=decision, headers=auth)
-    assert response.status_code == 200, response.text
 
 
 def make_waits_due(database_url: str, execution_id: str) -> int:
@@ -1129,8 +1058,8 @@ def step_failures(stack: DagsterStack, run_id: str) -> dict[str, str]:
 def started(client: TestClient, auth: dict[str, str]) -> dict[str, str]:
     """Every stack execution of the module, started at once so that their runs overlap (a run
     worker takes ~15 s to start on this machine); each test then drives its own."""
-    router = deploy(client, auth, "dynamic-workflow-router.json")
-    chain = deploy(client, auth, "multi-level-approval-chain.json")
+    router = deploy(client, auth, definition("dynamic-workflow-router.json"))
+    chain = deploy(client, auth, definition("multi-level-approval-chain.json"))
     return {
         "router": start(client, auth, router, {"userRequest": ASK_A_PERSON}),
         "chain-3": start(client, auth, chain, {"request": LEVEL_3_REQUEST}),
@@ -1183,7 +1112,7 @@ def test_stack_dynamic_workflow_router_default_route_asks_a_person(
     """An answer that names no route takes `defaultRoute: other`, whose edge (`default`)
     leads to a humanReview: the execution parks until a person routes it."""
     execution_id = started["router"]
-    waiting = reaches(client, auth, execution_id, lambda e: e["status"] == "waiting")
+    waiting = status_is(client, auth, execution_id, "waiting", timeout=TIMEOUT)
     handlers = ["llm-support", "llm-sales", "llm-billing", "llm-feedback"]
     assert node_statuses(waiting) == {
         "input-request": "succeeded",
@@ -1208,7 +1137,7 @@ def test_stack_dynamic_workflow_router_default_route_asks_a_person(
         value="partnerships",
         comment="sponsorships go to partnerships",
     )
-    done = finished(client, auth, execution_id)
+    done = finished(client, auth, execution_id, TIMEOUT)
     assert done["status"] == "succeeded"
     assert node_statuses(done) == {
         "input-request": "succeeded",
@@ -1235,7 +1164,7 @@ def level_3_chain(
     due. Returns the execution as seen at each stop."""
     execution_id = started["chain-3"]
     seen: dict[str, dict[str, Any]] = {}
-    seen["approvals"] = reaches(client, auth, execution_id, lambda e: e["status"] == "waiting")
+    seen["approvals"] = status_is(client, auth, execution_id, "waiting", timeout=TIMEOUT)
     approvals = pending_approvals(client, auth, execution_id, 2)
     seen["approvals"]["pending"] = approvals
     decide(client, auth, approvals[0]["id"], decision="approve", comment="fine by the CEO")
@@ -1245,9 +1174,9 @@ def level_3_chain(
         waits = [w for w in body["waitpoints"] if w["kind"] == "datetime"]
         return body["status"] == "waiting" and len(waits) == 2
 
-    seen["waits"] = reaches(client, auth, execution_id, waits_parked)
+    seen["waits"] = reaches(client, auth, execution_id, waits_parked, TIMEOUT)
     assert make_waits_due(stack.database_url, execution_id) == 2
-    seen["done"] = finished(client, auth, execution_id)
+    seen["done"] = finished(client, auth, execution_id, TIMEOUT)
     return seen
 
 
@@ -1360,10 +1289,10 @@ def test_stack_multi_level_approval_chain_all_approved_branch(
     started: dict[str, str],
 ) -> None:
     execution_id = started["chain-1"]
-    reaches(client, auth, execution_id, lambda e: e["status"] == "waiting")
+    status_is(client, auth, execution_id, "waiting", timeout=TIMEOUT)
     [approval] = pending_approvals(client, auth, execution_id, 1)
     decide(client, auth, approval["id"], decision="approve")
-    done = finished(client, auth, execution_id)
+    done = finished(client, auth, execution_id, TIMEOUT)
     assert done["status"] == "failed"
     assert node_statuses(done) == {
         "input-1": "succeeded",

@@ -26,6 +26,8 @@ from flowmaestro_dagster.nodes.database import SQLError, execute_database, param
 from flowmaestro_dagster.settings import Settings
 from flowmaestro_dagster.spec.configs import DatabaseConfig
 from flowmaestro_dagster.testing import run_workflow
+from tests.builders import chain, node
+from tests.services import require_postgres
 
 PG_URL = os.environ.get(
     "FLOWMAESTRO_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -36,16 +38,7 @@ EVIL = "x'); DROP TABLE {table}; --"
 @pytest.fixture
 def postgres_url() -> str:
     """The local PostgreSQL; skipped when unreachable, except under CI=true (a failure)."""
-    engine = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required under CI=true and is unreachable: {exc}")
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
-    finally:
-        engine.dispose()
+    require_postgres(PG_URL)
     return PG_URL
 
 
@@ -308,33 +301,13 @@ def test_postgres_urls_must_name_psycopg2() -> None:
 
 def test_database_node_in_a_job(database: tuple[str, str]) -> None:
     url, table = database
-    definition = {
-        "name": "db job",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "email"}},
-            "q": {
-                "type": "database",
-                "config": {
-                    "connectionId": "main",
-                    "provider": "postgresql",
-                    "operation": "query",
-                    "parameters": {
-                        "query": f"SELECT name FROM {table} WHERE email = $1",
-                        "values": ["{{email}}"],
-                    },
-                    "outputVariable": "people",
-                },
-            },
-            "out": {
-                "type": "output",
-                "config": {"outputName": "name", "value": "{{people.rows[0].name}}"},
-            },
-        },
-        "edges": [
-            {"id": "a", "source": "in", "target": "q"},
-            {"id": "b", "source": "q", "target": "out"},
-        ],
-    }
+    query = {"query": f"SELECT name FROM {table} WHERE email = $1", "values": ["{{email}}"]}
+    definition = chain(
+        node("in", "input", inputName="email"),
+        node("q", "database", connectionId="main", provider="postgresql", operation="query", parameters=query, outputVariable="people"),
+        node("out", "output", outputName="name", value="{{people.rows[0].name}}"),
+        name="db job",
+    )  # fmt: skip
     result = run_workflow(
         definition, {"email": "ann@corp.eu"}, settings=Settings(databases={"main": url})
     )

@@ -13,40 +13,24 @@ from flowmaestro_dagster.engines.local import execute_workflow
 from flowmaestro_dagster.engines.results import WorkflowRunResult
 from flowmaestro_dagster.runtime.progress import parse_progress
 from flowmaestro_dagster.testing import resources_for
-from tests.conftest import flow
+from tests.builders import chain, flow, node
 
 Run = Callable[..., WorkflowRunResult]
 
 
 def batch_flow(**batch: Any) -> dict[str, Any]:
     """Each item x becomes 1 / x (x = 0 fails), then an output reads the batch's summary."""
+    config = {"items": "{{xs}}", "itemVariable": "x", "batchSize": 2, "concurrency": 2}
     return flow(
         [
-            {"id": "in", "type": "input", "inputName": "xs", "inputType": "json"},
-            {
-                "id": "batch",
-                "type": "batch",
-                "label": "Invert",
-                "items": "{{xs}}",
-                "itemVariable": "x",
-                "batchSize": 2,
-                "concurrency": 2,
-                "outputVariable": "inverted",
-                **batch,
-            },
-            {
-                "id": "inv",
-                "type": "transform",
-                "operation": "custom",
-                "inputData": "{{x}}",
-                "expression": "1 / $",
-                "outputVariable": "inverse",
-            },
-            {"id": "out", "type": "output", "outputName": "summary", "value": "{{inverted}}"},
-            {"id": "ok", "type": "output", "outputName": "ok", "value": "{{batch.succeeded}}"},
+            node("in", "input", inputName="xs", inputType="json"),
+            node("batch", "batch", label="Invert", **config | {"outputVariable": "inverted"} | batch),
+            node("inv", "transform", operation="custom", inputData="{{x}}", expression="1 / $", outputVariable="inverse"),
+            node("out", "output", outputName="summary", value="{{inverted}}"),
+            node("ok", "output", outputName="ok", value="{{batch.succeeded}}"),
         ],
         [("in", "batch"), ("batch", "inv"), ("inv", "out"), ("inv", "ok")],
-    )
+    )  # fmt: skip
 
 
 def problems_of(definition: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
@@ -143,15 +127,8 @@ def test_batch_body_runs_inside_the_batch_op_and_reports_progress() -> None:
     progress = [parse_progress(r.event_log_entry.user_message) for r in records]
     reports = [p for p in progress if p is not None]
     assert reports[0]["done"] == 0 and reports[0]["total"] == 4
-    assert reports[-1] == {
-        "node_id": "batch",
-        "done": 4,
-        "total": 4,
-        "succeeded": 3,
-        "failed": 1,
-        "skipped": 0,
-        "finished": True,
-    }
+    summary = {"done": 4, "total": 4, "succeeded": 3, "failed": 1, "skipped": 0, "finished": True}
+    assert reports[-1] == {"node_id": "batch", **summary}
     assert any("2/4 done" in (r.event_log_entry.user_message or "") for r in records)
 
 
@@ -178,13 +155,11 @@ def test_bad_batch_settings_are_errors_naming_node_and_field(
 
 
 def test_a_wait_inside_a_batch_body_is_an_error() -> None:
-    definition = flow(
-        [
-            {"id": "b", "type": "batch", "items": [1, 2]},
-            {"id": "pause", "type": "wait", "duration": 1000},
-            {"id": "out", "type": "output", "outputName": "r", "value": "{{b.results}}"},
-        ],
-        [("b", "pause"), ("pause", "out")],
+    definition = chain(
+        node("b", "batch", items=[1, 2]),
+        node("pause", "wait", duration=1000),
+        node("out", "output", outputName="r", value="{{b.results}}"),
+        react=True,
     )
     assert ("waitpoint_in_batch", "pause", "type") in problems_of(definition)
 
@@ -195,17 +170,12 @@ def test_a_wait_inside_a_batch_body_is_an_error() -> None:
 def retry_flow(config_edges: list[tuple[str, ...]], **config: Any) -> dict[str, Any]:
     return flow(
         [
-            {"id": "in", "type": "input", "inputName": "x"},
-            {"id": "before", "type": "transform", "operation": "passthrough"},
-            {"id": "defaults", "type": "retryConfig", "label": "Retry defaults", **config},
-            {"id": "call", "type": "llm", "prompt": "{{x}}"},
-            {
-                "id": "own",
-                "type": "llm",
-                "prompt": "{{x}}",
-                "retry": {"maxAttempts": 2, "minDelayMs": 50},
-            },
-            {"id": "pure", "type": "transform", "operation": "passthrough"},
+            node("in", "input", inputName="x"),
+            node("before", "transform", operation="passthrough"),
+            node("defaults", "retryConfig", label="Retry defaults", **config),
+            node("call", "llm", prompt="{{x}}"),
+            node("own", "llm", prompt="{{x}}", retry={"maxAttempts": 2, "minDelayMs": 50}),
+            node("pure", "transform", operation="passthrough"),
         ],
         [
             ("in", "before"),
@@ -250,11 +220,11 @@ def test_retry_config_without_incoming_edges_applies_to_the_whole_workflow() -> 
 def test_the_nearest_retry_config_wins_key_by_key() -> None:
     definition = flow(
         [
-            {"id": "wide", "type": "retryConfig", "maxAttempts": 4, "minDelayMs": 300},
-            {"id": "in", "type": "input", "inputName": "x"},
-            {"id": "outer", "type": "retryConfig", "maxAttempts": 6, "backoffStrategy": "linear"},
-            {"id": "inner", "type": "retryConfig", "maxAttempts": 2},
-            {"id": "t", "type": "transform", "operation": "passthrough"},
+            node("wide", "retryConfig", maxAttempts=4, minDelayMs=300),
+            node("in", "input", inputName="x"),
+            node("outer", "retryConfig", maxAttempts=6, backoffStrategy="linear"),
+            node("inner", "retryConfig", maxAttempts=2),
+            node("t", "transform", operation="passthrough"),
         ],
         [("in", "outer"), ("outer", "inner"), ("inner", "t")],
     )
@@ -263,15 +233,13 @@ def test_the_nearest_retry_config_wins_key_by_key() -> None:
 
 
 def test_retry_config_runs_as_a_passthrough_that_keeps_edges_in_order(run: Run) -> None:
-    definition = flow(
-        [
-            {"id": "in", "type": "input", "inputName": "x"},
-            {"id": "defaults", "type": "retryConfig", "maxAttempts": 2},
-            {"id": "q", "type": "queueConfig", "priority": "high"},
-            {"id": "t", "type": "transform", "transformType": "template", "template": "{{x}}!"},
-            {"id": "out", "type": "output", "outputName": "r", "value": "{{t.result}}"},
-        ],
-        [("in", "defaults"), ("defaults", "q"), ("q", "t"), ("t", "out")],
+    definition = chain(
+        node("in", "input", inputName="x"),
+        node("defaults", "retryConfig", maxAttempts=2),
+        node("q", "queueConfig", priority="high"),
+        node("t", "transform", transformType="template", template="{{x}}!"),
+        node("out", "output", outputName="r", value="{{t.result}}"),
+        react=True,
     )
     result = run(definition, {"x": "hi"})
     assert result.status == "succeeded" and result.outputs == {"r": "hi!"}
@@ -292,7 +260,12 @@ def test_retry_config_runs_as_a_passthrough_that_keeps_edges_in_order(run: Run) 
 def test_bad_retry_config_values_are_errors_naming_node_and_field(
     config: dict[str, Any], field: str
 ) -> None:
-    definition = flow([{"id": "rc", "type": "retryConfig", **config}], [])
+    definition = flow(
+        [
+            node("rc", "retryConfig", **config),
+        ],
+        [],
+    )
     errors = problems_of(definition)
     assert any(code == "invalid_retry" and node == "rc" for code, node, _ in errors), errors
     assert any(f is not None and f.startswith(field) for _, _, f in errors), errors
@@ -302,21 +275,11 @@ def test_bad_retry_config_values_are_errors_naming_node_and_field(
 
 
 def test_queue_config_is_exposed_on_the_compiled_workflow_and_as_job_tags() -> None:
-    definition = {
-        "name": "Urgent",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "customer"}},
-            "q": {
-                "type": "queueConfig",
-                "config": {
-                    "priority": "high",
-                    "queueName": "ai-workflows",
-                    "concurrencyKey": "customer-{{customer}}",
-                },
-            },
-        },
-        "edges": [{"id": "e", "source": "in", "target": "q"}],
-    }
+    definition = chain(
+        node("in", "input", inputName="customer"),
+        node("q", "queueConfig", priority="high", queueName="ai-workflows", concurrencyKey="customer-{{customer}}"),
+        name="Urgent",
+    )  # fmt: skip
     compiled = build_job(definition)
     settings = compiled.queue_settings
     assert settings is not None
@@ -325,7 +288,17 @@ def test_queue_config_is_exposed_on_the_compiled_workflow_and_as_job_tags() -> N
     assert compiled.job.tags["dagster/priority"] == "10"
     assert compiled.job.tags["flowmaestro/queue"] == "ai-workflows"
     assert "flowmaestro/concurrency_key" not in compiled.job.tags  # rendered per execution
-    assert build_job(flow([{"id": "i", "type": "input"}], [])).queue_settings is None
+    assert (
+        build_job(
+            flow(
+                [
+                    node("i", "input"),
+                ],
+                [],
+            )
+        ).queue_settings
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -341,15 +314,22 @@ def test_queue_config_is_exposed_on_the_compiled_workflow_and_as_job_tags() -> N
 def test_bad_queue_config_values_are_errors_naming_node_and_field(
     config: dict[str, Any], field: str
 ) -> None:
-    errors = problems_of(flow([{"id": "q", "type": "queueConfig", **config}], []))
+    errors = problems_of(
+        flow(
+            [
+                node("q", "queueConfig", **config),
+            ],
+            [],
+        )
+    )
     assert ("invalid_config", "q", field) in errors, errors
 
 
 def test_a_second_queue_config_is_an_error() -> None:
     definition = flow(
         [
-            {"id": "q1", "type": "queueConfig", "priority": 1},
-            {"id": "q2", "type": "queueConfig", "priority": 2},
+            node("q1", "queueConfig", priority=1),
+            node("q2", "queueConfig", priority=2),
         ],
         [],
     )

@@ -15,7 +15,7 @@ from flowmaestro_dagster.errors import (
 from flowmaestro_dagster.nodes import NodeResult
 from flowmaestro_dagster.settings import HttpSettings, Settings
 from flowmaestro_dagster.testing import EchoServer, run_workflow
-from tests.conftest import flow
+from tests.builders import chain, node
 from tests.test_llm import run_node
 
 INPUTS = {"id": 7, "name": 'Ann "the" Admin', "tags": ["a", "b"], "user": {"id": 7, "vip": True}}
@@ -410,29 +410,12 @@ def test_a_redirect_to_a_refused_address_is_refused(echo: EchoServer, target: st
 
 
 def api_flow(url: str, **http_options: Any) -> dict[str, Any]:
-    return flow(
-        [
-            {"id": "user", "type": "input", "inputName": "user"},
-            {
-                "id": "call",
-                "type": "http",
-                "method": "POST",
-                "url": url,
-                "headers": [{"key": "X-User", "value": "{{user.id}}"}],
-                "body": {"user": "{{user}}"},
-                "outputVariable": "response",
-                "retry": {"maxAttempts": 2, "minDelayMs": 0},
-                **http_options,
-            },
-            {
-                "id": "out",
-                "type": "output",
-                "outputName": "result",
-                "value": "{{response.status}} {{response.data.json.user.id}}",
-            },
-        ],
-        [("user", "call"), ("call", "out")],
-    )
+    return chain(
+        node("user", "input", inputName="user"),
+        node("call", "http", method="POST", url=url, headers=[{"key": "X-User", "value": "{{user.id}}"}], body={"user": "{{user}}"}, outputVariable="response", retry={"maxAttempts": 2, "minDelayMs": 0}, **http_options),
+        node("out", "output", outputName="result", value="{{response.status}} {{response.data.json.user.id}}"),
+        react=True,
+    )  # fmt: skip
 
 
 def test_http_in_a_compiled_job(echo: EchoServer) -> None:

@@ -21,7 +21,7 @@ from flowmaestro_dagster.settings import LLMProvider, LLMSettings, Settings
 from flowmaestro_dagster.spec.configs import normalise_config
 from flowmaestro_dagster.testing import FakeLLMServer, FakeReply, run_workflow
 from flowmaestro_dagster.testing.fake_llm import API_KEY
-from tests.conftest import flow
+from tests.builders import chain, flow, node
 
 
 @pytest.fixture
@@ -397,22 +397,13 @@ def test_embeddings_errors_are_classified(llm: FakeLLMServer) -> None:
 
 def test_vision_and_embeddings_in_a_compiled_job(llm: FakeLLMServer) -> None:
     llm.enqueue("a red bicycle")
-    definition = flow(
-        [
-            {"id": "photo", "type": "input", "inputName": "photoUrl"},
-            {
-                "id": "look",
-                "type": "vision",
-                "model": "gpt-4o",
-                "imageInput": "{{photoUrl}}",
-                "prompt": "What is it?",
-                "outputVariable": "seen",
-            },
-            {"id": "embed", "type": "embeddings", "model": "e", "input": "{{seen.text}}"},
-            {"id": "out", "type": "output", "outputName": "dims", "value": "{{embed.dimensions}}"},
-        ],
-        [("photo", "look"), ("look", "embed"), ("embed", "out")],
-    )
+    definition = chain(
+        node("photo", "input", inputName="photoUrl"),
+        node("look", "vision", model="gpt-4o", imageInput="{{photoUrl}}", prompt="What is it?", outputVariable="seen"),
+        node("embed", "embeddings", model="e", input="{{seen.text}}"),
+        node("out", "output", outputName="dims", value="{{embed.dimensions}}"),
+        react=True,
+    )  # fmt: skip
     result = run_workflow(
         definition, {"photoUrl": "https://img.example/b.png"}, settings=llm.settings()
     )

@@ -32,7 +32,7 @@ from flowmaestro_dagster.errors import (
 from flowmaestro_dagster.settings import HttpSettings, Settings
 from flowmaestro_dagster.spec.policies import RetrySettings
 from flowmaestro_dagster.testing import EchoServer, FakeLLMServer, FakeReply, resources_for
-from tests.conftest import flow
+from tests.builders import chain, flow, node
 
 
 def settings(**values: Any) -> RetrySettings:
@@ -142,9 +142,9 @@ def test_type_defaults_and_http_retry_count() -> None:
     spec = build_job(
         flow(
             [
-                {"id": "a", "type": "llm", "prompt": "x"},
-                {"id": "h", "type": "http", "url": "https://x", "retryCount": 4},
-                {"id": "t", "type": "transform", "operation": "passthrough"},
+                node("a", "llm", prompt="x"),
+                node("h", "http", url="https://x", retryCount=4),
+                node("t", "transform", operation="passthrough"),
             ],
             [],
         )
@@ -165,7 +165,14 @@ def test_type_defaults_and_http_retry_count() -> None:
     ],
 )
 def test_invalid_settings_name_node_and_field(retry: dict[str, Any], field: str) -> None:
-    problems = validate(flow([{"id": "h", "type": "http", "url": "https://x", "retry": retry}], []))
+    problems = validate(
+        flow(
+            [
+                node("h", "http", url="https://x", retry=retry),
+            ],
+            [],
+        )
+    )
     errors = [p for p in problems if p.code == "invalid_retry"]
     assert errors and errors[0].node_id == "h" and errors[0].field == field
 
@@ -225,20 +232,11 @@ def echo() -> Iterator[EchoServer]:
 
 
 def llm_flow(retry: dict[str, Any]) -> dict[str, Any]:
-    return flow(
-        [
-            {"id": "topic", "type": "input", "inputName": "topic"},
-            {
-                "id": "ask",
-                "type": "llm",
-                "label": "Ask",
-                "model": "gpt-4o",
-                "prompt": "{{topic}}",
-                "retry": retry,
-            },
-            {"id": "out", "type": "output", "outputName": "answer", "value": "{{ask.text}}"},
-        ],
-        [("topic", "ask"), ("ask", "out")],
+    return chain(
+        node("topic", "input", inputName="topic"),
+        node("ask", "llm", label="Ask", model="gpt-4o", prompt="{{topic}}", retry=retry),
+        node("out", "output", outputName="answer", value="{{ask.text}}"),
+        react=True,
     )
 
 
@@ -279,36 +277,34 @@ def test_a_non_retryable_error_fails_at_once(llm: FakeLLMServer) -> None:
     assert len(llm.chat_requests) == 1
 
 
-def test_429_with_retry_after_2_waits_about_two_seconds(llm: FakeLLMServer) -> None:
-    llm.enqueue(FakeReply.rate_limited(retry_after=2), "after the wait")
-    retry = {"maxAttempts": 2, "minDelayMs": 0, "maxDelayMs": 10_000}
+def after_a_429(llm: FakeLLMServer, retry_after: int, max_delay_ms: int) -> Measured:
+    """A 429 with Retry-After, then an answer, to a node retried once: the (successful) run."""
+    llm.enqueue(FakeReply.rate_limited(retry_after=retry_after), "after the wait")
+    retry = {"maxAttempts": 2, "minDelayMs": 0, "maxDelayMs": max_delay_ms}
     run = run_measured(llm_flow(retry), "ask", llm.settings(), {"topic": "x"})
     assert run.result.status == "succeeded"
+    return run
+
+
+def test_429_with_retry_after_2_waits_about_two_seconds(llm: FakeLLMServer) -> None:
+    run = after_a_429(llm, retry_after=2, max_delay_ms=10_000)
     assert run.requested_waits == [2.0]
     [waited] = run.measured_waits
     assert 1.7 <= waited <= 5.0
 
 
 def test_retry_after_is_capped_by_max_delay(llm: FakeLLMServer) -> None:
-    llm.enqueue(FakeReply.rate_limited(retry_after=120), "ok")
-    retry = {"maxAttempts": 2, "minDelayMs": 0, "maxDelayMs": 400}
-    run = run_measured(llm_flow(retry), "ask", llm.settings(), {"topic": "x"})
-    assert run.result.status == "succeeded"
+    run = after_a_429(llm, retry_after=120, max_delay_ms=400)
     assert run.requested_waits == [0.4]
 
 
 def test_exhausted_retries_fail_with_the_last_error(echo: EchoServer) -> None:
     definition = flow(
         [
-            {
-                "id": "call",
-                "type": "http",
-                "url": echo.url("/status/503"),
-                "retry": {"maxAttempts": 3, "backoffStrategy": "fixed", "minDelayMs": 50},
-            }
+            node("call", "http", url=echo.url("/status/503"), retry={"maxAttempts": 3, "backoffStrategy": "fixed", "minDelayMs": 50}),
         ],
         [],
-    )
+    )  # fmt: skip
     config = Settings().model_copy(update={"http": HttpSettings(allow_loopback=True)})
     run = run_measured(definition, "call", config, {})
     assert run.result.status == "failed"
@@ -321,16 +317,10 @@ def test_exhausted_retries_fail_with_the_last_error(echo: EchoServer) -> None:
 def test_http_404_with_fail_on_error_is_not_retried(echo: EchoServer) -> None:
     definition = flow(
         [
-            {
-                "id": "call",
-                "type": "http",
-                "url": echo.url("/status/404"),
-                "failOnError": True,
-                "retry": {"maxAttempts": 3, "minDelayMs": 0},
-            }
+            node("call", "http", url=echo.url("/status/404"), failOnError=True, retry={"maxAttempts": 3, "minDelayMs": 0}),
         ],
         [],
-    )
+    )  # fmt: skip
     config = Settings().model_copy(update={"http": HttpSettings(allow_loopback=True)})
     run = run_measured(definition, "call", config, {})
     assert run.result.status == "failed" and run.of(UP_FOR_RETRY) == []
@@ -340,16 +330,10 @@ def test_http_404_with_fail_on_error_is_not_retried(echo: EchoServer) -> None:
 def test_a_retryable_errors_pattern_retries_a_404(echo: EchoServer) -> None:
     definition = flow(
         [
-            {
-                "id": "call",
-                "type": "http",
-                "url": echo.url("/status/404"),
-                "failOnError": True,
-                "retry": {"maxAttempts": 2, "minDelayMs": 0, "retryableErrors": ["404"]},
-            }
+            node("call", "http", url=echo.url("/status/404"), failOnError=True, retry={"maxAttempts": 2, "minDelayMs": 0, "retryableErrors": ["404"]}),
         ],
         [],
-    )
+    )  # fmt: skip
     config = Settings().model_copy(update={"http": HttpSettings(allow_loopback=True)})
     run = run_measured(definition, "call", config, {})
     assert run.result.status == "failed"

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from dagster import DagsterEventType, EventRecordsFilter, RunsFilter
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from flowmaestro_api.main import create_app
 from flowmaestro_api.security import ensure_user
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.compile.compiler import RUN_ON_TAG
@@ -33,6 +32,7 @@ from flowmaestro_dagster.errors import CeleryUnavailableError, InvalidWorkflowEr
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import NodeOutput
 from tests.api.conftest import make_key
+from tests.api.e2e import api_client, finished, stack_settings, start, wait_for
 from tests.services import (
     REDIS_URL,
     DagsterStack,
@@ -262,16 +262,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
     require_redis()
@@ -308,14 +298,11 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
 
             by_host = wait_for(consuming, timeout=60)
             app.close()
-            settings = ApiSettings(
-                database_url=url,
-                dagster_graphql_url=stack.graphql_url,
-                dagster_ui_url=stack.ui_url,
-                **{k.removeprefix("FLOWMAESTRO_").lower(): v for k, v in celery_env.items()},
+            settings = stack_settings(
+                stack, **{k.removeprefix("FLOWMAESTRO_").lower(): v for k, v in celery_env.items()}
             )
             dagster = DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
-            with TestClient(create_app(settings, dagster=dagster)) as client:
+            with api_client(settings, dagster) as client:
                 auth = make_key(url, EMAIL)
                 yield Scaled(stack, client, auth, dagster, by_host, queue, workflows)
         finally:
@@ -325,24 +312,11 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
 
 
 def _execute(scaled: Scaled, workflow: str, inputs: dict[str, Any]) -> str:
-    client, auth, workflow_id = scaled.client, scaled.auth, scaled.workflows[workflow]
-    started = client.post(
-        f"/workflows/{workflow_id}/executions", json={"inputs": inputs}, headers=auth
-    )
-    assert started.status_code == 201, started.text
-    execution_id: str = started.json()["id"]
-    return execution_id
+    return start(scaled.client, scaled.auth, scaled.workflows[workflow], inputs)
 
 
 def _finished(scaled: Scaled, execution_id: str, timeout: float = 120) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        body: dict[str, Any] = scaled.client.get(
-            f"/executions/{execution_id}", headers=scaled.auth
-        ).json()
-        return body if body["status"] in ("succeeded", "failed", "cancelled") else None
-
-    result: dict[str, Any] = wait_for(done, timeout=timeout, interval=0.5)
-    return result
+    return finished(scaled.client, scaled.auth, execution_id, timeout)
 
 
 def _runs(scaled: Scaled, execution_id: str) -> list[Any]:

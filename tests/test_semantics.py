@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from flowmaestro_dagster.engines.results import WorkflowRunResult
-from tests.conftest import flow
+from tests.builders import chain, flow, node
 
 Run = Callable[..., WorkflowRunResult]
 
@@ -196,12 +196,10 @@ def test_failure_cascades_downstream_while_other_branches_finish(run: Run) -> No
 
 
 def test_node_without_executor_fails_with_a_clear_error(run: Run) -> None:
-    definition = flow(
-        [
-            {"id": "in", "type": "input", "inputName": "x"},
-            {"id": "ask", "type": "webSearch", "query": "{{x}}"},
-        ],
-        [("in", "ask")],
+    definition = chain(
+        node("in", "input", inputName="x"),
+        node("ask", "webSearch", query="{{x}}"),
+        react=True,
     )
     result = run(definition, {"x": "q"})
     assert result.status == "failed"
@@ -275,34 +273,14 @@ def test_loop_over_an_empty_list_runs_zero_iterations_and_exits_get_empty_lists(
 def test_loop_with_body_handles_and_an_exit_after_the_loop(run: Run) -> None:
     definition = flow(
         [
-            {"id": "in", "type": "input", "inputName": "xs", "inputType": "json"},
-            {
-                "id": "loop",
-                "type": "loop",
-                "items": "{{xs}}",
-                "itemVariable": "x",
-                "outputVariable": "doubled",
-            },
-            {
-                "id": "double",
-                "type": "transform",
-                "operation": "custom",
-                "inputData": "{{x}}",
-                "expression": "$ * 2",
-                "outputVariable": "value",
-            },
-            {
-                "id": "total",
-                "type": "transform",
-                "operation": "custom",
-                "inputData": "{{doubled}}",
-                "expression": "$sum($.value)",
-                "outputVariable": "sum",
-            },
-            {"id": "out", "type": "output", "outputName": "sum", "value": "{{sum}}"},
+            node("in", "input", inputName="xs", inputType="json"),
+            node("loop", "loop", items="{{xs}}", itemVariable="x", outputVariable="doubled"),
+            node("double", "transform", operation="custom", inputData="{{x}}", expression="$ * 2", outputVariable="value"),
+            node("total", "transform", operation="custom", inputData="{{doubled}}", expression="$sum($.value)", outputVariable="sum"),
+            node("out", "output", outputName="sum", value="{{sum}}"),
         ],
         [("in", "loop"), ("loop", "double", "body"), ("loop", "total", "done"), ("total", "out")],
-    )
+    )  # fmt: skip
     result = run(definition, {"xs": [1, 2, 3]})
     assert result.nodes["total"].iterations is None  # ran once, after the loop
     assert result.outputs == {"sum": 12}
@@ -329,25 +307,13 @@ def test_nested_loop_runs_inline_per_outer_item(run: Run) -> None:
 def test_while_loop_iterates_until_its_condition_fails(run: Run) -> None:
     definition = flow(
         [
-            {"id": "in", "type": "input", "inputName": "limit", "inputType": "number"},
-            {
-                "id": "loop",
-                "type": "loop",
-                "loopType": "while",
-                "condition": "(step.n || 0) < limit",
-                "maxIterations": 10,
-            },
-            {
-                "id": "step",
-                "type": "transform",
-                "operation": "custom",
-                "inputData": "{{index}}",
-                "expression": "{ 'n': $ + 1 }",
-            },
-            {"id": "out", "type": "output", "outputName": "count", "value": "{{loop.count}}"},
+            node("in", "input", inputName="limit", inputType="number"),
+            node("loop", "loop", loopType="while", condition="(step.n || 0) < limit", maxIterations=10),
+            node("step", "transform", operation="custom", inputData="{{index}}", expression="{ 'n': $ + 1 }"),
+            node("out", "output", outputName="count", value="{{loop.count}}"),
         ],
         [("in", "loop"), ("loop", "step", "body"), ("loop", "out", "done")],
-    )
+    )  # fmt: skip
     result = run(definition, {"limit": 4})
     assert result.status == "succeeded"
     assert result.outputs == {"count": 4}
@@ -403,39 +369,23 @@ def test_final_outputs_merge_output_nodes_else_sinks(run: Run) -> None:
 
 
 def test_missing_optional_input_uses_default_value(run: Run) -> None:
-    definition = flow(
-        [
-            {"id": "in", "type": "input", "inputName": "who", "defaultValue": "world"},
-            {"id": "out", "type": "output", "outputName": "greeting", "value": "hello {{who}}"},
-        ],
-        [("in", "out")],
+    definition = chain(
+        node("in", "input", inputName="who", defaultValue="world"),
+        node("out", "output", outputName="greeting", value="hello {{who}}"),
+        react=True,
     )
     assert run(definition).outputs == {"greeting": "hello world"}
     assert run(definition, {"who": "Ada"}).outputs == {"greeting": "hello Ada"}
 
 
 def test_shared_memory_reads_writes_made_upstream(run: Run) -> None:
-    definition = flow(
-        [
-            {"id": "in", "type": "input", "inputName": "v"},
-            {
-                "id": "put",
-                "type": "shared-memory",
-                "operation": "set",
-                "key": "k-{{v}}",
-                "value": "{{v}}",
-            },
-            {
-                "id": "get",
-                "type": "shared-memory",
-                "operation": "get",
-                "key": "k-{{v}}",
-                "outputVariable": "got",
-            },
-            {"id": "find", "type": "shared-memory", "operation": "search", "searchQuery": "{{v}}"},
-            {"id": "out", "type": "output", "outputName": "got", "value": "{{got}}"},
-        ],
-        [("in", "put"), ("put", "get"), ("get", "find"), ("find", "out")],
+    definition = chain(
+        node("in", "input", inputName="v"),
+        node("put", "shared-memory", operation="set", key="k-{{v}}", value="{{v}}"),
+        node("get", "shared-memory", operation="get", key="k-{{v}}", outputVariable="got"),
+        node("find", "shared-memory", operation="search", searchQuery="{{v}}"),
+        node("out", "output", outputName="got", value="{{got}}"),
+        react=True,
     )
     result = run(definition, {"v": "blue"})
     assert result.outputs == {"got": "blue"}

@@ -18,7 +18,7 @@ from flowmaestro_dagster.spec.configs import (
     normalise_config,
 )
 from flowmaestro_dagster.spec.parse import parse_workflow
-from tests.conftest import flow
+from tests.builders import flow, node
 
 
 def test_react_flow_shape_becomes_spec_with_labels_and_original_config() -> None:
@@ -78,7 +78,13 @@ def test_corpus_wrapper_is_unwrapped_and_metadata_kept() -> None:
     wrapped = {
         "name": "Outer",
         "category": "sales",
-        "definition": flow([{"id": "a", "type": "input", "inputName": "x"}], [], name="Inner"),
+        "definition": flow(
+            [
+                node("a", "input", inputName="x"),
+            ],
+            [],
+            name="Inner",
+        ),
     }
     spec, problems = parse_workflow(json.dumps(wrapped))
     assert problems == [] and spec is not None
@@ -89,8 +95,8 @@ def test_corpus_wrapper_is_unwrapped_and_metadata_kept() -> None:
 def test_comment_nodes_and_their_edges_are_dropped() -> None:
     definition = flow(
         [
-            {"id": "a", "type": "input", "inputName": "x"},
-            {"id": "note", "type": "comment", "text": "hi"},
+            node("a", "input", inputName="x"),
+            node("note", "comment", text="hi"),
         ],
         [("note", "a")],
     )
@@ -100,14 +106,19 @@ def test_comment_nodes_and_their_edges_are_dropped() -> None:
 
 
 def test_provider_id_types_become_integration_nodes() -> None:
-    definition = flow([{"id": "s", "type": "slack", "action": "sendMessage", "channel": "#x"}], [])
+    definition = flow(
+        [
+            node("s", "slack", action="sendMessage", channel="#x"),
+        ],
+        [],
+    )
     spec, _ = parse_workflow(definition)
     assert spec is not None
-    node = spec.nodes["s"]
-    assert node.type == "integration" and node.source_type == "slack"
-    assert isinstance(node.config, IntegrationConfig)
-    assert node.config.provider == "slack" and node.config.operation == "sendMessage"
-    assert node.config.parameters == {"channel": "#x"}
+    slack = spec.nodes["s"]
+    assert slack.type == "integration" and slack.source_type == "slack"
+    assert isinstance(slack.config, IntegrationConfig)
+    assert slack.config.provider == "slack" and slack.config.operation == "sendMessage"
+    assert slack.config.parameters == {"channel": "#x"}
 
 
 @pytest.mark.parametrize(

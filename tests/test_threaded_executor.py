@@ -58,7 +58,7 @@ from flowmaestro_dagster.engines.local import (
 )
 from flowmaestro_dagster.engines.results import WorkflowRunResult
 from flowmaestro_dagster.testing import resources_for
-from tests.conftest import flow
+from tests.builders import chain, flow, node
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 30.0  # seconds a barrier waits before it breaks: only reached when something is wrong
@@ -865,22 +865,13 @@ def test_workflow_max_concurrent_nodes_limits_the_branches(instance: DagsterInst
 
 
 def test_workflow_loop_items_run_concurrently_up_to_the_limit(instance: DagsterInstance) -> None:
-    definition = flow(
-        [
-            {"id": "in", "type": "input", "inputName": "xs", "inputType": "json"},
-            {"id": "loop", "type": "loop", "items": "{{xs}}", "itemVariable": "x"},
-            {
-                "id": "slow",
-                "type": "transform",
-                "operation": "passthrough",
-                "inputData": "{{x}}",
-                "delayMs": 300,
-                "outputVariable": "value",
-            },
-            {"id": "out", "type": "output", "outputName": "values", "value": "{{loop.results}}"},
-        ],
-        [("in", "loop"), ("loop", "slow"), ("slow", "out")],
-    )
+    definition = chain(
+        node("in", "input", inputName="xs", inputType="json"),
+        node("loop", "loop", items="{{xs}}", itemVariable="x"),
+        node("slow", "transform", operation="passthrough", inputData="{{x}}", delayMs=300, outputVariable="value"),
+        node("out", "output", outputName="values", value="{{loop.results}}"),
+        react=True,
+    )  # fmt: skip
     definition["settings"] = {"maxConcurrentNodes": 3}
     result = run_workflow_threaded(definition, {"xs": list(range(7))}, instance=instance)
     assert result.status == "succeeded"

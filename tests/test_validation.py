@@ -8,7 +8,7 @@ from flowmaestro_dagster.compile.validation import validate
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.errors import InvalidWorkflowError
 from flowmaestro_dagster.spec.problems import Problem
-from tests.conftest import flow
+from tests.builders import chain, flow, node
 
 
 def codes(problems: list[Problem], severity: str = "error") -> set[str]:
@@ -64,7 +64,14 @@ def test_duplicate_node_ids_in_both_shapes() -> None:
 
 
 def test_edge_to_missing_node() -> None:
-    problems = validate(flow([{"id": "a", "type": "input", "inputName": "x"}], [("a", "ghost")]))
+    problems = validate(
+        flow(
+            [
+                node("a", "input", inputName="x"),
+            ],
+            [("a", "ghost")],
+        )
+    )
     problem = only(problems, "edge_missing_node")
     assert "ghost" in problem.message and problem.field == "target"
 
@@ -73,9 +80,9 @@ def test_cycle_reports_the_node_path() -> None:
     problems = validate(
         flow(
             [
-                {"id": "a", "type": "input", "inputName": "x"},
-                {"id": "b", "type": "transform", "operation": "passthrough"},
-                {"id": "c", "type": "transform", "operation": "passthrough"},
+                node("a", "input", inputName="x"),
+                node("b", "transform", operation="passthrough"),
+                node("c", "transform", operation="passthrough"),
             ],
             [("a", "b"), ("b", "c"), ("c", "b")],
         )
@@ -85,7 +92,17 @@ def test_cycle_reports_the_node_path() -> None:
 
 
 def test_unknown_node_type_names_the_node() -> None:
-    problem = only(validate(flow([{"id": "x1", "type": "teleport"}], [])), "unknown_node_type")
+    problem = only(
+        validate(
+            flow(
+                [
+                    node("x1", "teleport"),
+                ],
+                [],
+            )
+        ),
+        "unknown_node_type",
+    )
     assert problem.node_id == "x1" and problem.field == "type" and "teleport" in problem.message
 
 
@@ -108,7 +125,12 @@ def test_missing_required_config(node: dict, field: str) -> None:
 
 def test_invalid_config_value_names_the_original_field() -> None:
     problems = validate(
-        flow([{"id": "l", "type": "loop", "collection": "{{x}}", "maxIterations": "lots"}], [])
+        flow(
+            [
+                node("l", "loop", collection="{{x}}", maxIterations="lots"),
+            ],
+            [],
+        )
     )
     problem = only(problems, "invalid_config")
     assert problem.node_id == "l" and problem.field == "maxIterations"
@@ -117,7 +139,9 @@ def test_invalid_config_value_names_the_original_field() -> None:
 def test_unknown_operator_is_an_error() -> None:
     problems = validate(
         flow(
-            [{"id": "c", "type": "conditional", "leftValue": 1, "operator": "~~", "rightValue": 2}],
+            [
+                node("c", "conditional", leftValue=1, operator="~~", rightValue=2),
+            ],
             [],
         )
     )
@@ -126,7 +150,14 @@ def test_unknown_operator_is_an_error() -> None:
 
 def test_unparsable_condition_is_an_error_naming_the_field() -> None:
     problem = only(
-        validate(flow([{"id": "c", "type": "conditional", "condition": "a >= (1"}], [])),
+        validate(
+            flow(
+                [
+                    node("c", "conditional", condition="a >= (1"),
+                ],
+                [],
+            )
+        ),
         "invalid_expression",
     )
     assert problem.node_id == "c" and problem.field == "condition"
@@ -143,7 +174,14 @@ def test_unparsable_condition_is_an_error_naming_the_field() -> None:
     ],
 )
 def test_bad_retry_settings_name_node_and_field(retry: object, field: str) -> None:
-    problems = validate(flow([{"id": "h", "type": "http", "url": "https://x", "retry": retry}], []))
+    problems = validate(
+        flow(
+            [
+                node("h", "http", url="https://x", retry=retry),
+            ],
+            [],
+        )
+    )
     problem = only(problems, "invalid_retry")
     assert problem.node_id == "h" and problem.field == field
 
@@ -152,8 +190,8 @@ def test_branch_handle_matching_no_case_is_a_warning() -> None:
     problems = validate(
         flow(
             [
-                {"id": "s", "type": "switch", "expression": "{{x}}", "cases": ["a", "b"]},
-                {"id": "t", "type": "transform", "operation": "passthrough"},
+                node("s", "switch", expression="{{x}}", cases=["a", "b"]),
+                node("t", "transform", operation="passthrough"),
             ],
             [("s", "t", "zzz")],
         )
@@ -165,17 +203,10 @@ def test_branch_handle_matching_no_case_is_a_warning() -> None:
 
 def test_reference_nothing_provides_is_a_warning() -> None:
     problems = validate(
-        flow(
-            [
-                {"id": "i", "type": "input", "inputName": "topic"},
-                {
-                    "id": "t",
-                    "type": "transform",
-                    "transformType": "template",
-                    "template": "{{topic}} {{nowhere.x}}",
-                },
-            ],
-            [("i", "t")],
+        chain(
+            node("i", "input", inputName="topic"),
+            node("t", "transform", transformType="template", template="{{topic}} {{nowhere.x}}"),
+            react=True,
         )
     )
     problem = only(problems, "unresolved_reference")
@@ -185,18 +216,11 @@ def test_reference_nothing_provides_is_a_warning() -> None:
 
 def test_reference_to_a_node_that_runs_later_is_a_warning() -> None:
     problems = validate(
-        flow(
-            [
-                {"id": "a", "type": "input", "inputName": "x"},
-                {
-                    "id": "b",
-                    "type": "transform",
-                    "transformType": "template",
-                    "template": "{{c.result}}",
-                },
-                {"id": "c", "type": "transform", "transformType": "template", "template": "x"},
-            ],
-            [("a", "b"), ("b", "c")],
+        chain(
+            node("a", "input", inputName="x"),
+            node("b", "transform", transformType="template", template="{{c.result}}"),
+            node("c", "transform", transformType="template", template="x"),
+            react=True,
         )
     )
     assert only(problems, "reference_not_upstream").node_id == "b"
@@ -204,7 +228,14 @@ def test_reference_to_a_node_that_runs_later_is_a_warning() -> None:
 
 def test_a_definition_with_errors_never_becomes_a_job() -> None:
     with pytest.raises(InvalidWorkflowError) as info:
-        build_job(flow([{"id": "x", "type": "teleport"}], []))
+        build_job(
+            flow(
+                [
+                    node("x", "teleport"),
+                ],
+                [],
+            )
+        )
     assert [p.code for p in info.value.problems if p.severity == "error"] == ["unknown_node_type"]
 
 

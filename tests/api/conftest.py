@@ -4,12 +4,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dagster import DagsterInstance
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from flowmaestro_api.main import create_app
 from flowmaestro_api.security import create_api_key, ensure_user
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Base
 from tests.services import database_from, migrated_template
@@ -46,6 +48,27 @@ def api_settings(database_url: str) -> ApiSettings:
 @pytest.fixture
 def client(api_settings: ApiSettings) -> Iterator[TestClient]:
     with TestClient(create_app(api_settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    """An ephemeral Dagster instance: the test runs its executions' runs in it, in process."""
+    with DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+@pytest.fixture
+def api(database_url: str, instance: DagsterInstance) -> Iterator[TestClient]:
+    """The API reading Dagster's storage from `instance`; it launches nothing itself."""
+    settings = ApiSettings(
+        database_url=database_url,
+        dagster_graphql_url=UNREACHABLE_DAGSTER,
+        graphql_timeout_seconds=1,
+        launch_on_submit=False,
+    )
+    app = create_app(settings, dagster=DagsterClient(UNREACHABLE_DAGSTER, instance=instance))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
 

@@ -1,38 +1,169 @@
-"""Helpers of the end-to-end API tests: a real Dagster stack behind a TestClient."""
+"""Helpers of the end-to-end API tests: a real Dagster stack behind a TestClient.
+
+The fixtures below are defined once here and bound by the modules that use them, by assignment
+(pytest registers a fixture under the module attribute's name):
+
+    stack = e2e.stack_fixture("control", FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS="1")
+    settings = e2e.settings_fixture()
+    dagster_client, client, auth = e2e.dagster_client, e2e.client, e2e.auth
+
+A module whose stack needs other fixtures (a fake LLM's URL in its environment) writes its own
+`stack` fixture around `running_stack`.
+"""
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
+from dagster import DagsterInstance, RunsFilter
 from fastapi.testclient import TestClient
+
+from bench.common import wait_until
+from flowmaestro_api.main import create_app
+from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.testing.stack import DagsterStack
+from tests.api.conftest import make_key
+from tests.services import migrated_template, pg_url
+
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s (last: {last!r})")
+    """The first truthy value of `predicate`; AssertionError after `timeout` s."""
+    return wait_until(predicate, timeout, interval, AssertionError)
 
 
-def deploy(client: TestClient, auth: dict[str, str], definition: dict[str, Any]) -> str:
-    """Create the workflow and deploy its first version; the workflow id."""
-    created = client.post("/workflows", json={"definition": definition}, headers=auth)
-    assert created.status_code == 201, created.text
-    workflow_id: str = created.json()["id"]
-    deployed = client.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
+# -- the stack and the API on it --------------------------------------------------------------
+
+
+@contextmanager
+def running_stack(workdir: Path, kind: str = "sqlite", **options: Any) -> Iterator[DagsterStack]:
+    """A migrated platform database (`kind`: sqlite or postgres) and `dagster dev` started on
+    it, stopped on exit; `options` go to DagsterStack (extra_env, instance_yaml, shards)."""
+    with migrated_template(kind, workdir) as template:
+        url = f"sqlite:///{template}" if kind == "sqlite" else pg_url(template)
+        stack = DagsterStack(workdir / "home", url, **options)
+        stack.start()
+        try:
+            yield stack
+        finally:
+            stack.stop()
+
+
+def stack_settings(stack: DagsterStack, **values: Any) -> ApiSettings:
+    """The API's settings on `stack`, with `values` on top."""
+    return ApiSettings(
+        database_url=stack.database_url,
+        dagster_graphql_url=stack.graphql_url,
+        dagster_ui_url=stack.ui_url,
+        **values,
+    )
+
+
+@contextmanager
+def api_client(settings: ApiSettings, dagster: DagsterClient) -> Iterator[TestClient]:
+    """The API in process (server exceptions answer 500, as a deployed API would)."""
+    app = create_app(settings, dagster=dagster)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def new_user(database_url: str, name: str = "user") -> dict[str, str]:
+    """The Authorization header of a new user (a unique email per call)."""
+    return make_key(database_url, f"{name[:40]}-{time.monotonic_ns()}@example.com")
+
+
+def stack_fixture(name: str, *kinds: str, **env: str) -> Any:
+    """A module-scoped `stack` fixture: `running_stack` in a fresh directory, `env` in its
+    processes' environment; parametrized over `kinds` when there are several (default sqlite)."""
+    choices = kinds or ("sqlite",)
+
+    @pytest.fixture(scope="module", params=choices if len(choices) > 1 else None)
+    def stack(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[DagsterStack]:
+        kind = getattr(request, "param", choices[0])
+        workdir = tmp_path_factory.mktemp(f"{name}-{kind}")
+        with running_stack(workdir, kind, extra_env=env) as started:
+            yield started
+
+    return stack
+
+
+def settings_fixture(**values: Any) -> Any:
+    """A module-scoped `settings` fixture: `stack_settings(stack, **values)`."""
+
+    @pytest.fixture(scope="module")
+    def settings(stack: DagsterStack) -> ApiSettings:
+        return stack_settings(stack, **values)
+
+    return settings
+
+
+@pytest.fixture(scope="module")
+def dagster_client(stack: DagsterStack, settings: ApiSettings) -> DagsterClient:
+    return DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
+
+
+@pytest.fixture(scope="module")
+def client(settings: ApiSettings, dagster_client: DagsterClient) -> Iterator[TestClient]:
+    with api_client(settings, dagster_client) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def auth(stack: DagsterStack, request: pytest.FixtureRequest) -> dict[str, str]:
+    """A new user for each test."""
+    return new_user(stack.database_url, request.node.name)
+
+
+# -- workflows and executions through the API ---------------------------------------------------
+
+
+def deployment(
+    client: TestClient,
+    auth: dict[str, str],
+    definition: dict[str, Any],
+    *,
+    settings: dict[str, Any] | None = None,
+    version: int = 1,
+    workflow_id: str | None = None,
+) -> dict[str, Any]:
+    """Deploy `version` (of a new workflow unless `workflow_id`): the runnable deployment."""
+    if workflow_id is None:
+        body: dict[str, Any] = {"definition": definition}
+        if settings:
+            body["settings"] = settings
+        created = client.post("/workflows", json=body, headers=auth)
+        assert created.status_code == 201, created.text
+        workflow_id = created.json()["id"]
+    deployed = client.post(f"/workflows/{workflow_id}/versions/{version}/deploy", headers=auth)
     assert deployed.status_code == 200 and deployed.json()["runnable"], deployed.text
+    found: dict[str, Any] = deployed.json()
+    return found
+
+
+def deploy(
+    client: TestClient, auth: dict[str, str], definition: dict[str, Any], **options: Any
+) -> str:
+    """Create the workflow and deploy its first version (see `deployment`); the workflow id."""
+    workflow_id: str = deployment(client, auth, definition, **options)["workflow_id"]
     return workflow_id
 
 
 def start(
-    client: TestClient, auth: dict[str, str], workflow_id: str, inputs: dict[str, Any]
+    client: TestClient,
+    auth: dict[str, str],
+    workflow_id: str,
+    inputs: dict[str, Any],
+    **body: Any,
 ) -> str:
     response = client.post(
-        f"/workflows/{workflow_id}/executions", json={"inputs": inputs}, headers=auth
+        f"/workflows/{workflow_id}/executions", json={"inputs": inputs, **body}, headers=auth
     )
     assert response.status_code == 201, response.text
     execution_id: str = response.json()["id"]
@@ -40,18 +171,72 @@ def start(
 
 
 def execution(client: TestClient, auth: dict[str, str], execution_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = client.get(f"/executions/{execution_id}", headers=auth).json()
+    response = client.get(f"/executions/{execution_id}", headers=auth)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
     return body
 
 
+def reaches(
+    client: TestClient,
+    auth: dict[str, str],
+    execution_id: str,
+    check: Callable[[dict[str, Any]], bool],
+    timeout: float = 120,
+) -> dict[str, Any]:
+    """Wait until the execution's body passes `check`; the body then."""
+
+    def probe() -> dict[str, Any] | None:
+        body = execution(client, auth, execution_id)
+        return body if check(body) else None
+
+    result: dict[str, Any] = wait_for(probe, timeout)
+    return result
+
+
 def status_is(
-    client: TestClient, auth: dict[str, str], execution_id: str, *statuses: str
+    client: TestClient,
+    auth: dict[str, str],
+    execution_id: str,
+    *statuses: str,
+    timeout: float = 120,
 ) -> dict[str, Any]:
     """Wait until the execution has one of `statuses`; its body then."""
+    return reaches(client, auth, execution_id, lambda body: body["status"] in statuses, timeout)
 
-    def check() -> dict[str, Any] | None:
-        body = execution(client, auth, execution_id)
-        return body if body["status"] in statuses else None
 
-    result: dict[str, Any] = wait_for(check)
-    return result
+def finished(
+    client: TestClient, auth: dict[str, str], execution_id: str, timeout: float = 120
+) -> dict[str, Any]:
+    """Wait until the execution succeeded, failed or was cancelled; its body then."""
+    return status_is(client, auth, execution_id, *TERMINAL, timeout=timeout)
+
+
+def node_statuses(body: dict[str, Any]) -> dict[str, str]:
+    return {n["node_id"]: n["status"] for n in body["nodes"]}
+
+
+def approvals_of(
+    client: TestClient, auth: dict[str, str], execution_id: str
+) -> list[dict[str, Any]]:
+    """The execution's pending approvals (GET /approvals)."""
+    items: list[dict[str, Any]] = client.get("/approvals", headers=auth).json()["items"]
+    return [a for a in items if a["execution_id"] == execution_id]
+
+
+def decide(client: TestClient, auth: dict[str, str], approval_id: str, **decision: Any) -> None:
+    response = client.post(f"/approvals/{approval_id}/decision", json=decision, headers=auth)
+    assert response.status_code == 200, response.text
+
+
+# -- what Dagster ran ----------------------------------------------------------------------------
+
+
+def runs_of(instance: DagsterInstance, execution_id: str) -> list[Any]:
+    """The execution's Dagster runs (in the order Dagster lists them)."""
+    return list(instance.get_runs(RunsFilter(tags={"flowmaestro/execution_id": execution_id})))
+
+
+def step_keys(instance: DagsterInstance, run_id: str) -> set[str]:
+    """The steps a run executed (Dagster's step stats)."""
+    return {s.step_key for s in instance.get_run_step_stats(run_id)}

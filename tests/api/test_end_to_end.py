@@ -8,7 +8,6 @@ import copy
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from dagster import RunsFilter
 from fastapi.testclient import TestClient
 
 from flowmaestro_api.main import create_app
@@ -27,99 +25,22 @@ from flowmaestro_dagster.control.executions import reconcile_launches, start_exe
 from flowmaestro_dagster.control.requests import ExecutionCreate
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution
-from tests.api.conftest import GREETER, example, make_key
-from tests.services import DagsterStack, free_port, migrated_template, pg_url
+from tests.api import e2e
+from tests.api.conftest import GREETER, example
+from tests.api.e2e import deploy, finished, wait_for
+from tests.builders import chain, node
+from tests.services import DagsterStack, free_port
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DagsterStack]:
-    kind = request.param
-    workdir = tmp_path_factory.mktemp(f"stack-{kind}")
-    with migrated_template(kind, workdir) as template:
-        url = f"sqlite:///{template}" if kind == "sqlite" else pg_url(template)
-        dagster = DagsterStack(workdir / "home", url)
-        dagster.start()
-        try:
-            yield dagster
-        finally:
-            dagster.stop()
-
-
-@pytest.fixture(scope="module")
-def settings(stack: DagsterStack) -> ApiSettings:
-    return ApiSettings(
-        database_url=stack.database_url,
-        dagster_graphql_url=stack.graphql_url,
-        dagster_ui_url=stack.ui_url,
-        reconcile_after_seconds=2,
-    )
-
-
-@pytest.fixture(scope="module")
-def dagster_client(stack: DagsterStack, settings: ApiSettings) -> DagsterClient:
-    return DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
-
-
-@pytest.fixture(scope="module")
-def client(settings: ApiSettings, dagster_client: DagsterClient) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(settings, dagster=dagster_client), raise_server_exceptions=False
-    ) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def auth(stack: DagsterStack, request: pytest.FixtureRequest) -> dict[str, str]:
-    return make_key(
-        stack.database_url, f"{request.node.name[:40]}-{time.monotonic_ns()}@example.com"
-    )
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 90, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s")
-
-
-def deploy(
-    client: TestClient,
-    auth: dict[str, str],
-    definition: dict[str, Any],
-    version: int = 1,
-    workflow_id: str | None = None,
-) -> str:
-    if workflow_id is None:
-        response = client.post("/workflows", json={"definition": definition}, headers=auth)
-        assert response.status_code == 201, response.text
-        workflow_id = response.json()["id"]
-    deployed = client.post(f"/workflows/{workflow_id}/versions/{version}/deploy", headers=auth)
-    assert deployed.status_code == 200 and deployed.json()["runnable"], deployed.text
-    return workflow_id
-
-
-def finished(client: TestClient, auth: dict[str, str], execution_id: str) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        body: dict[str, Any] = client.get(f"/executions/{execution_id}", headers=auth).json()
-        return body if body["status"] in ("succeeded", "failed", "cancelled") else None
-
-    result: dict[str, Any] = wait_for(done, timeout=120)
-    return result
+stack = e2e.stack_fixture("stack", "sqlite", "postgres")
+settings = e2e.settings_fixture(reconcile_after_seconds=2)
+dagster_client, client, auth = e2e.dagster_client, e2e.client, e2e.auth
 
 
 def runs_of(dagster_client: DagsterClient, execution_id: str) -> list[Any]:
-    return list(
-        dagster_client.instance.get_runs(
-            RunsFilter(tags={"flowmaestro/execution_id": execution_id})
-        )
-    )
+    return e2e.runs_of(dagster_client.instance, execution_id)
 
 
 def test_the_dagster_instance_is_stored_where_the_platform_database_is(
@@ -330,24 +251,12 @@ def done_first_job(client: TestClient, auth: dict[str, str], workflow_id: str, v
 def test_retry_re_executes_from_failure_without_redoing_finished_nodes(
     client: TestClient, auth: dict[str, str], dagster_client: DagsterClient
 ) -> None:
-    definition = {
-        "name": "Parse",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "raw"}},
-            "echo": {
-                "type": "transform",
-                "config": {"transformType": "template", "template": "got {{raw}}"},
-            },
-            "parse": {
-                "type": "transform",
-                "config": {"operation": "parseJSON", "inputData": "{{raw}}"},
-            },
-        },
-        "edges": [
-            {"id": "a", "source": "in", "target": "echo"},
-            {"id": "b", "source": "echo", "target": "parse"},
-        ],
-    }
+    definition = chain(
+        node("in", "input", inputName="raw"),
+        node("echo", "transform", transformType="template", template="got {{raw}}"),
+        node("parse", "transform", operation="parseJSON", inputData="{{raw}}"),
+        name="Parse",
+    )
     workflow_id = deploy(client, auth, definition)
     created = client.post(
         f"/workflows/{workflow_id}/executions", json={"inputs": {"raw": "{broken"}}, headers=auth

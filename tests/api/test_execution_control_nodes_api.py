@@ -3,75 +3,35 @@ concurrency key on the execution and its run tags; a batch's progress in GET /ex
 and in the event stream. No Dagster processes: runs execute in process on an ephemeral
 instance, tagged as the API tags them (as in test_observability.py)."""
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from dagster import DagsterInstance
 from fastapi.testclient import TestClient
 
-from flowmaestro_api.main import create_app
-from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.executions import run_tags
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.local import execute_workflow
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution
 from flowmaestro_dagster.testing import resources_for
-from tests.api.conftest import UNREACHABLE_DAGSTER, deployed_workflow, make_key
+from tests.api.conftest import deployed_workflow, make_key
+from tests.builders import chain, node
 
-QUEUED = {
-    "name": "Per customer",
-    "nodes": {
-        "in": {"type": "input", "config": {"inputName": "customer", "required": True}},
-        "q": {
-            "type": "queueConfig",
-            "name": "Urgent, one per customer",
-            "config": {
-                "priority": "high",
-                "queue": "ai-workflows",
-                "concurrencyKey": "customer-{{customer}}",
-            },
-        },
-        "out": {"type": "output", "config": {"outputName": "who", "value": "{{customer}}"}},
-    },
-    "edges": [
-        {"id": "a", "source": "in", "target": "q"},
-        {"id": "b", "source": "q", "target": "out"},
-    ],
-}
+QUEUED = chain(
+    node("in", "input", inputName="customer", required=True),
+    node("q", "queueConfig", label="Urgent, one per customer", priority="high", queue="ai-workflows", concurrencyKey="customer-{{customer}}"),
+    node("out", "output", outputName="who", value="{{customer}}"),
+    name="Per customer",
+)  # fmt: skip
 
-BATCH = {
-    "name": "Invert all",
-    "nodes": [
-        {"id": "in", "type": "input", "data": {"inputName": "xs", "inputType": "json"}},
-        {
-            "id": "batch",
-            "type": "batch",
-            "data": {
-                "label": "Invert",
-                "items": "{{xs}}",
-                "itemVariable": "x",
-                "batchSize": 2,
-                "concurrency": 2,
-                "onItemError": "continue",
-                "outputVariable": "inverted",
-            },
-        },
-        {
-            "id": "inv",
-            "type": "transform",
-            "data": {"operation": "custom", "inputData": "{{x}}", "expression": "1 / $"},
-        },
-        {"id": "out", "type": "output", "data": {"outputName": "n", "value": "{{batch.failed}}"}},
-    ],
-    "edges": [
-        {"id": "a", "source": "in", "target": "batch"},
-        {"id": "b", "source": "batch", "target": "inv"},
-        {"id": "c", "source": "inv", "target": "out"},
-    ],
-}
+BATCH = chain(
+    node("in", "input", inputName="xs", inputType="json"),
+    node("batch", "batch", label="Invert", items="{{xs}}", itemVariable="x", batchSize=2, concurrency=2, onItemError="continue", outputVariable="inverted"),
+    node("inv", "transform", operation="custom", inputData="{{x}}", expression="1 / $"),
+    node("out", "output", outputName="n", value="{{batch.failed}}"),
+    name="Invert all",
+    react=True,
+)  # fmt: skip
 
 
 def start(client: TestClient, auth: dict[str, str], workflow_id: str, body: dict[str, Any]) -> Any:
@@ -144,25 +104,6 @@ def test_an_invalid_queue_config_is_rejected_with_node_and_field(
 
 
 # -- batch progress --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with DagsterInstance.ephemeral() as ephemeral:
-        yield ephemeral
-
-
-@pytest.fixture
-def api(database_url: str, instance: DagsterInstance) -> Iterator[TestClient]:
-    settings = ApiSettings(
-        database_url=database_url,
-        dagster_graphql_url=UNREACHABLE_DAGSTER,
-        graphql_timeout_seconds=1,
-        launch_on_submit=False,
-    )
-    app = create_app(settings, dagster=DagsterClient(UNREACHABLE_DAGSTER, instance=instance))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
 
 
 def test_batch_progress_shows_in_the_execution_and_its_event_stream(

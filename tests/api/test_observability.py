@@ -16,7 +16,6 @@ from dagster import DagsterEventType, DagsterInstance
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from flowmaestro_api.main import create_app
 from flowmaestro_api.services.analytics import (
     ExecutionFacts,
     NodeDurationHistogram,
@@ -25,75 +24,31 @@ from flowmaestro_api.services.analytics import (
     summarize,
 )
 from flowmaestro_api.services.timeline import NodeInfo, RunTrace, StepEvent, build_spans
-from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.local import execute_workflow
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution
 from flowmaestro_dagster.testing import FakeLLMServer, FakeReply, resources_for
-from tests.api.conftest import UNREACHABLE_DAGSTER, make_key
+from tests.api.conftest import make_key
+from tests.builders import backend_flow, chain, node
 
-LLM_FLOW = {
-    "name": "Ask twice",
-    "nodes": [
-        {"id": "in", "type": "input", "data": {"label": "Topic", "inputName": "topic"}},
-        {
-            "id": "ask",
-            "type": "llm",
-            "data": {
-                "label": "Ask the model",
-                "model": "gpt-4o",
-                "prompt": "{{topic}}",
-                "retry": {"maxAttempts": 3, "backoffStrategy": "fixed", "minDelayMs": 400},
-            },
-        },
-        {"id": "out", "type": "output", "data": {"outputName": "answer", "value": "{{ask.text}}"}},
+LLM_FLOW = chain(
+    node("in", "input", label="Topic", inputName="topic"),
+    node("ask", "llm", label="Ask the model", model="gpt-4o", prompt="{{topic}}", retry={"maxAttempts": 3, "backoffStrategy": "fixed", "minDelayMs": 400}),
+    node("out", "output", outputName="answer", value="{{ask.text}}"),
+    name="Ask twice",
+    react=True,
+)  # fmt: skip
+PARSE = {"operation": "parseJSON", "inputData": "{{raw}}"}
+PARSE_FLOW = backend_flow(
+    [
+        node("in", "input", inputName="raw"),
+        node("parse", "transform", **PARSE),
+        node("safe", "transform", **PARSE, onError={"strategy": "continue"}),
     ],
-    "edges": [
-        {"id": "a", "source": "in", "target": "ask"},
-        {"id": "b", "source": "ask", "target": "out"},
-    ],
-}
-
-PARSE_FLOW = {
-    "name": "Parse",
-    "nodes": {
-        "in": {"type": "input", "config": {"inputName": "raw"}},
-        "parse": {
-            "type": "transform",
-            "config": {"operation": "parseJSON", "inputData": "{{raw}}"},
-        },
-        "safe": {
-            "type": "transform",
-            "config": {"operation": "parseJSON", "inputData": "{{raw}}"},
-            "onError": {"strategy": "continue"},
-        },
-    },
-    "edges": [
-        {"id": "a", "source": "in", "target": "parse"},
-        {"id": "b", "source": "in", "target": "safe"},
-    ],
-}
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with DagsterInstance.ephemeral() as ephemeral:
-        yield ephemeral
-
-
-@pytest.fixture
-def api(database_url: str, instance: DagsterInstance) -> Iterator[TestClient]:
-    settings = ApiSettings(
-        database_url=database_url,
-        dagster_graphql_url=UNREACHABLE_DAGSTER,
-        graphql_timeout_seconds=1,
-        launch_on_submit=False,
-    )
-    app = create_app(settings, dagster=DagsterClient(UNREACHABLE_DAGSTER, instance=instance))
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield client
+    [("in", "parse"), ("in", "safe")],
+    name="Parse",
+)
 
 
 @pytest.fixture

@@ -8,20 +8,18 @@ its queued, running, backoff and waiting segments across both runs.
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from flowmaestro_api.main import create_app
-from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.testing import FakeLLMServer, FakeReply
 from flowmaestro_dagster.testing.fake_llm import API_KEY
 from flowmaestro_dagster.testing.stack import DagsterStack
-from tests.api.conftest import make_key
-from tests.services import migrated_template
+from tests.api import e2e
+from tests.api.e2e import approvals_of, decide, deploy, finished, running_stack, start, wait_for
+from tests.builders import chain, node
 
 pytestmark = pytest.mark.slow
 SECRET = "observability-secret-0123456789"
@@ -35,81 +33,33 @@ def llm() -> Iterator[FakeLLMServer]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLMServer) -> Iterator[DagsterStack]:
-    workdir = tmp_path_factory.mktemp("observability")
     providers = {"providers": {"openai": {"base_url": llm.url, "api_key": API_KEY}}}
-    with migrated_template("sqlite", workdir) as template:
-        dagster = DagsterStack(
-            workdir / "home",
-            f"sqlite:///{template}",
-            extra_env={
-                "FLOWMAESTRO_LLM": json.dumps(providers),
-                "FLOWMAESTRO_WAIT_SLEEP_THRESHOLD_SECONDS": "0.5",
-                "FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS": "1",
-                "FLOWMAESTRO_SECRET_KEY": SECRET,
-                "FLOWMAESTRO_CALLBACK_SIGNING_SECRET": SECRET,
-            },
-        )
-        dagster.start()
-        try:
-            yield dagster
-        finally:
-            dagster.stop()
+    env = {
+        "FLOWMAESTRO_LLM": json.dumps(providers),
+        "FLOWMAESTRO_WAIT_SLEEP_THRESHOLD_SECONDS": "0.5",
+        "FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS": "1",
+        "FLOWMAESTRO_SECRET_KEY": SECRET,
+        "FLOWMAESTRO_CALLBACK_SIGNING_SECRET": SECRET,
+    }
+    with running_stack(tmp_path_factory.mktemp("observability"), extra_env=env) as started:
+        yield started
 
 
-@pytest.fixture(scope="module")
-def client(stack: DagsterStack) -> Iterator[TestClient]:
-    settings = ApiSettings(
-        database_url=stack.database_url,
-        dagster_graphql_url=stack.graphql_url,
-        dagster_ui_url=stack.ui_url,
-        secret_key=SECRET,
-        callback_signing_secret=SECRET,
-        wait_sleep_threshold_seconds=0.5,
-    )
-    dagster = DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
-    app = create_app(settings, dagster=dagster)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
+settings = e2e.settings_fixture(
+    secret_key=SECRET, callback_signing_secret=SECRET, wait_sleep_threshold_seconds=0.5
+)
+dagster_client, client, auth = e2e.dagster_client, e2e.client, e2e.auth
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s (last: {last!r})")
-
-
-FLOW = {
-    "name": "Observed",
-    "nodes": [
-        {"id": "in", "type": "input", "data": {"label": "Topic", "inputName": "topic"}},
-        {
-            "id": "ask",
-            "type": "llm",
-            "data": {
-                "label": "Draft",
-                "model": "gpt-4o",
-                "prompt": "{{topic}}",
-                "retry": {"maxAttempts": 3, "backoffStrategy": "fixed", "minDelayMs": 500},
-            },
-        },
-        {
-            "id": "review",
-            "type": "humanReview",
-            "data": {"label": "Editor OK", "reviewPrompt": "Publish {{ask.text}}?"},
-        },
-        {"id": "out", "type": "output", "data": {"outputName": "post", "value": "{{ask.text}}"}},
-    ],
-    "edges": [
-        {"id": "a", "source": "in", "target": "ask"},
-        {"id": "b", "source": "ask", "target": "review"},
-        {"id": "c", "source": "review", "target": "out"},
-    ],
-}
+RETRY = {"maxAttempts": 3, "backoffStrategy": "fixed", "minDelayMs": 500}
+FLOW = chain(
+    node("in", "input", label="Topic", inputName="topic"),
+    node("ask", "llm", label="Draft", model="gpt-4o", prompt="{{topic}}", retry=RETRY),
+    node("review", "humanReview", label="Editor OK", reviewPrompt="Publish {{ask.text}}?"),
+    node("out", "output", outputName="post", value="{{ask.text}}"),
+    name="Observed",
+    react=True,
+)
 
 
 def metric(text: str, line_start: str) -> float:
@@ -123,19 +73,12 @@ def kinds(span: dict[str, Any]) -> list[tuple[str, str | None]]:
     return [(s["kind"], s["outcome"]) for s in span["segments"]]
 
 
-def test_a_retry_and_a_waitpoint_across_two_runs(client: TestClient, llm: FakeLLMServer) -> None:
-    auth = make_key(client.app.state.settings.database_url, "watcher@example.com")  # type: ignore[attr-defined]
-    created = client.post("/workflows", json={"definition": FLOW}, headers=auth)
-    assert created.status_code == 201, created.text
-    workflow_id = created.json()["id"]
-    deployed = client.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
-    assert deployed.status_code == 200 and deployed.json()["runnable"], deployed.text
+def test_a_retry_and_a_waitpoint_across_two_runs(
+    client: TestClient, auth: dict[str, str], llm: FakeLLMServer
+) -> None:
+    workflow_id = deploy(client, auth, FLOW)
     llm.enqueue(FakeReply.error(503), "A short post")
-    started = client.post(
-        f"/workflows/{workflow_id}/executions", json={"inputs": {"topic": "t"}}, headers=auth
-    )
-    assert started.status_code == 201, started.text
-    execution_id = started.json()["id"]
+    execution_id = start(client, auth, workflow_id, {"topic": "t"})
 
     def parked() -> dict[str, Any] | None:
         body: dict[str, Any] = client.get(
@@ -143,30 +86,16 @@ def test_a_retry_and_a_waitpoint_across_two_runs(client: TestClient, llm: FakeLL
         ).json()
         return body if body["status"] == "waiting" else None
 
-    waiting = wait_for(parked)
+    waiting = wait_for(parked, interval=0.5)
     review = next(s for s in waiting["spans"] if s["node_id"] == "review")
     assert review["status"] == "waiting" and review["segments"][-1]["ongoing"]
     assert waiting["runs"][0]["parked"] is True
     text = client.get("/metrics").text
     assert metric(text, "flowmaestro_waitpoints_waiting") >= 1
     time.sleep(1.5)  # the wait the timeline must show
-    pending = wait_for(
-        lambda: [
-            a
-            for a in client.get("/approvals", headers=auth).json()["items"]
-            if a["execution_id"] == execution_id
-        ]
-    )
-    decided = client.post(
-        f"/approvals/{pending[0]['id']}/decision", json={"decision": "approve"}, headers=auth
-    )
-    assert decided.status_code == 200, decided.text
-
-    def done() -> dict[str, Any] | None:
-        body: dict[str, Any] = client.get(f"/executions/{execution_id}", headers=auth).json()
-        return body if body["status"] in ("succeeded", "failed") else None
-
-    assert wait_for(done)["status"] == "succeeded"
+    pending = wait_for(lambda: approvals_of(client, auth, execution_id))
+    decide(client, auth, pending[0]["id"], decision="approve")
+    assert finished(client, auth, execution_id)["status"] == "succeeded"
     body = client.get(f"/executions/{execution_id}/timeline", headers=auth).json()
     assert body["status"] == "succeeded"
     first, second = body["runs"]

@@ -2,18 +2,12 @@
 deploy and PATCH set the workflow's pool slots and re-tag its runs, GET /queues reads them back,
 and an execution that is not in Dagster's queue yet says so."""
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
-from dagster._core.remote_origin import (
-    RegisteredCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
+from dagster import DagsterInstance
 from fastapi.testclient import TestClient
 
 from flowmaestro_api.main import create_app
@@ -23,6 +17,7 @@ from flowmaestro_dagster.orchestration.instance_config import render_instance_ya
 from flowmaestro_dagster.store.db import dispose_engines, migrate
 from flowmaestro_dagster.tags import workflow_pool
 from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, make_key
+from tests.api.test_queues_support import store_run
 
 
 @pytest.fixture
@@ -58,28 +53,14 @@ def deployed(client: TestClient, auth: dict[str, str], **settings: Any) -> str:
 
 def queued_run(instance: DagsterInstance, workflow_id: str, user: str) -> str:
     """A run as the API launches it, queued (nothing dequeues it: there is no daemon)."""
-    run_id = str(uuid.uuid4())
-    origin = RemoteJobOrigin(
-        repository_origin=RemoteRepositoryOrigin(
-            code_location_origin=RegisteredCodeLocationOrigin("flowmaestro-workflows-0"),
-            repository_name="__repository__",
-        ),
-        job_name="job",
+    return store_run(
+        instance,
+        {
+            "flowmaestro/workflow_id": workflow_id,
+            "flowmaestro/user": user,
+            "flowmaestro/queue": "default",
+        },
     )
-    instance.add_run(
-        DagsterRun(
-            job_name="job",
-            run_id=run_id,
-            status=DagsterRunStatus.QUEUED,
-            remote_job_origin=origin,
-            tags={
-                "flowmaestro/workflow_id": workflow_id,
-                "flowmaestro/user": user,
-                "flowmaestro/queue": "default",
-            },
-        )
-    )
-    return run_id
 
 
 def pools(instance: DagsterInstance) -> dict[str, int]:

@@ -8,7 +8,6 @@ nodes are another issue's and not merged yet) leaves its slot to the next run.
 """
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from dagster import RunsFilter
@@ -17,35 +16,31 @@ from flowmaestro_dagster.control.executions import compiled_for, run_tags, versi
 from flowmaestro_dagster.engines.local import run_config_for
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution
+from tests.api.e2e import execution, wait_for
 from tests.api.test_queues_support import (
     QueueStack,
     deploy,
     dequeued_while_another_ran,
-    execution,
     facts,
     finished,
     max_overlap,
     new_user,
-    queue_stack,
-    retrying_workflow,
+    queue_stack_fixture,
     run_statuses,
     slow_workflow,
     submit,
-    wait_for,
+    two_retrying_runs,
 )
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueueStack]:
-    with queue_stack(
-        tmp_path_factory.mktemp("queues-limits"),
-        user_run_limit=None,
-        max_concurrent_runs=10,
-        queue_limits={"ai-workflows": 1, "data-processing": 5},
-    ) as started:
-        yield started
+stack = queue_stack_fixture(
+    "queues-limits",
+    user_run_limit=None,
+    max_concurrent_runs=10,
+    queue_limits={"ai-workflows": 1, "data-processing": 5},
+)
 
 
 def workflow_entry(stack: QueueStack, auth: dict[str, str], workflow_id: str) -> dict[str, object]:
@@ -215,15 +210,6 @@ def test_a_parked_execution_frees_its_slot(stack: QueueStack) -> None:
 def test_a_run_waiting_to_retry_keeps_its_workflow_slot(stack: QueueStack) -> None:
     """The same workflow as the op-granularity measurement (test_queues_pools.py): at run
     granularity the second run stays queued through the first's retry waits."""
-    client, instance = stack.client, stack.instance
-    auth = new_user(stack, "retries")
-    workflow_id = deploy(
-        client, auth, retrying_workflow("retries"), settings={"concurrency_limit": 1}
-    )
-    first = submit(client, auth, workflow_id)
-    wait_for(lambda: run_statuses(instance, [first]) == ["STARTED"])
-    second = submit(client, auth, workflow_id)
-    finished(client, auth, first, second)
-    earlier, later = facts(instance, first), facts(instance, second)
+    earlier, later = two_retrying_runs(stack, "retries")
     assert later.dequeued >= earlier.end
     assert max_overlap([earlier, later]) == 1

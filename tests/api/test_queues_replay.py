@@ -6,18 +6,12 @@ reasons it gives for the others must name the limit that blocks them.
 """
 
 import random
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
-from dagster._core.remote_origin import (
-    RegisteredCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
+from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.storage.dagster_run import RunOpConcurrency
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
     QueuedRunCoordinatorDaemon,
@@ -27,6 +21,7 @@ from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.queues import read_snapshot, simulate
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.tags import workflow_pool
+from tests.api.test_queues_support import store_run
 
 
 @pytest.fixture
@@ -57,7 +52,6 @@ def add_run(
     status: DagsterRunStatus = DagsterRunStatus.QUEUED,
     one_at_a_time: bool = False,
 ) -> str:
-    run_id = str(uuid.uuid4())
     tags = {
         "flowmaestro/user": user,
         "flowmaestro/workflow_id": workflow,
@@ -67,26 +61,10 @@ def add_run(
     if one_at_a_time:
         tags["flowmaestro/user_workflow"] = f"{workflow}:{user}"
     pool = workflow_pool(workflow)
-    origin = RemoteJobOrigin(
-        repository_origin=RemoteRepositoryOrigin(
-            code_location_origin=RegisteredCodeLocationOrigin("flowmaestro-workflows-0"),
-            repository_name="__repository__",
-        ),
-        job_name="job",
+    concurrency = RunOpConcurrency(
+        root_key_counts={pool: 1}, has_unconstrained_root_nodes=False, all_pools={pool}
     )
-    instance.add_run(
-        DagsterRun(
-            job_name="job",
-            run_id=run_id,
-            status=status,
-            tags=tags,
-            remote_job_origin=origin,
-            run_op_concurrency=RunOpConcurrency(
-                root_key_counts={pool: 1}, has_unconstrained_root_nodes=False, all_pools={pool}
-            ),
-        )
-    )
-    return run_id
+    return store_run(instance, tags, status, run_op_concurrency=concurrency)
 
 
 def dagster_picks(instance: DagsterInstance) -> list[str]:

@@ -7,25 +7,29 @@ what happened from Dagster's run storage and event log (enqueue, dequeue, start,
 
 import contextlib
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterEventType, DagsterInstance, RunsFilter
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster._core.remote_origin import (
+    RegisteredCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
 from fastapi.testclient import TestClient
 
-from flowmaestro_api.main import create_app
-from flowmaestro_api.security import create_api_key, ensure_user
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.store.db import get_engine, session_scope
-from tests.services import DagsterStack, free_port, migrated_template
-
-TERMINAL = ("succeeded", "failed", "cancelled")
+from tests.api import e2e
+from tests.api.e2e import api_client, running_stack, start, wait_for
+from tests.builders import chain, node
+from tests.services import DagsterStack, free_port
 
 
 @dataclass
@@ -42,50 +46,59 @@ class QueueStack:
 
 
 @contextlib.contextmanager
+def dagster_home(home: Path) -> Iterator[None]:
+    """DAGSTER_HOME set to `home` (the API reads the queue from its instance), then restored."""
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+
+
+@contextlib.contextmanager
 def queue_stack(
     workdir: Path, *, extra_env: dict[str, str] | None = None, **queue_settings: Any
 ) -> Iterator[QueueStack]:
     """A Dagster on a dagster.yaml rendered from `queue_settings`, and the API on it."""
-    with migrated_template("sqlite", workdir) as template:
-        url = f"sqlite:///{template}"
-        rendered = ApiSettings(_env_file=None, **queue_settings)  # type: ignore[call-arg]
-        stack = DagsterStack(
-            workdir / "home",
-            url,
+    rendered = ApiSettings(_env_file=None, **queue_settings)  # type: ignore[call-arg]
+    with (
+        running_stack(
+            workdir,
             instance_yaml=render_instance_yaml(rendered),
             extra_env={"FLOWMAESTRO_HTTP__ALLOW_LOOPBACK": "true", **(extra_env or {})},
+        ) as stack,
+        dagster_home(stack.home),  # GET /executions/{id} reads the queue from there
+    ):
+        settings = ApiSettings(
+            _env_file=None,  # type: ignore[call-arg]
+            database_url=stack.database_url,
+            dagster_graphql_url=stack.graphql_url,
+            dagster_ui_url=stack.ui_url,
+            reconcile_after_seconds=2,
+            **queue_settings,
         )
-        stack.start()
-        previous_home = os.environ.get("DAGSTER_HOME")
-        # The API reads the queue from DAGSTER_HOME's instance (GET /executions/{id}).
-        os.environ["DAGSTER_HOME"] = str(stack.home)
-        try:
-            settings = ApiSettings(
-                _env_file=None,  # type: ignore[call-arg]
-                database_url=url,
-                dagster_graphql_url=stack.graphql_url,
-                dagster_ui_url=stack.ui_url,
-                reconcile_after_seconds=2,
-                **queue_settings,
-            )
-            dagster = DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
-            with TestClient(
-                create_app(settings, dagster=dagster), raise_server_exceptions=False
-            ) as client:
-                yield QueueStack(stack, settings, client, dagster)
-        finally:
-            if previous_home is None:
-                os.environ.pop("DAGSTER_HOME", None)
-            else:
-                os.environ["DAGSTER_HOME"] = previous_home
-            stack.stop()
+        dagster = DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
+        with api_client(settings, dagster) as client:
+            yield QueueStack(stack, settings, client, dagster)
+
+
+def queue_stack_fixture(name: str, **queue_settings: Any) -> Any:
+    """A module-scoped `stack` fixture: `queue_stack` with `queue_settings`, in a fresh directory."""
+
+    @pytest.fixture(scope="module")
+    def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueueStack]:
+        with queue_stack(tmp_path_factory.mktemp(name), **queue_settings) as started:
+            yield started
+
+    return stack
 
 
 def new_user(stack: QueueStack, name: str) -> dict[str, str]:
-    with session_scope(get_engine(stack.settings.database_url)) as session:
-        user = ensure_user(session, email=f"{name}-{uuid.uuid4().hex[:6]}@example.com")
-        key = create_api_key(session, user=user)
-    return {"Authorization": f"Bearer {key}"}
+    return e2e.new_user(stack.settings.database_url, name)
 
 
 def user_id(stack: QueueStack, auth: dict[str, str]) -> str:
@@ -97,20 +110,15 @@ def user_id(stack: QueueStack, auth: dict[str, str]) -> str:
 
 def slow_workflow(name: str, *delays_ms: int) -> dict[str, Any]:
     """input → one passthrough node per delay → output: a run that lasts about sum(delays)."""
-    nodes: dict[str, Any] = {"in": {"type": "input", "config": {"inputName": "who"}}}
-    edges = []
-    previous = "in"
-    for index, delay in enumerate(delays_ms):
-        node = f"slow{index}"
-        nodes[node] = {
-            "type": "transform",
-            "config": {"operation": "passthrough", "delayMs": delay},
-        }
-        edges.append({"id": f"e{index}", "source": previous, "target": node})
-        previous = node
-    nodes["out"] = {"type": "output", "config": {"outputName": "done", "value": "{{who}}"}}
-    edges.append({"id": "last", "source": previous, "target": "out"})
-    return {"name": name, "nodes": nodes, "edges": edges}
+    return chain(
+        node("in", "input", inputName="who"),
+        *(
+            node(f"slow{index}", "transform", operation="passthrough", delayMs=delay)
+            for index, delay in enumerate(delays_ms)
+        ),
+        node("out", "output", outputName="done", value="{{who}}"),
+        name=name,
+    )
 
 
 def retrying_workflow(name: str, delay_ms: int = 4000) -> dict[str, Any]:
@@ -118,18 +126,12 @@ def retrying_workflow(name: str, delay_ms: int = 4000) -> dict[str, Any]:
     that spends 2 x delay_ms waiting between attempts of one node (and then fails)."""
     url = f"http://127.0.0.1:{free_port()}/nobody-listens"
     retry = {"maxAttempts": 3, "backoffStrategy": "fixed", "minDelayMs": delay_ms}
-    return {
-        "name": name,
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "who"}},
-            "call": {"type": "http", "config": {"method": "GET", "url": url, "retry": retry}},
-            "out": {"type": "output", "config": {"outputName": "done", "value": "{{who}}"}},
-        },
-        "edges": [
-            {"id": "a", "source": "in", "target": "call"},
-            {"id": "b", "source": "call", "target": "out"},
-        ],
-    }
+    return chain(
+        node("in", "input", inputName="who"),
+        node("call", "http", method="GET", url=url, retry=retry),
+        node("out", "output", outputName="done", value="{{who}}"),
+        name=name,
+    )
 
 
 def deploy(
@@ -138,52 +140,19 @@ def deploy(
     definition: dict[str, Any],
     settings: dict[str, Any] | None = None,
 ) -> str:
-    body: dict[str, Any] = {"definition": definition}
-    if settings:
-        body["settings"] = settings
-    created = client.post("/workflows", json=body, headers=auth)
-    assert created.status_code == 201, created.text
-    workflow_id: str = created.json()["id"]
-    deployed = client.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
-    assert deployed.status_code == 200 and deployed.json()["runnable"], deployed.text
-    assert deployed.json()["detail"] is None, deployed.text  # the limits were applied
+    deployed = e2e.deployment(client, auth, definition, settings=settings)
+    assert deployed["detail"] is None, deployed  # the limits were applied
+    workflow_id: str = deployed["workflow_id"]
     return workflow_id
 
 
 def submit(client: TestClient, auth: dict[str, str], workflow_id: str, **body: Any) -> str:
-    response = client.post(
-        f"/workflows/{workflow_id}/executions",
-        json={"inputs": {"who": "x"}, **body},
-        headers=auth,
-    )
-    assert response.status_code == 201, response.text
-    execution_id: str = response.json()["id"]
-    return execution_id
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s")
-
-
-def execution(client: TestClient, auth: dict[str, str], execution_id: str) -> dict[str, Any]:
-    response = client.get(f"/executions/{execution_id}", headers=auth)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    return start(client, auth, workflow_id, {"who": "x"}, **body)
 
 
 def finished(client: TestClient, auth: dict[str, str], *execution_ids: str) -> None:
     for execution_id in execution_ids:
-        wait_for(
-            lambda eid=execution_id: execution(client, auth, eid)["status"] in TERMINAL,
-            timeout=240,
-        )
+        e2e.finished(client, auth, execution_id, timeout=240)
 
 
 def run_statuses(instance: DagsterInstance, execution_ids: list[str]) -> list[str]:
@@ -237,17 +206,35 @@ def facts(instance: DagsterInstance, execution_id: str, index: int = 0) -> RunFa
     )
 
 
-def max_overlap(runs: list[RunFacts], *, active: bool = True) -> int:
-    """The most runs in progress at one moment: from dequeue (RUN_STARTING: the daemon counts
-    a run against every limit from then on) to end; with `active=False`, from RUN_START."""
-    points = sorted(
-        [(r.dequeued if active else r.start, 1) for r in runs] + [(r.end, -1) for r in runs]
-    )
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most (start, end) spans in progress at one moment."""
+    points = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
     most = current = 0
     for _, step in points:  # at a tie an end (-1) sorts first: touching is not overlapping
         current += step
         most = max(most, current)
     return most
+
+
+def max_overlap(runs: list[RunFacts], *, active: bool = True) -> int:
+    """The most runs in progress at one moment: from dequeue (RUN_STARTING: the daemon counts
+    a run against every limit from then on) to end; with `active=False`, from RUN_START."""
+    return most_at_once([(r.dequeued if active else r.start, r.end) for r in runs])
+
+
+def two_retrying_runs(stack: QueueStack, user: str) -> list[RunFacts]:
+    """Two runs of `retrying_workflow` under a workflow limit of 1, the second submitted once
+    the first has started; their facts, once both have finished."""
+    client, instance = stack.client, stack.instance
+    auth = new_user(stack, user)
+    workflow_id = deploy(
+        client, auth, retrying_workflow("retries"), settings={"concurrency_limit": 1}
+    )
+    first = submit(client, auth, workflow_id)
+    wait_for(lambda: run_statuses(instance, [first]) == ["STARTED"])
+    second = submit(client, auth, workflow_id)
+    finished(client, auth, first, second)
+    return [facts(instance, first), facts(instance, second)]
 
 
 def dequeued_while_another_ran(runs: list[RunFacts]) -> bool:
@@ -257,3 +244,31 @@ def dequeued_while_another_ran(runs: list[RunFacts]) -> bool:
         for run in runs
         for other in runs
     )
+
+
+def store_run(
+    instance: DagsterInstance,
+    tags: dict[str, str],
+    status: DagsterRunStatus = DagsterRunStatus.QUEUED,
+    **fields: Any,
+) -> str:
+    """A run as the API launches it (job `job` of the first code location), only stored in
+    `instance`: without a daemon nothing dequeues it. Its run id."""
+    run_id = str(uuid.uuid4())
+    origin = RemoteJobOrigin(
+        repository_origin=RemoteRepositoryOrigin(
+            code_location_origin=RegisteredCodeLocationOrigin("flowmaestro-workflows-0"),
+            repository_name="__repository__",
+        ),
+        job_name="job",
+    )
+    run = DagsterRun(
+        job_name="job",
+        run_id=run_id,
+        status=status,
+        tags=tags,
+        remote_job_origin=origin,
+        **fields,
+    )
+    instance.add_run(run)
+    return run_id

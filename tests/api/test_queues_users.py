@@ -5,38 +5,31 @@ overlap, start in priority order (FIFO among equal priorities), and one user's b
 queued runs does not hold another user's run.
 """
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from dagster import DagsterRunStatus, RunsFilter
 
+from tests.api.e2e import execution, wait_for
 from tests.api.test_queues_support import (
     QueueStack,
     deploy,
-    execution,
     facts,
     finished,
     max_overlap,
     new_user,
-    queue_stack,
+    queue_stack_fixture,
     run_statuses,
     slow_workflow,
     submit,
     user_id,
-    wait_for,
 )
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueueStack]:
-    with queue_stack(
-        tmp_path_factory.mktemp("queues-users"), user_run_limit=1, max_concurrent_runs=10
-    ) as started:
-        yield started
+stack = queue_stack_fixture("queues-users", user_run_limit=1, max_concurrent_runs=10)
 
 
 def test_one_run_per_user_at_a_time_in_priority_order(stack: QueueStack) -> None:

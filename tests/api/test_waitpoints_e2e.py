@@ -7,7 +7,6 @@ only the waitpoint and what follows it (checked in Dagster's step stats).
 
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,107 +19,60 @@ from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.waitpoints import sign
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.testing.stack import DagsterStack
-from tests.api.conftest import make_key
-from tests.api.e2e import deploy, execution, start, status_is, wait_for
-from tests.services import migrated_template
+from tests.api import e2e
+from tests.api.e2e import (
+    approvals_of,
+    decide,
+    deploy,
+    execution,
+    node_statuses,
+    runs_of,
+    start,
+    status_is,
+    step_keys,
+    wait_for,
+)
+from tests.builders import chain, flow, node
 
 pytestmark = pytest.mark.slow
+SECRET_KEY = "test-secret-key-0123456789"
+SIGNING_SECRET = "test-signing-secret-0123456789"
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterStack]:
-    workdir = tmp_path_factory.mktemp("waitpoints")
-    with migrated_template("sqlite", workdir) as template:
-        dagster = DagsterStack(
-            workdir / "home",
-            f"sqlite:///{template}",
-            extra_env={
-                "FLOWMAESTRO_WAIT_SLEEP_THRESHOLD_SECONDS": "0.5",
-                "FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS": "1",
-                "FLOWMAESTRO_SECRET_KEY": "test-secret-key-0123456789",
-                "FLOWMAESTRO_CALLBACK_SIGNING_SECRET": "test-signing-secret-0123456789",
-            },
-        )
-        dagster.start()
-        try:
-            yield dagster
-        finally:
-            dagster.stop()
-
-
-@pytest.fixture(scope="module")
-def settings(stack: DagsterStack) -> ApiSettings:
-    return ApiSettings(
-        database_url=stack.database_url,
-        dagster_graphql_url=stack.graphql_url,
-        dagster_ui_url=stack.ui_url,
-        secret_key="test-secret-key-0123456789",
-        callback_signing_secret="test-signing-secret-0123456789",
-        wait_sleep_threshold_seconds=0.5,
-    )
-
-
-@pytest.fixture(scope="module")
-def client(stack: DagsterStack, settings: ApiSettings) -> Iterator[TestClient]:
-    dagster = DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
-    with TestClient(
-        create_app(settings, dagster=dagster), raise_server_exceptions=False
-    ) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def auth(stack: DagsterStack) -> dict[str, str]:
-    return make_key(stack.database_url, f"user-{time.monotonic_ns()}@example.com")
+stack = e2e.stack_fixture(
+    "waitpoints",
+    FLOWMAESTRO_WAIT_SLEEP_THRESHOLD_SECONDS="0.5",
+    FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS="1",
+    FLOWMAESTRO_SECRET_KEY=SECRET_KEY,
+    FLOWMAESTRO_CALLBACK_SIGNING_SECRET=SIGNING_SECRET,
+)
+settings = e2e.settings_fixture(
+    secret_key=SECRET_KEY,
+    callback_signing_secret=SIGNING_SECRET,
+    wait_sleep_threshold_seconds=0.5,
+)
+dagster_client, client, auth = e2e.dagster_client, e2e.client, e2e.auth
 
 
 def approval_flow(prompt: str = "Ship {{who}}?") -> dict[str, Any]:
-    return {
-        "name": "Approval",
-        "nodes": [
-            {"id": "in", "type": "input", "data": {"inputName": "who"}},
-            {
-                "id": "prep",
-                "type": "transform",
-                "data": {
-                    "transformType": "template",
-                    "template": "prepared {{who}}",
-                    "outputVariable": "prepared",
-                },
-            },
-            {
-                "id": "review",
-                "type": "humanReview",
-                "data": {
-                    "label": "Manager OK",
-                    "reviewPrompt": prompt,
-                    "outputVariable": "approval",
-                },
-            },
-            {
-                "id": "ok",
-                "type": "conditional",
-                "data": {"condition": "approval.approved === true"},
-            },
-            {
-                "id": "yes",
-                "type": "output",
-                "data": {"outputName": "result", "value": "approved {{prepared}}"},
-            },
-            {
-                "id": "no",
-                "type": "output",
-                "data": {"outputName": "result", "value": "rejected: {{approval.comment}}"},
-            },
+    """React-Flow shape: in → prep → review → ok? → yes (approved) | no (rejected)."""
+    return flow(
+        [
+            node("in", "input", inputName="who"),
+            node("prep", "transform", transformType="template", template="prepared {{who}}", outputVariable="prepared"),
+            node("review", "humanReview", label="Manager OK", reviewPrompt=prompt, outputVariable="approval"),
+            node("ok", "conditional", condition="approval.approved === true"),
+            node("yes", "output", outputName="result", value="approved {{prepared}}"),
+            node("no", "output", outputName="result", value="rejected: {{approval.comment}}"),
         ],
-        "edges": [
-            {"id": "a", "source": "in", "target": "prep"},
-            {"id": "b", "source": "prep", "target": "review"},
-            {"id": "c", "source": "review", "target": "ok"},
-            {"id": "d", "source": "ok", "target": "yes", "sourceHandle": "true"},
-            {"id": "e", "source": "ok", "target": "no", "sourceHandle": "false"},
+        [
+            ("in", "prep"),
+            ("prep", "review"),
+            ("review", "ok"),
+            ("ok", "yes", "true"),
+            ("ok", "no", "false"),
         ],
-    }
+        name="Approval",
+    )  # fmt: skip
 
 
 def test_approval_round_trip_through_the_api(
@@ -129,7 +81,7 @@ def test_approval_round_trip_through_the_api(
     workflow_id = deploy(client, auth, approval_flow())
     execution_id = start(client, auth, workflow_id, {"who": "v2"})
     waiting = status_is(client, auth, execution_id, "waiting")
-    nodes = {n["node_id"]: n["status"] for n in waiting["nodes"]}
+    nodes = node_statuses(waiting)
     assert (
         nodes["review"] == "waiting" and nodes["prep"] == "succeeded" and nodes["ok"] == "skipped"
     )
@@ -137,8 +89,7 @@ def test_approval_round_trip_through_the_api(
     parked_run = waiting["runs"][0]["run_id"]
     tags = stack.instance().get_run_by_id(parked_run).tags
     assert tags["flowmaestro/waiting"] == "true"  # operators see it in the UI
-    approvals = client.get("/approvals", headers=auth).json()["items"]
-    mine = [a for a in approvals if a["execution_id"] == execution_id]
+    mine = approvals_of(client, auth, execution_id)
     assert len(mine) == 1 and mine[0]["prompt"] == "Ship v2?"
     bad = client.post(
         f"/approvals/{mine[0]['id']}/decision", json={"decision": "maybe"}, headers=auth
@@ -156,7 +107,7 @@ def test_approval_round_trip_through_the_api(
     assert done["status"] == "succeeded", done
     assert done["outputs"] == {"result": "approved prepared v2"}
     assert len(done["runs"]) == 2 and done["runs"][1]["parent_run_id"] == parked_run
-    resumed = {s.step_key for s in stack.instance().get_run_step_stats(done["runs"][1]["run_id"])}
+    resumed = step_keys(stack.instance(), done["runs"][1]["run_id"])
     aliases = build_job(approval_flow()).aliases  # op names carry labels (issue #7)
     assert aliases["prep"] not in resumed and aliases["in"] not in resumed
     assert aliases["review"] in resumed
@@ -166,16 +117,8 @@ def test_reject_takes_the_other_branch(client: TestClient, auth: dict[str, str])
     workflow_id = deploy(client, auth, approval_flow())
     execution_id = start(client, auth, workflow_id, {"who": "v3"})
     status_is(client, auth, execution_id, "waiting")
-    approval = next(
-        a
-        for a in client.get("/approvals", headers=auth).json()["items"]
-        if a["execution_id"] == execution_id
-    )
-    client.post(
-        f"/approvals/{approval['id']}/decision",
-        json={"decision": "reject", "comment": "too risky"},
-        headers=auth,
-    )
+    [approval] = approvals_of(client, auth, execution_id)
+    decide(client, auth, approval["id"], decision="reject", comment="too risky")
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     assert done["outputs"] == {"result": "rejected: too risky"}
 
@@ -186,13 +129,9 @@ def test_fifty_concurrent_decisions_resume_once(
     workflow_id = deploy(client, auth, approval_flow())
     execution_id = start(client, auth, workflow_id, {"who": "race"})
     status_is(client, auth, execution_id, "waiting")
-    approval = next(
-        a
-        for a in client.get("/approvals", headers=auth).json()["items"]
-        if a["execution_id"] == execution_id
-    )
+    [approval] = approvals_of(client, auth, execution_id)
 
-    def decide(i: int) -> int:
+    def decide_once(i: int) -> int:
         response = client.post(
             f"/approvals/{approval['id']}/decision",
             json={"decision": "approve" if i % 2 else "reject"},
@@ -201,7 +140,7 @@ def test_fifty_concurrent_decisions_resume_once(
         return response.status_code
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        codes = list(pool.map(decide, range(50)))
+        codes = list(pool.map(decide_once, range(50)))
     assert codes.count(200) == 1 and codes.count(409) == 49, codes
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     time.sleep(4)  # a few sensor ticks: still one resume
@@ -210,24 +149,12 @@ def test_fifty_concurrent_decisions_resume_once(
 
 
 def wait_flow(seconds: float) -> dict[str, Any]:
-    return {
-        "name": "Timer",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "who"}},
-            "pause": {
-                "type": "wait",
-                "config": {"durationValue": seconds, "durationUnit": "seconds"},
-            },
-            "out": {
-                "type": "output",
-                "config": {"outputName": "done", "value": "{{who}} after {{pause.wait.dueAt}}"},
-            },
-        },
-        "edges": [
-            {"id": "a", "source": "in", "target": "pause"},
-            {"id": "b", "source": "pause", "target": "out"},
-        ],
-    }
+    return chain(
+        node("in", "input", inputName="who"),
+        node("pause", "wait", durationValue=seconds, durationUnit="seconds"),
+        node("out", "output", outputName="done", value="{{who}} after {{pause.wait.dueAt}}"),
+        name="Timer",
+    )
 
 
 def test_a_datetime_wait_parks_and_resumes_when_due(
@@ -245,24 +172,12 @@ def test_a_datetime_wait_parks_and_resumes_when_due(
 
 
 def callback_flow() -> dict[str, Any]:
-    return {
-        "name": "Signature",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "doc"}},
-            "signed": {
-                "type": "wait",
-                "config": {"waitType": "webhook", "outputVariable": "signature"},
-            },
-            "out": {
-                "type": "output",
-                "config": {"outputName": "envelope", "value": "{{signature.payload.envelope}}"},
-            },
-        },
-        "edges": [
-            {"id": "a", "source": "in", "target": "signed"},
-            {"id": "b", "source": "signed", "target": "out"},
-        ],
-    }
+    return chain(
+        node("in", "input", inputName="doc"),
+        node("signed", "wait", waitType="webhook", outputVariable="signature"),
+        node("out", "output", outputName="envelope", value="{{signature.payload.envelope}}"),
+        name="Signature",
+    )
 
 
 def test_signed_callbacks_complete_a_webhook_wait(client: TestClient, auth: dict[str, str]) -> None:
@@ -273,7 +188,7 @@ def test_signed_callbacks_complete_a_webhook_wait(client: TestClient, auth: dict
     path = url.split("://", 1)[1].split("/", 1)[1]
     body = json.dumps({"envelope": "env-42"}).encode()
     now = int(time.time())
-    secret = "test-signing-secret-0123456789"
+    secret = SIGNING_SECRET
 
     def post(token_path: str, signature: str | None) -> int:
         headers = {"content-type": "application/json"} | (
@@ -312,25 +227,12 @@ def test_waitpoints_in_sequence_chain_resumed_runs(
     execution_id = start(client, auth, workflow_id, {"who": "seq"})
     for decision in ({"decision": "approve"}, {"decision": "respond", "value": "3"}):
         status_is(client, auth, execution_id, "waiting")
-        pending = wait_for(
-            lambda: [
-                a
-                for a in client.get("/approvals", headers=auth).json()["items"]
-                if a["execution_id"] == execution_id
-            ]
-        )
-        response = client.post(
-            f"/approvals/{pending[0]['id']}/decision", json=decision, headers=auth
-        )
-        assert response.status_code == 200, response.text
+        pending = wait_for(lambda: approvals_of(client, auth, execution_id))
         decided_id = pending[0]["id"]
+        decide(client, auth, decided_id, **decision)
         wait_for(
             lambda decided_id=decided_id: (
-                not [
-                    a
-                    for a in client.get("/approvals", headers=auth).json()["items"]
-                    if a["id"] == decided_id
-                ]
+                decided_id not in {a["id"] for a in approvals_of(client, auth, execution_id)}
             )
         )
     done = status_is(client, auth, execution_id, "succeeded", "failed")
@@ -344,48 +246,19 @@ def test_waitpoints_in_sequence_chain_resumed_runs(
 
 
 def test_child_executions_succeed_and_fail(client: TestClient, auth: dict[str, str]) -> None:
-    child = {
-        "name": "Child",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "raw"}},
-            "parse": {
-                "type": "transform",
-                "config": {
-                    "operation": "parseJSON",
-                    "inputData": "{{raw}}",
-                    "outputVariable": "parsed",
-                },
-            },
-            "out": {"type": "output", "config": {"outputName": "n", "value": "{{parsed.n}}"}},
-        },
-        "edges": [
-            {"id": "a", "source": "in", "target": "parse"},
-            {"id": "b", "source": "parse", "target": "out"},
-        ],
-    }
+    child = chain(
+        node("in", "input", inputName="raw"),
+        node("parse", "transform", operation="parseJSON", inputData="{{raw}}", outputVariable="parsed"),
+        node("out", "output", outputName="n", value="{{parsed.n}}"),
+        name="Child",
+    )  # fmt: skip
     child_id = deploy(client, auth, child)
-    parent = {
-        "name": "Parent",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "raw"}},
-            "call": {
-                "type": "subworkflow",
-                "config": {
-                    "workflowId": child_id,
-                    "inputs": {"raw": "{{raw}}"},
-                    "outputVariable": "child",
-                },
-            },
-            "out": {
-                "type": "output",
-                "config": {"outputName": "got", "value": "{{child.outputs.n}}"},
-            },
-        },
-        "edges": [
-            {"id": "a", "source": "in", "target": "call"},
-            {"id": "b", "source": "call", "target": "out"},
-        ],
-    }
+    parent = chain(
+        node("in", "input", inputName="raw"),
+        node("call", "subworkflow", workflowId=child_id, inputs={"raw": "{{raw}}"}, outputVariable="child"),
+        node("out", "output", outputName="got", value="{{child.outputs.n}}"),
+        name="Parent",
+    )  # fmt: skip
     parent_id = deploy(client, auth, parent)
     ok = start(client, auth, parent_id, {"raw": '{"n": 7}'})
     bad = start(client, auth, parent_id, {"raw": "{broken"})
@@ -398,55 +271,25 @@ def test_child_executions_succeed_and_fail(client: TestClient, auth: dict[str, s
 
 
 def test_each_loop_item_gets_its_own_approval(client: TestClient, auth: dict[str, str]) -> None:
-    definition = {
-        "name": "Loop approvals",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "items", "inputType": "json"}},
-            "each": {"type": "loop", "config": {"collection": "{{items}}", "itemVariable": "item"}},
-            "ask": {
-                "type": "humanReview",
-                "config": {"reviewPrompt": "Approve {{item}}?", "outputVariable": "approval"},
-            },
-            "mark": {
-                "type": "transform",
-                "config": {
-                    "transformType": "template",
-                    "template": "{{item}}:{{approval.decision}}",
-                    "outputVariable": "mark",
-                },
-            },
-            "out": {"type": "output", "config": {"outputName": "marks", "value": "{{mark}}"}},
-        },
-        "edges": [
-            {"id": "a", "source": "in", "target": "each"},
-            {"id": "b", "source": "each", "target": "ask"},
-            {"id": "c", "source": "ask", "target": "mark"},
-            {"id": "d", "source": "mark", "target": "out"},
-        ],
-    }
+    definition = chain(
+        node("in", "input", inputName="items", inputType="json"),
+        node("each", "loop", collection="{{items}}", itemVariable="item"),
+        node("ask", "humanReview", reviewPrompt="Approve {{item}}?", outputVariable="approval"),
+        node("mark", "transform", transformType="template", template="{{item}}:{{approval.decision}}", outputVariable="mark"),
+        node("out", "output", outputName="marks", value="{{mark}}"),
+        name="Loop approvals",
+    )  # fmt: skip
     workflow_id = deploy(client, auth, definition)
     execution_id = start(client, auth, workflow_id, {"items": ["a", "b", "c"]})
     status_is(client, auth, execution_id, "waiting")
-    approvals = wait_for(
-        lambda: [
-            a
-            for a in client.get("/approvals", headers=auth).json()["items"]
-            if a["execution_id"] == execution_id and len(a) > 0
-        ]
-    )
+    approvals = wait_for(lambda: approvals_of(client, auth, execution_id))
     assert sorted(a["prompt"] for a in approvals) == ["Approve a?", "Approve b?", "Approve c?"]
     by_prompt = {a["prompt"]: a["id"] for a in approvals}
-    client.post(
-        f"/approvals/{by_prompt['Approve a?']}/decision", json={"decision": "approve"}, headers=auth
-    )
-    client.post(
-        f"/approvals/{by_prompt['Approve c?']}/decision", json={"decision": "reject"}, headers=auth
-    )
+    decide(client, auth, by_prompt["Approve a?"], decision="approve")
+    decide(client, auth, by_prompt["Approve c?"], decision="reject")
     time.sleep(3)
     assert execution(client, auth, execution_id)["status"] == "waiting"  # b is still open
-    client.post(
-        f"/approvals/{by_prompt['Approve b?']}/decision", json={"decision": "approve"}, headers=auth
-    )
+    decide(client, auth, by_prompt["Approve b?"], decision="approve")
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     assert done["status"] == "succeeded", done
     assert done["outputs"] == {"marks": ["a:approve", "b:approve", "c:reject"]}
@@ -543,36 +386,26 @@ def test_a_killed_run_worker_is_resumed_without_redoing_finished_nodes(
     import os
     import signal
 
-    from dagster import DagsterRunStatus, RunsFilter
+    from dagster import DagsterRunStatus
 
     from flowmaestro_dagster.engines.launcher import PID_TAG
 
-    definition = {
-        "name": "Crash",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "who"}},
-            "prep": {
-                "type": "transform",
-                "config": {"operation": "template", "template": "prepared {{who}}"},
-            },
-            "slow": {"type": "transform", "config": {"operation": "passthrough", "delayMs": 4000}},
-            "out": {"type": "output", "config": {"outputName": "done", "value": "{{who}}"}},
-        },
-        "edges": [
-            {"id": "a", "source": "in", "target": "prep"},
-            {"id": "b", "source": "prep", "target": "slow"},
-            {"id": "c", "source": "slow", "target": "out"},
-        ],
-    }
+    definition = chain(
+        node("in", "input", inputName="who"),
+        node("prep", "transform", operation="template", template="prepared {{who}}"),
+        node("slow", "transform", operation="passthrough", delayMs=4000),
+        node("out", "output", outputName="done", value="{{who}}"),
+        name="Crash",
+    )
     steps = build_job(definition).aliases
     workflow_id = deploy(client, auth, definition)
     execution_id = start(client, auth, workflow_id, {"who": "crash"})
     instance = stack.instance()
 
     def runs() -> list[Any]:
-        found = instance.get_runs(RunsFilter(tags={"flowmaestro/execution_id": execution_id}))
         return sorted(
-            found, key=lambda run: instance.get_run_record_by_id(run.run_id).create_timestamp
+            runs_of(instance, execution_id),
+            key=lambda run: instance.get_run_record_by_id(run.run_id).create_timestamp,
         )
 
     def slow_started() -> Any:
@@ -598,5 +431,5 @@ def test_a_killed_run_worker_is_resumed_without_redoing_finished_nodes(
         if s.status is not None and s.status.value == "SUCCESS"
     }
     assert {steps["in"], steps["prep"]} <= finished_first
-    rerun = {s.step_key for s in instance.get_run_step_stats(retry.run_id)}
+    rerun = step_keys(instance, retry.run_id)
     assert rerun == {steps["slow"], steps["out"]}  # in and prep were not run again
