@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Context, Decimal
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -96,19 +97,31 @@ def tokenize(text: str) -> list[Token]:
     return tokens
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "0": "\0"}
+_HEX_ESCAPE = re.compile(r"x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|u\{([0-9a-fA-F]{1,6})\}")
+
+
 def _unquote(literal: str) -> str:
     body = literal[1:-1]
     if "\\" not in body:
         return body
-    escapes = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "0": "\0"}
     out = []
-    chars = iter(body)
-    for ch in chars:
-        if ch == "\\":
-            nxt = next(chars, "")
-            out.append(escapes.get(nxt, nxt))
-        else:
+    pos = 0
+    while pos < len(body):
+        ch = body[pos]
+        if ch != "\\":
             out.append(ch)
+            pos += 1
+            continue
+        code = _HEX_ESCAPE.match(body, pos + 1)  # \xHH, \uHHHH, \u{H...}
+        point = int(next(g for g in code.groups() if g), 16) if code else -1
+        if code and point <= 0x10FFFF:
+            out.append(chr(point))
+            pos = code.end()
+            continue
+        nxt = body[pos + 1 : pos + 2]
+        out.append(_ESCAPES.get(nxt, nxt))
+        pos += 2
     return "".join(out)
 
 
@@ -344,7 +357,8 @@ class _Parser:
         token = self.advance()
         if token.kind == "number":
             value = float(token.text)
-            return Literal(int(value) if value.is_integer() and "." not in token.text else value)
+            integral = value.is_integer() and abs(value) < 2**53 and "." not in token.text
+            return Literal(int(value) if integral else value)
         if token.kind == "string":
             return Literal(_unquote(token.text))
         if token.kind == "name":
@@ -386,8 +400,10 @@ class _Parser:
                 key_token = self.advance()
                 if key_token.kind == "string":
                     key: Any = Literal(_unquote(key_token.text))
-                elif key_token.kind in ("name", "number"):
+                elif key_token.kind == "name":
                     key = Literal(key_token.text)
+                elif key_token.kind == "number":  # `{1.50: x}` has the key "1.5", as in JS
+                    key = Literal(to_text(float(key_token.text)))
                 elif key_token.text == "[":
                     key = self.expression()
                     self.expect("]")
@@ -438,16 +454,41 @@ def to_number(value: Any) -> float:
     if value is None:
         return 0.0
     if isinstance(value, str):
-        stripped = value.strip()
-        if stripped == "":
-            return 0.0
-        try:
-            return float(stripped)
-        except ValueError:
-            return math.nan
+        return _string_to_number(value)
     if isinstance(value, list) and len(value) <= 1:
+        if value and isinstance(value[0], bool):
+            return math.nan  # Number([true]) is Number("true")
         return to_number(value[0]) if value else 0.0
     return math.nan
+
+
+# What JS `trim` and `Number(text)` strip (Python's `str.strip` strips a different set).
+_JS_SPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_DECIMAL = re.compile(r"[+-]?(?:Infinity|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)")
+_RADIX_LITERAL = re.compile(r"0(?:([xX][0-9a-fA-F]+)|([oO][0-7]+)|([bB][01]+))")
+
+
+def _string_to_number(text: str) -> float:
+    """JS `Number(text)`: no `inf`, `nan` or `1_000` (which Python's `float` accepts), but hex."""
+    stripped = text.strip(_JS_SPACE)
+    if stripped == "":
+        return 0.0
+    if _DECIMAL.fullmatch(stripped):
+        return float(stripped)
+    literal = _RADIX_LITERAL.fullmatch(stripped)
+    if literal is None:
+        return math.nan
+    return _int_to_float(int(stripped[2:], {"x": 16, "o": 8, "b": 2}[stripped[1].lower()]))
+
+
+def _int_to_float(value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 def to_text(value: Any) -> str:
@@ -463,15 +504,37 @@ def to_text(value: Any) -> str:
             return "NaN"
         if math.isinf(value):
             return "Infinity" if value > 0 else "-Infinity"
-        return str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
+        return _number_text(value)
     if isinstance(value, int):
         return str(value)
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+def _number_text(value: float) -> str:
+    """JS `Number.prototype.toString` of a finite number: `1e-7`, `0.00001`, `1e+21`."""
+    if value == 0:
+        return "0"
+    shortest = Decimal(repr(abs(value))).normalize().as_tuple()  # repr: the shortest round trip
+    digits = "".join(map(str, shortest.digits))
+    size = len(digits)
+    point = int(shortest.exponent) + size  # the decimal point sits after `point` digits
+    if size <= point <= 21:
+        text = digits + "0" * (point - size)
+    elif 0 < point <= 21:
+        text = f"{digits[:point]}.{digits[point:]}"
+    elif -6 < point <= 0:
+        text = "0." + "0" * -point + digits
+    else:
+        mantissa = f"{digits[0]}.{digits[1:]}" if size > 1 else digits
+        text = f"{mantissa}e{point - 1:+d}"
+    return "-" + text if value < 0 else text
+
+
 def _number_result(value: float) -> int | float:
+    """Whole numbers as `int` (so they print as `3`), except -0, which JS keeps (`1 / -0`)."""
+    value = float(value)
     if math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
+        return int(value) if value or math.copysign(1.0, value) > 0 else value
     return value
 
 
@@ -488,9 +551,7 @@ def loose_equals(left: Any, right: Any) -> bool:
     if isinstance(left, str) and isinstance(right, str):
         return str.__eq__(left, right)
     if isinstance(left, int | float) or isinstance(right, int | float):
-        if isinstance(left, list | dict) or isinstance(right, list | dict):
-            return False
-        return to_number(left) == to_number(right)
+        return to_number(left) == to_number(right)  # `[5] == 5`, `[] == 0` as in JS
     return left is right or (
         isinstance(left, list | dict) and isinstance(right, list | dict) and left == right
     )
@@ -584,53 +645,169 @@ def _checked_text(text: str) -> str:
     return text
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json_parse(text: Any) -> Any:
     try:
-        return json.loads(to_text(text))
+        return json.loads(to_text(text), parse_constant=_reject_constant)
     except ValueError as exc:
         raise ExpressionError(f"JSON.parse: {exc}") from exc
 
 
-def _parse_int(value: Any, base: Any = 10) -> Any:
-    match = re.match(r"\s*([+-]?\d+)", to_text(value))
-    if not match:
+def _json_stringify(value: Any, _replacer: Any = None, space: Any = None) -> str | None:
+    """JS `JSON.stringify`: compact (`{"a":1}`) unless `space` is given, JS number spelling."""
+    if isinstance(space, int | float) and not isinstance(space, bool):
+        indent = " " * max(0, min(10, int(space))) if math.isfinite(space) else ""
+    else:
+        indent = space[:10] if isinstance(space, str) else ""
+    return _json_text(value, indent, "\n")
+
+
+def _json_text(value: Any, indent: str, newline: str) -> str | None:
+    if isinstance(value, _Function):
+        return None
+    if value is None or isinstance(value, bool | str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):
+        return _number_text(value) if math.isfinite(value) else "null"
+    if isinstance(value, int):
+        return str(value)
+    inner = newline + indent
+    if isinstance(value, list):
+        items = [_json_text(v, indent, inner) or "null" for v in value]
+        return _json_join("[", items, "]", indent, newline)
+    if isinstance(value, dict):
+        colon = ": " if indent else ":"
+        entries = [
+            (json.dumps(str(k), ensure_ascii=False), _json_text(v, indent, inner))
+            for k, v in value.items()
+        ]
+        fields = [f"{k}{colon}{v}" for k, v in entries if v is not None]
+        return _json_join("{", fields, "}", indent, newline)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _json_join(start: str, parts: list[str], end: str, indent: str, newline: str) -> str:
+    if not parts:
+        return start + end
+    if not indent:
+        return start + ",".join(parts) + end
+    inner = newline + indent
+    return start + inner + ("," + inner).join(parts) + newline + end
+
+
+def _parse_int(value: Any, base: Any = None) -> Any:
+    """JS `parseInt`: the longest prefix of digits valid in the radix (`0x` means 16)."""
+    text = to_text(value).lstrip(_JS_SPACE)
+    sign = -1.0 if text.startswith("-") else 1.0
+    if text[:1] in ("-", "+"):
+        text = text[1:]
+    radix_number = to_number(base)
+    radix = int(radix_number) if math.isfinite(radix_number) else 0
+    if radix in (0, 16) and text[:2] in ("0x", "0X"):
+        text, radix = text[2:], 16
+    radix = radix or 10
+    if not 2 <= radix <= 36:
         return math.nan
-    try:
-        return int(match.group(1), int(to_number(base)) or 10)
-    except ValueError:
+    size = 0
+    while size < len(text) and text[size].isascii() and text[size].isalnum():
+        if int(text[size], 36) >= radix:
+            break
+        size += 1
+    if size == 0:
         return math.nan
+    return _number_result(sign * _int_to_float(int(text[:size], radix)))
+
+
+_FLOAT_PREFIX = re.compile(r"[+-]?(?:Infinity|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)")
 
 
 def _parse_float(value: Any) -> Any:
-    match = re.match(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)", to_text(value))
-    return _number_result(float(match.group(1))) if match else math.nan
+    match = _FLOAT_PREFIX.match(to_text(value).lstrip(_JS_SPACE))
+    return _number_result(float(match.group())) if match else math.nan
 
 
 def _math_fn(fn: Callable[..., float]) -> _Function:
     return _Function(lambda *args: _number_result(fn(*[to_number(a) for a in args])))
 
 
+def _rounding(fn: Callable[[float], int]) -> Callable[..., float]:
+    """`Math.floor`/`ceil`/`round`: NaN and Infinity pass through, and -0.4 rounds to -0."""
+
+    def run(value: float = math.nan, *_: float) -> float:
+        if not math.isfinite(value):
+            return value
+        result = float(fn(value))
+        return -0.0 if result == 0 and math.copysign(1.0, value) < 0 else result
+
+    return run
+
+
+def _round(value: float) -> int:
+    """Half up, exactly: `floor(x + 0.5)` would round 0.49999999999999994 up."""
+    floor = math.floor(value)
+    return floor + 1 if value - floor >= 0.5 else floor
+
+
+def _extreme(bigger: bool) -> Callable[..., float]:
+    """`Math.max`/`min`: NaN wins, and +0 is bigger than -0."""
+
+    def run(*values: float) -> float:
+        best = -math.inf if bigger else math.inf
+        for value in values:
+            if math.isnan(value):
+                return math.nan
+            if value == best == 0:
+                better = (math.copysign(1.0, value) > 0) == bigger
+            else:
+                better = value > best if bigger else value < best
+            if better:
+                best = value
+        return best
+
+    return run
+
+
+def _pow(base: float = math.nan, exponent: float = math.nan, *_: float) -> float:
+    """JS `Math.pow`: NaN, Infinity and 0 where Python raises or returns a complex number."""
+    if math.isnan(exponent):
+        return math.nan
+    if exponent == 0:
+        return 1.0
+    if math.isnan(base) or (abs(base) == 1 and math.isinf(exponent)):
+        return math.nan
+    odd = exponent.is_integer() and math.fmod(exponent, 2) != 0
+    try:
+        return math.pow(base, exponent)
+    except OverflowError:
+        return -math.inf if base < 0 and odd else math.inf
+    except ValueError:  # 0 to a negative power, or a negative base to a fraction
+        if base != 0:
+            return math.nan
+        return -math.inf if odd and math.copysign(1.0, base) < 0 else math.inf
+
+
 _GLOBALS: dict[str, Any] = {
     "Object": {
-        "keys": _Function(lambda o: list(o.keys()) if isinstance(o, dict) else []),
-        "values": _Function(lambda o: list(o.values()) if isinstance(o, dict) else []),
-        "entries": _Function(
-            lambda o: [[k, v] for k, v in o.items()] if isinstance(o, dict) else []
-        ),
+        "keys": _Function(lambda o=None: [k for k, _ in _own_entries(o)]),
+        "values": _Function(lambda o=None: [v for _, v in _own_entries(o)]),
+        "entries": _Function(lambda o=None: [[k, v] for k, v in _own_entries(o)]),
     },
     "JSON": {
-        "stringify": _Function(lambda v, *_: to_text(json.dumps(v, ensure_ascii=False))),
+        "stringify": _Function(_json_stringify),
         "parse": _Function(_json_parse),
     },
     "Math": {
-        "max": _math_fn(lambda *a: max(a) if a else -math.inf),
-        "min": _math_fn(lambda *a: min(a) if a else math.inf),
-        "round": _math_fn(lambda a: math.floor(a + 0.5)),
-        "floor": _math_fn(math.floor),
-        "ceil": _math_fn(math.ceil),
-        "abs": _math_fn(abs),
-        "sqrt": _math_fn(lambda a: math.sqrt(a) if a >= 0 else math.nan),
-        "pow": _math_fn(lambda a, b: a**b if abs(b) < 1024 else math.inf),
+        "max": _math_fn(_extreme(bigger=True)),
+        "min": _math_fn(_extreme(bigger=False)),
+        "round": _math_fn(_rounding(_round)),
+        "floor": _math_fn(_rounding(math.floor)),
+        "ceil": _math_fn(_rounding(math.ceil)),
+        "abs": _math_fn(lambda a=math.nan, *_: abs(a)),
+        "sqrt": _math_fn(lambda a=math.nan, *_: math.sqrt(a) if a >= 0 else math.nan),
+        "pow": _math_fn(_pow),
     },
     "Array": {"isArray": _Function(lambda v: isinstance(v, list))},
     "Number": _Function(lambda v=0: _number_result(to_number(v))),
@@ -642,61 +819,129 @@ _GLOBALS: dict[str, Any] = {
 }
 
 
+def _own_entries(value: Any) -> list[tuple[str, Any]]:
+    """Own enumerable properties, as `Object.entries` and `{...x}` see them (lists by index)."""
+    if isinstance(value, dict):
+        return [(str(k), v) for k, v in value.items()]
+    if isinstance(value, list | str):
+        return [(str(i), v) for i, v in enumerate(value)]
+    return []
+
+
+def _integer(value: Any) -> int:
+    """JS ToIntegerOrInfinity, for indexes: NaN is 0, fractions truncate, infinities saturate."""
+    number = to_number(value)
+    if math.isnan(number):
+        return 0
+    if math.isinf(number):
+        return 2**53 if number > 0 else -(2**53)
+    return int(number)
+
+
+def _position(args: list[Any], index: int, size: int, default: int) -> int:
+    """An optional position argument (`includes(x, from)`), clamped to `[0, size]`."""
+    if len(args) <= index or args[index] is None:
+        return default
+    return min(max(_integer(args[index]), 0), size)
+
+
+def _substitute(replacement: str, matched: str, position: int, text: str) -> str:
+    """The `$$ $& $` $'` patterns of a `replace` replacement string."""
+    if "$" not in replacement:
+        return replacement
+    patterns = {
+        "$": "$",
+        "&": matched,
+        "`": text[:position],
+        "'": text[position + len(matched) :],
+    }
+    out = []
+    pos = 0
+    while pos < len(replacement):
+        nxt = replacement[pos + 1 : pos + 2]
+        if replacement[pos] == "$" and nxt in patterns:
+            out.append(patterns[nxt])
+            pos += 2
+        else:
+            out.append(replacement[pos])
+            pos += 1
+    return "".join(out)
+
+
 def _string_method(value: str, name: str, args: list[Any], budget: _Budget) -> Any:
-    arg = [to_text(a) if not isinstance(a, int | float) else a for a in args]
+    size = len(value)
+    search = to_text(args[0]) if args else "undefined"
     if name == "includes":
-        return to_text(args[0]) in value if args else False
+        return value.find(search, _position(args, 1, size, 0)) != -1
     if name == "startsWith":
-        return value.startswith(to_text(args[0])) if args else False
+        return value.startswith(search, _position(args, 1, size, 0))
     if name == "endsWith":
-        return value.endswith(to_text(args[0])) if args else False
+        return value.endswith(search, 0, _position(args, 1, size, size))
     if name in ("toLowerCase", "toLocaleLowerCase"):
         return value.lower()
     if name in ("toUpperCase", "toLocaleUpperCase"):
         return value.upper()
     if name == "trim":
-        return value.strip()
+        return value.strip(_JS_SPACE)
     if name == "trimStart":
-        return value.lstrip()
+        return value.lstrip(_JS_SPACE)
     if name == "trimEnd":
-        return value.rstrip()
+        return value.rstrip(_JS_SPACE)
     if name == "indexOf":
-        return value.find(to_text(args[0])) if args else -1
-    if name in ("slice", "substring", "substr"):
-        start = int(to_number(arg[0])) if args else 0
-        end = int(to_number(arg[1])) if len(args) > 1 and args[1] is not None else None
-        if name == "substr" and end is not None:
-            end = start + end
-        if name == "substring":
-            start = max(start, 0)
-            end = max(end, 0) if end is not None else None
+        return value.find(search, _position(args, 1, size, 0))
+    if name == "slice":
+        start = _integer(args[0]) if args else 0
+        end = _integer(args[1]) if len(args) > 1 and args[1] is not None else None
         return value[start:end]
+    if name == "substring":  # clamps to [0, length] and swaps reversed bounds
+        start = _position(args, 0, size, 0)
+        end = _position(args, 1, size, size)
+        return value[min(start, end) : max(start, end)]
+    if name == "substr":  # (start, length); a negative start counts from the end
+        start = _integer(args[0]) if args else 0
+        start = min(max(size + start, 0) if start < 0 else start, size)
+        return value[start : start + _position(args, 1, size - start, size - start)]
     if name == "split":
-        sep = to_text(args[0]) if args and args[0] is not None else None
-        if sep is None:
+        if not args or args[0] is None:
             return [value]
-        return list(value) if sep == "" else value.split(sep)
+        parts = list(value) if search == "" else value.split(search)
+        if len(args) > 1 and args[1] is not None:
+            limit = to_number(args[1])
+            parts = parts[: int(limit) % 2**32 if math.isfinite(limit) else 0]
+        return parts
     if name in ("replace", "replaceAll"):
         if len(args) < 2:
             return value
-        old, new = to_text(args[0]), to_text(args[1])
-        count = -1 if name == "replaceAll" else 1
-        return _checked_text(value.replace(old, new, count))
+        new = to_text(args[1])
+        positions = []
+        pos = value.find(search)
+        while pos != -1:
+            positions.append(pos)
+            if name == "replace":
+                break
+            pos = value.find(search, pos + max(len(search), 1))
+        out = []
+        end = 0
+        for pos in positions:
+            out.append(value[end:pos])
+            out.append(_substitute(new, search, pos, value))
+            end = pos + len(search)
+        out.append(value[end:])
+        return _checked_text("".join(out))
     if name == "charAt":
-        index = int(to_number(args[0])) if args else 0
-        return value[index] if 0 <= index < len(value) else ""
+        index = _integer(args[0]) if args else 0
+        return value[index] if 0 <= index < size else ""
     if name == "concat":
         return _checked_text(value + "".join(to_text(a) for a in args))
     if name == "toString":
         return value
     if name in ("padStart", "padEnd"):
-        width = min(int(to_number(args[0])) if args else 0, MAX_STRING)
+        width = min(_integer(args[0]) if args else 0, MAX_STRING)
         fill = to_text(args[1]) if len(args) > 1 else " "
-        return (
-            value.rjust(width, fill[:1] or " ")
-            if name == "padStart"
-            else value.ljust(width, fill[:1] or " ")
-        )
+        if width <= size or not fill:
+            return value
+        pad = (fill * ((width - size) // len(fill) + 1))[: width - size]
+        return pad + value if name == "padStart" else value + pad
     raise ExpressionError(f"string method '{name}' is not supported")
 
 
@@ -708,16 +953,20 @@ def _call_fn(fn: Any, *args: Any) -> Any:
 
 def _array_method(value: list[Any], name: str, args: list[Any], budget: _Budget) -> Any:
     fn = args[0] if args else None
-    if name == "includes":
-        return any(strict_equals(v, args[0]) for v in value) if args else False
-    if name == "indexOf":
-        return next((i for i, v in enumerate(value) if strict_equals(v, args[0])), -1)
-    if name == "join":
-        sep = to_text(args[0]) if args and args[0] is not None else ","
+    if name in ("includes", "indexOf"):
+        start = _integer(args[1]) if len(args) > 1 else 0
+        start = max(len(value) + start, 0) if start < 0 else start
+        search = args[0] if args else None
+        # includes is SameValueZero ([NaN].includes(NaN)); indexOf is ===
+        same = _same_value_zero if name == "includes" else strict_equals
+        found = next((i for i in range(start, len(value)) if same(value[i], search)), -1)
+        return found != -1 if name == "includes" else found
+    if name in ("join", "toString"):
+        sep = to_text(args[0]) if name == "join" and args and args[0] is not None else ","
         return _checked_text(sep.join("" if v is None else to_text(v) for v in value))
     if name == "slice":
-        start = int(to_number(args[0])) if args else 0
-        end = int(to_number(args[1])) if len(args) > 1 and args[1] is not None else None
+        start = _integer(args[0]) if args else 0
+        end = _integer(args[1]) if len(args) > 1 and args[1] is not None else None
         return value[start:end]
     if name == "concat":
         out = list(value)
@@ -725,10 +974,10 @@ def _array_method(value: list[Any], name: str, args: list[Any], budget: _Budget)
             out.extend(a if isinstance(a, list) else [a])
         return out
     if name == "at":
-        index = int(to_number(args[0])) if args else 0
+        index = _integer(args[0]) if args else 0
         return value[index] if -len(value) <= index < len(value) else None
     if name == "flat":
-        return [x for v in value for x in (v if isinstance(v, list) else [v])]
+        return _flat(value, _integer(args[0]) if args and args[0] is not None else 1)
     if name == "reverse":
         return list(reversed(value))
     if name == "map":
@@ -751,12 +1000,25 @@ def _array_method(value: list[Any], name: str, args: list[Any], budget: _Budget)
             acc = items.pop(0)
         else:
             raise ExpressionError("reduce of an empty array with no initial value")
-        for i, v in enumerate(items):
+        for i, v in enumerate(items, start=len(value) - len(items)):  # indexes into `value`
             acc = _tick(budget, _call_fn(fn, acc, v, i))
         return acc
-    if name == "toString":
-        return ",".join(to_text(v) for v in value)
     raise ExpressionError(f"array method '{name}' is not supported")
+
+
+def _flat(value: list[Any], depth: int) -> list[Any]:
+    out: list[Any] = []
+    for item in value:
+        if isinstance(item, list) and depth > 0:
+            out.extend(_flat(item, depth - 1))
+        else:
+            out.append(item)
+    return out
+
+
+def _same_value_zero(left: Any, right: Any) -> bool:
+    nan = isinstance(left, float) and isinstance(right, float) and math.isnan(left)
+    return strict_equals(left, right) or (nan and math.isnan(right))
 
 
 def _tick(budget: _Budget, value: Any) -> Any:
@@ -764,27 +1026,28 @@ def _tick(budget: _Budget, value: Any) -> Any:
     return value
 
 
+_INDEX = re.compile(r"0|[1-9][0-9]*")
+
+
 def _get_member(target: Any, key: Any) -> Any:
     if isinstance(target, dict):
         return target.get(to_text(key) if not isinstance(key, str) else key)
-    if isinstance(target, list):
+    if isinstance(target, list | str):
         if key == "length":
             return len(target)
-        if (isinstance(key, int | float) and not isinstance(key, bool)) or (
-            isinstance(key, str) and key.isdigit()
-        ):
-            index = int(to_number(key))
-            return target[index] if 0 <= index < len(target) else None
-        return None
-    if isinstance(target, str):
-        if key == "length":
-            return len(target)
-        if (isinstance(key, int | float) and not isinstance(key, bool)) or (
-            isinstance(key, str) and key.isdigit()
-        ):
-            index = int(to_number(key))
-            return target[index] if 0 <= index < len(target) else None
-        return None
+        index = _index_of(key)
+        return target[index] if index is not None and index < len(target) else None
+    return None
+
+
+def _index_of(key: Any) -> int | None:
+    """The array index a key names: `1`, `1.0` and `'1'`, but not `1.5`, `'01'` or `-1`."""
+    if isinstance(key, float) and key.is_integer():
+        key = int(key)
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key if key >= 0 else None
+    if isinstance(key, str) and _INDEX.fullmatch(key):
+        return int(key)
     return None
 
 
@@ -852,9 +1115,7 @@ class Evaluator:
             result: dict[str, Any] = {}
             for key, value in node.entries:
                 if key is None:
-                    spread = self.evaluate(value, scope)
-                    if isinstance(spread, dict):
-                        result.update(spread)
+                    result.update(_own_entries(self.evaluate(value, scope)))
                 else:
                     result[to_text(self.evaluate(key, scope))] = self.evaluate(value, scope)
             return result
@@ -912,10 +1173,12 @@ class Evaluator:
             return _number_result(a * b)
         if op == "/":
             if b == 0:
-                return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a)
+                if a == 0 or math.isnan(a):
+                    return math.nan
+                return math.copysign(math.inf, a) * math.copysign(1.0, b)  # 1 / -0 is -Infinity
             return _number_result(a / b)
         if op == "%":
-            return _number_result(math.fmod(a, b)) if b != 0 else math.nan
+            return math.nan if b == 0 or math.isinf(a) else _number_result(math.fmod(a, b))
         raise ExpressionError(f"unknown operator {op}")
 
     def call(self, node: Call, scope: Scope) -> Any:
@@ -924,8 +1187,8 @@ class Evaluator:
         if isinstance(target, Member):
             receiver = self.evaluate(target.target, scope)
             name = self.evaluate(target.key, scope)
-            if receiver is None and target.optional:
-                return None
+            if receiver is None and _optional_chain(target):
+                return None  # `a?.b.c()` short-circuits the whole chain
             if isinstance(receiver, dict) and isinstance(receiver.get(name), _Function):
                 return receiver[name](*args)
             if isinstance(receiver, str):
@@ -936,14 +1199,50 @@ class Evaluator:
                 return bool(args) and to_text(args[0]) in receiver
             if isinstance(receiver, int | float) and name in ("toFixed", "toString"):
                 if name == "toFixed":
-                    digits = int(to_number(args[0])) if args else 0
-                    return f"{float(receiver):.{max(0, min(digits, 20))}f}"
-                return to_text(receiver)
+                    return _to_fixed(float(receiver), _integer(args[0]) if args else 0)
+                return _radix_text(receiver, _integer(args[0]) if args and args[0] else 10)
             raise ExpressionError(f"'{to_text(name)}' is not a supported method here")
         fn = self.evaluate(target, scope)
         if isinstance(fn, _Function):
             return fn(*args)
         raise ExpressionError("only built-in functions can be called")
+
+
+def _optional_chain(node: Member) -> bool:
+    """Whether a `?.` precedes this member in its chain (`a?.b.c`)."""
+    part: Any = node
+    while isinstance(part, Member | Call):
+        if isinstance(part, Member) and part.optional:
+            return True
+        part = part.target
+    return False
+
+
+def _to_fixed(value: float, digits: int) -> str:
+    """JS `toFixed`: the exact binary value rounded half away from zero (2.5 gives "3")."""
+    if not math.isfinite(value) or abs(value) >= 1e21:
+        return to_text(value)
+    digits = max(0, min(digits, 100))
+    exact = Decimal(abs(value) if value == 0 else value)  # (-0).toFixed() is "0"
+    rounded = exact.quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP, Context(prec=200))
+    return format(rounded, "f")
+
+
+def _radix_text(value: float, radix: int) -> str:
+    """JS `toString(radix)`, for the whole numbers that both spell exactly (below 2**53)."""
+    if radix == 10 or not math.isfinite(value):
+        return to_text(value)
+    if not 2 <= radix <= 36:
+        raise ExpressionError("toString() radix must be between 2 and 36")
+    if not float(value).is_integer() or abs(value) >= 2**53:
+        raise ExpressionError("toString(radix) supports whole numbers below 2**53 only")
+    number, digits = abs(int(value)), ""
+    while True:
+        number, digit = divmod(number, radix)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+        if not number:
+            break
+    return "-" + digits if value < 0 else digits
 
 
 def evaluate(text: str, scope: Scope, *, lenient: bool = False) -> Any:
