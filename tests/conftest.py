@@ -2,14 +2,14 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flowmaestro_dagster.engines.results import WorkflowRunResult
-from flowmaestro_dagster.testing import run_workflow
+from flowmaestro_dagster.testing import EchoServer, FakeLLMServer, run_workflow
 from tests.builders import flow  # noqa: F401 - re-exported: the unit tests import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,3 +47,17 @@ def run() -> Callable[..., WorkflowRunResult]:
         return run_workflow(definition, inputs or {}, **kw)
 
     return _run
+
+
+@pytest.fixture
+def llm() -> Iterator[FakeLLMServer]:
+    """A fake OpenAI-compatible server (answers and records chat and embeddings requests)."""
+    with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    """An HTTP server that answers with what it was sent."""
+    with EchoServer() as server:
+        yield server

@@ -53,12 +53,6 @@ def _ctx(settings: Settings, inputs: dict[str, Any] | None = None, **config: Any
     )
 
 
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    with EchoServer() as server:
-        yield server
-
-
 class _Inbox:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []

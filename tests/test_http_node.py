@@ -2,7 +2,6 @@
 
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,12 +23,6 @@ INPUTS = {"id": 7, "name": 'Ann "the" Admin', "tags": ["a", "b"], "user": {"id":
 def settings(**http: Any) -> Settings:
     values: dict[str, Any] = {"allow_loopback": True, **http}
     return Settings().model_copy(update={"http": HttpSettings(**values)})
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    with EchoServer() as server:
-        yield server
 
 
 def http(raw: dict[str, Any], config: Settings | None = None) -> NodeResult:

@@ -2,7 +2,6 @@
 
 import socket
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -22,12 +21,6 @@ from flowmaestro_dagster.spec.configs import normalise_config
 from flowmaestro_dagster.testing import FakeLLMServer, FakeReply, run_workflow
 from flowmaestro_dagster.testing.fake_llm import API_KEY
 from tests.builders import chain, flow, node
-
-
-@pytest.fixture
-def llm() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as server:
-        yield server
 
 
 def run_node(

@@ -2,7 +2,7 @@
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -20,12 +20,6 @@ from flowmaestro_dagster.nodes.net import (
 )
 from flowmaestro_dagster.settings import HttpSettings
 from flowmaestro_dagster.testing import EchoServer
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    with EchoServer() as server:
-        yield server
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,9 @@
 """`onError` strategies, error edges and failure notifications, through compiled jobs."""
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import pytest
 from pydantic import SecretStr
 
 from flowmaestro_dagster.compile.naming import labelled_aliases
@@ -177,12 +176,6 @@ def test_on_error_inside_a_loop_body_applies_per_item() -> None:
 
 
 # -- notifications ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    with EchoServer() as server:
-        yield server
 
 
 def loopback(**connections: ConnectionSettings) -> Settings:

@@ -2,7 +2,6 @@
 Dagster's event log (fake OpenAI server and echo HTTP server: real sockets)."""
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,18 +216,6 @@ def run_measured(
         if r.event_log_entry.dagster_event is not None and r.event_log_entry.step_key == alias
     ]
     return Measured(result, compiled, events)
-
-
-@pytest.fixture
-def llm() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as server:
-        yield server
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    with EchoServer() as server:
-        yield server
 
 
 def llm_flow(retry: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,5 @@
 """The router node: the model picks a route, untaken branches are pruned, defaults apply."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,12 +29,6 @@ ROUTER = {
     "outputVariable": "department",
 }
 TICKET = {"ticket": "The app crashes when I upload a file"}
-
-
-@pytest.fixture
-def llm() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as server:
-        yield server
 
 
 R = [Route(value="billing", label="Billing"), Route(value="tech", label="Tech support")]

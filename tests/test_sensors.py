@@ -53,63 +53,38 @@ from flowmaestro_dagster.store.models import Execution, User, Waitpoint, utcnow
 from flowmaestro_dagster.store.waitpoints import DatabaseWaitpointStore
 from flowmaestro_dagster.tags import EXECUTION_TAG, RESUME_TAG
 from flowmaestro_dagster.testing.recording_client import RecordingDagsterClient
+from tests.builders import chain, node
 
 NOTHING_DONE = "due 0, expired 0, children 0, resumed 0, failed 0"
 
 
 def wait_flow() -> dict[str, Any]:
     """input → an hour's wait → output."""
-    return {
-        "name": "Timer",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "who"}},
-            "pause": {"type": "wait", "config": {"durationValue": 1, "durationUnit": "hours"}},
-            "out": {"type": "output", "config": {"outputName": "done", "value": "{{who}}"}},
-        },
-        "edges": [
-            {"id": "a", "source": "in", "target": "pause"},
-            {"id": "b", "source": "pause", "target": "out"},
-        ],
-    }
+    return chain(
+        node("in", "input", inputName="who"),
+        node("pause", "wait", durationValue=1, durationUnit="hours"),
+        node("out", "output", outputName="done", value="{{who}}"),
+        name="Timer",
+    )
 
 
 def approval_flow() -> dict[str, Any]:
     """input → prep → an approval → output."""
-    return {
-        "name": "Approval",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "who"}},
-            "prep": {
-                "type": "transform",
-                "config": {
-                    "transformType": "template",
-                    "template": "prepared {{who}}",
-                    "outputVariable": "prepared",
-                },
-            },
-            "review": {
-                "type": "humanReview",
-                "config": {"reviewPrompt": "Ship {{who}}?", "outputVariable": "approval"},
-            },
-            "out": {"type": "output", "config": {"outputName": "result", "value": "{{prepared}}"}},
-        },
-        "edges": [
-            {"id": "a", "source": "in", "target": "prep"},
-            {"id": "b", "source": "prep", "target": "review"},
-            {"id": "c", "source": "review", "target": "out"},
-        ],
-    }
+    return chain(
+        node("in", "input", inputName="who"),
+        node("prep", "transform", transformType="template", template="prepared {{who}}", outputVariable="prepared"),
+        node("review", "humanReview", reviewPrompt="Ship {{who}}?", outputVariable="approval"),
+        node("out", "output", outputName="result", value="{{prepared}}"),
+        name="Approval",
+    )  # fmt: skip
 
 
 def echo_flow() -> dict[str, Any]:
-    return {
-        "name": "Echo",
-        "nodes": {
-            "in": {"type": "input", "config": {"inputName": "who"}},
-            "out": {"type": "output", "config": {"outputName": "said", "value": "hi {{who}}"}},
-        },
-        "edges": [{"id": "a", "source": "in", "target": "out"}],
-    }
+    return chain(
+        node("in", "input", inputName="who"),
+        node("out", "output", outputName="said", value="hi {{who}}"),
+        name="Echo",
+    )
 
 
 # -- fixtures ------------------------------------------------------------------------------------

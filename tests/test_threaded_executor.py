@@ -29,6 +29,7 @@ from dagster import (
     In,
     JobDefinition,
     Nothing,
+    OpDefinition,
     OpExecutionContext,
     Out,
     Output,
@@ -654,6 +655,23 @@ def request_termination(context: OpExecutionContext) -> None:
     _thread.interrupt_main()
 
 
+def then_after(first: OpDefinition, *alongside: OpDefinition) -> JobDefinition:
+    """`first`, then `after`, which needs its output; `alongside` run independently. Without
+    them `first` is the only step ready, so it runs on the orchestrating thread."""
+
+    @op
+    def after(value: int) -> int:
+        return value
+
+    @job(executor_def=threaded_executor)
+    def first_then_after() -> None:
+        after(first())
+        for other in alongside:
+            other()
+
+    return first_then_after
+
+
 def seen_by_executor(context: OpExecutionContext) -> bool:
     """Wait until the executor has logged that it got the termination request."""
     for _ in range(int(WAIT / 0.01)):
@@ -683,16 +701,7 @@ def test_termination_starts_no_more_steps_and_cancels_the_run(instance: DagsterI
         if seen_by_executor(context):
             observed.set()
 
-    @op
-    def after(value: int) -> int:
-        return value
-
-    @job(executor_def=threaded_executor)
-    def terminated() -> None:
-        after(running())
-        terminate()
-
-    result = execute(terminated, instance)
+    result = execute(then_after(running, terminate), instance)
     assert observed.is_set()
     assert result.dagster_run.status == DagsterRunStatus.CANCELED
     assert statuses(result) == {"running": "STEP_SUCCESS", "terminate": "STEP_SUCCESS"}
@@ -712,15 +721,7 @@ def test_a_step_running_alone_is_interrupted_like_in_process(instance: DagsterIn
             time.sleep(0.05)
         return 1
 
-    @op
-    def after(value: int) -> int:
-        return value
-
-    @job(executor_def=threaded_executor)
-    def lonely() -> None:
-        after(alone())
-
-    result = execute(lonely, instance)
+    result = execute(then_after(alone), instance)
     assert len(naps) < 600  # stopped in the middle of its loop
     assert result.dagster_run.status == DagsterRunStatus.CANCELED
     assert statuses(result) == {"alone": "STEP_FAILURE"}
@@ -745,16 +746,8 @@ def test_a_pause_lets_the_running_step_finish_and_starts_no_more(
             time.sleep(0.02)
         return 1
 
-    @op
-    def after(value: int) -> int:
-        return value
-
-    @job(executor_def=threaded_executor)
-    def paused() -> None:
-        after(alone())
-
     try:
-        result = execute(paused, instance)
+        result = execute(then_after(alone), instance)
     finally:
         threaded_module._pause_requested.clear()
     assert len(naps) == 10  # not interrupted

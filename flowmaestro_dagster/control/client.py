@@ -40,22 +40,12 @@ T = TypeVar("T")
 # Hand-written: DagsterGraphQLClient has no re-execution (from failure, or of chosen steps with
 # a parent and root run), and lists jobs only through a private method that reads every location.
 
+# One mutation for both re-executions: from failure passes `reexecution` (ReexecutionParams),
+# chosen steps with a parent and root run pass `execution` (ExecutionParams); Dagster takes
+# exactly one of them.
 _REEXECUTE = """
-mutation Reexecute($params: ReexecutionParams) {
-  launchRunReexecution(reexecutionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on Error { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on InvalidStepError { invalidStepKey }
-    ... on InvalidOutputError { invalidOutputName }
-  }
-}
-"""
-
-_REEXECUTE_STEPS = """
-mutation ReexecuteSteps($params: ExecutionParams!) {
-  launchRunReexecution(executionParams: $params) {
+mutation Reexecute($execution: ExecutionParams, $reexecution: ReexecutionParams) {
+  launchRunReexecution(executionParams: $execution, reexecutionParams: $reexecution) {
     __typename
     ... on LaunchRunSuccess { run { runId } }
     ... on Error { message }
@@ -83,6 +73,11 @@ def _raise_for_server_error(response: requests.Response, *_: Any, **__: Any) -> 
     raise before gql reads the body as an answer."""
     if response.status_code >= 500:
         response.raise_for_status()
+
+
+def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    """Tags as GraphQL takes them (ExecutionTag)."""
+    return [{"key": k, "value": v} for k, v in tags.items()]
 
 
 def _describe(detail: Any) -> str:
@@ -188,6 +183,15 @@ class DagsterClient:
             return Conflict(f"the job is not loaded in Dagster yet: {message}")
         return PlatformError(f"Dagster refused the launch ({kind}): {message}")
 
+    def _send(self, action: str, arguments: Mapping[str, Any], send: Callable[[], T]) -> T:
+        """Every action reaches the webserver through here, by name and arguments, so that a
+        client without one overrides only the sending (testing/recording_client.py)."""
+        return send()
+
+    def _reexecute(self, variable: str, params: Mapping[str, Any]) -> str:
+        data = self._graphql(_REEXECUTE, {variable: dict(params)})
+        return self._launch_result(data["launchRunReexecution"])
+
     def launch(
         self,
         *,
@@ -196,25 +200,32 @@ class DagsterClient:
         run_config: Mapping[str, Any],
         tags: Mapping[str, str],
     ) -> str:
-        return self._call(
-            lambda client: client.submit_job_execution(
-                job,
-                repository_location_name=location,
-                repository_name=REPOSITORY,
-                run_config=dict(run_config),
-                tags=dict(tags),
-            ),
-            self._launch_refused,
-        )
+        def send() -> str:
+            return self._call(
+                lambda client: client.submit_job_execution(
+                    job,
+                    repository_location_name=location,
+                    repository_name=REPOSITORY,
+                    run_config=dict(run_config),
+                    tags=dict(tags),
+                ),
+                self._launch_refused,
+            )
+
+        arguments = {"location": location, "job": job, "run_config": run_config, "tags": tags}
+        return self._send("launch", arguments, send)
 
     def reexecute_from_failure(self, parent_run_id: str, extra_tags: Mapping[str, str]) -> str:
         params = {
             "parentRunId": parent_run_id,
             "strategy": "FROM_FAILURE",
-            "extraTags": [{"key": k, "value": v} for k, v in extra_tags.items()],
+            "extraTags": _tag_list(extra_tags),
         }
-        data = self._graphql(_REEXECUTE, {"params": params})
-        return self._launch_result(data["launchRunReexecution"])
+        return self._send(
+            "reexecute_from_failure",
+            {"parent_run_id": parent_run_id, "extra_tags": extra_tags},
+            lambda: self._reexecute("reexecution", params),
+        )
 
     def reexecute_steps(
         self,
@@ -238,17 +249,31 @@ class DagsterClient:
             "executionMetadata": {
                 "rootRunId": root_run_id,
                 "parentRunId": parent_run_id,
-                "tags": [{"key": k, "value": v} for k, v in tags.items()],
+                "tags": _tag_list(tags),
             },
         }
-        data = self._graphql(_REEXECUTE_STEPS, {"params": params})
-        return self._launch_result(data["launchRunReexecution"])
+        arguments = {
+            "location": location,
+            "job": job,
+            "parent_run_id": parent_run_id,
+            "root_run_id": root_run_id,
+            "step_keys": list(step_keys),
+            "run_config": run_config,
+            "tags": tags,
+        }
+        return self._send(
+            "reexecute_steps", arguments, lambda: self._reexecute("execution", params)
+        )
 
     def terminate(self, run_id: str) -> None:
         def refused(_kind: str, message: str) -> PlatformError:
             return Conflict(f"Dagster could not terminate run {run_id}: {message}")
 
-        self._call(lambda client: client.terminate_run(run_id), refused)
+        self._send(
+            "terminate",
+            {"run_id": run_id},
+            lambda: self._call(lambda client: client.terminate_run(run_id), refused),
+        )
 
     def tag_run(self, run_id: str, tags: Mapping[str, str]) -> None:
         """Add or change tags of a run (shown in the Dagster UI; e.g. `flowmaestro/paused`)."""
@@ -258,14 +283,19 @@ class DagsterClient:
         def refused(_kind: str, message: str) -> PlatformError:
             return PlatformError(f"Dagster could not reload {location}: {message}")
 
-        info = self._call(
-            lambda client: client.reload_repository_location(location), refused, timeout=timeout
-        )
-        if info.status is ReloadRepositoryLocationStatus.SUCCESS:
-            return
-        if info.failure_type == "PythonError":  # the location's code raised while loading
-            raise PlatformError(f"code location {location} failed to load: {info.message}")
-        raise refused(info.failure_type or "", info.message or "")
+        def send() -> None:
+            info = self._call(
+                lambda client: client.reload_repository_location(location),
+                refused,
+                timeout=timeout,
+            )
+            if info.status is ReloadRepositoryLocationStatus.SUCCESS:
+                return
+            if info.failure_type == "PythonError":  # the location's code raised while loading
+                raise PlatformError(f"code location {location} failed to load: {info.message}")
+            raise refused(info.failure_type or "", info.message or "")
+
+        self._send("reload_location", {"location": location}, send)
 
     def job_names(self, location: str) -> set[str]:
         data = self._graphql(_JOBS, {"location": location})

@@ -76,6 +76,29 @@ def _key(text: Any) -> str:
     return "".join(ch for ch in str(text or "").lower() if ch.isalnum() or ch == "/")
 
 
+def _send_failure(
+    exc: Exception, method: str, display: str, timeout: float, settings: HttpSettings
+) -> tuple[str, type[NodeExecutionError]]:
+    """Why a request failed, and whether for good: a blocked address or an unusable URL is the
+    configuration's fault, a timeout or a connection error is retried (httpx's specific
+    errors are matched before the general ones they derive from)."""
+    if isinstance(exc, BlockedAddressError):
+        return str(exc), NodeConfigurationError
+    if isinstance(exc, _TooLarge):
+        return (
+            f"the response of {display} is larger than {settings.max_response_bytes} bytes "
+            "(FLOWMAESTRO_HTTP__MAX_RESPONSE_BYTES)",
+            NodeExecutionError,
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{method} {display} timed out after {timeout:g}s", TransientNodeError
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.InvalidURL):
+        return f"cannot send {method} {display}: {exc}", NodeConfigurationError
+    if isinstance(exc, httpx.TransportError):
+        return f"{method} {display} failed: {exc or type(exc).__name__}", TransientNodeError
+    return f"{method} {display} failed: {exc}", NodeExecutionError
+
+
 def execute_http(ctx: NodeContext) -> NodeResult:
     config = ctx.typed_config(HttpConfig)
     settings = node_http_settings(ctx)
@@ -88,36 +111,9 @@ def execute_http(ctx: NodeContext) -> NodeResult:
         status, headers, body, elapsed_ms = send(
             settings, request_parts, timeout=timeout, follow_redirects=follow
         )
-    except BlockedAddressError as exc:
-        raise ctx.error(str(exc), NodeConfigurationError, details={"url": display}) from exc
-    except _TooLarge as exc:
-        raise ctx.error(
-            f"the response of {display} is larger than {settings.max_response_bytes} bytes "
-            "(FLOWMAESTRO_HTTP__MAX_RESPONSE_BYTES)",
-            details={"url": display},
-        ) from exc
-    except httpx.TimeoutException as exc:
-        raise ctx.error(
-            f"{request_parts.method} {display} timed out after {timeout:g}s",
-            TransientNodeError,
-            details={"url": display},
-        ) from exc
-    except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
-        raise ctx.error(
-            f"cannot send {request_parts.method} {display}: {exc}",
-            NodeConfigurationError,
-            details={"url": display},
-        ) from exc
-    except httpx.TransportError as exc:
-        raise ctx.error(
-            f"{request_parts.method} {display} failed: {exc or type(exc).__name__}",
-            TransientNodeError,
-            details={"url": display},
-        ) from exc
-    except httpx.HTTPError as exc:
-        raise ctx.error(
-            f"{request_parts.method} {display} failed: {exc}", details={"url": display}
-        ) from exc
+    except (BlockedAddressError, _TooLarge, httpx.InvalidURL, httpx.HTTPError) as exc:
+        message, kind = _send_failure(exc, request_parts.method, display, timeout, settings)
+        raise ctx.error(message, kind, details={"url": display}) from exc
     data = parse_body(body, headers)
     output = {"status": status, "headers": headers, "data": data, "responseTime": elapsed_ms}
     check_status(ctx, config, request_parts, status, headers, data)

@@ -62,6 +62,15 @@ class ChatReply:
         }
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """What a node calls: a configured provider (and the name it has in settings) and a model."""
+
+    provider_name: str
+    provider: LLMProvider
+    model: str
+
+
 def node_settings(ctx: NodeContext) -> Settings:
     """The settings the run was given (the services resource), else the environment's."""
     return ctx.settings
@@ -101,6 +110,12 @@ def resolve_model(ctx: NodeContext, provider_name: str, provider: LLMProvider, m
     return chosen
 
 
+def resolve_endpoint(ctx: NodeContext, provider: str | None, model: Any) -> Endpoint:
+    """The provider and model a node names (or their defaults)."""
+    provider_name, configured = resolve_provider(ctx, provider)
+    return Endpoint(provider_name, configured, resolve_model(ctx, provider_name, configured, model))
+
+
 def make_client(provider: LLMProvider) -> "openai.OpenAI":
     """An SDK client for one provider, with the SDK's own retries off (Dagster retries)."""
     import openai
@@ -115,36 +130,42 @@ def make_client(provider: LLMProvider) -> "openai.OpenAI":
 
 
 @contextlib.contextmanager
-def provider_call(
-    ctx: NodeContext, provider_name: str, provider: LLMProvider, model: str
-) -> Iterator["openai.OpenAI"]:
+def provider_call(ctx: NodeContext, endpoint: Endpoint) -> Iterator["openai.OpenAI"]:
     """A client for one call; the SDK's errors leave as transient or permanent node errors."""
     import openai
 
     try:
-        with make_client(provider) as client:
+        with make_client(endpoint.provider) as client:
             yield client
     except openai.OpenAIError as exc:
-        raise provider_error(ctx, exc, provider_name, provider, model) from exc
+        raise provider_error(ctx, exc, endpoint) from exc
+
+
+def chat_messages(ctx: NodeContext, system_prompt: Any, content: Any) -> list[dict[str, Any]]:
+    """The user's message, after the node's system prompt (rendered) when it has one."""
+    messages: list[dict[str, Any]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": ctx.render_text(system_prompt)})
+    messages.append({"role": "user", "content": content})
+    return messages
 
 
 def chat(
     ctx: NodeContext,
-    *,
-    provider_name: str,
-    provider: LLMProvider,
-    model: str,
+    endpoint: Endpoint,
     messages: Sequence[Mapping[str, Any]],
+    *,
     temperature: float | None = None,
     max_tokens: int | None = None,
 ) -> ChatReply:
     """One chat completion; provider errors become transient or permanent node errors."""
+    provider_name, model = endpoint.provider_name, endpoint.model
     options: dict[str, Any] = {}
     if temperature is not None:
         options["temperature"] = temperature
     if max_tokens is not None:
-        options[provider.max_tokens_field] = int(max_tokens)
-    with provider_call(ctx, provider_name, provider, model) as client:
+        options[endpoint.provider.max_tokens_field] = int(max_tokens)
+    with provider_call(ctx, endpoint) as client:
         completion = client.chat.completions.create(
             model=model,
             messages=list(messages),  # type: ignore[arg-type]
@@ -179,15 +200,12 @@ def usage_of(usage: Any) -> dict[str, int]:
 
 
 def provider_error(
-    ctx: NodeContext,
-    exc: "openai.OpenAIError",
-    provider_name: str,
-    provider: LLMProvider,
-    model: str,
+    ctx: NodeContext, exc: "openai.OpenAIError", endpoint: Endpoint
 ) -> NodeExecutionError:
     """429, 5xx, 408, timeouts and connection errors are transient; the rest is permanent."""
     import openai
 
+    provider_name, provider, model = endpoint.provider_name, endpoint.provider, endpoint.model
     where = f"provider '{provider_name}' (model '{model}')"
     details: dict[str, Any] = {"provider": provider_name, "model": model}
     if isinstance(exc, openai.APITimeoutError):
@@ -234,23 +252,13 @@ def _status_message(exc: "openai.APIStatusError") -> str:
 
 def execute_llm(ctx: NodeContext) -> NodeResult:
     config = ctx.typed_config(LLMConfig)
-    provider_name, provider = resolve_provider(ctx, config.provider)
-    model = resolve_model(ctx, provider_name, provider, config.model)
+    endpoint = resolve_endpoint(ctx, config.provider, config.model)
     prompt = ctx.render_text(config.prompt) if config.prompt is not None else ""
     if not prompt.strip():
         raise ctx.error("the node has no prompt", NodeConfigurationError)
-    messages: list[dict[str, Any]] = []
-    if config.system_prompt:
-        messages.append({"role": "system", "content": ctx.render_text(config.system_prompt)})
-    messages.append({"role": "user", "content": prompt})
+    messages = chat_messages(ctx, config.system_prompt, prompt)
     reply = chat(
-        ctx,
-        provider_name=provider_name,
-        provider=provider,
-        model=model,
-        messages=messages,
-        temperature=config.temperature,
-        max_tokens=config.max_tokens,
+        ctx, endpoint, messages, temperature=config.temperature, max_tokens=config.max_tokens
     )
     return NodeResult(wrap_output(reply.as_output(), config.output_variable))
 
@@ -341,8 +349,7 @@ def execute_router(ctx: NodeContext) -> NodeResult:
     config = ctx.typed_config(RouterConfig)
     if not config.routes:
         raise ctx.error("the router has no routes", NodeConfigurationError)
-    provider_name, provider = resolve_provider(ctx, config.provider)
-    model = resolve_model(ctx, provider_name, provider, config.model)
+    endpoint = resolve_endpoint(ctx, config.provider, config.model)
     if config.prompt is not None and str(config.prompt).strip():
         prompt = ctx.render_text(config.prompt)
     else:  # no prompt: classify what the node before it produced
@@ -355,10 +362,8 @@ def execute_router(ctx: NodeContext) -> NodeResult:
     system = ctx.render_text(config.system_prompt) if config.system_prompt else None
     reply = chat(
         ctx,
-        provider_name=provider_name,
-        provider=provider,
-        model=model,
-        messages=router_messages(config.routes, prompt, system),
+        endpoint,
+        router_messages(config.routes, prompt, system),
         temperature=config.temperature if config.temperature is not None else ROUTER_TEMPERATURE,
         max_tokens=config.max_tokens,
     )
@@ -386,7 +391,11 @@ def execute_router(ctx: NodeContext) -> NodeResult:
             f"the model's answer names none of the routes "
             f"({', '.join(r.value for r in config.routes)}) and there is no defaultRoute: "
             f"{reply.text[:300]!r}",
-            details={"answer": reply.text[:1000], "provider": provider_name, "model": model},
+            details={
+                "answer": reply.text[:1000],
+                "provider": endpoint.provider_name,
+                "model": endpoint.model,
+            },
         )
     output: dict[str, Any] = {
         "route": route,
@@ -443,8 +452,7 @@ def image_urls(value: Any) -> list[str]:
 def execute_vision(ctx: NodeContext) -> NodeResult:
     """A chat completion with the node's image(s) as `image_url` parts of the user message."""
     config = ctx.typed_config(MediaConfig)
-    provider_name, provider = resolve_provider(ctx, config.provider)
-    model = resolve_model(ctx, provider_name, provider, config.model)
+    endpoint = resolve_endpoint(ctx, config.provider, config.model)
     urls = image_urls(ctx.render(_extra(config, *_IMAGE_KEYS)))
     if not urls:
         raise ctx.error(
@@ -460,19 +468,13 @@ def execute_vision(ctx: NodeContext) -> NodeResult:
         if detail:
             image_part["detail"] = str(detail)
         content.append({"type": "image_url", "image_url": image_part})
-    messages: list[dict[str, Any]] = []
-    system_prompt = _extra(config, "systemPrompt", "system")
-    if system_prompt:
-        messages.append({"role": "system", "content": ctx.render_text(system_prompt)})
-    messages.append({"role": "user", "content": content})
+    messages = chat_messages(ctx, _extra(config, "systemPrompt", "system"), content)
     temperature = _extra(config, "temperature")
     max_tokens = _extra(config, "maxTokens", "max_tokens")
     reply = chat(
         ctx,
-        provider_name=provider_name,
-        provider=provider,
-        model=model,
-        messages=messages,
+        endpoint,
+        messages,
         temperature=float(temperature) if temperature is not None else None,
         max_tokens=int(max_tokens) if max_tokens is not None else None,
     )
@@ -486,8 +488,7 @@ def execute_embeddings(ctx: NodeContext) -> NodeResult:
     first vector, `embeddings` all of them in input order.
     """
     config = ctx.typed_config(MediaConfig)
-    provider_name, provider = resolve_provider(ctx, config.provider)
-    model = resolve_model(ctx, provider_name, provider, config.model)
+    endpoint = resolve_endpoint(ctx, config.provider, config.model)
     raw = _extra(config, "input", "text", "texts", "content", "inputText", "query")
     value = ctx.render(raw) if raw is not None else ctx.upstream_value()
     texts = [to_text(v) for v in (value if isinstance(value, list) else [value]) if v is not None]
@@ -497,16 +498,16 @@ def execute_embeddings(ctx: NodeContext) -> NodeResult:
     dimensions = _extra(config, "dimensions")
     if dimensions is not None:
         options["dimensions"] = int(dimensions)
-    with provider_call(ctx, provider_name, provider, model) as client:
-        response = client.embeddings.create(model=model, input=texts, **options)
+    with provider_call(ctx, endpoint) as client:
+        response = client.embeddings.create(model=endpoint.model, input=texts, **options)
     vectors = [list(item.embedding) for item in sorted(response.data, key=lambda d: d.index)]
     output = {
         "embedding": vectors[0] if vectors else [],
         "embeddings": vectors,
         "dimensions": len(vectors[0]) if vectors else 0,
         "usage": usage_of(response.usage),
-        "model": response.model or model,
-        "provider": provider_name,
+        "model": response.model or endpoint.model,
+        "provider": endpoint.provider_name,
     }
     return NodeResult(wrap_output(output, config.output_variable))
 

@@ -18,6 +18,7 @@ from dagster import (
     run_status_sensor,
     sensor,
 )
+from sqlalchemy.orm import Session
 
 from flowmaestro_dagster.control.checkpoints import purge_expired_checkpoints
 from flowmaestro_dagster.control.client import DagsterClient
@@ -46,6 +47,32 @@ def _for_tick(
     return current, client
 
 
+def _session_sensor(
+    name: str,
+    description: str,
+    minimum_interval_seconds: int,
+    settings: Settings | None,
+    client_factory: ClientFactory | None,
+    work: Callable[[Session, DagsterClient, Settings], str],
+) -> SensorDefinition:
+    """A sensor whose tick does `work` in one platform database session and shows what it did
+    (the returned summary) as the tick's skip reason."""
+
+    @sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=description,
+    )
+    def evaluate(context: SensorEvaluationContext) -> SkipReason:
+        current, client = _for_tick(settings, client_factory, context.instance)
+        with session_scope(get_engine(current.database_url)) as session:
+            summary = work(session, client, current)
+        return SkipReason(summary)
+
+    return evaluate
+
+
 def make_launch_reconciler_sensor(
     minimum_interval_seconds: int = 10,
     *,
@@ -56,30 +83,29 @@ def make_launch_reconciler_sensor(
     down): the same exactly-once claim as the API's own launch. Also purges expired
     idempotency keys and checkpoints."""
 
-    @sensor(
-        name="execution_launch_reconciler",
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=DefaultSensorStatus.RUNNING,
-        description="Launches committed executions that have no Dagster run yet.",
-    )
-    def execution_launch_reconciler(context: SensorEvaluationContext) -> SkipReason:
-        current, client = _for_tick(settings, client_factory, context.instance)
-        with session_scope(get_engine(current.database_url)) as session:
-            counts = reconcile_launches(
-                session,
-                client,
-                older_than_seconds=current.reconcile_after_seconds,
-                lease_seconds=current.launch_lease_seconds,
-            )
-            purged = purge_expired_keys(session)
-            checkpoints = purge_expired_checkpoints(session)
-        return SkipReason(
+    def reconcile(session: Session, client: DagsterClient, current: Settings) -> str:
+        counts = reconcile_launches(
+            session,
+            client,
+            older_than_seconds=current.reconcile_after_seconds,
+            lease_seconds=current.launch_lease_seconds,
+        )
+        purged = purge_expired_keys(session)
+        checkpoints = purge_expired_checkpoints(session)
+        return (
             f"launched {counts['launched']}, held elsewhere {counts['skipped']}, "
             f"failed {counts['failed']}; purged {purged} expired idempotency keys and "
             f"{checkpoints} expired checkpoints"
         )
 
-    return execution_launch_reconciler
+    return _session_sensor(
+        "execution_launch_reconciler",
+        "Launches committed executions that have no Dagster run yet.",
+        minimum_interval_seconds,
+        settings,
+        client_factory,
+        reconcile,
+    )
 
 
 def make_waitpoint_sensor(
@@ -93,19 +119,18 @@ def make_waitpoint_sensor(
     Approvals and callbacks resume at once through the API; this sensor is their backstop.
     """
 
-    @sensor(
-        name="waitpoint_resumer",
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=DefaultSensorStatus.RUNNING,
-        description="Resumes executions parked at waitpoints once they resolve.",
-    )
-    def waitpoint_resumer(context: SensorEvaluationContext) -> SkipReason:
-        current, client = _for_tick(settings, client_factory, context.instance)
-        with session_scope(get_engine(current.database_url)) as session:
-            counts = tick(session, client, lease_seconds=current.launch_lease_seconds)
-        return SkipReason(", ".join(f"{k} {v}" for k, v in counts.items()))
+    def resume(session: Session, client: DagsterClient, current: Settings) -> str:
+        counts = tick(session, client, lease_seconds=current.launch_lease_seconds)
+        return ", ".join(f"{k} {v}" for k, v in counts.items())
 
-    return waitpoint_resumer
+    return _session_sensor(
+        "waitpoint_resumer",
+        "Resumes executions parked at waitpoints once they resolve.",
+        minimum_interval_seconds,
+        settings,
+        client_factory,
+        resume,
+    )
 
 
 def make_execution_status_sensor(

@@ -5,7 +5,7 @@ Pure functions of a `WorkflowSpec`; the validator and the compiler both read the
 
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -146,24 +146,10 @@ class WorkflowGraph:
         return order
 
     def descendants(self, node_id: str) -> set[str]:
-        seen: set[str] = set()
-        queue = deque(self.successors(node_id))
-        while queue:
-            node = queue.popleft()
-            if node not in seen:
-                seen.add(node)
-                queue.extend(self.successors(node))
-        return seen
+        return _reachable(node_id, self.successors)
 
     def ancestors(self, node_id: str) -> set[str]:
-        seen: set[str] = set()
-        queue = deque(self.predecessors(node_id))
-        while queue:
-            node = queue.popleft()
-            if node not in seen:
-                seen.add(node)
-                queue.extend(self.predecessors(node))
-        return seen
+        return _reachable(node_id, self.predecessors)
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -292,3 +278,16 @@ def unique_names(raw: Iterable[str]) -> list[str]:
         used.add(candidate)
         out.append(candidate)
     return out
+
+
+def _reachable(node_id: str, neighbours: Callable[[str], Iterable[str]]) -> set[str]:
+    """Every node reached from `node_id` by following `neighbours` (`node_id` itself only
+    through a cycle)."""
+    seen: set[str] = set()
+    queue = deque(neighbours(node_id))
+    while queue:
+        node = queue.popleft()
+        if node not in seen:
+            seen.add(node)
+            queue.extend(neighbours(node))
+    return seen

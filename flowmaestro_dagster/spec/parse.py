@@ -192,14 +192,7 @@ class _Parser:
                 )
                 continue
             seen.add(node_id)
-            data = raw.get("data")
-            if data is None:
-                data = {}
-            if not isinstance(data, Mapping):
-                self.problem(
-                    "invalid_type", "data must be an object", f"{path}.data", node_id=node_id
-                )
-                data = {}
+            data = self._node_object(raw, "data", path, node_id)
             label = data.get("label")
             config = {k: v for k, v in data.items() if k != "label"}
             on_error = config.pop("onError", None)
@@ -208,6 +201,21 @@ class _Parser:
             )
             entries.append((node_id, node))
         return entries
+
+    def _node_object(
+        self, raw: Mapping[str, Any], key: str, path: str, node_id: str
+    ) -> Mapping[str, Any]:
+        """A node's `data` (React Flow) or `config` (backend): missing is empty, and so is
+        anything else than an object, with a problem."""
+        value = raw.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.problem(
+                "invalid_type", f"{key} must be an object", f"{path}.{key}", node_id=node_id
+            )
+            return {}
+        return value
 
     def _backend_nodes(self, raw_nodes: Mapping[str, Any]) -> list[tuple[str, NodeSpec | None]]:
         for duplicate in getattr(raw_nodes, "duplicates", []):
@@ -226,15 +234,7 @@ class _Parser:
             if not isinstance(raw, Mapping):
                 self.problem("invalid_type", "a node must be an object", path, node_id=node_id)
                 continue
-            config = raw.get("config")
-            if config is None:
-                config = {}
-            if not isinstance(config, Mapping):
-                self.problem(
-                    "invalid_type", "config must be an object", f"{path}.config", node_id=node_id
-                )
-                config = {}
-            config = dict(config)
+            config = dict(self._node_object(raw, "config", path, node_id))
             on_error = raw.get("onError", config.pop("onError", None))
             label = raw.get("name") or raw.get("label")
             node = self._node(

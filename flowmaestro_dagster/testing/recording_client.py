@@ -1,6 +1,7 @@
 """A `DagsterClient` for tests that have a Dagster instance but no webserver.
 
-The GraphQL actions (launch, re-execute, terminate, reload) are recorded, and a launch or
+The GraphQL actions (launch, re-execute, terminate, reload) are recorded instead of sent (the
+client builds each as in production and overrides only the sending), and a launch or
 re-execution adds a run to the instance, as the webserver would, so code that reads runs back
 (`runs_for_execution`) sees it. The run stays NOT_STARTED (the platform reads it as queued): a
 QUEUED run needs a code location's origin, which only a real workspace has. Reads go to the
@@ -11,13 +12,15 @@ instance as in production. Any other GraphQL call fails loudly: nothing reaches 
 """
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
 from flowmaestro_dagster.control.client import DagsterClient
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,87 +46,50 @@ class RecordingDagsterClient(DagsterClient):
     ) -> Any:
         raise AssertionError(f"no webserver in this test; unexpected GraphQL: {query.split()[:2]}")
 
-    def _record(self, action: str, arguments: Mapping[str, Any], run: DagsterRun | None) -> None:
+    def _send(self, action: str, arguments: Mapping[str, Any], send: Callable[[], T]) -> T:
+        """Record the action instead of sending it: a launch or re-execution adds the run the
+        webserver would create (its id is the answer), a termination cancels its run."""
+        run = self._run_for(action, arguments)
         if self.refuse is not None:
             raise self.refuse
         if run is not None:
             self.instance.add_run(run)
         self.calls.append(RecordedCall(action, dict(arguments), run.run_id if run else None))
+        if action == "terminate":
+            terminated = self.instance.get_run_by_id(arguments["run_id"])
+            if terminated is not None and not terminated.is_finished:
+                self.instance.report_run_canceled(terminated)
+        return cast(T, run.run_id if run else None)
 
-    def launch(
-        self,
-        *,
-        location: str,
-        job: str,
-        run_config: Mapping[str, Any],
-        tags: Mapping[str, str],
-    ) -> str:
-        run = DagsterRun(
+    def _run_for(self, action: str, arguments: Mapping[str, Any]) -> DagsterRun | None:
+        """The run a launch or re-execution creates; NOT_STARTED (see the module docstring)."""
+        lineage: dict[str, Any] = {}
+        if action == "reexecute_from_failure":
+            parent_run_id = arguments["parent_run_id"]
+            parent = self.instance.get_run_by_id(parent_run_id)
+            if parent is None:
+                raise AssertionError(f"no run {parent_run_id} to re-execute")
+            job, run_config = parent.job_name, parent.run_config
+            tags = {**parent.tags, **arguments["extra_tags"]}
+            lineage = {
+                "parent_run_id": parent_run_id,
+                "root_run_id": parent.root_run_id or parent_run_id,
+            }
+        elif action in ("launch", "reexecute_steps"):
+            job, run_config, tags = arguments["job"], arguments["run_config"], arguments["tags"]
+            if action == "reexecute_steps":
+                lineage = {
+                    "parent_run_id": arguments["parent_run_id"],
+                    "root_run_id": arguments["root_run_id"],
+                    "step_keys_to_execute": list(arguments["step_keys"]),
+                }
+        else:
+            return None
+        return DagsterRun(
             job_name=job,
             run_id=str(uuid.uuid4()),
             run_config=dict(run_config),
             tags=dict(tags),
             status=DagsterRunStatus.NOT_STARTED,
+            **lineage,
         )
-        arguments = {"location": location, "job": job, "run_config": run_config, "tags": tags}
-        self._record("launch", arguments, run)
-        return run.run_id
-
-    def reexecute_from_failure(self, parent_run_id: str, extra_tags: Mapping[str, str]) -> str:
-        parent = self.instance.get_run_by_id(parent_run_id)
-        if parent is None:
-            raise AssertionError(f"no run {parent_run_id} to re-execute")
-        run = DagsterRun(
-            job_name=parent.job_name,
-            run_id=str(uuid.uuid4()),
-            run_config=parent.run_config,
-            tags={**parent.tags, **extra_tags},
-            status=DagsterRunStatus.NOT_STARTED,
-            parent_run_id=parent_run_id,
-            root_run_id=parent.root_run_id or parent_run_id,
-        )
-        arguments = {"parent_run_id": parent_run_id, "extra_tags": extra_tags}
-        self._record("reexecute_from_failure", arguments, run)
-        return run.run_id
-
-    def reexecute_steps(
-        self,
-        *,
-        location: str,
-        job: str,
-        parent_run_id: str,
-        root_run_id: str,
-        step_keys: Sequence[str],
-        run_config: Mapping[str, Any],
-        tags: Mapping[str, str],
-    ) -> str:
-        run = DagsterRun(
-            job_name=job,
-            run_id=str(uuid.uuid4()),
-            run_config=dict(run_config),
-            tags=dict(tags),
-            status=DagsterRunStatus.NOT_STARTED,
-            parent_run_id=parent_run_id,
-            root_run_id=root_run_id,
-            step_keys_to_execute=list(step_keys),
-        )
-        arguments = {
-            "location": location,
-            "job": job,
-            "parent_run_id": parent_run_id,
-            "root_run_id": root_run_id,
-            "step_keys": list(step_keys),
-            "run_config": run_config,
-            "tags": tags,
-        }
-        self._record("reexecute_steps", arguments, run)
-        return run.run_id
-
-    def terminate(self, run_id: str) -> None:
-        self._record("terminate", {"run_id": run_id}, None)
-        run = self.instance.get_run_by_id(run_id)
-        if run is not None and not run.is_finished:
-            self.instance.report_run_canceled(run)
-
-    def reload_location(self, location: str, *, timeout: float = 120.0) -> None:
-        self._record("reload_location", {"location": location}, None)

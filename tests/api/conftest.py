@@ -141,6 +141,16 @@ GREETER = {
 }
 
 
+def patch_settings(
+    client: TestClient, auth: dict[str, str], workflow_id: str, **settings: Any
+) -> dict[str, Any]:
+    """PATCH the workflow's settings; the answer's body."""
+    response = client.patch(f"/workflows/{workflow_id}", json={"settings": settings}, headers=auth)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
 def deployed_workflow(
     client: TestClient, auth: dict[str, str], definition: dict[str, Any] | None = None
 ) -> str:

@@ -240,3 +240,16 @@ def runs_of(instance: DagsterInstance, execution_id: str) -> list[Any]:
 def step_keys(instance: DagsterInstance, run_id: str) -> set[str]:
     """The steps a run executed (Dagster's step stats)."""
     return {s.step_key for s in instance.get_run_step_stats(run_id)}
+
+
+def parked_run(stack: DagsterStack, body: dict[str, Any]) -> str:
+    """The run a waiting execution parked (its first), tagged waiting for operators to see."""
+    run_id: str = body["runs"][0]["run_id"]
+    assert stack.instance().get_run_by_id(run_id).tags["flowmaestro/waiting"] == "true"
+    return run_id
+
+
+def rerun_steps(stack: DagsterStack, body: dict[str, Any], parent_run_id: str) -> set[str]:
+    """The steps of the execution's second run, checked a re-execution of `parent_run_id`."""
+    assert len(body["runs"]) == 2 and body["runs"][1]["parent_run_id"] == parent_run_id
+    return step_keys(stack.instance(), body["runs"][1]["run_id"])

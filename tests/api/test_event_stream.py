@@ -67,7 +67,11 @@ def settings(database_url: str) -> ApiSettings:
     )
 
 
-def started(app: FastAPI, auth: dict[str, str]) -> str:
+def started(
+    settings: ApiSettings, auth: dict[str, str], dagster: ScriptedDagster
+) -> tuple[FastAPI, str]:
+    """The API on `dagster`, and the id of an execution started through it."""
+    app = create_app(settings, dagster=dagster)
     with TestClient(app) as client:
         workflow_id = deployed_workflow(client, auth)
         response = client.post(
@@ -75,7 +79,7 @@ def started(app: FastAPI, auth: dict[str, str]) -> str:
         )
     assert response.status_code == 201, response.text
     execution_id: str = response.json()["id"]
-    return execution_id
+    return app, execution_id
 
 
 @contextmanager
@@ -97,8 +101,7 @@ def test_events_are_framed_with_ids_names_and_json_data(
     settings: ApiSettings, auth: dict[str, str]
 ) -> None:
     dagster = ScriptedDagster("SUCCESS", [step_start(7, "out")])
-    app = create_app(settings, dagster=dagster)
-    execution_id = started(app, auth)
+    app, execution_id = started(settings, auth, dagster)
     with TestClient(app) as client:
         response = client.get(f"/executions/{execution_id}/events", headers=auth)
     assert response.status_code == 200
@@ -122,8 +125,7 @@ def test_a_client_that_goes_away_stops_the_polling(
     settings: ApiSettings, auth: dict[str, str]
 ) -> None:
     dagster = ScriptedDagster("STARTED", [step_start(1, "out")])
-    app = create_app(settings, dagster=dagster)
-    execution_id = started(app, auth)
+    app, execution_id = started(settings, auth, dagster)
     with (
         serving(app) as base,
         httpx.stream("GET", f"{base}/executions/{execution_id}/events", headers=auth) as stream,
@@ -143,8 +145,7 @@ def test_followers_hold_no_thread_and_no_connection(
     """More open streams than the thread pool has threads (40) and the database pool has
     connections (15 on SQLite), and sync routes still answer."""
     dagster = ScriptedDagster("STARTED", [step_start(1, "out")])
-    app = create_app(settings, dagster=dagster)
-    execution_id = started(app, auth)
+    app, execution_id = started(settings, auth, dagster)
 
     async def follow_many(base: str) -> int:
         async with (

@@ -14,7 +14,7 @@ from flowmaestro_dagster.engines.local import execute_workflow
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution
 from flowmaestro_dagster.testing import resources_for
-from tests.api.conftest import deployed_workflow, make_key
+from tests.api.conftest import deployed_workflow, make_key, patch_settings
 from tests.builders import chain, node
 
 QUEUED = chain(
@@ -68,12 +68,7 @@ def test_the_queue_config_wins_over_the_workflow_settings(
     client: TestClient, auth: dict[str, str]
 ) -> None:
     workflow_id = deployed_workflow(client, auth, QUEUED)
-    patched = client.patch(
-        f"/workflows/{workflow_id}",
-        json={"settings": {"priority": "low", "queue": "default"}},
-        headers=auth,
-    )
-    assert patched.status_code == 200, patched.text
+    patch_settings(client, auth, workflow_id, priority="low", queue="default")
     execution = start(client, auth, workflow_id, {"inputs": {"customer": "x"}})
     assert (execution["priority"], execution["queue"]) == (10, "ai-workflows")
 

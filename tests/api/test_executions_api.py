@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from flowmaestro_dagster.control.executions import purge_expired_keys
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution, IdempotencyKey, utcnow
-from tests.api.conftest import deployed_workflow, row_counts
+from tests.api.conftest import deployed_workflow, patch_settings, row_counts
 
 
 def start(
@@ -92,11 +92,7 @@ def test_key_ttl_follows_the_workflow_setting(
     client: TestClient, auth: dict[str, str], database_url: str
 ) -> None:
     workflow_id = deployed_workflow(client, auth)
-    client.patch(
-        f"/workflows/{workflow_id}",
-        json={"settings": {"idempotency_ttl_seconds": 120}},
-        headers=auth,
-    )
+    patch_settings(client, auth, workflow_id, idempotency_ttl_seconds=120)
     start(client, auth, workflow_id, {"inputs": {"who": "x"}}, key="ttl")
     with session_scope(get_engine(database_url)) as session:
         key = session.scalars(select(IdempotencyKey)).one()
@@ -167,11 +163,7 @@ def test_priority_and_queue_come_from_request_or_workflow(
     client: TestClient, auth: dict[str, str], database_url: str
 ) -> None:
     workflow_id = deployed_workflow(client, auth)
-    client.patch(
-        f"/workflows/{workflow_id}",
-        json={"settings": {"priority": "high", "queue": "ai-workflows"}},
-        headers=auth,
-    )
+    patch_settings(client, auth, workflow_id, priority="high", queue="ai-workflows")
     default = start(client, auth, workflow_id, {"inputs": {"who": "x"}}).json()
     explicit = start(
         client, auth, workflow_id, {"inputs": {"who": "x"}, "priority": "low", "queue": "batch"}

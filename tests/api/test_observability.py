@@ -7,7 +7,6 @@ end to end (a real waitpoint, resumed by the sensor) in test_observability_e2e.p
 """
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,12 +53,6 @@ PARSE_FLOW = backend_flow(
 @pytest.fixture
 def auth(database_url: str) -> dict[str, str]:
     return make_key(database_url, "observer@example.com")
-
-
-@pytest.fixture
-def llm() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as server:
-        yield server
 
 
 def deploy(api: TestClient, auth: dict[str, str], definition: dict[str, Any]) -> str:

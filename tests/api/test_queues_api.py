@@ -16,30 +16,46 @@ from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.store.db import dispose_engines, migrate
 from flowmaestro_dagster.tags import workflow_pool
-from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, make_key
+from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, patch_settings
 from tests.api.test_queues_support import store_run
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[TestClient, DagsterInstance, str]]:
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """A SQLite platform database of the test's own (conftest's `auth` reads it)."""
     url = f"sqlite:///{tmp_path / 'api.db'}"
     migrate(url)
-    home = tmp_path / "dagster"
-    home.mkdir()
-    settings = ApiSettings(
+    yield url
+    dispose_engines()
+
+
+@pytest.fixture
+def settings(database_url: str) -> ApiSettings:
+    return ApiSettings(
         _env_file=None,  # type: ignore[call-arg]
-        database_url=url,
+        database_url=database_url,
         dagster_graphql_url=UNREACHABLE_DAGSTER,
         graphql_timeout_seconds=1,
         launch_on_submit=False,
     )
+
+
+@pytest.fixture
+def instance(tmp_path: Path, settings: ApiSettings) -> Iterator[DagsterInstance]:
+    """A Dagster instance configured as the API renders it (its queues and limits)."""
+    home = tmp_path / "dagster"
+    home.mkdir()
     (home / "dagster.yaml").write_text(render_instance_yaml(settings))
-    instance = DagsterInstance.from_config(str(home))
+    configured = DagsterInstance.from_config(str(home))
+    yield configured
+    configured.dispose()
+
+
+@pytest.fixture
+def client(settings: ApiSettings, instance: DagsterInstance) -> Iterator[TestClient]:
     app = create_app(settings, dagster=DagsterClient(UNREACHABLE_DAGSTER, instance=instance))
-    with TestClient(app) as client:
-        yield client, instance, url
-    dispose_engines()
-    instance.dispose()
+    with TestClient(app) as test_client:
+        yield test_client
 
 
 def deployed(client: TestClient, auth: dict[str, str], **settings: Any) -> str:
@@ -68,36 +84,27 @@ def pools(instance: DagsterInstance) -> dict[str, int]:
 
 
 def test_deploy_and_patch_set_the_workflow_pool(
-    setup: tuple[TestClient, DagsterInstance, str],
+    client: TestClient, instance: DagsterInstance, auth: dict[str, str]
 ) -> None:
-    client, instance, url = setup
-    auth = make_key(url, "pools@example.com")
     workflow_id = deployed(client, auth, concurrency_limit=2)
     pool = workflow_pool(workflow_id)
     assert pools(instance)[pool] == 2
 
-    response = client.patch(
-        f"/workflows/{workflow_id}", json={"settings": {"concurrency_limit": 5}}, headers=auth
-    )
-    assert response.status_code == 200 and response.json()["warnings"] == []
+    assert patch_settings(client, auth, workflow_id, concurrency_limit=5)["warnings"] == []
     assert pools(instance)[pool] == 5
     overview = client.get("/queues", headers=auth).json()
     (entry,) = overview["workflows"]
     assert (entry["concurrency_limit"], entry["applied_limit"]) == (5, 5)
 
-    client.patch(
-        f"/workflows/{workflow_id}", json={"settings": {"concurrency_limit": None}}, headers=auth
-    )
+    patch_settings(client, auth, workflow_id, concurrency_limit=None)
     assert pool not in pools(instance)
     (entry,) = client.get("/queues", headers=auth).json()["workflows"]
     assert (entry["concurrency_limit"], entry["applied_limit"]) == (None, None)
 
 
 def test_the_one_at_a_time_switch_re_tags_queued_runs(
-    setup: tuple[TestClient, DagsterInstance, str],
+    client: TestClient, instance: DagsterInstance, auth: dict[str, str]
 ) -> None:
-    client, instance, url = setup
-    auth = make_key(url, "solo@example.com")
     workflow_id = deployed(client, auth)
     first, second = queued_run(instance, workflow_id, "u1"), queued_run(instance, workflow_id, "u2")
 
@@ -106,25 +113,15 @@ def test_the_one_at_a_time_switch_re_tags_queued_runs(
         assert run is not None
         return run.tags.get("flowmaestro/user_workflow")
 
-    client.patch(
-        f"/workflows/{workflow_id}",
-        json={"settings": {"one_at_a_time_per_user": True}},
-        headers=auth,
-    )
+    patch_settings(client, auth, workflow_id, one_at_a_time_per_user=True)
     assert (tag(first), tag(second)) == (f"{workflow_id}:u1", f"{workflow_id}:u2")
-    client.patch(
-        f"/workflows/{workflow_id}",
-        json={"settings": {"one_at_a_time_per_user": False}},
-        headers=auth,
-    )
+    patch_settings(client, auth, workflow_id, one_at_a_time_per_user=False)
     assert (tag(first), tag(second)) == (f"off:{first}", f"off:{second}")
 
 
 def test_get_queues_counts_queued_runs_per_queue_user_and_workflow(
-    setup: tuple[TestClient, DagsterInstance, str],
+    client: TestClient, instance: DagsterInstance, auth: dict[str, str]
 ) -> None:
-    client, instance, url = setup
-    auth = make_key(url, "counts@example.com")
     workflow_id = deployed(client, auth)
     me = client.get("/queues", headers=auth).json()["users"][0]["user_id"]
     queued_run(instance, workflow_id, me)
@@ -148,10 +145,8 @@ def test_get_queues_counts_queued_runs_per_queue_user_and_workflow(
 
 
 def test_an_execution_not_yet_in_dagsters_queue_says_so(
-    setup: tuple[TestClient, DagsterInstance, str],
+    client: TestClient, auth: dict[str, str]
 ) -> None:
-    client, _, url = setup
-    auth = make_key(url, "pending@example.com")
     workflow_id = deployed(client, auth)
     created = client.post(
         f"/workflows/{workflow_id}/executions",

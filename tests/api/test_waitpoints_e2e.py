@@ -26,6 +26,8 @@ from tests.api.e2e import (
     deploy,
     execution,
     node_statuses,
+    parked_run,
+    rerun_steps,
     runs_of,
     start,
     status_is,
@@ -86,9 +88,7 @@ def test_approval_round_trip_through_the_api(
         nodes["review"] == "waiting" and nodes["prep"] == "succeeded" and nodes["ok"] == "skipped"
     )
     assert waiting["waitpoints"][0]["kind"] == "approval"
-    parked_run = waiting["runs"][0]["run_id"]
-    tags = stack.instance().get_run_by_id(parked_run).tags
-    assert tags["flowmaestro/waiting"] == "true"  # operators see it in the UI
+    parked = parked_run(stack, waiting)
     mine = approvals_of(client, auth, execution_id)
     assert len(mine) == 1 and mine[0]["prompt"] == "Ship v2?"
     bad = client.post(
@@ -106,8 +106,7 @@ def test_approval_round_trip_through_the_api(
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     assert done["status"] == "succeeded", done
     assert done["outputs"] == {"result": "approved prepared v2"}
-    assert len(done["runs"]) == 2 and done["runs"][1]["parent_run_id"] == parked_run
-    resumed = step_keys(stack.instance(), done["runs"][1]["run_id"])
+    resumed = rerun_steps(stack, done, parked)
     aliases = build_job(approval_flow()).aliases  # op names carry labels (issue #7)
     assert aliases["prep"] not in resumed and aliases["in"] not in resumed
     assert aliases["review"] in resumed
