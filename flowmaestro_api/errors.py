@@ -5,10 +5,12 @@ this module adds what only HTTP has and maps them all in `register_error_handler
 
 PlatformError (flowmaestro_dagster.errors)   500 (never raised on purpose)
 ├── InvalidRequest               400 the request cannot be read
+├── BadSignature                 401 a webhook delivery is not signed with the hook's secret
 ├── Forbidden                    403 the key's user may not do this
 ├── NotFound                     404 no such workflow / version / execution (or not yours)
 ├── Conflict                     409 the resource is in the wrong state for this
 ├── Gone                         410 it existed but has expired
+├── UnsupportedMediaType         415 a webhook body that is not JSON, a form or text
 ├── Unprocessable                422 valid JSON, invalid content (carries validation problems)
 │   ├── InvalidWorkflow          the definition has errors
 │   ├── InvalidInputs            inputs do not match the workflow's input nodes
@@ -25,6 +27,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from flowmaestro_dagster.errors import (
+    BadSignature,
     Conflict,
     DagsterUnavailable,
     Forbidden,
@@ -36,10 +39,12 @@ from flowmaestro_dagster.errors import (
     NotFound,
     PlatformError,
     Unprocessable,
+    UnsupportedMediaType,
 )
 
 __all__ = [
     "ApiError",
+    "BadSignature",
     "Conflict",
     "DagsterUnavailable",
     "Forbidden",
@@ -53,6 +58,7 @@ __all__ = [
     "PlatformError",
     "Unauthenticated",
     "Unprocessable",
+    "UnsupportedMediaType",
     "register_error_handlers",
 ]
 

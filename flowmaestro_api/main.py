@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from flowmaestro_api.errors import PayloadTooLarge, problem_response, register_error_handlers
-from flowmaestro_api.routes import approvals, executions, health, queues, workflows
+from flowmaestro_api.routes import approvals, executions, health, hooks, queues, workflows
 from flowmaestro_api.routes.observability import router as observability_router
 from flowmaestro_api.settings import ApiSettings, get_api_settings
 from flowmaestro_dagster.control.client import DagsterClient
@@ -80,5 +80,6 @@ def create_app(
     app.include_router(executions.router)
     app.include_router(queues.router)
     app.include_router(approvals.router)
+    app.include_router(hooks.router)
     app.include_router(observability_router)
     return app

@@ -205,3 +205,44 @@ class ExecutionPublic(_Schema):
 class ExecutionList(BaseModel):
     items: list[ExecutionPublic]
     total: int
+
+
+# -- webhook triggers (docs/webhooks.md) ---------------------------------------------------------
+
+
+class TriggerPublic(BaseModel):
+    id: str
+    type: str
+    provider: str | None = None
+    event: str | None = None
+    output_variable: str | None = None
+    webhook: bool
+    url: str | None = Field(default=None, description="where a webhook trigger is delivered")
+    secret: str | None = Field(
+        default=None, description="the webhook's signing / bearer secret (derived, not stored)"
+    )
+
+
+class TriggerList(BaseModel):
+    items: list[TriggerPublic]
+    version: int | None = Field(description="the version read: the deployed one, else the latest")
+    live: bool = Field(description="the workflow is deployed: its webhook URLs accept deliveries")
+
+
+class HookAccepted(BaseModel):
+    status: Literal["accepted", "duplicate"]
+    execution_id: str
+
+
+class DeliveryPublic(_Schema):
+    id: str
+    trigger_id: str
+    delivery_id: str | None
+    received_at: datetime
+    outcome: Literal["accepted", "duplicate", "rejected"]
+    reason: str | None
+    execution_id: str | None
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryPublic]

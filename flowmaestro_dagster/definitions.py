@@ -5,7 +5,8 @@
 * `shard_<i>` — the workflow versions deployed through the API, split over
   `FLOWMAESTRO_CODE_LOCATION_SHARDS` locations so a deploy reloads only one
   (location `flowmaestro-workflows-<i>`). Jobs there are built lazily: a run worker compiles
-  only its own job.
+  only its own job. A deployed version whose trigger is a schedule adds a schedule that
+  targets its job by name (docs/triggers.md).
 """
 
 from collections.abc import Callable
@@ -60,6 +61,7 @@ def build_shard(shard: int) -> dg.RepositoryDefinition:
     """Deployed workflow versions of one shard, as a repository of lazily built jobs."""
     from sqlalchemy.exc import OperationalError
 
+    from flowmaestro_dagster.control.schedules import WorkflowSchedule, deployed_schedules
     from flowmaestro_dagster.control.workflows import loadable_versions
     from flowmaestro_dagster.engines.jobs import build_job
     from flowmaestro_dagster.store.db import get_engine, migrate, session_scope
@@ -67,16 +69,19 @@ def build_shard(shard: int) -> dg.RepositoryDefinition:
 
     settings = get_settings()
 
-    def load() -> list[tuple[str, dict[str, Any], str]]:
+    def load() -> tuple[list[tuple[str, dict[str, Any], str]], list[WorkflowSchedule]]:
         with session_scope(get_engine(settings.database_url)) as session:
             rows = loadable_versions(session, shard=shard, shards=settings.code_location_shards)
-            return [(row.job_name, row.definition, row.workflow_id) for row in rows]
+            schedules = deployed_schedules(
+                session, rows, default_timezone=settings.schedule_timezone
+            )
+            return [(row.job_name, row.definition, row.workflow_id) for row in rows], schedules
 
     try:
-        versions = load()
+        versions, schedules = load()
     except OperationalError:  # a new database: migrate once (run workers skip this cost)
         migrate(settings.database_url)
-        versions = load()
+        versions, schedules = load()
     resources = node_resources(database_outputs=True)
 
     def loader(
@@ -95,9 +100,16 @@ def build_shard(shard: int) -> dg.RepositoryDefinition:
 
     jobs = {name: loader(name, definition, wid) for name, definition, wid in versions}
 
+    def schedule_loader(entry: WorkflowSchedule) -> Callable[[], dg.ScheduleDefinition]:
+        from flowmaestro_dagster.orchestration.schedules import make_workflow_schedule
+
+        return lambda: make_workflow_schedule(entry)
+
+    workflow_schedules = {entry.name: schedule_loader(entry) for entry in schedules}
+
     @dg.repository(name="__repository__")
     def shard_repository() -> dict[str, Any]:
-        return {"jobs": jobs}
+        return {"jobs": jobs, "schedules": workflow_schedules}
 
     return shard_repository
 

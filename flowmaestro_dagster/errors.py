@@ -10,6 +10,8 @@ FlowMaestroError
                                   no executor / connector is configured for this node
 ├── PlatformError                 a control-plane request cannot be done (`status`: HTTP answer)
 │   ├── InvalidRequest 400, Forbidden 403, NotFound 404, Conflict 409, Gone 410
+│   ├── BadSignature 401          a webhook delivery is not signed with the hook's secret
+│   ├── UnsupportedMediaType 415  a webhook body that is not JSON, a form or text
 │   ├── Unprocessable 422         (InvalidWorkflow, InvalidInputs, IdempotencyKeyReused)
 │   └── DagsterUnavailable 503    the Dagster webserver did not answer
 └── CeleryError                   a node step could not be run on a Celery worker
@@ -140,6 +142,18 @@ class InvalidRequest(PlatformError):
     """The request could not be read."""
 
     status, code = 400, "invalid_request"
+
+
+class BadSignature(PlatformError):
+    """The delivery is not signed with the hook's secret."""
+
+    status, code = 401, "bad_signature"
+
+
+class UnsupportedMediaType(PlatformError):
+    """The body is not JSON, a form or text."""
+
+    status, code = 415, "unsupported_media_type"
 
 
 class Forbidden(PlatformError):

@@ -8,6 +8,7 @@ Secrets are `SecretStr` (never printed) or named environment variables (`*_env` 
 import os
 import re
 import secrets
+import zoneinfo
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -272,6 +273,10 @@ class Settings(BaseSettings):
     )
     reconcile_after_seconds: float = Field(default=10.0, ge=0)
     reconciler_interval_seconds: int = Field(default=10, ge=1)
+    schedule_timezone: str = Field(
+        default="UTC",
+        description="timezone of schedule triggers that name none (an IANA name)",
+    )
     graphql_timeout_seconds: float = Field(default=30.0, gt=0)
     public_api_url: str = Field(
         default="http://127.0.0.1:8000", description="how approvers and callers reach the API"
@@ -283,6 +288,9 @@ class Settings(BaseSettings):
         default=None, description="HMAC secret callers sign callback bodies with (a file in dev)"
     )
     callback_tolerance_seconds: int = Field(default=300, ge=10)
+    hook_max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="largest webhook delivery body (docs/webhooks.md)"
+    )
     wait_sleep_threshold_seconds: float = Field(default=30.0, ge=0)
     waitpoint_interval_seconds: int = Field(default=5, ge=1)
 
@@ -373,6 +381,16 @@ class Settings(BaseSettings):
         # An environment variable cannot be None: an empty value or `none` means unset.
         if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
             return None
+        return value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        # A typo would otherwise surface only when a shard defines its first schedule.
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r} (an IANA name such as UTC)") from exc
         return value
 
     @field_validator("queue_limits")

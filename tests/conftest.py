@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dagster import DagsterInstance, instance_for_test
 
 from flowmaestro_dagster.engines.results import WorkflowRunResult
+from flowmaestro_dagster.store.db import dispose_engines, migrate
 from flowmaestro_dagster.testing import EchoServer, FakeLLMServer, run_workflow
 from tests.builders import flow  # noqa: F401 - re-exported: the unit tests import it from here
 
@@ -61,3 +63,19 @@ def echo() -> Iterator[EchoServer]:
     """An HTTP server that answers with what it was sent."""
     with EchoServer() as server:
         yield server
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    """A Dagster instance of this test alone (tests/api overrides it with an ephemeral one)."""
+    with instance_for_test() as test_instance:
+        yield test_instance
+
+
+@pytest.fixture
+def platform_db(tmp_path: Path) -> Iterator[str]:
+    """The URL of a migrated platform database (a SQLite file) of this test alone."""
+    url = f"sqlite:///{tmp_path / 'platform.db'}"
+    migrate(url)
+    yield url
+    dispose_engines()

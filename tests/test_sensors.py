@@ -11,9 +11,7 @@ end-to-end tests.
 """
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,9 +23,8 @@ from dagster import (
     SkipReason,
     build_run_status_sensor_context,
     build_sensor_context,
-    instance_for_test,
 )
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from flowmaestro_dagster.adapter.ops import INPUTS_RESOURCE, SERVICES_RESOURCE
@@ -36,6 +33,7 @@ from flowmaestro_dagster.adapter.resources import (
     workflow_inputs_resource,
 )
 from flowmaestro_dagster.control.executions import run_tags, start_execution, version_row
+from flowmaestro_dagster.control.hooks import DELIVERY_RETENTION
 from flowmaestro_dagster.control.requests import ExecutionCreate
 from flowmaestro_dagster.control.waitpoints import decide
 from flowmaestro_dagster.control.workflows import create_workflow, mark_deployed
@@ -48,8 +46,8 @@ from flowmaestro_dagster.orchestration.sensors import (
     make_waitpoint_sensor,
 )
 from flowmaestro_dagster.settings import Settings
-from flowmaestro_dagster.store.db import dispose_engines, get_engine, migrate, session_scope
-from flowmaestro_dagster.store.models import Execution, User, Waitpoint, utcnow
+from flowmaestro_dagster.store.db import get_engine, session_scope
+from flowmaestro_dagster.store.models import Execution, User, Waitpoint, WebhookDelivery, utcnow
 from flowmaestro_dagster.store.waitpoints import DatabaseWaitpointStore
 from flowmaestro_dagster.tags import EXECUTION_TAG, RESUME_TAG
 from flowmaestro_dagster.testing.recording_client import RecordingDagsterClient
@@ -91,24 +89,15 @@ def echo_flow() -> dict[str, Any]:
 
 
 @pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with instance_for_test() as test_instance:
-        yield test_instance
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Iterator[Settings]:
-    url = f"sqlite:///{tmp_path / 'platform.db'}"
-    migrate(url)
-    yield Settings(
-        database_url=url,
+def settings(platform_db: str) -> Settings:
+    return Settings(
+        database_url=platform_db,
         wait_sleep_threshold_seconds=0,  # every wait parks
         reconcile_after_seconds=10,
         launch_lease_seconds=60,
         secret_key="sensor-test-secret-0123456789",
         callback_signing_secret="sensor-test-signing-0123456789",
     )
-    dispose_engines()
 
 
 @pytest.fixture
@@ -365,7 +354,7 @@ def test_the_reconciler_launches_a_committed_execution_without_a_run_once(
 
     assert evaluate(sensor, instance) == (
         "launched 1, held elsewhere 0, failed 0; "
-        "purged 0 expired idempotency keys and 0 expired checkpoints"
+        "purged 0 expired idempotency keys, 0 expired checkpoints and 0 old webhook deliveries"
     )
 
     [call] = client.calls
@@ -487,3 +476,18 @@ def test_a_run_that_parked_leaves_its_execution_waiting(
 
     execution = execution_row(settings, execution_id)
     assert (execution.status, execution.finished_at) == ("waiting", None)
+
+
+def test_reconciler_forgets_webhook_deliveries_past_the_retention(
+    settings: Settings, instance: DagsterInstance, client: RecordingDagsterClient
+) -> None:
+    execution_id = committed_execution(settings, echo_flow())
+    workflow_id = execution_row(settings, execution_id).workflow_id
+    with session_scope(get_engine(settings.database_url)) as session:
+        old = utcnow() - DELIVERY_RETENTION - timedelta(minutes=1)
+        session.add(WebhookDelivery(workflow_id=workflow_id, trigger_id="t", received_at=old, outcome="rejected"))  # fmt: skip
+        session.add(WebhookDelivery(workflow_id=workflow_id, trigger_id="t", outcome="rejected"))
+
+    assert evaluate(reconciler(settings, client), instance).endswith("and 1 old webhook deliveries")
+    with session_scope(get_engine(settings.database_url)) as session:
+        assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 1

@@ -1,5 +1,6 @@
 """Workflows and versions."""
 
+import logging
 import time
 from typing import Annotated, Any
 
@@ -20,6 +21,8 @@ from flowmaestro_api.schemas import (
 from flowmaestro_dagster.control import workflows as service
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.spec.problems import Problem, warning
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 MAX_OFFSET = 1_000_000
@@ -117,11 +120,27 @@ def update_workflow(
 
 
 @router.delete("/{workflow_id}", status_code=status.HTTP_204_NO_CONTENT)
-def archive_workflow(workflow_id: str, session: SessionDep, user: CurrentUser) -> Response:
-    """Archive (soft-delete): no new executions; running ones finish."""
+def archive_workflow(
+    workflow_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    dagster: DagsterDep,
+) -> Response:
+    """Archive (soft-delete): no new executions; running ones finish; its schedule stops."""
     service.archive_workflow(session, user=user, workflow_id=workflow_id)
     session.commit()
+    _reload_soon(dagster, service.location_for(workflow_id, settings.code_location_shards))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _reload_soon(dagster: DagsterClient, location: str) -> None:
+    """Reload the location so what left it (a schedule) goes now; if Dagster does not answer,
+    its next reload does it (a stale schedule's ticks are refused meanwhile)."""
+    try:
+        dagster.reload_location(location)
+    except PlatformError as exc:
+        log.warning("could not reload %s after archiving: %s", location, exc.detail)
 
 
 @router.get("/{workflow_id}/versions", response_model=VersionList)

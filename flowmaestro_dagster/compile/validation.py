@@ -5,14 +5,20 @@ matches no case, a reference nothing upstream provides, a connector this deploym
 """
 
 import itertools
+import warnings
+import zoneinfo
 from collections.abc import Iterator
 from typing import Any
+
+import dagster as dg
 
 from flowmaestro_dagster.errors import ExpressionError
 from flowmaestro_dagster.lang import expressions
 from flowmaestro_dagster.lang.templates import template_roots
 from flowmaestro_dagster.nodes.connectors import connector_problems
 from flowmaestro_dagster.spec.configs import (
+    OVERLAP_POLICIES,
+    SCHEDULE_TRIGGER_TYPES,
     TRANSFORM_OPERATIONS,
     BatchConfig,
     ConditionalConfig,
@@ -24,6 +30,7 @@ from flowmaestro_dagster.spec.configs import (
     SubworkflowConfig,
     SwitchConfig,
     TransformConfig,
+    TriggerConfig,
 )
 from flowmaestro_dagster.spec.graph import (
     LOOP_BODY_HANDLES,
@@ -201,10 +208,64 @@ def _node_config_problems(node: NodeSpec) -> Iterator[Problem]:
                 node_id=node.id,
                 field="priority",
             )
+    elif isinstance(config, TriggerConfig):
+        yield from _trigger_problems(node, config)
     elif isinstance(config, SubworkflowConfig) and not config.workflow_id:
         yield _missing(node, "workflowId", "a subworkflow needs workflowId (the child workflow)")
     elif isinstance(config, SharedMemoryConfig) and config.operation != "search" and not config.key:
         yield _missing(node, "key", f"shared-memory {config.operation} needs a key")
+
+
+def _spelled(node: NodeSpec, *keys: str) -> str:
+    """The field as the builder spelled it (the first alias present), for the problem."""
+    return next((key for key in keys if key in node.original_config), keys[0])
+
+
+def invalid_cron(cron: str) -> str | None:
+    """Why Dagster's scheduler would refuse `cron` (5 fields, no February 30th), or None.
+
+    Asks Dagster itself: a `ScheduleDefinition` checks its cron string when built."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # out-of-range intervals are advice, not errors
+            dg.ScheduleDefinition(name="cron_check", cron_schedule=cron, job_name="cron_check")
+    except dg.DagsterInvalidDefinitionError:
+        return f"'{cron}' is not a cron schedule Dagster accepts (5 fields: m h dom mon dow)"
+    return None
+
+
+def unknown_timezone(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return True
+    return False
+
+
+def _trigger_problems(node: NodeSpec, config: TriggerConfig) -> Iterator[Problem]:
+    """A schedule trigger becomes a Dagster schedule on deploy: its cron string, timezone and
+    overlap policy must be ones that schedule can take (docs/triggers.md)."""
+    if config.trigger_type not in SCHEDULE_TRIGGER_TYPES:
+        return
+    cron_field = _spelled(node, "schedule", "cron", "cronExpression")
+    if not config.schedule or not config.schedule.strip():
+        yield _missing(node, cron_field, "a schedule trigger needs a cron schedule, e.g. 0 9 * * 1")
+    elif (reason := invalid_cron(config.schedule.strip())) is not None:
+        yield error("invalid_schedule", reason, node_id=node.id, field=cron_field)
+    if config.timezone is not None and unknown_timezone(config.timezone):
+        yield error(
+            "invalid_timezone",
+            f"unknown timezone '{config.timezone}' (an IANA name such as Europe/Paris)",
+            node_id=node.id,
+            field=_spelled(node, "timezone", "timeZone"),
+        )
+    if config.overlap is not None and config.overlap not in OVERLAP_POLICIES:
+        yield error(
+            "invalid_overlap",
+            f"overlap '{config.overlap}' is not one of {', '.join(OVERLAP_POLICIES)}",
+            node_id=node.id,
+            field=_spelled(node, "overlap", "overlapPolicy"),
+        )
 
 
 def _batch_problems(node: NodeSpec, config: BatchConfig) -> Iterator[Problem]:

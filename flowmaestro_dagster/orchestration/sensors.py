@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from flowmaestro_dagster.control.checkpoints import purge_expired_checkpoints
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.executions import purge_expired_keys, reconcile_launches, refresh
+from flowmaestro_dagster.control.hooks import purge_old_deliveries
 from flowmaestro_dagster.control.waitpoints import tick
 from flowmaestro_dagster.settings import Settings, get_settings
 from flowmaestro_dagster.store.db import get_engine, session_scope
@@ -39,9 +40,10 @@ def graphql_client(settings: Settings, instance: DagsterInstance) -> DagsterClie
     )
 
 
-def _for_tick(
+def for_tick(
     settings: Settings | None, client_factory: ClientFactory | None, instance: DagsterInstance
 ) -> tuple[Settings, DagsterClient]:
+    """The settings and client of one tick (sensors here, workflow schedules in schedules.py)."""
     current = settings or get_settings()
     client = client_factory(instance) if client_factory else graphql_client(current, instance)
     return current, client
@@ -65,7 +67,7 @@ def _session_sensor(
         description=description,
     )
     def evaluate(context: SensorEvaluationContext) -> SkipReason:
-        current, client = _for_tick(settings, client_factory, context.instance)
+        current, client = for_tick(settings, client_factory, context.instance)
         with session_scope(get_engine(current.database_url)) as session:
             summary = work(session, client, current)
         return SkipReason(summary)
@@ -81,7 +83,7 @@ def make_launch_reconciler_sensor(
 ) -> SensorDefinition:
     """Launches executions that were committed but never launched (the API died, Dagster was
     down): the same exactly-once claim as the API's own launch. Also purges expired
-    idempotency keys and checkpoints."""
+    idempotency keys, checkpoints and webhook deliveries older than a week."""
 
     def reconcile(session: Session, client: DagsterClient, current: Settings) -> str:
         counts = reconcile_launches(
@@ -92,10 +94,11 @@ def make_launch_reconciler_sensor(
         )
         purged = purge_expired_keys(session)
         checkpoints = purge_expired_checkpoints(session)
+        deliveries = purge_old_deliveries(session)
         return (
             f"launched {counts['launched']}, held elsewhere {counts['skipped']}, "
-            f"failed {counts['failed']}; purged {purged} expired idempotency keys and "
-            f"{checkpoints} expired checkpoints"
+            f"failed {counts['failed']}; purged {purged} expired idempotency keys, "
+            f"{checkpoints} expired checkpoints and {deliveries} old webhook deliveries"
         )
 
     return _session_sensor(
@@ -152,7 +155,7 @@ def make_execution_status_sensor(
         execution_id = context.dagster_run.tags.get(EXECUTION_TAG)
         if not execution_id:
             return
-        current, client = _for_tick(settings, client_factory, context.instance)
+        current, client = for_tick(settings, client_factory, context.instance)
         with session_scope(get_engine(current.database_url)) as session:
             execution = session.get(Execution, execution_id)
             if execution is not None:

@@ -44,10 +44,15 @@ class OutputConfig(NodeConfig):
     format: str | None = None
 
 
+SCHEDULE_TRIGGER_TYPES = frozenset({"schedule", "cron"})
+OVERLAP_POLICIES = ("skip", "queue", "allow")  # docs/triggers.md
+
+
 class TriggerConfig(NodeConfig):
     trigger_type: str = "manual"
     schedule: str | None = None
     timezone: str | None = None
+    overlap: str | None = None  # schedules: OVERLAP_POLICIES; None is "skip"
     provider: str | None = None
     event: str | None = None
 
@@ -479,8 +484,9 @@ def _output(raw: _Raw) -> None:
 @_normaliser("trigger", model=TriggerConfig)
 def _trigger(raw: _Raw) -> None:
     raw.take("trigger_type", "triggerType", "type")
-    raw.take("schedule", "schedule", "cron")
-    raw.take("timezone", "timezone")
+    raw.take("schedule", "schedule", "cron", "cronExpression")
+    raw.take("timezone", "timezone", "timeZone")
+    raw.take("overlap", "overlap", "overlapPolicy")
     raw.take("provider", "provider", "webhookProvider")
     raw.take("event", "event")
     _output_variable(raw)

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -261,3 +262,27 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     saved_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class WebhookDelivery(Base):
+    """One delivery to a workflow's webhook trigger, whatever became of it: the log its owner
+    reads to see why a provider's call did (not) start an execution. Nothing secret is kept."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(
+            "outcome IN ('accepted', 'duplicate', 'rejected')", name="ck_webhook_delivery_outcome"
+        ),
+        Index("ix_webhook_deliveries_trigger", "workflow_id", "trigger_id", "received_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id", ondelete="CASCADE"))
+    trigger_id: Mapped[str] = mapped_column(String(300))
+    delivery_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    outcome: Mapped[str] = mapped_column(String(20))  # accepted | duplicate | rejected
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    execution_id: Mapped[str | None] = mapped_column(
+        ForeignKey("executions.id", ondelete="SET NULL"), default=None
+    )

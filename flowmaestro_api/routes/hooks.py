@@ -1,0 +1,198 @@
+"""Webhook triggers: deliveries to `POST /hooks/{workflow}/{trigger}`, and the owner's view of a
+workflow's triggers and of the deliveries each received (docs/webhooks.md)."""
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from flowmaestro_api.deps import CurrentUser, SessionDep, SettingsDep
+from flowmaestro_api.errors import PayloadTooLarge, PlatformError
+from flowmaestro_api.routes.executions import _launch_later
+from flowmaestro_api.schemas import (
+    DeliveryList,
+    DeliveryPublic,
+    HookAccepted,
+    TriggerList,
+    TriggerPublic,
+)
+from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control import hooks as service
+from flowmaestro_dagster.store.db import session_scope
+
+router = APIRouter(tags=["webhooks"])
+
+
+@router.get("/workflows/{workflow_id}/triggers", response_model=TriggerList)
+def list_triggers(
+    workflow_id: str, session: SessionDep, user: CurrentUser, settings: SettingsDep
+) -> TriggerList:
+    """The triggers of the deployed version (else the latest); a webhook trigger shows the
+    URL to deliver to and its secret (for `X-FlowMaestro-Signature` or a bearer token)."""
+    workflow, triggers = service.list_triggers(session, user=user, workflow_id=workflow_id)
+    base = settings.public_api_url.rstrip("/")
+    key = settings.secret("secret_key")
+    items = [
+        TriggerPublic(
+            id=t.id,
+            type=t.trigger_type,
+            provider=t.provider,
+            event=t.event,
+            output_variable=t.output_variable,
+            webhook=t.webhook,
+            url=f"{base}/hooks/{workflow.id}/{t.id}" if t.webhook else None,
+            secret=service.hook_secret(key, workflow.id, t.id) if t.webhook else None,
+        )
+        for t in triggers
+    ]
+    live = workflow.deployed_version is not None and workflow.archived_at is None
+    version = workflow.deployed_version or workflow.latest_version or None
+    return TriggerList(items=items, version=version, live=live)
+
+
+@router.get(
+    "/workflows/{workflow_id}/triggers/{trigger_id}/deliveries", response_model=DeliveryList
+)
+def list_deliveries(
+    workflow_id: str,
+    trigger_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> DeliveryList:
+    """Deliveries to one trigger, newest first: accepted, duplicate or rejected (and why)."""
+    rows = service.list_deliveries(
+        session, user=user, workflow_id=workflow_id, trigger_id=trigger_id, limit=limit
+    )
+    return DeliveryList(items=[DeliveryPublic.model_validate(r) for r in rows])
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes `limit` (a declared length or chunk by chunk)."""
+    too_large = PayloadTooLarge(f"the delivery is larger than {limit} bytes")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/hooks/{workflow_id}/{trigger_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=HookAccepted,
+    responses={
+        200: {"description": "a delivery seen before (`Idempotent-Replayed: true`)"},
+        401: {"description": "bad or missing signature / bearer secret, or a stale timestamp"},
+        404: {"description": "no deployed webhook trigger at this URL"},
+        413: {"description": "the body is larger than FLOWMAESTRO_HOOK_MAX_BODY_BYTES"},
+        415: {"description": "the body is not JSON, a urlencoded form or text"},
+    },
+)
+async def deliver(
+    workflow_id: str, trigger_id: str, request: Request, response: Response
+) -> HookAccepted:
+    """Start the workflow from a webhook delivery: its inputs are `{"body", "headers",
+    "query"}`. Sign `"<t>.<body>"` (`X-FlowMaestro-Signature: t=<unix>,v1=<hex>`) or send
+    `Authorization: Bearer <secret>`. A delivery id (`Idempotency-Key`, `X-GitHub-Delivery`,
+    `X-Request-Id`, ...) seen before answers the first execution (200)."""
+    settings: ApiSettings = request.app.state.settings
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    await run_in_threadpool(_find, sessions, workflow_id, trigger_id)  # 404 before reading
+    headers = dict(request.headers.items())  # Starlette lower-cases the names
+    delivery = service.delivery_id(headers)
+    try:
+        kind = service.media_kind(headers.get("content-type"))
+        body = await _read_bounded(request, settings.hook_max_body_bytes)
+        service.verify(
+            service.hook_secret(settings.secret("secret_key"), workflow_id, trigger_id),
+            signature=headers.get(service.SIGNATURE_HEADER),
+            authorization=headers.get("authorization"),
+            body=body,
+            now=time.time(),
+            tolerance=settings.callback_tolerance_seconds,
+        )
+        inputs = service.hook_inputs(
+            service.parse_body(kind, body),
+            service.safe_headers(request.headers.items()),
+            service.query_inputs(request.query_params.multi_items()),
+        )
+        execution_id, replayed = await run_in_threadpool(
+            _accept, sessions, settings, workflow_id, trigger_id, inputs, delivery
+        )
+    except PlatformError as exc:
+        reason = f"{exc.status} {exc.code}: {exc.detail}"
+        await run_in_threadpool(_reject, sessions, workflow_id, trigger_id, delivery, reason)
+        raise
+    response.headers["Location"] = f"/executions/{execution_id}"
+    if replayed:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+        return HookAccepted(status="duplicate", execution_id=execution_id)
+    if settings.launch_on_submit:
+        _launch_later(request, execution_id)
+    return HookAccepted(status="accepted", execution_id=execution_id)
+
+
+def _find(sessions: sessionmaker[Session], workflow_id: str, trigger_id: str) -> None:
+    with session_scope(sessions) as session:
+        service.find_hook(session, workflow_id=workflow_id, trigger_id=trigger_id)
+
+
+def _accept(
+    sessions: sessionmaker[Session],
+    settings: ApiSettings,
+    workflow_id: str,
+    trigger_id: str,
+    inputs: dict[str, Any],
+    delivery: str | None,
+) -> tuple[str, bool]:
+    """Start the execution (committed) and record the delivery; the execution's id."""
+    with session_scope(sessions) as session:
+        workflow, trigger = service.find_hook(
+            session, workflow_id=workflow_id, trigger_id=trigger_id
+        )
+        execution, replayed = service.accept(
+            session,
+            workflow=workflow,
+            trigger=trigger,
+            inputs=inputs,
+            delivery=delivery,
+            default_ttl_seconds=settings.idempotency_ttl_seconds,
+            shards=settings.code_location_shards,
+        )
+        service.record(
+            session,
+            workflow_id=workflow_id,
+            trigger_id=trigger_id,
+            delivery=delivery,
+            outcome="duplicate" if replayed else "accepted",
+            execution_id=execution.id,
+        )
+        return execution.id, replayed
+
+
+def _reject(
+    sessions: sessionmaker[Session],
+    workflow_id: str,
+    trigger_id: str,
+    delivery: str | None,
+    reason: str,
+) -> None:
+    with session_scope(sessions) as session:
+        service.record(
+            session,
+            workflow_id=workflow_id,
+            trigger_id=trigger_id,
+            delivery=delivery,
+            outcome="rejected",
+            reason=reason,
+        )

@@ -1,0 +1,322 @@
+"""Inbound webhooks: a deployed workflow's webhook trigger as `POST /hooks/{workflow}/{trigger}`.
+
+A hook's secret is derived (HMAC of the platform secret key over workflow and trigger id), so
+nothing secret is stored and rotating `FLOWMAESTRO_SECRET_KEY` rotates every hook. A delivery
+is verified (signature or bearer secret), mapped to the execution's inputs
+(`{"body", "headers", "query"}`), and started through the ordinary idempotent path with the key
+`hook:<trigger>:<delivery id>`, owned by the workflow's owner. Every delivery past the lookup
+is recorded in `webhook_deliveries`, so an owner can see why a provider's call did not start
+anything. docs/webhooks.md is the caller's side.
+"""
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from flowmaestro_dagster.control.executions import (
+    MAX_KEY_LENGTH,
+    compiled_for,
+    start_execution,
+)
+from flowmaestro_dagster.control.requests import ExecutionCreate
+from flowmaestro_dagster.control.waitpoints import verify_signature
+from flowmaestro_dagster.control.workflows import get_version, get_workflow
+from flowmaestro_dagster.errors import (
+    BadSignature,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    NotFound,
+    UnsupportedMediaType,
+)
+from flowmaestro_dagster.spec.configs import TriggerConfig
+from flowmaestro_dagster.store.models import (
+    Execution,
+    IdempotencyKey,
+    User,
+    WebhookDelivery,
+    Workflow,
+    WorkflowVersion,
+    utcnow,
+)
+
+SIGNATURE_HEADER = "x-flowmaestro-signature"
+# Where a delivery's id is looked for, in order; none of them: every delivery is new.
+DELIVERY_ID_HEADERS = (
+    "idempotency-key",
+    "x-github-delivery",
+    "x-gitlab-event-uuid",
+    "x-request-id",
+    "x-delivery-id",
+    "x-webhook-id",
+)
+# Headers kept out of the execution's inputs: credentials and signatures (a name containing
+# any of these), and hop-by-hop headers that say nothing about the event.
+_SECRET_HEADER_PARTS = ("authorization", "cookie", "signature", "token", "secret", "api-key")
+_DROPPED_HEADERS = frozenset({"connection", "content-length", "transfer-encoding", "keep-alive"})
+_SCHEDULED = frozenset({"schedule", "cron", "manual"})
+MAX_REASON = 500
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A trigger node of a workflow version, as its owner sees it."""
+
+    id: str
+    trigger_type: str
+    provider: str | None
+    event: str | None
+    output_variable: str | None
+
+    @property
+    def webhook(self) -> bool:
+        """`triggerType: webhook`, or a provider event (GitHub's `pull_request.opened`, ...)."""
+        kind = self.trigger_type.lower()
+        return kind == "webhook" or (
+            kind not in _SCHEDULED and self.provider is not None and self.event is not None
+        )
+
+
+def hook_secret(secret_key: str, workflow_id: str, trigger_id: str) -> str:
+    """The hook's secret: derived, never stored."""
+    message = f"hook:{workflow_id}:{trigger_id}".encode()
+    return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def triggers_of(version: WorkflowVersion) -> list[Trigger]:
+    """The version's trigger nodes, in definition order."""
+    result = []
+    for node in compiled_for(version).spec.nodes.values():
+        config = node.config
+        if node.type == "trigger" and isinstance(config, TriggerConfig):
+            result.append(
+                Trigger(
+                    id=node.id,
+                    trigger_type=config.trigger_type,
+                    provider=config.provider,
+                    event=config.event,
+                    output_variable=config.output_variable,
+                )
+            )
+    return result
+
+
+def list_triggers(
+    session: Session, *, user: User, workflow_id: str
+) -> tuple[Workflow, list[Trigger]]:
+    """The owner's workflow and the triggers of its deployed version (else its latest)."""
+    workflow = get_workflow(session, user=user, workflow_id=workflow_id)
+    number = workflow.deployed_version or workflow.latest_version
+    if not number:
+        return workflow, []
+    return workflow, triggers_of(get_version(session, workflow=workflow, version=number))
+
+
+def find_hook(session: Session, *, workflow_id: str, trigger_id: str) -> tuple[Workflow, Trigger]:
+    """The live hook at this URL: a webhook trigger of the deployed version (else 404)."""
+    workflow = session.get(Workflow, workflow_id)
+    if workflow is None or workflow.archived_at is not None or workflow.deployed_version is None:
+        raise NotFound("no such webhook")
+    version = get_version(session, workflow=workflow, version=workflow.deployed_version)
+    trigger = next((t for t in triggers_of(version) if t.id == trigger_id), None)
+    if trigger is None or not trigger.webhook:
+        raise NotFound("no such webhook")
+    return workflow, trigger
+
+
+def verify(
+    secret: str,
+    *,
+    signature: str | None,
+    authorization: str | None,
+    body: bytes,
+    now: float,
+    tolerance: float,
+) -> None:
+    """A signature over the body within the tolerance, or the secret as a bearer token."""
+    if signature is not None:
+        if not verify_signature(secret, signature, body, now=now, tolerance=tolerance):
+            raise BadSignature("bad or stale X-FlowMaestro-Signature")
+        return
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), secret):
+            return
+        raise BadSignature("bad bearer secret")
+    raise BadSignature("missing X-FlowMaestro-Signature or Authorization: Bearer <secret>")
+
+
+def media_kind(content_type: str | None) -> str:
+    """`json` (any `*/json`, `*+json`), `form` (urlencoded), `text` (`text/*`) or `` (none
+    given); anything else is 415, told before the body is read."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return "json"
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    if media.startswith("text/"):
+        return "text"
+    if not media:
+        return ""
+    raise UnsupportedMediaType(f"content type {media} is not JSON, a urlencoded form or text")
+
+
+def parse_body(kind: str, body: bytes) -> Any:
+    """The body as the workflow sees it: JSON value, form fields (repeated: lists), text."""
+    if not body:
+        return None
+    if kind == "json":
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+    if kind == "form":
+        try:
+            return _single(parse_qs(body.decode(), keep_blank_values=True))
+        except UnicodeDecodeError:
+            raise InvalidRequest("the form is not UTF-8") from None
+    if kind == "text":
+        return body.decode(errors="replace")
+    raise UnsupportedMediaType("a body needs a content type: JSON, a urlencoded form or text")
+
+
+def _single(fields: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    return {k: v[0] if len(v) == 1 else list(v) for k, v in fields.items()}
+
+
+def safe_headers(headers: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The headers a workflow may see: no credentials, no signatures (lower-case names)."""
+    kept: dict[str, str] = {}
+    for name, value in headers:
+        low = name.lower()
+        if low in _DROPPED_HEADERS or any(part in low for part in _SECRET_HEADER_PARTS):
+            continue
+        kept[low] = f"{kept[low]}, {value}" if low in kept else value
+    return kept
+
+
+def delivery_id(headers: Mapping[str, str]) -> str | None:
+    """The delivery's id from the first of `DELIVERY_ID_HEADERS` present (lower-case names)."""
+    for name in DELIVERY_ID_HEADERS:
+        value = headers.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def hook_inputs(body: Any, headers: dict[str, str], query: dict[str, Any]) -> dict[str, Any]:
+    """What the trigger node's `outputVariable` receives."""
+    return {"body": body, "headers": headers, "query": query}
+
+
+def query_inputs(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    grouped: dict[str, list[str]] = {}
+    for key, value in pairs:
+        grouped.setdefault(key, []).append(value)
+    return _single(grouped)
+
+
+def record(
+    session: Session,
+    *,
+    workflow_id: str,
+    trigger_id: str,
+    delivery: str | None,
+    outcome: str,
+    reason: str | None = None,
+    execution_id: str | None = None,
+) -> WebhookDelivery:
+    """Write one delivery's row (committed)."""
+    row = WebhookDelivery(
+        workflow_id=workflow_id,
+        trigger_id=trigger_id,
+        delivery_id=delivery[:255] if delivery else None,
+        outcome=outcome,
+        reason=reason[:MAX_REASON] if reason else None,
+        execution_id=execution_id,
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+def accept(
+    session: Session,
+    *,
+    workflow: Workflow,
+    trigger: Trigger,
+    inputs: dict[str, Any],
+    delivery: str | None,
+    default_ttl_seconds: int,
+    shards: int,
+) -> tuple[Execution, bool]:
+    """Start (or, for a delivery seen before, find) the execution; whether it was replayed.
+
+    A provider's redelivery may differ in headers (a fresh signature, a date): the delivery
+    id alone decides, so a key reused with other inputs is a duplicate here, not a 422.
+    """
+    owner = session.get(User, workflow.owner_id)
+    assert owner is not None
+    key = f"hook:{trigger.id}:{delivery}"[:MAX_KEY_LENGTH] if delivery else None
+    try:
+        return start_execution(
+            session,
+            user=owner,
+            workflow_id=workflow.id,
+            body=ExecutionCreate(inputs=inputs),
+            idempotency_key=key,
+            default_ttl_seconds=default_ttl_seconds,
+            shards=shards,
+        )
+    except IdempotencyKeyReused:
+        session.rollback()
+        execution = session.scalar(
+            select(Execution)
+            .join(IdempotencyKey, IdempotencyKey.execution_id == Execution.id)
+            .where(
+                IdempotencyKey.user_id == owner.id,
+                IdempotencyKey.workflow_id == workflow.id,
+                IdempotencyKey.key == key,
+            )
+        )
+        if execution is None:
+            raise
+        return execution, True
+
+
+def list_deliveries(
+    session: Session, *, user: User, workflow_id: str, trigger_id: str, limit: int
+) -> list[WebhookDelivery]:
+    """The owner's deliveries to one trigger, newest first."""
+    workflow = get_workflow(session, user=user, workflow_id=workflow_id)
+    return list(
+        session.scalars(
+            select(WebhookDelivery)
+            .where(
+                WebhookDelivery.workflow_id == workflow.id,
+                WebhookDelivery.trigger_id == trigger_id,
+            )
+            .order_by(WebhookDelivery.received_at.desc(), WebhookDelivery.id)
+            .limit(limit)
+        )
+    )
+
+
+DELIVERY_RETENTION = timedelta(days=7)
+
+
+def purge_old_deliveries(session: Session, *, older_than: timedelta = DELIVERY_RETENTION) -> int:
+    """Forget deliveries past the retention: anyone may call a hook URL, and every rejected
+    call leaves a row, so the log must not grow without bound (the launch reconciler calls
+    this each tick)."""
+    result = session.execute(
+        delete(WebhookDelivery).where(WebhookDelivery.received_at < utcnow() - older_than)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
