@@ -74,16 +74,12 @@ class ApiError(PlatformError):
     """The request cannot be served."""
 
 
-class Unauthenticated(ApiError):
+class Unauthenticated(ApiError, status=401, code="unauthenticated"):
     """Missing or unknown API key."""
 
-    status, code = 401, "unauthenticated"
 
-
-class PayloadTooLarge(ApiError):
+class PayloadTooLarge(ApiError, status=413, code="payload_too_large"):
     """The request body is too large."""
-
-    status, code = 413, "payload_too_large"
 
 
 def problem_response(

@@ -117,6 +117,16 @@ class PlatformError(FlowMaestroError):
     status = 500
     code = "internal_error"
 
+    def __init_subclass__(
+        cls, *, status: int | None = None, code: str | None = None, **kwargs: Any
+    ) -> None:
+        """`class NotFound(PlatformError, status=404, code="not_found")`: the HTTP answer."""
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.code = code
+
     def __init__(
         self,
         detail: str | None = None,
@@ -138,73 +148,49 @@ class PlatformError(FlowMaestroError):
         return (type(self).__doc__ or self.code).strip().splitlines()[0].rstrip(".")
 
 
-class InvalidRequest(PlatformError):
+class InvalidRequest(PlatformError, status=400, code="invalid_request"):
     """The request could not be read."""
 
-    status, code = 400, "invalid_request"
 
-
-class BadSignature(PlatformError):
+class BadSignature(PlatformError, status=401, code="bad_signature"):
     """The delivery is not signed with the hook's secret."""
 
-    status, code = 401, "bad_signature"
 
-
-class UnsupportedMediaType(PlatformError):
+class UnsupportedMediaType(PlatformError, status=415, code="unsupported_media_type"):
     """The body is not JSON, a form or text."""
 
-    status, code = 415, "unsupported_media_type"
 
-
-class Forbidden(PlatformError):
+class Forbidden(PlatformError, status=403, code="forbidden"):
     """Not allowed."""
 
-    status, code = 403, "forbidden"
 
-
-class NotFound(PlatformError):
+class NotFound(PlatformError, status=404, code="not_found"):
     """Not found."""
 
-    status, code = 404, "not_found"
 
-
-class Conflict(PlatformError):
+class Conflict(PlatformError, status=409, code="conflict"):
     """The resource is not in a state that allows this."""
 
-    status, code = 409, "conflict"
 
-
-class Gone(PlatformError):
+class Gone(PlatformError, status=410, code="gone"):
     """It has expired."""
 
-    status, code = 410, "gone"
 
-
-class Unprocessable(PlatformError):
+class Unprocessable(PlatformError, status=422, code="unprocessable"):
     """The request is well-formed but its content is invalid."""
 
-    status, code = 422, "unprocessable"
 
-
-class InvalidWorkflow(Unprocessable):
+class InvalidWorkflow(Unprocessable, code="invalid_workflow"):
     """The workflow definition has errors."""
 
-    code = "invalid_workflow"
 
-
-class InvalidInputs(Unprocessable):
+class InvalidInputs(Unprocessable, code="invalid_inputs"):
     """The inputs do not match the workflow's input nodes."""
 
-    code = "invalid_inputs"
 
-
-class IdempotencyKeyReused(Unprocessable):
+class IdempotencyKeyReused(Unprocessable, code="idempotency_key_reused"):
     """The Idempotency-Key was already used with a different request."""
 
-    code = "idempotency_key_reused"
 
-
-class DagsterUnavailable(PlatformError):
+class DagsterUnavailable(PlatformError, status=503, code="dagster_unavailable"):
     """The Dagster webserver did not answer."""
-
-    status, code = 503, "dagster_unavailable"

@@ -12,6 +12,7 @@ from dagster import DagsterInstance, instance_for_test
 from flowmaestro_dagster.engines.results import WorkflowRunResult
 from flowmaestro_dagster.store.db import dispose_engines, migrate
 from flowmaestro_dagster.testing import EchoServer, FakeLLMServer, run_workflow
+from flowmaestro_dagster.testing.recording_client import RecordingDagsterClient
 from tests.builders import flow  # noqa: F401 - re-exported: the unit tests import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,12 @@ def instance() -> Iterator[DagsterInstance]:
     """A Dagster instance of this test alone (tests/api overrides it with an ephemeral one)."""
     with instance_for_test() as test_instance:
         yield test_instance
+
+
+@pytest.fixture
+def client(instance: DagsterInstance) -> RecordingDagsterClient:
+    """The webserver's stand-in on `instance`: records requests, adds the runs a launch makes."""
+    return RecordingDagsterClient(instance)
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from flowmaestro_api.security import ensure_user
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.compile.compiler import RUN_ON_TAG
 from flowmaestro_dagster.control.client import DagsterClient
-from flowmaestro_dagster.control.workflows import create_workflow, mark_deployed
 from flowmaestro_dagster.engines.celery import CeleryDispatch, CeleryRouting, make_celery_app
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.errors import CeleryUnavailableError, InvalidWorkflowError
@@ -33,6 +32,7 @@ from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import NodeOutput
 from tests.api.conftest import make_key
 from tests.api.e2e import api_client, finished, stack_settings, start, wait_for
+from tests.deploy import deploy
 from tests.services import (
     REDIS_URL,
     DagsterStack,
@@ -228,16 +228,7 @@ def _deployed(url: str, definitions: dict[str, dict[str, Any]]) -> dict[str, str
         user = ensure_user(session, email=EMAIL)
         ids = {}
         for name, definition in definitions.items():
-            workflow, _ = create_workflow(
-                session,
-                user=user,
-                definition=definition,
-                name=None,
-                description=None,
-                settings=None,
-            )
-            mark_deployed(session, user=user, workflow_id=workflow.id, version=1)
-            ids[name] = workflow.id
+            ids[name] = deploy(session, user, definition)
     return ids
 
 

@@ -5,7 +5,6 @@ real SQLite platform database; the only fake is the webserver (`RecordingDagster
 records the launch and adds the run it would create). The daemon's own ticking is Dagster's.
 """
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +26,6 @@ from flowmaestro_dagster.control.schedules import (
 )
 from flowmaestro_dagster.control.workflows import (
     archive_workflow,
-    create_workflow,
     loadable_versions,
     mark_deployed,
     update_workflow,
@@ -39,6 +37,7 @@ from flowmaestro_dagster.store.models import Execution, IdempotencyKey, User
 from flowmaestro_dagster.tags import USER_TAG, WORKFLOW_ID_TAG
 from flowmaestro_dagster.testing.recording_client import RecordingDagsterClient
 from tests.builders import chain, node
+from tests.deploy import deploy, fresh_user
 
 MONDAY_9 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
@@ -66,28 +65,13 @@ def settings(platform_db: str) -> Settings:
     )
 
 
-@pytest.fixture
-def client(instance: DagsterInstance) -> RecordingDagsterClient:
-    return RecordingDagsterClient(instance)
-
-
 def deployed(settings: Settings, definition: dict[str, Any]) -> tuple[str, str]:
     """A workflow created and deployed by a fresh user: (workflow id, owner id)."""
     with session_scope(get_engine(settings.database_url)) as session:
-        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com")
-        session.add(user)
-        session.flush()
-        workflow, _ = create_workflow(
-            session,
-            user=user,
-            definition=definition,
-            name=None,
-            description=None,
-            settings=WorkflowSettingsIn(priority=7),
-        )
-        mark_deployed(session, user=user, workflow_id=workflow.id, version=1)
+        user = fresh_user(session)
+        workflow_id = deploy(session, user, definition, settings=WorkflowSettingsIn(priority=7))
         session.commit()
-        return workflow.id, user.id
+        return workflow_id, user.id
 
 
 def shard_schedules(settings: Settings) -> list[WorkflowSchedule]:
@@ -109,6 +93,23 @@ def tick(schedule: ScheduleDefinition, instance: DagsterInstance, when: datetime
     data = schedule.evaluate_tick(context)
     assert not data.run_requests  # never a run Dagster starts on its own
     return str(data.skip_message)
+
+
+def ticked(
+    settings: Settings, instance: DagsterInstance, client: RecordingDagsterClient, **trigger: Any
+) -> tuple[str, ScheduleDefinition]:
+    """A scheduled workflow deployed, and its schedule ticked once for MONDAY_9."""
+    workflow_id, _ = deployed(settings, scheduled_flow(**trigger))
+    schedule = the_schedule(settings, client, workflow_id)
+    tick(schedule, instance, MONDAY_9)
+    return workflow_id, schedule
+
+
+def set_status(settings: Settings, execution_id: str, status: str) -> None:
+    with session_scope(get_engine(settings.database_url)) as session:
+        row = session.get(Execution, execution_id)
+        assert row is not None
+        row.status = status
 
 
 def executions(settings: Settings, workflow_id: str) -> list[Execution]:
@@ -144,9 +145,7 @@ def test_a_tick_submits_one_execution_as_the_owner_and_launches_it(
 def test_the_same_tick_twice_runs_the_slot_once(
     settings: Settings, instance: DagsterInstance, client: RecordingDagsterClient
 ) -> None:
-    workflow_id, _ = deployed(settings, scheduled_flow(overlap="allow"))
-    schedule = the_schedule(settings, client, workflow_id)
-    tick(schedule, instance, MONDAY_9)
+    workflow_id, schedule = ticked(settings, instance, client, overlap="allow")
     again = tick(schedule, instance, MONDAY_9)  # a daemon restart re-evaluating the slot
 
     (execution,) = executions(settings, workflow_id)
@@ -159,23 +158,15 @@ def test_the_same_tick_twice_runs_the_slot_once(
 def test_overlap_skip_skips_while_an_execution_is_in_progress(
     settings: Settings, instance: DagsterInstance, client: RecordingDagsterClient
 ) -> None:
-    workflow_id, _ = deployed(settings, scheduled_flow())  # overlap defaults to skip
-    schedule = the_schedule(settings, client, workflow_id)
-    tick(schedule, instance, MONDAY_9)
+    workflow_id, schedule = ticked(settings, instance, client)  # overlap defaults to skip
     (first,) = executions(settings, workflow_id)
-    with session_scope(get_engine(settings.database_url)) as session:
-        row = session.get(Execution, first.id)
-        assert row is not None
-        row.status = "running"
+    set_status(settings, first.id, "running")
 
     message = tick(schedule, instance, MONDAY_9 + timedelta(weeks=1))
     assert f"skipped (overlap=skip): execution {first.id} of this workflow is running" in message
     assert len(executions(settings, workflow_id)) == 1
 
-    with session_scope(get_engine(settings.database_url)) as session:
-        row = session.get(Execution, first.id)
-        assert row is not None
-        row.status = "succeeded"
+    set_status(settings, first.id, "succeeded")
     tick(schedule, instance, MONDAY_9 + timedelta(weeks=2))
     assert len(executions(settings, workflow_id)) == 2
 
@@ -183,9 +174,7 @@ def test_overlap_skip_skips_while_an_execution_is_in_progress(
 def test_overlap_allow_submits_while_one_is_running(
     settings: Settings, instance: DagsterInstance, client: RecordingDagsterClient
 ) -> None:
-    workflow_id, _ = deployed(settings, scheduled_flow(overlap="allow"))
-    schedule = the_schedule(settings, client, workflow_id)
-    tick(schedule, instance, MONDAY_9)
+    workflow_id, schedule = ticked(settings, instance, client, overlap="allow")
     tick(schedule, instance, MONDAY_9 + timedelta(weeks=1))
     assert len(executions(settings, workflow_id)) == 2
 
@@ -193,16 +182,11 @@ def test_overlap_allow_submits_while_one_is_running(
 def test_overlap_queue_keeps_at_most_one_waiting(
     settings: Settings, instance: DagsterInstance, client: RecordingDagsterClient
 ) -> None:
-    workflow_id, _ = deployed(settings, scheduled_flow(overlap="queue"))
-    schedule = the_schedule(settings, client, workflow_id)
-    tick(schedule, instance, MONDAY_9)
+    workflow_id, schedule = ticked(settings, instance, client, overlap="queue")
     (first,) = executions(settings, workflow_id)
     message = tick(schedule, instance, MONDAY_9 + timedelta(weeks=1))
     assert f"skipped (overlap=queue): execution {first.id} of this workflow is queued" in message
-    with session_scope(get_engine(settings.database_url)) as session:
-        row = session.get(Execution, first.id)
-        assert row is not None
-        row.status = "running"
+    set_status(settings, first.id, "running")
     tick(schedule, instance, MONDAY_9 + timedelta(weeks=2))  # the running one does not block
     assert len(executions(settings, workflow_id)) == 2
 

@@ -10,7 +10,6 @@ their own in a real Dagster) is covered by tests/api/test_waitpoints_e2e.py and 
 end-to-end tests.
 """
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +35,6 @@ from flowmaestro_dagster.control.executions import run_tags, start_execution, ve
 from flowmaestro_dagster.control.hooks import DELIVERY_RETENTION
 from flowmaestro_dagster.control.requests import ExecutionCreate
 from flowmaestro_dagster.control.waitpoints import decide
-from flowmaestro_dagster.control.workflows import create_workflow, mark_deployed
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.local import execute_workflow, run_config_for
 from flowmaestro_dagster.errors import DagsterUnavailable
@@ -47,11 +45,12 @@ from flowmaestro_dagster.orchestration.sensors import (
 )
 from flowmaestro_dagster.settings import Settings
 from flowmaestro_dagster.store.db import get_engine, session_scope
-from flowmaestro_dagster.store.models import Execution, User, Waitpoint, WebhookDelivery, utcnow
+from flowmaestro_dagster.store.models import Execution, Waitpoint, WebhookDelivery, utcnow
 from flowmaestro_dagster.store.waitpoints import DatabaseWaitpointStore
 from flowmaestro_dagster.tags import EXECUTION_TAG, RESUME_TAG
 from flowmaestro_dagster.testing.recording_client import RecordingDagsterClient
 from tests.builders import chain, node
+from tests.deploy import deploy, fresh_user
 
 NOTHING_DONE = "due 0, expired 0, children 0, resumed 0, failed 0"
 
@@ -100,11 +99,6 @@ def settings(platform_db: str) -> Settings:
     )
 
 
-@pytest.fixture
-def client(instance: DagsterInstance) -> RecordingDagsterClient:
-    return RecordingDagsterClient(instance)
-
-
 def resumer(settings: Settings, client: RecordingDagsterClient) -> SensorDefinition:
     return make_waitpoint_sensor(settings=settings, client_factory=lambda _: client)
 
@@ -128,18 +122,13 @@ def committed_execution(
 ) -> str:
     """A deployed workflow's execution as the API commits it (no run yet), `age_seconds` old."""
     with session_scope(get_engine(settings.database_url)) as session:
-        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com")
-        session.add(user)
-        session.flush()
-        workflow, _ = create_workflow(
-            session, user=user, definition=definition, name=None, description=None, settings=None
-        )
-        mark_deployed(session, user=user, workflow_id=workflow.id, version=1)
+        user = fresh_user(session)
+        workflow_id = deploy(session, user, definition)
         session.commit()
         execution, _ = start_execution(
             session,
             user=user,
-            workflow_id=workflow.id,
+            workflow_id=workflow_id,
             body=ExecutionCreate(inputs={"who": "ada"}),
             idempotency_key=None,
             default_ttl_seconds=3600,

@@ -61,11 +61,19 @@ def _public(view: service.ExecutionView, settings: ApiSettings) -> ExecutionPubl
     return public
 
 
-def _launch_later(request: Request, execution_id: str) -> None:
-    """Launch after the response: the execution is committed, the reconciler covers a crash."""
-    pool: Executor = request.app.state.launcher
-    launch = request.app.state.launch
-    pool.submit(launch, execution_id)
+def answer_submitted(
+    request: Request, response: Response, execution_id: str, replayed: bool
+) -> None:
+    """The answer to a submission: `Location`, and for a replay 200 with
+    `Idempotent-Replayed: true`; otherwise (with launch_on_submit) the launch after the response:
+    the execution is committed, the reconciler covers a crash."""
+    response.headers["Location"] = f"/executions/{execution_id}"
+    if replayed:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    elif request.app.state.settings.launch_on_submit:
+        pool: Executor = request.app.state.launcher
+        pool.submit(request.app.state.launch, execution_id)
 
 
 @router.post(
@@ -101,12 +109,7 @@ def start_execution(
         default_ttl_seconds=settings.idempotency_ttl_seconds,
         shards=settings.code_location_shards,
     )
-    if replayed:
-        response.status_code = status.HTTP_200_OK
-        response.headers["Idempotent-Replayed"] = "true"
-    elif settings.launch_on_submit:
-        _launch_later(request, execution.id)
-    response.headers["Location"] = f"/executions/{execution.id}"
+    answer_submitted(request, response, execution.id, replayed)
     return _public(service.ExecutionView(execution, [], []), settings)
 
 

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from flowmaestro_api.deps import CurrentUser, SessionDep, SettingsDep
 from flowmaestro_api.errors import PayloadTooLarge, PlatformError
-from flowmaestro_api.routes.executions import _launch_later
+from flowmaestro_api.routes.executions import answer_submitted
 from flowmaestro_api.schemas import (
     DeliveryList,
     DeliveryPublic,
@@ -132,14 +132,8 @@ async def deliver(
         reason = f"{exc.status} {exc.code}: {exc.detail}"
         await run_in_threadpool(_reject, sessions, workflow_id, trigger_id, delivery, reason)
         raise
-    response.headers["Location"] = f"/executions/{execution_id}"
-    if replayed:
-        response.status_code = status.HTTP_200_OK
-        response.headers["Idempotent-Replayed"] = "true"
-        return HookAccepted(status="duplicate", execution_id=execution_id)
-    if settings.launch_on_submit:
-        _launch_later(request, execution_id)
-    return HookAccepted(status="accepted", execution_id=execution_id)
+    answer_submitted(request, response, execution_id, replayed)
+    return HookAccepted(status="duplicate" if replayed else "accepted", execution_id=execution_id)
 
 
 def _find(sessions: sessionmaker[Session], workflow_id: str, trigger_id: str) -> None:

@@ -149,6 +149,11 @@ def _missing(node: NodeSpec, field: str, message: str) -> Problem:
     return error("missing_config", message, node_id=node.id, field=field)
 
 
+def _sets_nothing(node: NodeSpec, what: str, keys: str, field: str) -> Problem:
+    message = f"the {what} configuration sets nothing ({keys})"
+    return warning("empty_settings", message, node_id=node.id, field=field)
+
+
 def _node_config_problems(node: NodeSpec) -> Iterator[Problem]:
     config = node.config
     if resolve_type(node.source_type) is None:
@@ -192,22 +197,13 @@ def _node_config_problems(node: NodeSpec) -> Iterator[Problem]:
         )
         yield from problems
         if not keys and not problems:
-            yield warning(
-                "empty_settings",
-                "the retry configuration sets nothing (maxAttempts, backoffStrategy, ...)",
-                node_id=node.id,
-                field=config.retry_field or "maxAttempts",
-            )
+            field = config.retry_field or "maxAttempts"
+            yield _sets_nothing(node, "retry", "maxAttempts, backoffStrategy, ...", field)
     elif isinstance(config, QueueConfigConfig) and not (
         config.priority is not None or config.queue or config.concurrency_key
     ):
         if not any(k in node.original_config for k in ("priority", "queue", "concurrencyKey")):
-            yield warning(
-                "empty_settings",
-                "the queue configuration sets nothing (priority, queue, concurrencyKey)",
-                node_id=node.id,
-                field="priority",
-            )
+            yield _sets_nothing(node, "queue", "priority, queue, concurrencyKey", "priority")
     elif isinstance(config, TriggerConfig):
         yield from _trigger_problems(node, config)
     elif isinstance(config, SubworkflowConfig) and not config.workflow_id:

@@ -342,16 +342,20 @@ class _Parser:
                 node = Member(node, key)
             elif self.current.text == "(" and self.current.kind == "op":
                 self.advance()
-                args = []
-                if not self.accept(")"):
-                    while True:
-                        args.append(self.expression())
-                        if self.accept(")"):
-                            break
-                        self.expect(",")
-                node = Call(node, tuple(args))
+                node = Call(node, self.items_until(")"))
             else:
                 return node
+
+    def items_until(self, close: str) -> tuple[Any, ...]:
+        """Comma-separated expressions up to and including `close` (call arguments, array items)."""
+        items: list[Any] = []
+        if not self.accept(close):
+            while True:
+                items.append(self.expression())
+                if self.accept(close):
+                    break
+                self.expect(",")
+        return tuple(items)
 
     def primary(self) -> Any:
         token = self.advance()
@@ -376,14 +380,7 @@ class _Parser:
             self.expect(")")
             return inner
         if token.text == "[":
-            items = []
-            if not self.accept("]"):
-                while True:
-                    items.append(self.expression())
-                    if self.accept("]"):
-                        break
-                    self.expect(",")
-            return ArrayLit(tuple(items))
+            return ArrayLit(self.items_until("]"))
         if token.text == "{":
             return self.object_literal()
         got = token.text or "end of expression"
@@ -626,8 +623,8 @@ class _Budget:
             raise ExpressionError(f"expression did more than {MAX_STEPS} steps")
 
 
-class _Locals:
-    """Arrow-function parameters layered over the outer scope."""
+class Layered:
+    """`values` layered over the outer scope (arrow-function parameters, a node's variables)."""
 
     def __init__(self, outer: Scope, values: Mapping[str, Any]) -> None:
         self.outer = outer
@@ -1135,7 +1132,7 @@ class Evaluator:
     def closure(self, node: Arrow, scope: Scope) -> _Function:
         def run(*args: Any) -> Any:
             values = dict(zip(node.params, args, strict=False))
-            return self.evaluate(node.body, _Locals(scope, values))
+            return self.evaluate(node.body, Layered(scope, values))
 
         return _Function(run)
 

@@ -20,7 +20,7 @@ from flowmaestro_dagster.errors import (
     NodeExecutionError,
 )
 from flowmaestro_dagster.lang import templates
-from flowmaestro_dagster.lang.state import ExecutionState
+from flowmaestro_dagster.lang.expressions import Layered
 from flowmaestro_dagster.nodes import http as _http_executors
 from flowmaestro_dagster.nodes import llm as _llm_executors
 from flowmaestro_dagster.nodes.base import Executor, NodeContext, NodeResult, wrap_output
@@ -143,19 +143,6 @@ def _redacted(exc: NodeExecutionError, secrets: list[str]) -> NodeExecutionError
 # -- templateOutput ------------------------------------------------------------------------------
 
 
-class _Overlay:
-    """A scope where the node's `variables` come before the execution state's names."""
-
-    def __init__(self, values: Mapping[str, Any], state: ExecutionState) -> None:
-        self._values = values
-        self._state = state
-
-    def lookup(self, name: str) -> Any:
-        if name in self._values:
-            return self._values[name]
-        return self._state.lookup(name)
-
-
 def execute_template_output(ctx: NodeContext) -> NodeResult:
     """Render `template` (references, then the node's `variables`); optionally as HTML."""
     extras = ctx.config.extras()
@@ -166,7 +153,7 @@ def execute_template_output(ctx: NodeContext) -> NodeResult:
     variables = extras.get("variables")
     if isinstance(variables, dict) and variables:
         values = ctx.render(variables)
-        text = templates.render_string(text, _Overlay(values, ctx.state))
+        text = templates.render_string(text, Layered(ctx.state, values))
     source = str(extras.get("templateType") or "markdown").lower()
     target = str(extras.get("outputFormat") or extras.get("format") or source).lower()
     if target == "html" and source in ("markdown", "md", "handlebars"):

@@ -492,30 +492,12 @@ def _trigger(raw: _Raw) -> None:
     _output_variable(raw)
 
 
-_TRANSFORM_TYPE_TO_OPERATION = {
-    "template": "template",
-    "merge": "merge",
-    "aggregate": "aggregate",
-    "map": "map",
-    "flatten": "flatten",
-    "filter": "filter",
-    "sort": "sort",
-    "reduce": "reduce",
-    "custom": "custom",
-    "extract": "extract",
-}
-
-
 @_normaliser("transform", model=TransformConfig)
 def _transform(raw: _Raw) -> None:
     kind = raw.take("operation", "operation")
     transform_type = raw.rest.pop("transformType", None)
     if kind is _MISSING and transform_type is not None:
-        raw.set(
-            "operation",
-            _TRANSFORM_TYPE_TO_OPERATION.get(str(transform_type), str(transform_type)),
-            "transformType",
-        )
+        raw.set("operation", str(transform_type), "transformType")
     elif kind is _MISSING:
         raw.set("operation", "template" if "template" in raw.rest else "passthrough")
     raw.take("input_data", "inputData", "input", "data")

@@ -14,19 +14,15 @@ from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
-from flowmaestro_dagster.store.db import dispose_engines, migrate
 from flowmaestro_dagster.tags import workflow_pool
 from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, patch_settings
 from tests.api.test_queues_support import store_run
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
+def database_url(platform_db: str) -> str:
     """A SQLite platform database of the test's own (conftest's `auth` reads it)."""
-    url = f"sqlite:///{tmp_path / 'api.db'}"
-    migrate(url)
-    yield url
-    dispose_engines()
+    return platform_db
 
 
 @pytest.fixture
