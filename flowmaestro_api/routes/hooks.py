@@ -5,6 +5,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -20,6 +21,7 @@ from flowmaestro_api.schemas import (
 )
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control import hooks as service
+from flowmaestro_dagster.control.hook_providers import slack_challenge
 from flowmaestro_dagster.store.db import session_scope
 
 router = APIRouter(tags=["webhooks"])
@@ -90,7 +92,11 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=HookAccepted,
     responses={
-        200: {"description": "a delivery seen before (`Idempotent-Replayed: true`)"},
+        200: {
+            "description": "a delivery seen before (`Idempotent-Replayed: true`); an event the "
+            'trigger does not take (`{"status": "ignored"}`); Slack\'s url_verification '
+            '(`{"challenge"}`)'
+        },
         401: {"description": "bad or missing signature / bearer secret, or a stale timestamp"},
         404: {"description": "no deployed webhook trigger at this URL"},
         413: {"description": "the body is larger than FLOWMAESTRO_HOOK_MAX_BODY_BYTES"},
@@ -99,29 +105,37 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
 )
 async def deliver(
     workflow_id: str, trigger_id: str, request: Request, response: Response
-) -> HookAccepted:
+) -> HookAccepted | JSONResponse:
     """Start the workflow from a webhook delivery: its inputs are `{"body", "headers",
     "query"}`. Sign `"<t>.<body>"` (`X-FlowMaestro-Signature: t=<unix>,v1=<hex>`) or send
-    `Authorization: Bearer <secret>`. A delivery id (`Idempotency-Key`, `X-GitHub-Delivery`,
+    `Authorization: Bearer <secret>`, or the trigger's provider's own signature (GitHub, Stripe,
+    Slack, Shopify, Typeform). A delivery id (`Idempotency-Key`, `X-GitHub-Delivery`,
     `X-Request-Id`, ...) seen before answers the first execution (200)."""
     settings: ApiSettings = request.app.state.settings
     sessions: sessionmaker[Session] = request.app.state.sessions
-    await run_in_threadpool(_find, sessions, workflow_id, trigger_id)  # 404 before reading
+    trigger = await run_in_threadpool(_find, sessions, workflow_id, trigger_id)  # 404 first
     headers = dict(request.headers.items())  # Starlette lower-cases the names
     delivery = service.delivery_id(headers)
     try:
         kind = service.media_kind(headers.get("content-type"))
         body = await _read_bounded(request, settings.hook_max_body_bytes)
-        service.verify(
-            service.hook_secret(settings.secret("secret_key"), workflow_id, trigger_id),
-            signature=headers.get(service.SIGNATURE_HEADER),
-            authorization=headers.get("authorization"),
-            body=body,
+        service.verify_delivery(
+            trigger,
+            headers,
+            body,
+            hook_secret=service.hook_secret(settings.secret("secret_key"), workflow_id, trigger_id),
+            connections=settings.connections,
             now=time.time(),
             tolerance=settings.callback_tolerance_seconds,
         )
+        payload = service.parse_body(kind, body)
+        skipped = _skipped(trigger, headers, payload)
+        if skipped is not None:
+            reason, answer = skipped
+            await run_in_threadpool(_reject, sessions, workflow_id, trigger_id, delivery, reason)
+            return JSONResponse(answer)
         inputs = service.hook_inputs(
-            service.parse_body(kind, body),
+            payload,
             service.safe_headers(request.headers.items()),
             service.query_inputs(request.query_params.multi_items()),
         )
@@ -136,9 +150,24 @@ async def deliver(
     return HookAccepted(status="duplicate" if replayed else "accepted", execution_id=execution_id)
 
 
-def _find(sessions: sessionmaker[Session], workflow_id: str, trigger_id: str) -> None:
+def _skipped(
+    trigger: service.Trigger, headers: dict[str, str], payload: Any
+) -> tuple[str, dict[str, str]] | None:
+    """A verified delivery that starts nothing, as (reason recorded, 200 body): Slack's
+    url_verification (its challenge echoed), or an event the trigger does not take (2xx, so
+    the provider does not retry it)."""
+    challenge = slack_challenge(trigger.provider, payload)
+    if challenge is not None:
+        return "slack url_verification: challenge answered", {"challenge": challenge}
+    reason = service.unwanted_event(trigger, headers, payload)
+    if reason is not None:
+        return reason, {"status": "ignored", "reason": reason}
+    return None
+
+
+def _find(sessions: sessionmaker[Session], workflow_id: str, trigger_id: str) -> service.Trigger:
     with session_scope(sessions) as session:
-        service.find_hook(session, workflow_id=workflow_id, trigger_id=trigger_id)
+        return service.find_hook(session, workflow_id=workflow_id, trigger_id=trigger_id)[1]
 
 
 def _accept(

@@ -48,6 +48,7 @@ from flowmaestro_dagster.spec.node_types import (
 from flowmaestro_dagster.spec.parse import parse_workflow
 from flowmaestro_dagster.spec.policies import parse_retry_defaults
 from flowmaestro_dagster.spec.problems import Problem, error, warning
+from flowmaestro_dagster.spec.providers import VERIFIED_HOOK_PROVIDERS
 
 # Top-level keys a node type's output has when it has no outputVariable.
 STANDARD_OUTPUT_KEYS: dict[str, frozenset[str]] = {
@@ -238,10 +239,25 @@ def unknown_timezone(name: str) -> bool:
     return False
 
 
+# Providers whose own webhook signature the hook URL verifies (control/hook_providers.py;
+# a test keeps the two in step: the compiler may not import the control layer).
+
+
 def _trigger_problems(node: NodeSpec, config: TriggerConfig) -> Iterator[Problem]:
     """A schedule trigger becomes a Dagster schedule on deploy: its cron string, timezone and
-    overlap policy must be ones that schedule can take (docs/triggers.md)."""
+    overlap policy must be ones that schedule can take (docs/triggers.md). A webhook naming a
+    provider whose signature is not verified is told the generic scheme applies."""
     if config.trigger_type not in SCHEDULE_TRIGGER_TYPES:
+        kind, provider = config.trigger_type.lower(), (config.provider or "").strip().lower()
+        webhook = kind == "webhook" or (kind != "manual" and bool(config.event))
+        if webhook and provider and provider not in VERIFIED_HOOK_PROVIDERS:
+            yield warning(
+                "unverified_hook_provider",
+                f"{config.provider} signatures are not verified: its deliveries must use "
+                "X-FlowMaestro-Signature or a bearer secret (docs/webhooks.md)",
+                node_id=node.id,
+                field=_spelled(node, "provider", "webhookProvider"),
+            )
         return
     cron_field = _spelled(node, "schedule", "cron", "cronExpression")
     if not config.schedule or not config.schedule.strip():

@@ -2,11 +2,11 @@
 
 A hook's secret is derived (HMAC of the platform secret key over workflow and trigger id), so
 nothing secret is stored and rotating `FLOWMAESTRO_SECRET_KEY` rotates every hook. A delivery
-is verified (signature or bearer secret), mapped to the execution's inputs
-(`{"body", "headers", "query"}`), and started through the ordinary idempotent path with the key
-`hook:<trigger>:<delivery id>`, owned by the workflow's owner. Every delivery past the lookup
-is recorded in `webhook_deliveries`, so an owner can see why a provider's call did not start
-anything. docs/webhooks.md is the caller's side.
+is verified (our signature, a bearer secret, or its provider's own: hook_providers.py), mapped
+to the execution's inputs (`{"body", "headers", "query"}`), and started through the ordinary
+idempotent path with the key `hook:<trigger>:<delivery id>`, owned by the workflow's owner.
+Every delivery past the lookup is recorded in `webhook_deliveries`, so an owner can see why a
+provider's call did not start anything. docs/webhooks.md is the caller's side.
 """
 
 import hashlib
@@ -26,6 +26,11 @@ from flowmaestro_dagster.control.executions import (
     compiled_for,
     start_execution,
 )
+from flowmaestro_dagster.control.hook_providers import (
+    delivery_event,
+    event_matches,
+    provider_of,
+)
 from flowmaestro_dagster.control.requests import ExecutionCreate
 from flowmaestro_dagster.control.waitpoints import verify_signature
 from flowmaestro_dagster.control.workflows import get_version, get_workflow
@@ -36,6 +41,7 @@ from flowmaestro_dagster.errors import (
     NotFound,
     UnsupportedMediaType,
 )
+from flowmaestro_dagster.settings import ConnectionSettings
 from flowmaestro_dagster.spec.configs import TriggerConfig
 from flowmaestro_dagster.store.models import (
     Execution,
@@ -59,7 +65,15 @@ DELIVERY_ID_HEADERS = (
 )
 # Headers kept out of the execution's inputs: credentials and signatures (a name containing
 # any of these), and hop-by-hop headers that say nothing about the event.
-_SECRET_HEADER_PARTS = ("authorization", "cookie", "signature", "token", "secret", "api-key")
+_SECRET_HEADER_PARTS = (
+    "authorization",
+    "cookie",
+    "signature",
+    "token",
+    "secret",
+    "api-key",
+    "hmac",
+)
 _DROPPED_HEADERS = frozenset({"connection", "content-length", "transfer-encoding", "keep-alive"})
 _SCHEDULED = frozenset({"schedule", "cron", "manual"})
 MAX_REASON = 500
@@ -151,6 +165,46 @@ def verify(
             return
         raise BadSignature("bad bearer secret")
     raise BadSignature("missing X-FlowMaestro-Signature or Authorization: Bearer <secret>")
+
+
+def verify_delivery(
+    trigger: Trigger,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    hook_secret: str,
+    connections: Mapping[str, ConnectionSettings],
+    now: float,
+    tolerance: float,
+) -> None:
+    """The provider's own signature when the trigger names a provider and the delivery carries
+    its header (keyed by the `signing_secret` of the connection named like the provider, else
+    the hook's secret: GitHub lets its user choose one); otherwise the generic scheme."""
+    provider = provider_of(trigger.provider)
+    if provider is not None and provider.header in headers:
+        assert trigger.provider is not None
+        connection = connections.get(trigger.provider.strip().lower())
+        secret = (connection.secret("signing_secret") if connection else None) or hook_secret
+        provider.check(secret, headers, body, now, tolerance)
+        return
+    verify(
+        hook_secret,
+        signature=headers.get(SIGNATURE_HEADER),
+        authorization=headers.get("authorization"),
+        body=body,
+        now=now,
+        tolerance=tolerance,
+    )
+
+
+def unwanted_event(trigger: Trigger, headers: Mapping[str, str], payload: Any) -> str | None:
+    """Why a verified delivery is not for this trigger (its event is another), or None."""
+    if not trigger.event:
+        return None
+    got = delivery_event(trigger.provider, headers, payload)
+    if got is None or event_matches(trigger.event, got):
+        return None
+    return f"event {got} is not {trigger.event}"
 
 
 def media_kind(content_type: str | None) -> str:

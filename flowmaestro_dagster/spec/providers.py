@@ -220,3 +220,7 @@ PROVIDER_IDS: frozenset[str] = frozenset(
         "zoom",
     }
 )
+
+# Webhook trigger providers whose own signature scheme is verified (control/hook_providers.py
+# holds the verifiers; a test keeps the two in step). Others use the generic scheme.
+VERIFIED_HOOK_PROVIDERS = frozenset({"github", "stripe", "slack", "shopify", "typeform"})

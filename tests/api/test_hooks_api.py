@@ -9,14 +9,17 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response  # what starlette's TestClient answers with
+from pydantic import SecretStr
 
 from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.waitpoints import sign
+from flowmaestro_dagster.settings import ConnectionSettings
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution
 from tests.api.conftest import deployed_workflow, row_counts
 from tests.builders import flow, node
+from tests.test_hook_providers import github, shopify, slack, stripe
 
 HOOKED = flow(
     [
@@ -296,3 +299,140 @@ def test_deliveries_are_listed_newest_first_with_a_limit(
     rows = client.get(url, headers=auth).json()["items"]
     assert [r["delivery_id"] for r in rows] == ["r2", "r1"]
     assert deliveries(client, auth, hooks["gh"]) == []
+
+
+# -- providers' own signatures (tests/test_hook_providers.py has each verifier) -----------------
+
+PROVIDED = flow(
+    [
+        node("gh", "trigger", triggerType="webhook", provider="github", event="pull_request"),
+        node("pay", "trigger", triggerType="webhook", provider="stripe", event="invoice.paid"),
+        node("chat", "trigger", triggerType="webhook", provider="slack", event="message"),
+        node("shop", "trigger", triggerType="webhook", webhookProvider="shopify"),
+        node("out", "output", outputName="ok", value="1"),
+    ],
+    [("gh", "out"), ("pay", "out"), ("chat", "out"), ("shop", "out")],
+    name="Provided",
+)
+STRIPE_SECRET = "whsec_from_the_stripe_dashboard"
+SLACK_SECRET = "slack-app-signing-secret"
+
+
+@pytest.fixture
+def provided(
+    api_settings: ApiSettings, auth: dict[str, str]
+) -> Iterator[tuple[TestClient, dict[str, dict[str, Any]]]]:
+    """PROVIDED deployed on an API whose stripe and slack connections hold signing secrets."""
+    connections = {
+        "stripe": ConnectionSettings(signing_secret=SecretStr(STRIPE_SECRET)),
+        "slack": ConnectionSettings(signing_secret=SecretStr(SLACK_SECRET)),
+    }
+    settings = api_settings.model_copy(update={"connections": connections})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        workflow_id = deployed_workflow(test_client, auth, PROVIDED)
+        listed = test_client.get(f"/workflows/{workflow_id}/triggers", headers=auth).json()
+        yield test_client, {t["id"]: {**t, "workflow_id": workflow_id} for t in listed["items"]}
+
+
+def provider_post(
+    client: TestClient,
+    hook: dict[str, Any],
+    payload: Any,
+    signer: Any,
+    secret: str,
+    *,
+    at: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """`payload` delivered with the headers the provider signs it with."""
+    body = json.dumps(payload).encode()
+    t = int(at if at is not None else time.time())
+    return client.post(
+        path(hook),
+        content=body,
+        headers={"content-type": "application/json", **signer(secret, body, t), **(headers or {})},
+    )
+
+
+def test_github_signs_with_the_hooks_secret_and_its_events_filter(
+    provided: tuple[TestClient, dict[str, dict[str, Any]]],
+    auth: dict[str, str],
+    database_url: str,
+) -> None:
+    client, hooks = provided
+    hook = hooks["gh"]
+    pr = {"action": "opened", "number": 1}
+    opened = provider_post(
+        client, hook, pr, github, hook["secret"], headers={"X-GitHub-Event": "pull_request"}
+    )
+    assert opened.status_code == 202, opened.text
+    inputs = execution_inputs(database_url, opened.json()["execution_id"])
+    assert inputs["body"] == pr and "x-hub-signature-256" not in inputs["headers"]
+    before = row_counts(database_url)["executions"]
+    push = provider_post(
+        client, hook, {}, github, hook["secret"], headers={"X-GitHub-Event": "push"}
+    )
+    assert push.status_code == 200
+    assert push.json() == {"status": "ignored", "reason": "event push is not pull_request"}
+    wrong = provider_post(
+        client, hook, pr, github, "not-the-secret", headers={"X-GitHub-Event": "pull_request"}
+    )
+    assert wrong.status_code == 401 and "X-Hub-Signature-256" in wrong.json()["detail"]
+    assert row_counts(database_url)["executions"] == before
+    rows = deliveries(client, auth, hook)
+    assert [r["outcome"] for r in rows] == ["rejected", "rejected", "accepted"]
+    assert rows[1]["reason"] == "event push is not pull_request"
+
+
+def test_stripe_and_slack_use_the_connections_signing_secret(
+    provided: tuple[TestClient, dict[str, dict[str, Any]]], database_url: str
+) -> None:
+    client, hooks = provided
+    pay, chat = hooks["pay"], hooks["chat"]
+    invoice = {"id": "evt_1", "type": "invoice.paid"}
+    assert provider_post(client, pay, invoice, stripe, STRIPE_SECRET).status_code == 202
+    # The hook's own secret is not Stripe's: a connection's secret replaces it.
+    assert provider_post(client, pay, invoice, stripe, pay["secret"]).status_code == 401
+    stale = provider_post(client, pay, invoice, stripe, STRIPE_SECRET, at=time.time() - 400)
+    assert stale.status_code == 401
+    other = provider_post(client, pay, {"type": "charge.failed"}, stripe, STRIPE_SECRET)
+    assert other.status_code == 200 and other.json()["status"] == "ignored"
+    message = {"type": "event_callback", "event": {"type": "message", "text": "hi"}}
+    assert provider_post(client, chat, message, slack, SLACK_SECRET).status_code == 202
+    replay = provider_post(client, chat, message, slack, SLACK_SECRET, at=time.time() - 301)
+    assert replay.status_code == 401
+    # Without the provider's header the generic scheme (the hook's own secret) still applies.
+    assert signed(client, chat, {"event": {"type": "message"}}).status_code == 202
+    assert row_counts(database_url)["executions"] == 3
+
+
+def test_slack_url_verification_answers_the_challenge_and_starts_nothing(
+    provided: tuple[TestClient, dict[str, dict[str, Any]]],
+    auth: dict[str, str],
+    database_url: str,
+) -> None:
+    client, hooks = provided
+    chat = hooks["chat"]
+    handshake = {"token": "t", "challenge": "3eZbrw1aBm2rZgRNFdxV", "type": "url_verification"}
+    unsigned = client.post(path(chat), json=handshake)
+    assert unsigned.status_code == 401
+    answer = provider_post(client, chat, handshake, slack, SLACK_SECRET)
+    assert answer.status_code == 200
+    assert answer.json() == {"challenge": "3eZbrw1aBm2rZgRNFdxV"}
+    assert row_counts(database_url)["executions"] == 0
+    assert "url_verification" in deliveries(client, auth, chat)[0]["reason"]
+
+
+def test_shopify_signs_the_body_and_its_hmac_header_is_not_an_input(
+    provided: tuple[TestClient, dict[str, dict[str, Any]]], database_url: str
+) -> None:
+    client, hooks = provided
+    shop = hooks["shop"]
+    topic = {"X-Shopify-Topic": "orders/create"}
+    order = {"id": 820982911946154508}
+    accepted = provider_post(client, shop, order, shopify, shop["secret"], headers=topic)
+    assert accepted.status_code == 202, accepted.text
+    inputs = execution_inputs(database_url, accepted.json()["execution_id"])
+    assert inputs["headers"]["x-shopify-topic"] == "orders/create"
+    assert "x-shopify-hmac-sha256" not in inputs["headers"]
+    assert provider_post(client, shop, order, shopify, "nope", headers=topic).status_code == 401
