@@ -131,6 +131,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.setdefault("FLOWMAESTRO_DAGSTER_GRAPHQL_URL", f"http://{host}:{port}/graphql")
     env.setdefault("FLOWMAESTRO_DAGSTER_UI_URL", f"http://{host}:{port}")
+    # Run workers print their events at the same level (the Dagster UI keeps them all).
+    env.setdefault("FLOWMAESTRO_RUN_CONSOLE_LOG_LEVEL", log_level.upper())
     workspace = write_workspace(home / "workspace.yaml", api.code_location_shards)
     key = _dev_api_key(home)
     dagster_command, api_command = dev_commands(

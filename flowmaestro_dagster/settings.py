@@ -330,6 +330,11 @@ class Settings(BaseSettings):
     run_max_runtime_seconds: int = Field(
         default=86_400, ge=0, description="runs still going after this are failed (0: never)"
     )
+    run_console_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = Field(
+        default=None,
+        description="what a run worker prints to its terminal (unset: Dagster's default, every "
+        "event); the event log in the Dagster UI keeps every event whatever this says",
+    )
 
     # -- scale-out (docs/deployment.md) ----------------------------------------------------------
     dagster_schema: str = Field(
@@ -373,6 +378,13 @@ class Settings(BaseSettings):
         # Celery's default transport is AMQP: a URL that is not Redis would hang runs.
         if isinstance(value, str) and not value.startswith(("redis://", "rediss://")):
             raise ValueError("a Celery broker/backend must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("run_console_log_level", mode="before")
+    @classmethod
+    def _level_name(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().upper() or None
         return value
 
     @field_validator("user_run_limit", "dequeue_num_workers", mode="before")

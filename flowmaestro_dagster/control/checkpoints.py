@@ -13,8 +13,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
-from flowmaestro_dagster.control.executions import compiled_for, run_tags, version_row
-from flowmaestro_dagster.engines.local import run_config_for
+from flowmaestro_dagster.control.executions import (
+    compiled_for,
+    launch_config,
+    run_tags,
+    version_row,
+)
 from flowmaestro_dagster.errors import NotFound
 from flowmaestro_dagster.store.models import Checkpoint, Execution, utcnow
 from flowmaestro_dagster.tags import FROM_CHECKPOINT_TAG, RETRY_TAG
@@ -126,7 +130,7 @@ def retry_from_checkpoint(
             parent_run_id=failed_run.run_id,
             root_run_id=runs[0].run_id,
             step_keys=keys,
-            run_config=run_config_for(execution.inputs),
+            run_config=launch_config(execution.inputs),
             tags=tags,
         )
         execution.latest_run_id = run_id

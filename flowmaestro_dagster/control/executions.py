@@ -39,6 +39,7 @@ from flowmaestro_dagster.errors import (
 from flowmaestro_dagster.lang.state import ExecutionState
 from flowmaestro_dagster.lang.templates import render_string
 from flowmaestro_dagster.nodes.io_nodes import coerce_input
+from flowmaestro_dagster.settings import get_settings
 from flowmaestro_dagster.spec.configs import InputConfig
 from flowmaestro_dagster.store.models import (
     Execution,
@@ -256,6 +257,12 @@ def purge_expired_keys(session: Session) -> int:
 # -- launching -----------------------------------------------------------------------------------
 
 
+def launch_config(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The run config of a launch, a resume or a retry: the execution's inputs, and the run
+    worker's console log level (FLOWMAESTRO_RUN_CONSOLE_LOG_LEVEL) when the operator set one."""
+    return run_config_for(inputs, log_level=get_settings().run_console_log_level)
+
+
 def run_tags(execution: Execution) -> dict[str, str]:
     """Tags of every run of an execution; the run queue's limits key on them (queues.py)."""
     from flowmaestro_dagster.control.queues import queue_tags
@@ -344,7 +351,7 @@ def _launch_loading_if_needed(client: DagsterClient, execution: Execution) -> st
         return client.launch(
             location=execution.location_name,
             job=execution.job_name,
-            run_config=run_config_for(execution.inputs),
+            run_config=launch_config(execution.inputs),
             tags=run_tags(execution),
         )
 

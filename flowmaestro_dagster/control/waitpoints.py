@@ -30,13 +30,13 @@ from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.executions import (
     TERMINAL,
     compiled_for,
+    launch_config,
     refresh,
     run_tags,
     start_execution,
     version_row,
 )
 from flowmaestro_dagster.control.requests import ExecutionCreate
-from flowmaestro_dagster.engines.local import run_config_for
 from flowmaestro_dagster.errors import Conflict, Forbidden, Gone, NotFound, Unprocessable
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Decision, Execution, User, Waitpoint, utcnow
@@ -594,7 +594,7 @@ def _launch_resume(
         parent_run_id=parked_run_id,
         root_run_id=root,
         step_keys=step_keys,
-        run_config=run_config_for(execution.inputs),
+        run_config=launch_config(execution.inputs),
         tags=tags,
     )
 
