@@ -1247,7 +1247,16 @@ def test_stack_multi_level_approval_chain_asks_each_approver_then_escalates(
     waited = [w["waited"] for w in node(done, "wait-1")["output"]]  # outputVariable `waited`
     assert [(w["waited"], w["slept"]) for w in waited] == [(True, False), (True, False)]  # parked
     runs = done["runs"]
-    assert len(runs) == 3 and [r["status"] for r in runs] == ["SUCCESS", "SUCCESS", "FAILURE"]
+    # Parked, resumed after the approvals, resumed after the waits: one resume per parked run.
+    # A fourth run may follow on a loaded machine: Dagster's run retry (FLOWMAESTRO_RUN_RETRIES)
+    # of the failed run, from failure, which fails the same way; it is not a second resume.
+    shape = [(r["status"], (r["parent_run_id"] or "")[:8], r["run_id"][:8]) for r in runs]
+    assert [r["status"] for r in runs[:3]] == ["SUCCESS", "SUCCESS", "FAILURE"], shape
+    assert len(runs) == 3 or (
+        len(runs) == 4
+        and runs[3]["status"] == "FAILURE"
+        and runs[3]["parent_run_id"] == runs[2]["run_id"]
+    ), shape
     assert runs[2]["parent_run_id"] == runs[1]["run_id"]
     assert runs[1]["parent_run_id"] == runs[0]["run_id"]
     failures = step_failures(stack, runs[2]["run_id"])
