@@ -13,7 +13,7 @@ from dagster import DagsterInstance, ExecuteInProcessResult, ExecutorDefinition,
 
 from flowmaestro_dagster.adapter.ops import INPUTS_RESOURCE
 from flowmaestro_dagster.adapter.resources import resources_for
-from flowmaestro_dagster.compile.compiler import CompiledWorkflow, load_spec
+from flowmaestro_dagster.compile.compiler import CompiledWorkflow
 from flowmaestro_dagster.dagster_internals import InMemoryJob, core_execute_in_process
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.results import WorkflowRunResult, output_states, summarize
@@ -96,13 +96,10 @@ def run_workflow_threaded(
     instance: DagsterInstance | None = None,
     **compile_options: Any,
 ) -> WorkflowRunResult:
-    """`testing.run_workflow` on the threaded executor.
-
-    The limit is `max_concurrent`, else the workflow's `settings.maxConcurrentNodes`.
-    """
-    spec = load_spec(definition)
-    limit = max_concurrent or spec.settings.max_concurrent_nodes
+    """`testing.run_workflow` on `instance`, with `max_concurrent` threads in place of the
+    workflow's `settings.maxConcurrentNodes` (`build_job`'s default)."""
     compile_options.setdefault("resource_defs", resources_for(settings))
-    compile_options.setdefault("executor_def", threaded_executor_for(limit))
-    compiled = build_job(spec, **compile_options)
+    if max_concurrent is not None:
+        compile_options.setdefault("executor_def", threaded_executor_for(max_concurrent))
+    compiled = build_job(definition, **compile_options)
     return execute_workflow(compiled, inputs, instance=instance, log_level=log_level)
