@@ -161,7 +161,8 @@ def verify(
         return
     if authorization is not None:
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), secret):
+        given = token.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given, secret.encode()):
             return
         raise BadSignature("bad bearer secret")
     raise BadSignature("missing X-FlowMaestro-Signature or Authorization: Bearer <secret>")

@@ -98,8 +98,10 @@ def deployed_schedules(
     schedules = []
     for workflow in workflows:
         row = deployed[workflow.id]
+        if workflow.deployed_version != row.version:
+            continue  # a stale row: no need to parse its definition
         trigger = schedule_trigger(row.definition)
-        if trigger is None or workflow.deployed_version != row.version:
+        if trigger is None:
             continue
         schedules.append(
             WorkflowSchedule(

@@ -81,15 +81,21 @@ def verify_signature(
         return False
     if abs(now - timestamp) > tolerance:
         return False
-    expected = hmac.new(
-        secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256
-    ).hexdigest()
-    return any(hmac.compare_digest(expected, candidate) for candidate in parts.get("v1", []))
+    expected = _digest(secret, body, timestamp).encode()
+    # Bytes, not str: a header with a non-ASCII character must be a mismatch, not a TypeError.
+    return any(
+        hmac.compare_digest(expected, candidate.encode("utf-8", "surrogateescape"))
+        for candidate in parts.get("v1", [])
+    )
+
+
+def _digest(secret: str, body: bytes, timestamp: int) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+    """The header `verify_signature` accepts (what callers of callbacks and hooks send)."""
+    return f"t={timestamp},v1={_digest(secret, body, timestamp)}"
 
 
 # -- child executions (what the run workers' store calls) ---------------------------------------

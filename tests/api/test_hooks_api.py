@@ -188,6 +188,19 @@ def test_bad_signature_is_401_and_only_a_rejected_delivery_is_recorded(
     assert all(r["execution_id"] is None and "401" in r["reason"] for r in rows)
 
 
+def test_non_ascii_signature_or_bearer_is_401_not_500(
+    client: TestClient, hooks: dict[str, dict[str, Any]]
+) -> None:
+    hook = hooks["hook"]
+    for header in (
+        {"X-FlowMaestro-Signature": f"t={int(time.time())},v1=\u00e9\u00e9"},
+        {"Authorization": "Bearer \u00e9t\u00e9"},
+    ):
+        raw = {k: v.encode("latin-1") for k, v in header.items()}
+        response = client.post(path(hook), json={"order": 1}, headers=raw)
+        assert response.status_code == 401, response.text
+
+
 def test_a_stale_or_future_timestamp_is_401(
     client: TestClient, hooks: dict[str, dict[str, Any]], api_settings: ApiSettings
 ) -> None:
