@@ -18,7 +18,8 @@ PlatformError (flowmaestro_dagster.errors)   500 (never raised on purpose)
 ├── DagsterUnavailable           503 the Dagster webserver did not answer
 └── ApiError                     (this module)
     ├── Unauthenticated          401 missing or unknown API key
-    └── PayloadTooLarge          413
+    ├── PayloadTooLarge          413
+    └── TooManyRequests          429 a webhook's rate limit (with Retry-After)
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PlatformError",
+    "TooManyRequests",
     "Unauthenticated",
     "Unprocessable",
     "UnsupportedMediaType",
@@ -80,6 +82,10 @@ class Unauthenticated(ApiError, status=401, code="unauthenticated"):
 
 class PayloadTooLarge(ApiError, status=413, code="payload_too_large"):
     """The request body is too large."""
+
+
+class TooManyRequests(ApiError, status=429, code="rate_limited"):
+    """Too many requests."""
 
 
 def problem_response(

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from flowmaestro_api.errors import PayloadTooLarge, problem_response, register_error_handlers
+from flowmaestro_api.ratelimit import HookRateLimiter
 from flowmaestro_api.routes import approvals, executions, health, hooks, queues, workflows
 from flowmaestro_api.routes.observability import router as observability_router
 from flowmaestro_api.settings import ApiSettings, get_api_settings
@@ -73,6 +74,9 @@ def create_app(
     app.state.dagster = client
     app.state.launcher = launcher
     app.state.launch = launch
+    app.state.hook_limits = HookRateLimiter(
+        settings.hook_rate_limit, settings.hook_rate_limit_storage
+    )
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # type: ignore[arg-type]
     register_error_handlers(app)
     app.include_router(health.router)

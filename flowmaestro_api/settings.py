@@ -4,7 +4,7 @@ only the API process uses. All from `FLOWMAESTRO_*` environment variables (see .
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from flowmaestro_dagster.settings import Settings
 
@@ -13,6 +13,24 @@ class ApiSettings(Settings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    hook_rate_limit: str = Field(
+        default="20/second;600/minute",
+        description="deliveries one webhook trigger accepts ('limits' notation, windows "
+        "separated by ';'; empty or 'none': unlimited); more are 429 (docs/webhooks.md)",
+    )
+    hook_rate_limit_storage: str = Field(
+        default="memory://",
+        description="where hook rate limits count: memory:// (this API process) or "
+        "redis://host:port/db (shared by every API process)",
+    )
+
+    @field_validator("hook_rate_limit")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        from flowmaestro_api.ratelimit import parse_limits
+
+        parse_limits(value)  # a ValueError names what is wrong
+        return value
 
 
 @lru_cache

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from flowmaestro_api.deps import CurrentUser, SessionDep, SettingsDep
 from flowmaestro_api.errors import PayloadTooLarge, PlatformError
+from flowmaestro_api.ratelimit import HookRateLimiter
 from flowmaestro_api.routes.executions import answer_submitted
 from flowmaestro_api.schemas import (
     DeliveryList,
@@ -101,6 +102,7 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
         404: {"description": "no deployed webhook trigger at this URL"},
         413: {"description": "the body is larger than FLOWMAESTRO_HOOK_MAX_BODY_BYTES"},
         415: {"description": "the body is not JSON, a urlencoded form or text"},
+        429: {"description": "over the hook's rate limit (`Retry-After` says when to retry)"},
     },
 )
 async def deliver(
@@ -113,7 +115,9 @@ async def deliver(
     `X-Request-Id`, ...) seen before answers the first execution (200)."""
     settings: ApiSettings = request.app.state.settings
     sessions: sessionmaker[Session] = request.app.state.sessions
-    trigger = await run_in_threadpool(_find, sessions, workflow_id, trigger_id)  # 404 first
+    limiter: HookRateLimiter = request.app.state.hook_limits
+    # 404, then 429: both before the body is read or anything is recorded.
+    trigger = await run_in_threadpool(_find, sessions, workflow_id, trigger_id, limiter)
     headers = dict(request.headers.items())  # Starlette lower-cases the names
     delivery = service.delivery_id(headers)
     try:
@@ -165,9 +169,13 @@ def _skipped(
     return None
 
 
-def _find(sessions: sessionmaker[Session], workflow_id: str, trigger_id: str) -> service.Trigger:
+def _find(
+    sessions: sessionmaker[Session], workflow_id: str, trigger_id: str, limiter: HookRateLimiter
+) -> service.Trigger:
     with session_scope(sessions) as session:
-        return service.find_hook(session, workflow_id=workflow_id, trigger_id=trigger_id)[1]
+        trigger = service.find_hook(session, workflow_id=workflow_id, trigger_id=trigger_id)[1]
+    limiter.check(workflow_id, trigger_id)  # a Redis round trip, off the event loop
+    return trigger
 
 
 def _accept(
