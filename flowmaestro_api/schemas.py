@@ -210,6 +210,18 @@ class ExecutionList(BaseModel):
 # -- webhook triggers (docs/webhooks.md) ---------------------------------------------------------
 
 
+class TriggerSchedule(BaseModel):
+    cron: str
+    timezone: str = Field(description="the trigger's, else FLOWMAESTRO_SCHEDULE_TIMEZONE")
+    overlap: str
+    missed_ticks: str
+    dagster_schedule: str = Field(description="the schedule's name in the Dagster UI")
+    next_fire_at: datetime | None = Field(
+        default=None,
+        description="the next slot while deployed (unless an operator stopped the schedule)",
+    )
+
+
 class TriggerPublic(BaseModel):
     id: str
     type: str
@@ -220,6 +232,9 @@ class TriggerPublic(BaseModel):
     url: str | None = Field(default=None, description="where a webhook trigger is delivered")
     secret: str | None = Field(
         default=None, description="the webhook's signing / bearer secret (derived, not stored)"
+    )
+    schedule: TriggerSchedule | None = Field(
+        default=None, description="a schedule trigger's schedule (the one a deploy turns on)"
     )
 
 

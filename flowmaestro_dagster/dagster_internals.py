@@ -88,6 +88,11 @@ from dagster._utils.error import SerializableErrorInfo, serializable_error_info_
 # launcher: turns SIGINT into Dagster's interrupt in a run worker, as `dagster api execute_run`.
 from dagster._utils.interrupts import capture_interrupts
 
+# schedules: the slots of a cron string in a timezone, as the schedule daemon computes them (the
+# triggers listing's next fire time must be the daemon's, daylight-saving rules included; Dagster
+# exports no function for it).
+from dagster._utils.schedules import cron_string_iterator
+
 __all__ = [
     "ActiveExecution",
     "CheckRunHealthResult",
@@ -117,6 +122,7 @@ __all__ = [
     "capture_interrupts",
     "core_execute_in_process",
     "create_compute_log_file_key",
+    "cron_string_iterator",
     "dagster_event_sequence_for_step",
     "execute_plan_iterator",
     "execute_run_command_body",

@@ -277,6 +277,12 @@ class Settings(BaseSettings):
         default="UTC",
         description="timezone of schedule triggers that name none (an IANA name)",
     )
+    schedule_missed_grace_seconds: int = Field(
+        default=120,
+        ge=10,
+        description="a schedule tick evaluated later than this after its slot was missed "
+        "(downtime): workflows with missedTicks=skip skip it",
+    )
     graphql_timeout_seconds: float = Field(default=30.0, gt=0)
     public_api_url: str = Field(
         default="http://127.0.0.1:8000", description="how approvers and callers reach the API"

@@ -22,6 +22,7 @@ from flowmaestro_dagster.control.requests import WorkflowSettingsIn
 from flowmaestro_dagster.control.schedules import (
     WorkflowSchedule,
     deployed_schedules,
+    next_fire_time,
     schedule_trigger,
 )
 from flowmaestro_dagster.control.workflows import (
@@ -268,6 +269,40 @@ def test_the_shard_repository_holds_the_schedule_of_a_deployed_version(
     assert repository.has_job(schedule.job_name)
 
 
+def test_missed_ticks_skip_drops_a_late_slot_and_runs_a_timely_one(
+    settings: Settings, instance: DagsterInstance, client: RecordingDagsterClient
+) -> None:
+    """MONDAY_9 is days ago: evaluating it now is a catch-up after downtime."""
+    workflow_id, schedule = ticked(
+        settings, instance, client, cron="* * * * *", overlap="allow", missedTicks="skip"
+    )
+    assert executions(settings, workflow_id) == []
+    late = tick(schedule, instance, MONDAY_9 + timedelta(minutes=1))
+    assert "skipped (missedTicks=skip): evaluated more than 120 s after its slot" in late
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    assert "submitted execution" in tick(schedule, instance, now)
+    assert len(executions(settings, workflow_id)) == 1
+
+
+def test_missed_ticks_run_once_is_the_default_and_runs_the_late_slot(
+    settings: Settings, instance: DagsterInstance, client: RecordingDagsterClient
+) -> None:
+    workflow_id, _ = ticked(settings, instance, client)
+    (entry,) = [s for s in shard_schedules(settings) if s.workflow_id == workflow_id]
+    assert entry.missed == "run_once"
+    assert len(executions(settings, workflow_id)) == 1
+
+
+def test_next_fire_time_follows_the_timezone_across_daylight_saving() -> None:
+    before_dst = datetime(2026, 3, 28, 12, 0, tzinfo=UTC)  # Paris: CET (UTC+1) until 29 March
+    first = next_fire_time("0 9 * * *", "Europe/Paris", before_dst)
+    second = next_fire_time("0 9 * * *", "Europe/Paris", first + timedelta(seconds=1))
+    assert first.astimezone(UTC) == datetime(2026, 3, 29, 7, 0, tzinfo=UTC)  # CEST: UTC+2
+    assert second.astimezone(UTC) == datetime(2026, 3, 30, 7, 0, tzinfo=UTC)
+    monday = next_fire_time("0 9 * * 1", "UTC", MONDAY_9 - timedelta(minutes=1))
+    assert monday == MONDAY_9
+
+
 # -- the trigger node ----------------------------------------------------------------------------
 
 
@@ -293,6 +328,7 @@ def test_schedule_trigger_reads_the_builder_spellings() -> None:
         ({"schedule": "0 9 30 2 *"}, "invalid_schedule", "schedule"),
         ({"schedule": "0 9 * * 1", "timezone": "Mars/Olympus"}, "invalid_timezone", "timezone"),
         ({"schedule": "0 9 * * 1", "overlap": "sometimes"}, "invalid_overlap", "overlap"),
+        ({"schedule": "0 9 * * 1", "missedTicks": "all"}, "invalid_missed_ticks", "missedTicks"),
         ({}, "missing_config", "schedule"),
     ],
 )

@@ -2,6 +2,7 @@
 workflow's triggers and of the deliveries each received (docs/webhooks.md)."""
 
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -19,10 +20,12 @@ from flowmaestro_api.schemas import (
     HookAccepted,
     TriggerList,
     TriggerPublic,
+    TriggerSchedule,
 )
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control import hooks as service
 from flowmaestro_dagster.control.hook_providers import slack_challenge
+from flowmaestro_dagster.control.schedules import listed_schedule
 from flowmaestro_dagster.store.db import session_scope
 
 router = APIRouter(tags=["webhooks"])
@@ -33,10 +36,26 @@ def list_triggers(
     workflow_id: str, session: SessionDep, user: CurrentUser, settings: SettingsDep
 ) -> TriggerList:
     """The triggers of the deployed version (else the latest); a webhook trigger shows the
-    URL to deliver to and its secret (for `X-FlowMaestro-Signature` or a bearer token)."""
+    URL to deliver to and its secret (for `X-FlowMaestro-Signature` or a bearer token), the
+    schedule trigger its cron, timezone, policies and next fire time."""
     workflow, triggers = service.list_triggers(session, user=user, workflow_id=workflow_id)
     base = settings.public_api_url.rstrip("/")
     key = settings.secret("secret_key")
+    listed = listed_schedule(
+        session, workflow, default_timezone=settings.schedule_timezone, now=datetime.now(UTC)
+    )
+    schedule = (
+        TriggerSchedule(
+            cron=listed.trigger.cron,
+            timezone=listed.timezone,
+            overlap=listed.trigger.overlap,
+            missed_ticks=listed.trigger.missed,
+            dagster_schedule=listed.name,
+            next_fire_at=listed.next_fire_at,
+        )
+        if listed is not None
+        else None
+    )
     items = [
         TriggerPublic(
             id=t.id,
@@ -47,6 +66,7 @@ def list_triggers(
             webhook=t.webhook,
             url=f"{base}/hooks/{workflow.id}/{t.id}" if t.webhook else None,
             secret=service.hook_secret(key, workflow.id, t.id) if t.webhook else None,
+            schedule=schedule if listed is not None and t.id == listed.trigger.node_id else None,
         )
         for t in triggers
     ]

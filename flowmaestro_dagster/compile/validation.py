@@ -17,6 +17,7 @@ from flowmaestro_dagster.lang import expressions
 from flowmaestro_dagster.lang.templates import template_roots
 from flowmaestro_dagster.nodes.connectors import connector_problems
 from flowmaestro_dagster.spec.configs import (
+    MISSED_TICK_POLICIES,
     OVERLAP_POLICIES,
     SCHEDULE_TRIGGER_TYPES,
     TRANSFORM_OPERATIONS,
@@ -277,6 +278,13 @@ def _trigger_problems(node: NodeSpec, config: TriggerConfig) -> Iterator[Problem
             f"overlap '{config.overlap}' is not one of {', '.join(OVERLAP_POLICIES)}",
             node_id=node.id,
             field=_spelled(node, "overlap", "overlapPolicy"),
+        )
+    if config.missed is not None and config.missed not in MISSED_TICK_POLICIES:
+        yield error(
+            "invalid_missed_ticks",
+            f"missed-tick policy '{config.missed}' is not one of {', '.join(MISSED_TICK_POLICIES)}",
+            node_id=node.id,
+            field=_spelled(node, "missedTicks", "missed"),
         )
 
 

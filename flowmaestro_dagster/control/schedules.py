@@ -9,17 +9,19 @@ daemon restart, a double evaluation) return the execution it already submitted
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowmaestro_dagster.compile.naming import sanitize
+from flowmaestro_dagster.compile.validation import invalid_cron, unknown_timezone
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.executions import launch_execution, start_execution
 from flowmaestro_dagster.control.requests import ExecutionCreate
 from flowmaestro_dagster.control.workflows import ACTIVE_EXECUTION_STATUSES
+from flowmaestro_dagster.dagster_internals import cron_string_iterator
 from flowmaestro_dagster.errors import Conflict, InvalidInputs, NotFound
 from flowmaestro_dagster.spec.configs import SCHEDULE_TRIGGER_TYPES, TriggerConfig
 from flowmaestro_dagster.spec.parse import parse_workflow
@@ -34,6 +36,7 @@ from flowmaestro_dagster.store.models import (
 log = logging.getLogger(__name__)
 
 DEFAULT_OVERLAP = "skip"
+DEFAULT_MISSED = "run_once"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class ScheduleTrigger:
     cron: str
     timezone: str | None
     overlap: str
+    missed: str
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class WorkflowSchedule:
     cron: str
     timezone: str
     overlap: str
+    missed: str = DEFAULT_MISSED
 
 
 def schedule_trigger(definition: dict[str, Any]) -> ScheduleTrigger | None:
@@ -74,6 +79,7 @@ def schedule_trigger(definition: dict[str, Any]) -> ScheduleTrigger | None:
                 cron=config.schedule.strip(),
                 timezone=config.timezone or None,
                 overlap=config.overlap or DEFAULT_OVERLAP,
+                missed=config.missed or DEFAULT_MISSED,
             )
     return None
 
@@ -111,9 +117,58 @@ def deployed_schedules(
                 cron=trigger.cron,
                 timezone=trigger.timezone or default_timezone,
                 overlap=trigger.overlap,
+                missed=trigger.missed,
             )
         )
     return sorted(schedules, key=lambda s: s.name)
+
+
+def next_fire_time(cron: str, timezone: str, after: datetime) -> datetime:
+    """The first slot at or after `after`, computed as the schedule daemon computes it."""
+    return next(cron_string_iterator(after.timestamp(), cron, timezone))
+
+
+def missed_tick(scheduled_time: datetime, now: datetime, grace_seconds: float) -> bool:
+    """A tick evaluated more than `grace_seconds` after its slot: the daemon was down (or
+    behind) at the slot and is catching up."""
+    return now - scheduled_time > timedelta(seconds=grace_seconds)
+
+
+@dataclass(frozen=True)
+class ListedSchedule:
+    """A workflow's schedule trigger as its owner lists it; `next_fire_at` only while the
+    schedule exists (deployed, not archived)."""
+
+    trigger: ScheduleTrigger
+    name: str
+    timezone: str
+    next_fire_at: datetime | None
+
+
+def listed_schedule(
+    session: Session, workflow: Workflow, *, default_timezone: str, now: datetime
+) -> ListedSchedule | None:
+    """The schedule of the version the triggers listing reads (the deployed one, else the
+    latest). The next fire time is the daemon's next slot; a schedule an operator stopped in
+    the Dagster UI does not fire then (its state is Dagster's, not the platform's)."""
+    number = workflow.deployed_version or workflow.latest_version
+    row = session.scalar(
+        select(WorkflowVersion).where(
+            WorkflowVersion.workflow_id == workflow.id, WorkflowVersion.version == number
+        )
+    )
+    trigger = schedule_trigger(row.definition) if row is not None else None
+    if trigger is None:
+        return None
+    timezone = trigger.timezone or default_timezone
+    live = workflow.deployed_version is not None and workflow.archived_at is None
+    live = live and invalid_cron(trigger.cron) is None and not unknown_timezone(timezone)
+    return ListedSchedule(
+        trigger=trigger,
+        name=schedule_name_for(workflow),
+        timezone=timezone,
+        next_fire_at=next_fire_time(trigger.cron, timezone, now) if live else None,
+    )
 
 
 def tick_key(workflow_id: str, scheduled_time: datetime) -> str:
@@ -132,9 +187,13 @@ def submit_scheduled(
     default_ttl_seconds: int,
     shards: int,
     lease_seconds: int,
+    missed: str = DEFAULT_MISSED,
+    now: datetime | None = None,
+    missed_grace_seconds: float = 120,
 ) -> str:
     """Submit the execution of one tick (and launch it unless `client` is None: then the
-    launch reconciler does); returns what happened, for the tick's log."""
+    launch reconciler does); returns what happened, for the tick's log. With `missed="skip"` a
+    tick evaluated more than `missed_grace_seconds` after its slot submits nothing."""
     key = tick_key(workflow_id, scheduled_time)
     slot = scheduled_time.astimezone(UTC).isoformat()
     workflow = session.get(Workflow, workflow_id)
@@ -152,6 +211,13 @@ def submit_scheduled(
     )
     if earlier is not None:
         return f"{slot}: already submitted as execution {earlier}"
+    if missed == "skip" and missed_tick(
+        scheduled_time, now or datetime.now(UTC), missed_grace_seconds
+    ):
+        return (
+            f"{slot}: skipped (missedTicks=skip): evaluated more than "
+            f"{missed_grace_seconds:g} s after its slot"
+        )
     blocking = _overlapping(session, workflow_id, overlap)
     if blocking is not None:
         return (

@@ -40,7 +40,8 @@ def make_workflow_schedule(
         job_name=entry.job_name,
         default_status=DefaultScheduleStatus.RUNNING,
         description=(
-            f"Schedule trigger of workflow {entry.workflow_id} (overlap: {entry.overlap}); "
+            f"Schedule trigger of workflow {entry.workflow_id} (overlap: {entry.overlap}, "
+            f"missed ticks: {entry.missed}); "
             "each tick submits an execution through the platform."
         ),
     )
@@ -60,6 +61,8 @@ def make_workflow_schedule(
                 default_ttl_seconds=current.idempotency_ttl_seconds,
                 shards=current.code_location_shards,
                 lease_seconds=current.launch_lease_seconds,
+                missed=entry.missed,
+                missed_grace_seconds=current.schedule_missed_grace_seconds,
             )
         return SkipReason(summary)
 

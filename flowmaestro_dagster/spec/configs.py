@@ -46,6 +46,7 @@ class OutputConfig(NodeConfig):
 
 SCHEDULE_TRIGGER_TYPES = frozenset({"schedule", "cron"})
 OVERLAP_POLICIES = ("skip", "queue", "allow")  # docs/triggers.md
+MISSED_TICK_POLICIES = ("run_once", "skip")  # docs/triggers.md
 
 
 class TriggerConfig(NodeConfig):
@@ -53,6 +54,7 @@ class TriggerConfig(NodeConfig):
     schedule: str | None = None
     timezone: str | None = None
     overlap: str | None = None  # schedules: OVERLAP_POLICIES; None is "skip"
+    missed: str | None = None  # schedules: MISSED_TICK_POLICIES; None is "run_once"
     provider: str | None = None
     event: str | None = None
 
@@ -487,6 +489,7 @@ def _trigger(raw: _Raw) -> None:
     raw.take("schedule", "schedule", "cron", "cronExpression")
     raw.take("timezone", "timezone", "timeZone")
     raw.take("overlap", "overlap", "overlapPolicy")
+    raw.take("missed", "missedTicks", "missed")
     raw.take("provider", "provider", "webhookProvider")
     raw.take("event", "event")
     _output_variable(raw)
