@@ -24,7 +24,11 @@ from flowmaestro_api.schemas import (
 )
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control import hooks as service
-from flowmaestro_dagster.control.hook_providers import slack_challenge
+from flowmaestro_dagster.control.hook_providers import (
+    SALESFORCE_ACK,
+    handshake,
+    interaction_answer,
+)
 from flowmaestro_dagster.control.schedules import listed_schedule
 from flowmaestro_dagster.store.db import session_scope
 
@@ -116,7 +120,9 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
         200: {
             "description": "a delivery seen before (`Idempotent-Replayed: true`); an event the "
             'trigger does not take (`{"status": "ignored"}`); Slack\'s url_verification '
-            '(`{"challenge"}`)'
+            '(`{"challenge"}`); Discord\'s PING (`{"type": 1}`) and a Discord interaction '
+            "taken: its deferred response; any Salesforce outbound message taken: its SOAP "
+            "acknowledgement (both with `X-FlowMaestro-Execution-Id`)"
         },
         401: {"description": "bad or missing signature / bearer secret, or a stale timestamp"},
         404: {"description": "no deployed webhook trigger at this URL"},
@@ -127,12 +133,13 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
 )
 async def deliver(
     workflow_id: str, trigger_id: str, request: Request, response: Response
-) -> HookAccepted | JSONResponse:
+) -> HookAccepted | Response:
     """Start the workflow from a webhook delivery: its inputs are `{"body", "headers",
     "query"}`. Sign `"<t>.<body>"` (`X-FlowMaestro-Signature: t=<unix>,v1=<hex>`) or send
-    `Authorization: Bearer <secret>`, or the trigger's provider's own signature (GitHub, Stripe,
-    Slack, Shopify, Typeform). A delivery id (`Idempotency-Key`, `X-GitHub-Delivery`,
-    `X-Request-Id`, ...) seen before answers the first execution (200)."""
+    `Authorization: Bearer <secret>`, or the trigger's provider's own verification (GitHub,
+    Stripe, Slack, Shopify, Typeform, Discord, Salesforce `?token=`). A delivery id
+    (`Idempotency-Key`, `X-GitHub-Delivery`, `X-Request-Id`, a Salesforce notification id,
+    ...) seen before answers the first execution (200)."""
     settings: ApiSettings = request.app.state.settings
     sessions: sessionmaker[Session] = request.app.state.sessions
     limiter: HookRateLimiter = request.app.state.hook_limits
@@ -141,7 +148,7 @@ async def deliver(
     headers = dict(request.headers.items())  # Starlette lower-cases the names
     delivery = service.delivery_id(headers)
     try:
-        kind = service.media_kind(headers.get("content-type"))
+        kind = service.media_kind(headers.get("content-type"), provider=trigger.provider)
         body = await _read_bounded(request, settings.hook_max_body_bytes)
         service.verify_delivery(
             trigger,
@@ -151,17 +158,19 @@ async def deliver(
             connections=settings.connections,
             now=time.time(),
             tolerance=settings.callback_tolerance_seconds,
+            query=dict(request.query_params),
         )
         payload = service.parse_body(kind, body)
+        delivery = service.body_delivery_id(trigger, headers, payload) or delivery
         skipped = _skipped(trigger, headers, payload)
         if skipped is not None:
             reason, answer = skipped
             await run_in_threadpool(_reject, sessions, workflow_id, trigger_id, delivery, reason)
-            return JSONResponse(answer)
+            return _acknowledged() if kind == "xml" else JSONResponse(answer)
         inputs = service.hook_inputs(
             payload,
             service.safe_headers(request.headers.items()),
-            service.query_inputs(request.query_params.multi_items()),
+            service.query_inputs(request.query_params.multi_items(), provider=trigger.provider),
         )
         execution_id, replayed = await run_in_threadpool(
             _accept, sessions, settings, workflow_id, trigger_id, inputs, delivery
@@ -171,22 +180,47 @@ async def deliver(
         await run_in_threadpool(_reject, sessions, workflow_id, trigger_id, delivery, reason)
         raise
     answer_submitted(request, response, execution_id, replayed)
+    if kind == "xml":
+        return _acknowledged(response, execution_id)
+    interaction = interaction_answer(trigger.provider, payload)
+    if interaction is not None:
+        return _interaction(response, interaction, execution_id)
     return HookAccepted(status="duplicate" if replayed else "accepted", execution_id=execution_id)
 
 
 def _skipped(
     trigger: service.Trigger, headers: dict[str, str], payload: Any
-) -> tuple[str, dict[str, str]] | None:
-    """A verified delivery that starts nothing, as (reason recorded, 200 body): Slack's
-    url_verification (its challenge echoed), or an event the trigger does not take (2xx, so
-    the provider does not retry it)."""
-    challenge = slack_challenge(trigger.provider, payload)
-    if challenge is not None:
-        return "slack url_verification: challenge answered", {"challenge": challenge}
+) -> tuple[str, dict[str, Any]] | None:
+    """A verified delivery that starts nothing, as (reason recorded, 200 body): a provider's
+    handshake (Slack's url_verification, Discord's PING), or an event the trigger does not take
+    (2xx, so the provider does not retry it)."""
+    answered = handshake(trigger.provider, payload)
+    if answered is not None:
+        return answered
     reason = service.unwanted_event(trigger, headers, payload)
     if reason is not None:
         return reason, {"status": "ignored", "reason": reason}
     return None
+
+
+def _acknowledged(response: Response | None = None, execution_id: str | None = None) -> Response:
+    """What Salesforce gets for an outbound message taken (accepted, duplicate or ignored): 200
+    and its SOAP acknowledgement, else it redelivers for 24 hours; the execution, if any, in
+    `X-FlowMaestro-Execution-Id` beside the `Location` / `Idempotent-Replayed` set for JSON."""
+    kept = {"location", "idempotent-replayed"}
+    headers = {k: v for k, v in (response.headers.items() if response else ()) if k in kept}
+    if execution_id is not None:
+        headers["X-FlowMaestro-Execution-Id"] = execution_id
+    return Response(SALESFORCE_ACK, media_type="text/xml", headers=headers)
+
+
+def _interaction(response: Response, answer: dict[str, Any], execution_id: str) -> Response:
+    """Discord's interaction response (200, a deferred reply), the execution beside it in the
+    headers, as for Salesforce."""
+    kept = {"location", "idempotent-replayed"}
+    headers = {k: v for k, v in response.headers.items() if k in kept}
+    headers["X-FlowMaestro-Execution-Id"] = execution_id
+    return JSONResponse(answer, headers=headers)
 
 
 def _find(

@@ -19,7 +19,6 @@ from flowmaestro_dagster.nodes.connectors import connector_problems
 from flowmaestro_dagster.spec.configs import (
     MISSED_TICK_POLICIES,
     OVERLAP_POLICIES,
-    SCHEDULE_TRIGGER_TYPES,
     TRANSFORM_OPERATIONS,
     BatchConfig,
     ConditionalConfig,
@@ -248,10 +247,19 @@ def _trigger_problems(node: NodeSpec, config: TriggerConfig) -> Iterator[Problem
     """A schedule trigger becomes a Dagster schedule on deploy: its cron string, timezone and
     overlap policy must be ones that schedule can take (docs/triggers.md). A webhook naming a
     provider whose signature is not verified is told the generic scheme applies."""
-    if config.trigger_type not in SCHEDULE_TRIGGER_TYPES:
-        kind, provider = config.trigger_type.lower(), (config.provider or "").strip().lower()
-        webhook = kind == "webhook" or (kind != "manual" and bool(config.event))
-        if webhook and provider and provider not in VERIFIED_HOOK_PROVIDERS:
+    if config.kind is None:
+        yield warning(
+            "unknown_trigger_type",
+            f"trigger type '{config.trigger_type}' starts nothing here (schedule, cron, "
+            "webhook, manual, or a provider with an event): the workflow starts only through "
+            "the API",
+            node_id=node.id,
+            field=_spelled(node, "triggerType", "type"),
+        )
+        return
+    if config.kind != "schedule":
+        provider = (config.provider or "").strip().lower()
+        if config.kind == "webhook" and provider and provider not in VERIFIED_HOOK_PROVIDERS:
             yield warning(
                 "unverified_hook_provider",
                 f"{config.provider} signatures are not verified: its deliveries must use "

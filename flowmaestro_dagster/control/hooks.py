@@ -27,9 +27,15 @@ from flowmaestro_dagster.control.executions import (
     start_execution,
 )
 from flowmaestro_dagster.control.hook_providers import (
+    XML_MEDIA,
+    Delivery,
+    Keys,
     delivery_event,
     event_matches,
+    media_type,
+    provider_delivery_id,
     provider_of,
+    salesforce_message,
 )
 from flowmaestro_dagster.control.requests import ExecutionCreate
 from flowmaestro_dagster.control.waitpoints import verify_signature
@@ -42,7 +48,7 @@ from flowmaestro_dagster.errors import (
     UnsupportedMediaType,
 )
 from flowmaestro_dagster.settings import ConnectionSettings
-from flowmaestro_dagster.spec.configs import TriggerConfig
+from flowmaestro_dagster.spec.configs import TriggerConfig, trigger_kind
 from flowmaestro_dagster.store.models import (
     Execution,
     IdempotencyKey,
@@ -75,7 +81,6 @@ _SECRET_HEADER_PARTS = (
     "hmac",
 )
 _DROPPED_HEADERS = frozenset({"connection", "content-length", "transfer-encoding", "keep-alive"})
-_SCHEDULED = frozenset({"schedule", "cron", "manual"})
 MAX_REASON = 500
 
 
@@ -91,11 +96,9 @@ class Trigger:
 
     @property
     def webhook(self) -> bool:
-        """`triggerType: webhook`, or a provider event (GitHub's `pull_request.opened`, ...)."""
-        kind = self.trigger_type.lower()
-        return kind == "webhook" or (
-            kind not in _SCHEDULED and self.provider is not None and self.event is not None
-        )
+        """`triggerType: webhook`, or a provider event (GitHub's `pull_request.opened`, ...):
+        the same reading as validation's (`spec.configs.trigger_kind`)."""
+        return trigger_kind(self.trigger_type, self.provider, self.event) == "webhook"
 
 
 def hook_secret(secret_key: str, workflow_id: str, trigger_id: str) -> str:
@@ -177,16 +180,16 @@ def verify_delivery(
     connections: Mapping[str, ConnectionSettings],
     now: float,
     tolerance: float,
+    query: Mapping[str, str] | None = None,
 ) -> None:
-    """The provider's own signature when the trigger names a provider and the delivery carries
-    its header (keyed by the `signing_secret` of the connection named like the provider, else
-    the hook's secret: GitHub lets its user choose one); otherwise the generic scheme."""
+    """The provider's own verification when the trigger names a provider and the delivery
+    carries what it sends (keyed by the connection named like the provider and the hook's
+    secret: hook_providers.py says which each uses); otherwise the generic scheme."""
     provider = provider_of(trigger.provider)
-    if provider is not None and provider.header in headers:
+    if provider is not None and provider.selects(headers):
         assert trigger.provider is not None
-        connection = connections.get(trigger.provider.strip().lower())
-        secret = (connection.secret("signing_secret") if connection else None) or hook_secret
-        provider.check(secret, headers, body, now, tolerance)
+        keys = Keys(hook_secret, connections.get(trigger.provider.strip().lower()))
+        provider.check(keys, Delivery(headers, body, now, tolerance, query or {}))
         return
     verify(
         hook_secret,
@@ -203,15 +206,18 @@ def unwanted_event(trigger: Trigger, headers: Mapping[str, str], payload: Any) -
     if not trigger.event:
         return None
     got = delivery_event(trigger.provider, headers, payload)
-    if got is None or event_matches(trigger.event, got):
+    if got is None or event_matches(trigger.event, got, trigger.provider):
         return None
     return f"event {got} is not {trigger.event}"
 
 
-def media_kind(content_type: str | None) -> str:
+def media_kind(content_type: str | None, *, provider: str | None = None) -> str:
     """`json` (any `*/json`, `*+json`), `form` (urlencoded), `text` (`text/*`) or `` (none
-    given); anything else is 415, told before the body is read."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
+    given); for a Salesforce trigger, `xml` (`text/xml`, `application/xml`: an outbound
+    message). Anything else is 415, told before the body is read."""
+    media = media_type(content_type)
+    if media in XML_MEDIA and (provider or "").strip().lower() == "salesforce":
+        return "xml"
     if media == "application/json" or media.endswith("+json"):
         return "json"
     if media == "application/x-www-form-urlencoded":
@@ -224,7 +230,8 @@ def media_kind(content_type: str | None) -> str:
 
 
 def parse_body(kind: str, body: bytes) -> Any:
-    """The body as the workflow sees it: JSON value, form fields (repeated: lists), text."""
+    """The body as the workflow sees it: JSON value, form fields (repeated: lists), text, a
+    Salesforce outbound message as JSON (`hook_providers.salesforce_message`)."""
     if not body:
         return None
     if kind == "json":
@@ -239,6 +246,8 @@ def parse_body(kind: str, body: bytes) -> Any:
             raise InvalidRequest("the form is not UTF-8") from None
     if kind == "text":
         return body.decode(errors="replace")
+    if kind == "xml":
+        return salesforce_message(body)
     raise UnsupportedMediaType("a body needs a content type: JSON, a urlencoded form or text")
 
 
@@ -266,14 +275,32 @@ def delivery_id(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def body_delivery_id(trigger: Trigger, headers: Mapping[str, str], payload: Any) -> str | None:
+    """The delivery id the provider puts in the body (Salesforce's notification ids, a Discord
+    interaction's id), when its own verifier took the delivery; it wins over the headers', which
+    a proxy may add (`X-Request-Id`)."""
+    provider = provider_of(trigger.provider)
+    if provider is None or not provider.selects(headers):
+        return None
+    return provider_delivery_id(trigger.provider, payload)
+
+
 def hook_inputs(body: Any, headers: dict[str, str], query: dict[str, Any]) -> dict[str, Any]:
     """What the trigger node's `outputVariable` receives."""
     return {"body": body, "headers": headers, "query": query}
 
 
-def query_inputs(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+def query_inputs(
+    pairs: Sequence[tuple[str, str]], *, provider: str | None = None
+) -> dict[str, Any]:
+    """The query string, without a parameter that holds the hook's secret for the trigger's
+    provider (Salesforce's `token`)."""
+    known = provider_of(provider)
+    hidden = known.secret_params if known else frozenset()
     grouped: dict[str, list[str]] = {}
     for key, value in pairs:
+        if key in hidden:
+            continue
         grouped.setdefault(key, []).append(value)
     return _single(grouped)
 

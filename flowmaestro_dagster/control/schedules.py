@@ -23,7 +23,7 @@ from flowmaestro_dagster.control.requests import ExecutionCreate
 from flowmaestro_dagster.control.workflows import ACTIVE_EXECUTION_STATUSES
 from flowmaestro_dagster.dagster_internals import cron_string_iterator
 from flowmaestro_dagster.errors import Conflict, InvalidInputs, NotFound
-from flowmaestro_dagster.spec.configs import SCHEDULE_TRIGGER_TYPES, TriggerConfig
+from flowmaestro_dagster.spec.configs import TriggerConfig
 from flowmaestro_dagster.spec.parse import parse_workflow
 from flowmaestro_dagster.store.models import (
     Execution,
@@ -69,11 +69,7 @@ def schedule_trigger(definition: dict[str, Any]) -> ScheduleTrigger | None:
         return None
     for node_id in sorted(spec.nodes):
         config = spec.nodes[node_id].config
-        if (
-            isinstance(config, TriggerConfig)
-            and config.trigger_type in SCHEDULE_TRIGGER_TYPES
-            and config.schedule
-        ):
+        if isinstance(config, TriggerConfig) and config.kind == "schedule" and config.schedule:
             return ScheduleTrigger(
                 node_id=node_id,
                 cron=config.schedule.strip(),

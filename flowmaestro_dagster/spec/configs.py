@@ -58,6 +58,25 @@ class TriggerConfig(NodeConfig):
     provider: str | None = None
     event: str | None = None
 
+    @property
+    def kind(self) -> str | None:
+        """How this trigger starts the workflow: `schedule`, `webhook` (plain, or a provider's
+        event), `manual`, or None — a type this platform cannot start (case-insensitive, as
+        the builder's spellings vary)."""
+        return trigger_kind(self.trigger_type, self.provider, self.event)
+
+
+def trigger_kind(trigger_type: str, provider: str | None, event: str | None) -> str | None:
+    """`TriggerConfig.kind` from its three fields (what the hook lookup has at hand)."""
+    kind = trigger_type.strip().lower()
+    if kind in SCHEDULE_TRIGGER_TYPES:
+        return "schedule"
+    if kind in ("webhook", "manual"):
+        return kind
+    if provider and provider.strip() and event and event.strip():
+        return "webhook"  # a provider's event under the provider's own type name
+    return None
+
 
 TRANSFORM_OPERATIONS = frozenset(
     {

@@ -221,6 +221,8 @@ PROVIDER_IDS: frozenset[str] = frozenset(
     }
 )
 
-# Webhook trigger providers whose own signature scheme is verified (control/hook_providers.py
+# Webhook trigger providers whose own verification scheme is checked (control/hook_providers.py
 # holds the verifiers; a test keeps the two in step). Others use the generic scheme.
-VERIFIED_HOOK_PROVIDERS = frozenset({"github", "stripe", "slack", "shopify", "typeform"})
+VERIFIED_HOOK_PROVIDERS = frozenset(
+    {"github", "stripe", "slack", "shopify", "typeform", "discord", "salesforce"}
+)

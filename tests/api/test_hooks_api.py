@@ -7,19 +7,34 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from httpx2 import Response  # what starlette's TestClient answers with
 from pydantic import SecretStr
 
 from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
+from flowmaestro_dagster.control.hook_providers import SALESFORCE_ACK
 from flowmaestro_dagster.control.waitpoints import sign
 from flowmaestro_dagster.settings import ConnectionSettings
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution
 from tests.api.conftest import deployed_workflow, row_counts
 from tests.builders import flow, node
-from tests.test_hook_providers import github, shopify, slack, stripe
+from tests.test_hook_providers import (
+    ACCOUNTS,
+    BOMB,
+    DISCORD_CONNECTION,
+    EXTERNAL,
+    ORG_ID,
+    PRIVATE_KEY,
+    discord,
+    github,
+    outbound_message,
+    shopify,
+    slack,
+    stripe,
+)
 
 HOOKED = flow(
     [
@@ -449,3 +464,227 @@ def test_shopify_signs_the_body_and_its_hmac_header_is_not_an_input(
     assert inputs["headers"]["x-shopify-topic"] == "orders/create"
     assert "x-shopify-hmac-sha256" not in inputs["headers"]
     assert provider_post(client, shop, order, shopify, "nope", headers=topic).status_code == 401
+
+
+# -- Discord (Ed25519) and Salesforce (SOAP outbound messages) ---------------------------------
+
+ELSEWHERE = flow(
+    [
+        node(
+            "bot",
+            "trigger",
+            triggerType="webhook",
+            provider="discord",
+            event="application_command",
+            outputVariable="interaction",
+        ),
+        node(
+            "crm",
+            "trigger",
+            triggerType="webhook",
+            provider="salesforce",
+            event="Account",
+            outputVariable="message",
+        ),
+        node("plain", "trigger", triggerType="webhook", outputVariable="event"),
+        node("out", "output", outputName="ok", value="1"),
+    ],
+    [("bot", "out"), ("crm", "out"), ("plain", "out")],
+    name="Elsewhere",
+)
+XML = {"content-type": "text/xml; charset=utf-8", "SOAPAction": '""'}
+
+
+@pytest.fixture
+def elsewhere(
+    api_settings: ApiSettings, auth: dict[str, str]
+) -> Iterator[tuple[TestClient, dict[str, dict[str, Any]]]]:
+    """ELSEWHERE deployed on an API whose discord connection holds the application's public key
+    and whose salesforce connection names the organization."""
+    connections = {
+        "discord": DISCORD_CONNECTION,
+        "salesforce": ConnectionSettings.model_validate({"organization_id": ORG_ID}),
+    }
+    settings = api_settings.model_copy(update={"connections": connections})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        workflow_id = deployed_workflow(test_client, auth, ELSEWHERE)
+        listed = test_client.get(f"/workflows/{workflow_id}/triggers", headers=auth).json()
+        yield test_client, {t["id"]: {**t, "workflow_id": workflow_id} for t in listed["items"]}
+
+
+def discord_post(
+    client: TestClient,
+    hook: dict[str, Any],
+    payload: Any,
+    *,
+    key: Ed25519PrivateKey = PRIVATE_KEY,
+    at: float | None = None,
+) -> Response:
+    body = json.dumps(payload).encode()
+    headers = discord(key, body, int(at if at is not None else time.time()))
+    return client.post(
+        path(hook), content=body, headers={"content-type": "application/json", **headers}
+    )
+
+
+def salesforce_post(
+    client: TestClient, hook: dict[str, Any], body: bytes, token: str | None = None
+) -> Response:
+    return client.post(
+        f"{path(hook)}?token={token or hook['secret']}&source=crm", content=body, headers=XML
+    )
+
+
+def test_discord_ping_is_answered_pong_and_starts_nothing(
+    elsewhere: tuple[TestClient, dict[str, dict[str, Any]]],
+    auth: dict[str, str],
+    database_url: str,
+) -> None:
+    client, hooks = elsewhere
+    bot = hooks["bot"]
+    ping = {"id": "1", "application_id": "42", "type": 1, "version": 1}
+    answer = discord_post(client, bot, ping)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"type": 1}
+    # Discord also sends a badly signed PING when the URL is saved: it must be refused.
+    forged = discord_post(client, bot, ping, key=Ed25519PrivateKey.generate())
+    assert forged.status_code == 401
+    assert client.post(path(bot), json=ping).status_code == 401
+    assert row_counts(database_url)["executions"] == 0
+    rows = deliveries(client, auth, bot)
+    assert [r["outcome"] for r in rows] == ["rejected"] * 3
+    assert "PING" in rows[2]["reason"]
+
+
+def test_a_signed_discord_interaction_is_accepted_once(
+    elsewhere: tuple[TestClient, dict[str, dict[str, Any]]],
+    auth: dict[str, str],
+    database_url: str,
+) -> None:
+    client, hooks = elsewhere
+    bot = hooks["bot"]
+    command = {
+        "id": "1186331281390731264",
+        "application_id": "42",
+        "type": 2,
+        "token": "interaction-token",
+        "data": {"id": "7", "name": "hello", "type": 1},
+    }
+    accepted = discord_post(client, bot, command)
+    # Discord needs an interaction response within 3 s: a deferred reply ("thinking…").
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json() == {"type": 5}
+    execution_id = accepted.headers["x-flowmaestro-execution-id"]
+    inputs = execution_inputs(database_url, execution_id)
+    assert inputs["body"] == command
+    assert "x-signature-ed25519" not in inputs["headers"]
+    again = discord_post(client, bot, command)  # the interaction's id is its delivery id
+    assert again.status_code == 200 and again.json() == {"type": 5}
+    assert again.headers["x-flowmaestro-execution-id"] == execution_id
+    assert again.headers["idempotent-replayed"] == "true"
+    stale = discord_post(client, bot, {**command, "id": "2"}, at=time.time() - 400)
+    assert stale.status_code == 401 and "X-Signature-Timestamp" in stale.json()["detail"]
+    button = {**command, "id": "3", "type": 3, "data": {"custom_id": "approve"}}
+    ignored = discord_post(client, bot, button)
+    assert ignored.status_code == 200 and ignored.json()["status"] == "ignored"
+    assert row_counts(database_url)["executions"] == 1
+    rows = deliveries(client, auth, bot)
+    assert [r["outcome"] for r in rows] == ["rejected", "rejected", "duplicate", "accepted"]
+    assert rows[3]["delivery_id"] == "1186331281390731264"
+
+
+def test_a_salesforce_outbound_message_is_acknowledged_in_soap_and_started(
+    elsewhere: tuple[TestClient, dict[str, dict[str, Any]]],
+    auth: dict[str, str],
+    database_url: str,
+) -> None:
+    client, hooks = elsewhere
+    crm = hooks["crm"]
+    answer = salesforce_post(client, crm, outbound_message())
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/xml")
+    assert answer.text == SALESFORCE_ACK
+    execution_id = answer.headers["X-FlowMaestro-Execution-Id"]
+    assert answer.headers["location"] == f"/executions/{execution_id}"
+    inputs = execution_inputs(database_url, execution_id)
+    assert inputs["body"]["organizationId"] == ORG_ID
+    assert [r["Name"] for r in inputs["body"]["sObjects"]] == ["Acme", "Globex"]
+    assert "SessionId" not in json.dumps(inputs) and "AQcAQH0dMHZf" not in json.dumps(inputs)
+    assert inputs["query"] == {"source": "crm"}  # the hook's secret is not an input
+    rows = deliveries(client, auth, crm)
+    assert rows[0]["outcome"] == "accepted" and rows[0]["execution_id"] == execution_id
+    assert rows[0]["delivery_id"] == ",".join(n for n, _, _ in ACCOUNTS)
+
+
+def test_the_same_salesforce_notifications_twice_start_one_execution(
+    elsewhere: tuple[TestClient, dict[str, dict[str, Any]]],
+    auth: dict[str, str],
+    database_url: str,
+) -> None:
+    client, hooks = elsewhere
+    crm = hooks["crm"]
+    first = salesforce_post(client, crm, outbound_message())
+    assert first.status_code == 200, first.text
+    # Salesforce's retry: same notifications, maybe in another order, with a new request id.
+    retry = client.post(
+        f"{path(crm)}?token={crm['secret']}",
+        content=outbound_message(accounts=ACCOUNTS[::-1]),
+        headers={**XML, "X-Request-Id": "proxy-1"},
+    )
+    assert retry.status_code == 200 and retry.text == SALESFORCE_ACK
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert (
+        retry.headers["X-FlowMaestro-Execution-Id"] == first.headers["X-FlowMaestro-Execution-Id"]
+    )
+    assert row_counts(database_url)["executions"] == 1
+    # Another sObject type than the trigger's event: acknowledged (no retries), nothing started.
+    contact = outbound_message(accounts=(("04l000000000009AAA", "003000000000001AAA", "Ann"),))
+    other = salesforce_post(client, crm, contact.replace(b"sf:Account", b"sf:Contact"))
+    assert other.status_code == 200 and other.text == SALESFORCE_ACK
+    assert "X-FlowMaestro-Execution-Id" not in other.headers
+    assert row_counts(database_url)["executions"] == 1
+    rows = deliveries(client, auth, crm)
+    assert [r["outcome"] for r in rows] == ["rejected", "duplicate", "accepted"]
+    assert rows[0]["reason"] == "event Contact is not Account"
+
+
+def test_salesforce_refusals_are_4xx_and_start_nothing(
+    elsewhere: tuple[TestClient, dict[str, dict[str, Any]]],
+    auth: dict[str, str],
+    database_url: str,
+) -> None:
+    client, hooks = elsewhere
+    crm = hooks["crm"]
+    no_token = client.post(path(crm), content=outbound_message(), headers=XML)
+    assert no_token.status_code == 401 and no_token.json()["code"] == "bad_signature"
+    assert salesforce_post(client, crm, outbound_message(), token="guess").status_code == 401
+    # Another hook's secret does not open this one.
+    assert (
+        salesforce_post(client, crm, outbound_message(), token=hooks["bot"]["secret"]).status_code
+        == 401
+    )
+    other_org = salesforce_post(client, crm, outbound_message(org="00D000000000099EAA"))
+    assert other_org.status_code == 401 and "OrganizationId" in other_org.json()["detail"]
+    for body in (BOMB, EXTERNAL, b"<soapenv:Envelope", b"<order/>"):
+        refused = salesforce_post(client, crm, body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["code"] == "invalid_request"
+    assert row_counts(database_url)["executions"] == 0
+    rows = deliveries(client, auth, crm)
+    assert len(rows) == 8 and {r["outcome"] for r in rows} == {"rejected"}
+    # The generic scheme still serves the trigger with JSON (bearer secret).
+    bearer = {"Authorization": f"Bearer {crm['secret']}"}
+    assert client.post(path(crm), json={"manual": True}, headers=bearer).status_code == 202
+
+
+def test_only_a_salesforce_trigger_reads_xml(
+    elsewhere: tuple[TestClient, dict[str, dict[str, Any]]], database_url: str
+) -> None:
+    client, hooks = elsewhere
+    plain = hooks["plain"]
+    bearer = {"Authorization": f"Bearer {plain['secret']}"}
+    text = client.post(path(plain), content=b"<a>1</a>", headers={**bearer, **XML})
+    assert text.status_code == 202, text.text  # text/* stays text for other triggers
+    assert execution_inputs(database_url, text.json()["execution_id"])["body"] == "<a>1</a>"
+    xml = {**bearer, "content-type": "application/xml"}
+    assert client.post(path(plain), content=b"<a>1</a>", headers=xml).status_code == 415
