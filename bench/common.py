@@ -1,9 +1,12 @@
 """What the benchmark sections share: statistics, waiting, platform databases and users, and
 workflows deployed and started through the API."""
 
+import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -132,3 +135,47 @@ def echo_flow(name: str, output: str, value: str) -> dict[str, Any]:
         },
         "edges": [{"id": "e", "source": "in", "target": "out"}],
     }
+
+
+# -- CPU time of other processes -----------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from the field after the command name (which may hold spaces)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_tree(pid: int) -> set[int]:
+    """Process `pid` and its living descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parents[int(entry.name)] = int(_stat_fields(int(entry.name))[1])
+    tree, grown = {pid}, True
+    while grown:
+        more = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grown = bool(more)
+    return tree
+
+
+def started_at_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot): tells it from a later process that
+    reuses its id. None: no such process."""
+    try:
+        return int(_stat_fields(pid)[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and its living descendants: what an API's
+    uvicorn supervisor and workers spent, on a machine where wall times are noisy."""
+    ticks = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = _stat_fields(member)
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")

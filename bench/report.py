@@ -332,6 +332,192 @@ def waitpoints_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     return lines, goals
 
 
+def refused(d: dict[str, Any]) -> str:
+    """`none failed`, or what failed: statuses other than 2xx and client errors (`12 x 500,
+    3 x ReadError`)."""
+    items = d.get("refused") or {}
+    return ", ".join(f"{n} x {k}" for k, n in items.items()) or "none failed"
+
+
+def millis(*values: float) -> str:
+    """`12 / 40 / 45 ms`, or in seconds once any reaches one: `1.89 / 7.56 / 8.26 s`."""
+    if max(values) >= 1000:
+        return " / ".join(f"{v / 1000:.2f}" for v in values) + " s"
+    return " / ".join(num(v) for v in values) + " ms"
+
+
+def webhooks_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    sq, pg, shape, g = r["sqlite"], r["postgres"], r["shape"], r["goals"]
+    workers = shape["api_workers"]
+    rate = f"{num(shape['rate'])}/s"
+    excluded = f"workers_{workers}"
+
+    def row(label: str, fn: Callable[[dict[str, Any]], str]) -> str:
+        return f"| {label} | {fn(sq)} | {fn(pg)} |"
+
+    def alone(b: dict[str, Any]) -> dict[str, Any]:
+        """The API alone with `workers` workers: ramp, load, one at a time."""
+        found: dict[str, Any] = b["launch_excluded"][excluded]
+        return found
+
+    def first(b: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = b["launch_included"]["delivery_to_first_node"]
+        return found
+
+    def loaded(get: Callable[[dict[str, Any]], dict[str, Any]], label: str) -> Lines:
+        def achieved(b: dict[str, Any]) -> str:
+            d = get(b)
+            launched = f"; {d['launched']} launched" if "launched" in d else ""
+            machine = f"{num(d['load_average_before'])} → " if "load_average_before" in d else ""
+            return (
+                f"sent {num(d['sent_per_second'])}/s, answered {num(d['answered_per_second'])}/s;"
+                f" {refused(d)}{launched}; {machine}{num(d['load_average_after'])}"
+            )
+
+        return [
+            row(
+                f"{rate}, {label}: 202 p50 / p95 / p99",
+                lambda b: millis(get(b)["p50_ms"], get(b)["p95_ms"], get(b)["p99_ms"]),
+            ),
+            row("… achieved rates; failed; load average (1 min) before → after", achieved),
+        ]
+
+    def kept_up(b: dict[str, Any]) -> str:
+        found = alone(b)["ramp"]["kept_up_per_second"]
+        return f"{num(found)}/s" if found else "none"
+
+    lines = [
+        "Signed deliveries (`X-FlowMaestro-Signature`, each with its own Idempotency-Key) to "
+        "`POST /hooks/{workflow}/{trigger}` of a deployed trigger → output workflow, the API as "
+        "deployed in its own processes (`flowmaestro api --workers N`; the CLI's default is "
+        f"1 worker, the other rows {workers}, one per core), its per-hook rate limit raised "
+        f"above the load (`{shape.get('hook_rate_limit', '?')}`), a fresh platform database "
+        "per phase. Load: an open-loop async httpx client in the benchmark process, on the same "
+        f"cores, makes {num(shape['rate'])} deliveries a second due for "
+        f"{num(shape['seconds'])} s on a fixed schedule, each sent once one of "
+        f"{shape['connections']} connections is free and signed as it goes; a latency runs "
+        "from the delivery's due time to its answer, so a server that falls behind shows as "
+        "latency, not as a lower offered rate. Failed: answers other than 2xx, and client "
+        "errors (ReadError: the connection dropped; a timeout: nothing within 60 s). Launch "
+        "excluded: no Dagster, `launch_on_submit` off (the "
+        "request path alone). Launch included: a real `dagster dev`; each accepted delivery is "
+        "launched after its answer (runs launched counted until "
+        f"{num(shape['launch_grace_s'])} s after the window). CPU per delivery: the API's "
+        "processes (from /proc) and the load client's, over the load. Ramp: "
+        f"{workers} workers, launch excluded, {num(shape.get('ramp_seconds', 3))} s steps at "
+        f"{', '.join(num(x) for x in shape['ramp_rates'])}/s until one misses p99 ≤ "
+        f"{num(g['p99_ms_max'])} ms, fails a delivery or answers under 95% of its rate. One at a "
+        "time: a new delivery, then a redelivery of a key accepted under load, "
+        f"{shape['duplicates']} pairs. Delivery → first node running: {shape['samples']} "
+        "deliveries one at a time, each once the last run ended, from the POST to the first "
+        "node's STEP_START in the run's Dagster event log (the event GET "
+        "/executions/{id}/timeline reports, to the millisecond), with the answer, the run's "
+        "creation (the launch) and its start (dequeued, its process up) on the way.",
+        "",
+        "| measure | SQLite | PostgreSQL |",
+        "|---|---|---|",
+        *loaded(lambda b: b["launch_excluded"]["workers_1"]["load"], "1 worker, launch excluded"),
+        *loaded(lambda b: alone(b)["load"], f"{workers} workers, launch excluded"),
+        *loaded(lambda b: b["launch_included"]["load"], f"{workers} workers, launch included"),
+        row(
+            f"CPU per delivery, {workers} workers, launch excluded: API / load client",
+            lambda b: (
+                f"{num(alone(b)['load']['api_cpu_ms_per_delivery'])} / "
+                f"{num(alone(b)['load']['client_cpu_ms_per_delivery'])} ms"
+            ),
+        ),
+        row(f"ramp: highest rate kept up (p99 ≤ {num(g['p99_ms_max'])} ms)", kept_up),
+        row(
+            "ramp steps: rate → answered, p99",
+            lambda b: "; ".join(
+                f"{num(s['offered_per_second'])} → {num(s['answered_per_second'])}/s, "
+                f"{millis(s['p99_ms'])}"
+                for s in alone(b)["ramp"]["steps"]
+            ),
+        ),
+        row(
+            "one at a time: new delivery → 202, p50 / p95",
+            lambda b: millis(
+                alone(b)["one_at_a_time"]["new_p50_ms"], alone(b)["one_at_a_time"]["new_p95_ms"]
+            ),
+        ),
+        row(
+            "one at a time: duplicate → 200, p50 / p95",
+            lambda b: millis(
+                alone(b)["one_at_a_time"]["duplicate_p50_ms"],
+                alone(b)["one_at_a_time"]["duplicate_p95_ms"],
+            ),
+        ),
+        row(
+            "delivery → first node running, p50 / p90 [min, max]",
+            lambda b: (
+                f"{num(first(b)['p50_s'])} / {num(first(b)['p90_s'])} s "
+                f"[{num(first(b)['min_s'])}, {num(first(b)['max_s'])}]"
+            ),
+        ),
+        row(
+            "… on the way, p50: answered / run created / run started",
+            lambda b: (
+                " / ".join(
+                    num(first(b)[f"{mark}_p50_s"])
+                    for mark in ("answered", "run_created", "run_started")
+                )
+                + " s"
+            ),
+        ),
+    ]
+    cores = shape.get("cores", 2)
+    cpu = max(alone(b)["load"]["api_cpu_ms_per_delivery"] for b in (sq, pg))
+    best = max(
+        d["answered_per_second"]
+        for b in (sq, pg)
+        for d in (alone(b)["load"], b["launch_included"]["load"])
+    )
+    lines += [
+        "",
+        f"At {rate} offered the API answered at most {num(best)}/s. A delivery costs its "
+        f"processes up to {num(cpu)} ms of CPU, so {cores} cores take at most about "
+        f"{cores * 1000 / cpu:.0f} a second with nothing else running; here the load "
+        "client, PostgreSQL (its column) and Dagster (launch included) share them: past the "
+        "ramp's rate the backlog grows for the whole window and a 202's latency is mostly its "
+        "wait in it.",
+    ]
+    wrong = sum(alone(b)["one_at_a_time"]["duplicate_wrong"] for b in (sq, pg))
+    if wrong:
+        lines += ["", f"{wrong} redeliveries were not answered as duplicates of their first."]
+    worst_p99 = max(b["launch_included"]["load"]["p99_ms"] for b in (sq, pg))
+    worst_first = max(first(b)["p50_s"] for b in (sq, pg))
+    goals: list[Goal] = [
+        (
+            f"webhook delivery → 202 p99 at {rate}, {workers} workers, launch included (worse of "
+            "SQLite, PostgreSQL)",
+            millis(worst_p99),
+            f"≤ {num(g['p99_ms_max'])} ms",
+            g["p99_met"],
+        ),
+    ]
+    if "kept_up_met" in g:
+        slowest = min(alone(b)["ramp"]["kept_up_per_second"] or 0 for b in (sq, pg))
+        goals.append(
+            (
+                f"webhook deliveries a second with 202 p99 ≤ {num(g['p99_ms_max'])} ms, "
+                f"{workers} workers, launch excluded (worse of SQLite, PostgreSQL)",
+                f"{num(slowest)}/s" if slowest else "none",
+                f"≥ {num(g['kept_up_per_second_min'])}/s",
+                g["kept_up_met"],
+            )
+        )
+    goals.append(
+        (
+            "webhook delivery → first node running, p50 (worse of SQLite, PostgreSQL)",
+            f"{num(worst_first)} s",
+            f"≤ {num(g['first_node_p50_s_max'])} s",
+            g["first_node_met"],
+        )
+    )
+    return lines, goals
+
+
 def queues_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     empty, backlog = r["empty_queue"], r["queue_backlog"]
     n = r["shape"]["backlog"]
@@ -458,6 +644,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[Lines, list[Goal]]]] = {
     "celery": celery_section,
     "api": api_section,
     "waitpoints": waitpoints_section,
+    "webhooks": webhooks_section,
     "queues": queues_section,
     "deploy": deploy_section,
 }

@@ -42,6 +42,7 @@ SECTIONS = [
     Section("celery", "Celery workers", "bench.celery_workers:run", 3, 2),
     Section("api", "API submissions", "bench.api:run", 3, 2),
     Section("waitpoints", "Waitpoints", "bench.waitpoints:run", 3, 2),
+    Section("webhooks", "Webhook deliveries", "bench.webhooks:run", 12, 8),
     Section("queues", "Run queues", "bench.queues:run", 5, 3),
     Section("deploy", "Deploy → runnable", "bench.deploy:run", 12, 4),
 ]

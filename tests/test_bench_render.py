@@ -51,6 +51,79 @@ def backend(per_second: float) -> dict[str, Any]:
     }
 
 
+def hook_load(p99: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "offered_per_second": 200,
+        "seconds": 10,
+        "sent": 2000,
+        "accepted": 2000,
+        "refused": {},
+        "sent_per_second": 199.5,
+        "answered_per_second": 198.0,
+        "p50_ms": 12.0,
+        "p95_ms": 40.0,
+        "p99_ms": p99,
+        "max_ms": 150.0,
+        "min_ms": 4.0,
+        "from_send_p50_ms": 11.0,
+        "from_send_p99_ms": 70.0,
+        "client_lag_p99_ms": 3.0,
+        "client_lag_max_ms": 9.0,
+        "api_cpu_ms_per_delivery": 6.5,
+        "client_cpu_ms_per_delivery": 2.5,
+        "load_average_before": 0.4,
+        "load_average_after": 1.9,
+        **extra,
+    }
+
+
+def hook_backend(p99: float) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = [
+        {
+            "offered_per_second": rate,
+            "answered_per_second": rate,
+            "p50_ms": 10.0,
+            "p99_ms": 30.0,
+            "refused": {},
+        }
+        for rate in (25, 50, 75, 100, 150)
+    ]
+    return {
+        "launch_excluded": {
+            "workers_1": {"api_workers": 1, "load": hook_load(1900.0, refused={"500": 3})},
+            "workers_2": {
+                "api_workers": 2,
+                "ramp": {"steps": steps, "kept_up_per_second": 150, "seconds": 3},
+                "load": hook_load(p99),
+                "one_at_a_time": {
+                    "samples": 50,
+                    "new_p50_ms": 7.0,
+                    "new_p95_ms": 12.0,
+                    "duplicate_p50_ms": 5.5,
+                    "duplicate_p95_ms": 9.0,
+                    "duplicate_min_ms": 4.0,
+                    "duplicate_max_ms": 10.0,
+                    "duplicate_wrong": 0,
+                },
+            },
+        },
+        "launch_included": {
+            "load": hook_load(p99 * 2, launched=300, launch_grace_s=5),
+            "api_workers": 2,
+            "deploy_runnable": True,
+            "delivery_to_first_node": {
+                **timing(1.4),
+                "p90_s": 2.0,
+                "timed_out": 0,
+                "answered_p50_s": 0.01,
+                "run_created_p50_s": 0.3,
+                "run_started_p50_s": 0.9,
+                "source": "STEP_START of the run's first step, Dagster event log",
+            },
+        },
+    }
+
+
 def q(p50: float) -> dict[str, float]:
     return {"min": p50 / 2, "p50": p50, "p95": p50 * 2, "max": p50 * 3}
 
@@ -203,6 +276,33 @@ RESULTS: dict[str, Any] = {
                 "samples": 8,
             },
         },
+        "webhooks": {
+            "seconds": 420.0,
+            "result": {
+                "sqlite": hook_backend(45.0),
+                "postgres": hook_backend(60.0),
+                "shape": {
+                    "rate": 200,
+                    "seconds": 10,
+                    "samples": 20,
+                    "duplicates": 50,
+                    "connections": 256,
+                    "api_workers": 2,
+                    "launch_grace_s": 5,
+                    "ramp_rates": [25, 50, 75, 100, 150, 200],
+                    "ramp_seconds": 3,
+                    "hook_rate_limit": "100000/second;1000000/minute",
+                },
+                "goals": {
+                    "p99_ms_max": 100.0,
+                    "kept_up_per_second_min": 200.0,
+                    "first_node_p50_s_max": 2.0,
+                    "p99_met": False,
+                    "kept_up_met": False,
+                    "first_node_met": True,
+                },
+            },
+        },
         "queues": {
             "seconds": 300.0,
             "result": {
@@ -301,6 +401,34 @@ def test_render_shows_every_section_with_its_figures_and_goals() -> None:
     assert "200 queued" in text
     assert "Prefect 3.9.1" in text
     assert "adds **23.0 ms per node**" in text
+    assert (
+        "| 200/s, 2 workers, launch excluded: 202 p50 / p95 / p99 | 12 / 40 / 45 ms | "
+        "12 / 40 / 60 ms |" in text
+    )
+    assert (
+        "| … achieved rates; failed; load average (1 min) before → after | sent 199.5/s, "
+        "answered 198/s; 3 x 500; 0.4 → 1.9 |" in text
+    )
+    assert (
+        "| 200/s, 1 worker, launch excluded: 202 p50 / p95 / p99 | 0.01 / 0.04 / 1.90 s |" in text
+    )
+    assert "| one at a time: duplicate → 200, p50 / p95 | 5.5 / 9 ms | 5.5 / 9 ms |" in text
+    assert "| delivery → first node running, p50 / p90 [min, max] | 1.4 / 2 s [0.9, 2.4] |" in text
+    assert (
+        "| webhook delivery → 202 p99 at 200/s, 2 workers, launch included (worse of SQLite, "
+        "PostgreSQL) | 120 ms | ≤ 100 ms | **no** |" in text
+    )
+    assert "| ramp: highest rate kept up (p99 ≤ 100 ms) | 150/s | 150/s |" in text
+    assert "At 200/s offered the API answered at most 198/s. A delivery costs" in text
+    assert "so 2 cores take at most about 308 a second" in text
+    assert (
+        "| webhook deliveries a second with 202 p99 ≤ 100 ms, 2 workers, launch excluded (worse "
+        "of SQLite, PostgreSQL) | 150/s | ≥ 200/s | **no** |" in text
+    )
+    assert (
+        "| webhook delivery → first node running, p50 (worse of SQLite, PostgreSQL) | 1.4 s | "
+        "≤ 2 s | yes |" in text
+    )
 
 
 def test_a_failed_section_is_reported_and_the_others_still_render() -> None:
@@ -359,3 +487,14 @@ def test_a_rerun_merged_into_a_full_run_is_named_in_the_header() -> None:
     ]
     text = render(results)
     assert "| rerun | api measured again at 20260101T010000 (`python -m bench --only api`)" in text
+
+
+def test_a_webhook_ramp_that_kept_up_with_no_step_says_none() -> None:
+    results = copy.deepcopy(RESULTS)
+    ramp = results["sections"]["webhooks"]["result"]["postgres"]["launch_excluded"]["workers_2"]
+    ramp["ramp"]["kept_up_per_second"] = None
+
+    text = render(results)
+
+    assert "| ramp: highest rate kept up (p99 ≤ 100 ms) | 150/s | none |" in text
+    assert "launch excluded (worse of SQLite, PostgreSQL) | none | ≥ 200/s | **no** |" in text
