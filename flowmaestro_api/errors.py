@@ -18,13 +18,19 @@ PlatformError (flowmaestro_dagster.errors)   500 (never raised on purpose)
 ├── DagsterUnavailable           503 the Dagster webserver did not answer
 └── ApiError                     (this module)
     ├── Unauthenticated          401 missing or unknown API key
-    ├── PayloadTooLarge          413
+    ├── PayloadTooLarge          413 past FLOWMAESTRO_MAX_REQUEST_BYTES (counted as it arrives)
+    ├── JsonExpected             415 a JSON endpoint got no content type, or another one
+    ├── MalformedJson            422 not JSON (names line and column)
+    ├── JsonTooDeep              422 nested deeper than request_guard.MAX_JSON_DEPTH (64)
+    ├── NonFiniteNumber          422 NaN, Infinity, or too large for a float (names the path)
+    ├── InvalidText              422 a NUL character or a lone UTF-16 surrogate (names the path)
     └── TooManyRequests          429 a webhook's rate limit (with Retry-After)
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flowmaestro_dagster.errors import (
@@ -53,7 +59,12 @@ __all__ = [
     "IdempotencyKeyReused",
     "InvalidInputs",
     "InvalidRequest",
+    "InvalidText",
     "InvalidWorkflow",
+    "JsonExpected",
+    "JsonTooDeep",
+    "MalformedJson",
+    "NonFiniteNumber",
     "NotFound",
     "PayloadTooLarge",
     "PlatformError",
@@ -61,7 +72,9 @@ __all__ = [
     "Unauthenticated",
     "Unprocessable",
     "UnsupportedMediaType",
+    "malformed_json",
     "register_error_handlers",
+    "render",
 ]
 
 if TYPE_CHECKING:  # FastAPI is imported where a response is made: code servers raise these too
@@ -82,6 +95,53 @@ class Unauthenticated(ApiError, status=401, code="unauthenticated"):
 
 class PayloadTooLarge(ApiError, status=413, code="payload_too_large"):
     """The request body is too large."""
+
+
+class JsonExpected(ApiError, status=415, code="unsupported_media_type"):
+    """The endpoint takes a JSON body."""
+
+
+class MalformedJson(ApiError, status=422, code="malformed_json"):
+    """The request body is not valid JSON."""
+
+
+class JsonTooDeep(ApiError, status=422, code="json_too_deep"):
+    """The JSON body is nested too deeply."""
+
+
+class NonFiniteNumber(ApiError, status=422, code="non_finite_number"):
+    """The JSON body holds a number that is not finite."""
+
+
+class InvalidText(ApiError, status=422, code="invalid_text"):
+    """The JSON body holds text that cannot be stored."""
+
+
+def malformed_json(document: str | bytes, position: int, reason: str) -> MalformedJson:
+    """Where the parser stopped, as a person reads the body (1-based line and column)."""
+    text = document.decode(errors="replace") if isinstance(document, bytes) else document
+    line = text.count("\n", 0, position) + 1
+    column = position - text.rfind("\n", 0, position)
+    message = f"malformed JSON at line {line} column {column}: {reason}"
+    return MalformedJson(
+        message,
+        problems=[{"code": "malformed_json", "message": message, "line": line, "column": column}],
+    )
+
+
+def render(error: PlatformError, request: Request) -> JSONResponse:
+    """One error as problem+json (its problems, extra members and headers included)."""
+    response = problem_response(
+        error.status,
+        error.code,
+        error.title,
+        error.detail,
+        request,
+        problems=error.problems,
+        **error.extra,
+    )
+    response.headers.update(error.headers)
+    return response
 
 
 class TooManyRequests(ApiError, status=429, code="rate_limited"):
@@ -112,27 +172,23 @@ def register_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(PlatformError)
     async def _api_error(request: Request, exc: PlatformError) -> JSONResponse:
-        response = problem_response(
-            exc.status, exc.code, exc.title, exc.detail, request, problems=exc.problems, **exc.extra
-        )
-        response.headers.update(exc.headers)
-        return response
+        return render(exc, request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {
-                "code": "invalid_field",
-                "field": ".".join(str(p) for p in err["loc"] if p != "body"),
-                "message": err["msg"],
-            }
-            for err in exc.errors()
-        ]
+        errors = exc.errors()
+        unread = _unread_body(request, exc.body, errors)
+        if unread is not None:
+            return render(unread, request)
+        problems = [_field_problem(err) for err in errors]
         return problem_response(
             422,
             "invalid_request_body",
             "The request body is invalid",
-            "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5]),
+            "; ".join(
+                f"{p['field']}: {p['message']}" if "field" in p else p["message"]
+                for p in problems[:5]
+            ),
             request,
             problems=problems,
         )
@@ -153,3 +209,29 @@ def register_error_handlers(app: FastAPI) -> None:
         return problem_response(
             500, "internal_error", "Internal error", "an unexpected error occurred", request
         )
+
+
+def _unread_body(request: Request, body: Any, errors: Sequence[Any]) -> PlatformError | None:
+    """A body FastAPI could not read as JSON: not valid JSON (FastAPI gives only an offset), or
+    not sent as JSON at all (FastAPI hands the raw bytes to the model: "valid dictionary")."""
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        if err.get("type") == "json_invalid" and len(loc) == 2 and isinstance(loc[1], int):
+            reason = str((err.get("ctx") or {}).get("error") or "not JSON")
+            return malformed_json(body if isinstance(body, str | bytes) else "", loc[1], reason)
+        if loc == ("body",) and isinstance(body, bytes):
+            sent = request.headers.get("content-type")
+            told = f"it was sent as {sent}" if sent else "it was sent without a Content-Type"
+            return JsonExpected(
+                f"this endpoint takes a JSON body (Content-Type: application/json); {told}"
+            )
+    return None
+
+
+def _field_problem(err: Mapping[str, Any]) -> dict[str, Any]:
+    """A validation error as a problem; `field` only when it names one (not the whole body)."""
+    field = ".".join(str(p) for p in err["loc"] if p != "body")
+    message = str(err["msg"])
+    if not field and err.get("type") == "missing":
+        message = "a JSON body is required"
+    return {"code": "invalid_field", **({"field": field} if field else {}), "message": message}

@@ -5,11 +5,11 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from fastapi import FastAPI
 
-from flowmaestro_api.errors import PayloadTooLarge, problem_response, register_error_handlers
+from flowmaestro_api.errors import register_error_handlers
 from flowmaestro_api.ratelimit import HookRateLimiter
+from flowmaestro_api.request_guard import RequestBodyGuard
 from flowmaestro_api.routes import approvals, executions, health, hooks, queues, workflows
 from flowmaestro_api.routes.observability import router as observability_router
 from flowmaestro_api.settings import ApiSettings, get_api_settings
@@ -18,21 +18,6 @@ from flowmaestro_dagster.control.executions import launch_execution
 from flowmaestro_dagster.store.db import get_engine, migrate, session_factory, session_scope
 
 log = logging.getLogger("flowmaestro.api")
-
-
-class BodyLimit(BaseHTTPMiddleware):
-    """Refuse oversized bodies before they are read (413 problem+json)."""
-
-    def __init__(self, app: FastAPI, limit: int) -> None:
-        super().__init__(app)
-        self.limit = limit
-
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            error = PayloadTooLarge(f"the request body is larger than {self.limit} bytes")
-            return problem_response(error.status, error.code, error.title, error.detail, request)
-        return await call_next(request)
 
 
 def create_app(
@@ -77,7 +62,7 @@ def create_app(
     app.state.hook_limits = HookRateLimiter(
         settings.hook_rate_limit, settings.hook_rate_limit_storage
     )
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # type: ignore[arg-type]
+    app.add_middleware(RequestBodyGuard, limit=settings.max_request_bytes)
     register_error_handlers(app)
     app.include_router(health.router)
     app.include_router(workflows.router)

@@ -54,6 +54,10 @@ def platform_defs() -> dg.Definitions:
     settings = get_settings()
     migrate(settings.database_url)
     get_engine(settings.database_url)
+    if settings.python_isolation == "none":  # said when the platform starts, not at a first node
+        from flowmaestro_dagster.nodes.sandbox.python import warn_unisolated
+
+        warn_unisolated()
     return dg.Definitions(sensors=platform_sensors())
 
 

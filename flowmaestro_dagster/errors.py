@@ -3,9 +3,13 @@
 FlowMaestroError
 ├── InvalidWorkflowError          the definition has validation errors; carries every problem
 ├── ExpressionError               an expression or template cannot be parsed or evaluated
+│   ├── ExpressionBudgetError     it went over a limit: length, nesting, steps or value size
+│   └── PatternError              a user-supplied regex is invalid, unsupported (RE2) or over budget
 └── NodeExecutionError            a node failed at run time (names the node and its type)
     ├── TransientNodeError        worth retrying: timeouts, connection errors, 429, 5xx
     ├── NodeConfigurationError    the node's settings cannot work (bad value at run time)
+    │   └── ConnectionDestinationError
+    │                             a connection's secrets would leave its declared base_url
     └── ConnectorNotConfiguredError
                                   no executor / connector is configured for this node
 ├── PlatformError                 a control-plane request cannot be done (`status`: HTTP answer)
@@ -46,6 +50,16 @@ class InvalidWorkflowError(FlowMaestroError):
 
 class ExpressionError(FlowMaestroError):
     """An expression could not be parsed or evaluated."""
+
+
+class ExpressionBudgetError(ExpressionError):
+    """An expression went over its budget (FLOWMAESTRO_EXPRESSION_MAX_STEPS / _MAX_SIZE, or
+    the fixed limits on length and nesting): a definition cannot hang or exhaust a process."""
+
+
+class PatternError(ExpressionError):
+    """A regular expression from a definition or a request cannot be used: invalid, unsupported
+    by RE2 (backreferences, lookaround), too large, or too costly for the text it would scan."""
 
 
 class NodeExecutionError(FlowMaestroError):
@@ -89,6 +103,10 @@ class TransientNodeError(NodeExecutionError):
 
 class NodeConfigurationError(NodeExecutionError):
     """A node's settings cannot work with the values it received."""
+
+
+class ConnectionDestinationError(NodeConfigurationError):
+    """A connection's secrets would go to a URL outside the connection's declared base_url."""
 
 
 class ConnectorNotConfiguredError(NodeExecutionError):

@@ -12,6 +12,7 @@ import zoneinfo
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -103,7 +104,7 @@ class HttpSettings(BaseModel):
 
 
 class CodeSettings(BaseModel):
-    """Limits of the code node's sandboxes (docs/node-types.md, code).
+    """Limits of the code node's sandboxes (docs/node-types.md, code; docs/sandbox.md).
 
     A node's `timeout` (ms) and `memory` (MB) are capped by `max_timeout_ms` / `max_memory_mb`.
     """
@@ -114,13 +115,20 @@ class CodeSettings(BaseModel):
     max_output_chars: int = Field(default=100_000, gt=0, description="stdout/stderr kept, each")
     max_result_chars: int = Field(default=10_000_000, gt=0, description="JSON of a value")
     python_enabled: bool = Field(default=True, description="run Python snippets at all")
-    python_require_isolation: bool = Field(
-        default=False,
-        description="refuse Python snippets unless the host gives a network namespace and "
-        "Landlock (the audit hook and resource limits always apply)",
-    )
     python_max_file_mb: int = Field(default=16, gt=0, description="largest file a snippet writes")
     python_max_files: int = Field(default=64, ge=0, description="files a snippet may create")
+    python_max_processes: int = Field(
+        default=16, ge=1, description="processes and threads a snippet has at once (RLIMIT_NPROC)"
+    )
+    python_bwrap: str = Field(
+        default="bwrap", description="bubblewrap command or path (docs/sandbox.md); empty: none"
+    )
+    python_uid_base: int = Field(
+        default=0x70000000,
+        ge=1,
+        le=0xFFFFFFFE - (1 << 22),
+        description="root workers: a snippet runs as this uid plus its sandbox's pid",
+    )
     scratch_dir: Path | None = Field(
         default=None, description="where per-run scratch directories go (the system temp dir)"
     )
@@ -153,6 +161,11 @@ class DatabaseConnection(BaseModel):
     pool_size: int = Field(default=5, ge=1)
     max_overflow: int = Field(default=5, ge=0)
     max_rows: int = Field(default=10_000, ge=1, description="rows a node returns at most")
+    read_only: bool = Field(
+        default=False,
+        description="refuse writes: SQLite opens the file mode=ro, PostgreSQL sessions default "
+        "to READ ONLY transactions (a guard, not a privilege: see docs/node-types.md)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -187,6 +200,10 @@ class ConnectionSettings(BaseModel):
     `connectionId`, else the one named like its provider; `connector` says which connector
     serves it when that is not the provider (a `gmail` connection served by `smtp`). Extra keys
     are kept for connectors a deployment adds: `secret("api_key")` reads `api_key`/`api_key_env`.
+
+    `base_url` is where the connection's secrets may go when the URL comes from a node (workflow
+    authors are not trusted with them): same scheme, host and port, and a path under its path.
+    Without it a node-supplied URL gets none of the connection's secrets.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -194,6 +211,10 @@ class ConnectionSettings(BaseModel):
     connector: str | None = Field(default=None, description="connector serving this connection")
     url: SecretStr | None = Field(default=None, description="webhook URL (Slack, a webhook)")
     url_env: str | None = None
+    base_url: str | None = Field(
+        default=None,
+        description="the only URLs a node may send this connection's secrets to (not a secret)",
+    )
     host: str | None = Field(default=None, description="SMTP host")
     port: int | None = None
     username: str | None = None
@@ -209,6 +230,18 @@ class ConnectionSettings(BaseModel):
     signing_secret: SecretStr | None = None
     signing_secret_env: str | None = None
     timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("base_url must be an absolute http(s) URL: https://api.example.com/v1")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("base_url takes no credentials, query or fragment")
+        return value.strip()
 
     def secret(self, name: str) -> str | None:
         """A secret from field `name`, else from the variable named by `<name>_env`."""
@@ -250,6 +283,12 @@ class Settings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     code: CodeSettings = Field(default_factory=CodeSettings)
+    python_isolation: Literal["auto", "none"] = Field(
+        default="auto",
+        description="Python code nodes: 'auto' runs them in every isolation layer the host has "
+        "and refuses them where files, network or processes would be unguarded; 'none' runs "
+        "them with resource limits only, with a warning (docs/sandbox.md)",
+    )
     databases: dict[str, DatabaseConnection] = Field(
         default_factory=dict, description="named SQLAlchemy URLs for database nodes"
     )
@@ -267,6 +306,13 @@ class Settings(BaseSettings):
     code_location_shards: int = Field(default=1, ge=1, le=64)
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
     launch_lease_seconds: int = Field(default=60, ge=5)
+    launch_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="launches of one execution before the reconciler gives up and marks it "
+        "failed; retries back off (next tick, then 30 s doubling to 15 min: ~30 min at 8)",
+    )
     launch_on_submit: bool = Field(
         default=True,
         description="launch right after the submission commits; off: the reconciler launches",
@@ -299,6 +345,26 @@ class Settings(BaseSettings):
     )
     wait_sleep_threshold_seconds: float = Field(default=30.0, ge=0)
     waitpoint_interval_seconds: int = Field(default=5, ge=1)
+
+    # -- what one definition may ask (docs/security.md): checked in workers and the API ---------
+    expression_max_steps: int = Field(
+        default=200_000,
+        ge=1_000,
+        description="work one expression or template may do: a step per operation or call, "
+        "per 10 elements a built-in walks, per 1,000 characters it copies",
+    )
+    expression_max_size: int = Field(
+        default=10_000_000,
+        ge=10_000,
+        description="largest value an expression or template builds: characters of a string, "
+        "elements of a list/object with everything nested in it",
+    )
+    max_nodes: int = Field(
+        default=1_000, ge=1, description="nodes a workflow may have (validation refuses more)"
+    )
+    max_edges: int = Field(
+        default=5_000, ge=0, description="edges a workflow may have (validation refuses more)"
+    )
 
     # -- run queue: rendered into dagster.yaml (orchestration/instance_config.py) ----------------
     max_concurrent_runs: int = Field(
@@ -385,6 +451,11 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.startswith(("redis://", "rediss://")):
             raise ValueError("a Celery broker/backend must be a redis:// or rediss:// URL")
         return value
+
+    @field_validator("python_isolation", mode="before")
+    @classmethod
+    def _isolation_name(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("run_console_log_level", mode="before")
     @classmethod

@@ -8,4 +8,5 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 scripts/bootstrap.sh
+scripts/system-deps.sh runtime  # bubblewrap: the Python code nodes' sandbox
 exec .venv/bin/flowmaestro dev "$@"

@@ -252,8 +252,8 @@ def test_python_kernel_layers_hold_without_the_audit_hook(tmp_path: Path) -> Non
         pytest.skip(f"this host offers no kernel isolation layer: {layers}")
 
 
-def test_python_can_be_required_to_have_kernel_isolation() -> None:
-    settings = Settings(code=CodeSettings(python_require_isolation=True))
+def test_python_runs_with_kernel_isolation_by_default() -> None:
+    settings = Settings(python_isolation="auto")  # the default (docs/sandbox.md)
     output = execute_code(_ctx("return 1", "python", settings=settings)).output
     sandbox = output["metadata"]["sandbox"]
     assert sandbox["network_namespace"] and sandbox["landlock_abi"] >= 1  # this host has both

@@ -252,13 +252,20 @@ async def callback(
     settings: SettingsDep,
     signature: Annotated[str | None, Header(alias="FlowMaestro-Signature")] = None,
 ) -> dict[str, Any]:
-    """Complete a webhook wait. Sign `"<t>.<body>"` with HMAC-SHA256 and send
-    `FlowMaestro-Signature: t=<unix seconds>,v1=<hex>` (5-minute tolerance): a bad signature is
-    401, an unknown token 404, a used one 403, an expired waitpoint 410 — and changes nothing."""
+    """Complete a webhook wait. Sign `"<t>.<token>.<body>"` (the token is this URL's last
+    segment, so a signature completes only the callback it was made for) with HMAC-SHA256 and
+    send `FlowMaestro-Signature: t=<unix seconds>,v1=<hex>` (5-minute tolerance): a bad
+    signature is 401, an unknown token 404, a used one 403, an expired waitpoint 410 — and
+    changes nothing."""
     body = await request.body()
     secret = settings.secret("callback_signing_secret")
     if not service.verify_signature(
-        secret, signature, body, now=time.time(), tolerance=settings.callback_tolerance_seconds
+        secret,
+        signature,
+        body,
+        now=time.time(),
+        tolerance=settings.callback_tolerance_seconds,
+        bound_to=token,
     ):
         raise Unauthenticated("missing or bad FlowMaestro-Signature")
     waitpoint_id = service.verify_token(settings.secret("secret_key"), "callback", token)

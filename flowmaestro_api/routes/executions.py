@@ -208,8 +208,9 @@ ActionDep = Annotated[_Action, Depends(_action)]
 
 @router.post("/executions/{execution_id}/cancel", response_model=ExecutionPublic, status_code=202)
 def cancel_execution(it: ActionDep) -> ExecutionPublic:
-    """Cancel a queued, running or paused execution (its run is terminated). 409 if its
-    latest run has already ended."""
+    """Cancel a queued, launching, running, waiting or paused execution (its runs are
+    terminated, its waitpoints closed); it wins over a launch, retry or resume in flight.
+    409 if it has already ended or was already cancelled."""
     control.cancel_execution(it.session, it.dagster, it.execution)
     return it.answer()
 
@@ -218,8 +219,9 @@ def cancel_execution(it: ActionDep) -> ExecutionPublic:
 def retry_execution(it: ActionDep) -> ExecutionPublic:
     """Re-execute from failure: finished nodes are not run again. A failure downstream of a
     live checkpoint re-executes from the latest such checkpoint instead (every node after it
-    runs again on the checkpoint's state)."""
-    control.retry_execution(it.session, it.dagster, it.execution)
+    runs again on the checkpoint's state). 409 while another retry of it is under way."""
+    lease = it.settings.launch_lease_seconds
+    control.retry_execution(it.session, it.dagster, it.execution, lease_seconds=lease)
     return it.answer()
 
 

@@ -6,8 +6,11 @@ OR-joins as fan-in inputs (a join runs with the branches that ran), loops as Dyn
 map → collect, and a RetryPolicy per op from the node's retry settings.
 """
 
+import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from dagster import (
@@ -56,6 +59,8 @@ from flowmaestro_dagster.spec.problems import Problem, has_errors
 from flowmaestro_dagster.tags import CONCURRENCY_KEY_TAG, PRIORITY_TAG, QUEUE_TAG, RUN_ON_TAG
 
 TAG_PREFIX = "flowmaestro"
+_RECURSION_LOCK = threading.Lock()
+_RECURSION_MARGIN = 200  # frames GraphDefinition's own calls take around the walk
 
 
 @dataclass(frozen=True)
@@ -330,6 +335,7 @@ class _Compiler:
             )
             dependencies[invocation] = deps
             op_config[alias] = {"config": plan.model_dump(mode="json")}
+        _make_room_for(len(dependencies))
         graph = GraphDefinition(
             name=job_name,
             node_defs=list(node_defs.values()),
@@ -470,3 +476,24 @@ class _Compiler:
             error=node_id in self.error_sources,
         )
         return deps, plan, shape
+
+
+def _make_room_for(ops: int) -> None:
+    """Let Dagster's `GraphDefinition` walk a long chain of `ops`.
+
+    It finds its topological order with a recursive walk (`create_adjacency_lists`): one
+    Python frame per op up a chain, starting from whichever op a set yields first. A chain
+    of about a thousand ops therefore passed Python's default limit of 1,000 frames and
+    compile failed with RecursionError inside Dagster. The limit becomes what this graph can
+    need (the ops are at most FLOWMAESTRO_MAX_NODES: validation refuses more); it is never
+    lowered again, since another thread may be compiling a larger graph at the same time.
+    """
+    depth = 0
+    frame: FrameType | None = sys._getframe()
+    while frame is not None:
+        depth += 1
+        frame = frame.f_back
+    needed = depth + ops + _RECURSION_MARGIN
+    with _RECURSION_LOCK:
+        if sys.getrecursionlimit() < needed:
+            sys.setrecursionlimit(needed)

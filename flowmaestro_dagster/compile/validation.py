@@ -2,6 +2,8 @@
 
 Errors stop a definition from becoming a job; warnings are advice (a branch handle that
 matches no case, a reference nothing upstream provides, a connector this deployment lacks).
+A workflow over FLOWMAESTRO_MAX_NODES / _MAX_EDGES gets that one problem and nothing else is
+checked: the checks below, and Dagster's job building, grow faster than the graph.
 """
 
 import itertools
@@ -12,16 +14,20 @@ from typing import Any
 
 import dagster as dg
 
-from flowmaestro_dagster.errors import ExpressionError
+from flowmaestro_dagster.errors import ExpressionError, PatternError
 from flowmaestro_dagster.lang import expressions
+from flowmaestro_dagster.lang.patterns import pattern_problem, wildcard
 from flowmaestro_dagster.lang.templates import template_roots
 from flowmaestro_dagster.nodes.connectors import connector_problems
+from flowmaestro_dagster.nodes.transform import jsonata_pattern_problem, looks_like_js
+from flowmaestro_dagster.settings import get_settings
 from flowmaestro_dagster.spec.configs import (
     MISSED_TICK_POLICIES,
     OVERLAP_POLICIES,
     TRANSFORM_OPERATIONS,
     BatchConfig,
     ConditionalConfig,
+    HumanReviewConfig,
     InputConfig,
     LoopConfig,
     QueueConfigConfig,
@@ -31,7 +37,9 @@ from flowmaestro_dagster.spec.configs import (
     SwitchConfig,
     TransformConfig,
     TriggerConfig,
+    WaitConfig,
 )
+from flowmaestro_dagster.spec.durations import wait_problem
 from flowmaestro_dagster.spec.graph import (
     LOOP_BODY_HANDLES,
     WorkflowGraph,
@@ -76,9 +84,12 @@ _PATH_FIELDS = {
     "batch": ("items", "arrayPath", "collection", "array", "arrayVariable"),
 }
 _MAX_REFERENCE_WARNINGS = 200
+MAX_LOOP_NESTING = 16
 
 
-def validate(definition: Any) -> list[Problem]:
+def validate(
+    definition: Any, *, max_nodes: int | None = None, max_edges: int | None = None
+) -> list[Problem]:
     """All problems of a definition (JSON text, bytes, parsed data, or a `WorkflowSpec`)."""
     if isinstance(definition, WorkflowSpec):
         spec: WorkflowSpec | None = definition
@@ -87,14 +98,21 @@ def validate(definition: Any) -> list[Problem]:
         spec, problems = parse_workflow(definition)
     if spec is None:
         return problems
-    return problems + validate_spec(spec)
+    return problems + validate_spec(spec, max_nodes=max_nodes, max_edges=max_edges)
 
 
-def validate_spec(spec: WorkflowSpec) -> list[Problem]:
+def validate_spec(
+    spec: WorkflowSpec, *, max_nodes: int | None = None, max_edges: int | None = None
+) -> list[Problem]:
+    """Every problem of a parsed definition; the limits default to FLOWMAESTRO_MAX_NODES and
+    FLOWMAESTRO_MAX_EDGES."""
     problems: list[Problem] = []
     if not spec.nodes:
         problems.append(error("empty_workflow", "the workflow has no nodes", path="$.nodes"))
         return problems
+    too_large = list(_size_problems(spec, max_nodes, max_edges))
+    if too_large:
+        return too_large
     for edge in spec.edges:
         for end in ("source", "target"):
             node_id = getattr(edge, end)
@@ -138,6 +156,7 @@ def validate_spec(spec: WorkflowSpec) -> list[Problem]:
     problems.extend(_settings_node_problems(spec))
     if cycle is None:
         problems.extend(_batch_body_problems(spec, graph))
+        problems.extend(_nesting_problems(graph))
         problems.extend(_reference_problems(spec, graph))
     problems += connector_problems(spec)
     return problems
@@ -180,6 +199,11 @@ def _node_config_problems(node: NodeSpec) -> Iterator[Problem]:
                 node_id=node.id,
                 field="cases",
             )
+        yield from _wildcard_problems(node, config)
+    elif isinstance(config, HumanReviewConfig):
+        rules = config.validation if isinstance(config.validation, dict) else {}
+        if rules.get("pattern") is not None and (why := pattern_problem(rules["pattern"])):
+            yield _invalid_pattern(node, "validation.pattern", why)
     elif isinstance(config, LoopConfig):
         if config.loop_type == "forEach" and config.items in (None, ""):
             yield _missing(node, "items", "a forEach loop needs the list to iterate (arrayPath)")
@@ -211,6 +235,66 @@ def _node_config_problems(node: NodeSpec) -> Iterator[Problem]:
         yield _missing(node, "workflowId", "a subworkflow needs workflowId (the child workflow)")
     elif isinstance(config, SharedMemoryConfig) and config.operation != "search" and not config.key:
         yield _missing(node, "key", f"shared-memory {config.operation} needs a key")
+    elif isinstance(config, WaitConfig):
+        yield from _wait_problems(node, config)
+
+
+def _size_problems(
+    spec: WorkflowSpec, max_nodes: int | None, max_edges: int | None
+) -> Iterator[Problem]:
+    """More nodes or edges than a deployment takes: every later step costs more than linear
+    time (Dagster's topological sort, execution plans), and a long chain nests deep calls."""
+    if max_nodes is None or max_edges is None:
+        settings = get_settings()
+        max_nodes = settings.max_nodes if max_nodes is None else max_nodes
+        max_edges = settings.max_edges if max_edges is None else max_edges
+    if len(spec.nodes) > max_nodes:
+        yield error(
+            "too_many_nodes",
+            f"the workflow has {len(spec.nodes)} nodes; at most {max_nodes} are allowed "
+            "(FLOWMAESTRO_MAX_NODES)",
+            path="$.nodes",
+        )
+    if len(spec.edges) > max_edges:
+        yield error(
+            "too_many_edges",
+            f"the workflow has {len(spec.edges)} edges; at most {max_edges} are allowed "
+            "(FLOWMAESTRO_MAX_EDGES)",
+            path="$.edges",
+        )
+
+
+def _wait_problems(node: NodeSpec, config: WaitConfig) -> Iterator[Problem]:
+    """A literal duration that cannot run: not a number, NaN, negative or beyond a year (a
+    `{{reference}}` is checked when the node runs)."""
+    value = config.duration
+    if config.wait_type != "duration" or value is None:
+        return
+    if isinstance(value, str) and ("{{" in value or "${" in value):
+        return
+    why = wait_problem(value, config.duration_unit)
+    if why is not None:
+        yield error(
+            "invalid_duration",
+            f"wait duration {why}",
+            node_id=node.id,
+            field=_spelled(node, "duration", "durationValue"),
+        )
+
+
+def _invalid_pattern(node: NodeSpec, field: str, why: str) -> Problem:
+    """A regular expression RE2 cannot run (lang/patterns.py): refused before it reaches a run
+    or the approval page, where it would only fail."""
+    return error("invalid_pattern", why, node_id=node.id, field=field)
+
+
+def _wildcard_problems(node: NodeSpec, config: SwitchConfig) -> Iterator[Problem]:
+    for index, case in enumerate(config.cases):
+        if "*" in case.value or "?" in case.value:
+            try:
+                wildcard(case.value)
+            except PatternError as exc:
+                yield _invalid_pattern(node, f"cases[{index}]", f"wildcard case: {exc}")
 
 
 def _spelled(node: NodeSpec, *keys: str) -> str:
@@ -350,6 +434,27 @@ def _batch_body_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[P
                 )
 
 
+def _nesting_problems(graph: WorkflowGraph) -> Iterator[Problem]:
+    """Loops inside loops MAX_LOOP_NESTING deep at most: a nested body is planned, stored and
+    run by recursion, one level per loop (a chain of 300 while loops inside one another
+    crashed compile with RecursionError)."""
+    regions = graph.loop_regions(graph.topological_order()).values()
+    depth: dict[str, int] = {}
+    for region in regions:
+        for member in region.body:
+            depth[member] = depth.get(member, 0) + 1
+    for region in regions:
+        if depth.get(region.loop_id, 0) >= MAX_LOOP_NESTING:
+            yield error(
+                "loops_nested_too_deeply",
+                f"this loop is inside {depth[region.loop_id]} other loops: at most "
+                f"{MAX_LOOP_NESTING} loops may nest in one another",
+                node_id=region.loop_id,
+                field="type",
+            )
+            return
+
+
 def _field(node: NodeSpec, default: str) -> str:
     for key in ("condition", "expression"):
         if key in node.original_config:
@@ -386,6 +491,13 @@ def _transform_problems(node: NodeSpec, config: TransformConfig) -> Iterator[Pro
         yield _missing(node, "template", "a template transform needs a template")
     if operation in ("map", "filter", "reduce", "custom") and not config.expression:
         yield _missing(node, "expression", f"a {operation} transform needs an expression")
+    elif (
+        operation in ("map", "filter", "reduce", "custom")
+        and isinstance(config.expression, str)
+        and not looks_like_js(config.expression)
+        and (why := jsonata_pattern_problem(config.expression.strip()))
+    ):
+        yield _invalid_pattern(node, _spelled(node, "expression", "jsonata"), why)
 
 
 # -- edges and handles ---------------------------------------------------------------------------
@@ -492,22 +604,38 @@ def _reference_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[Pr
         for node in spec.nodes.values()
         if node.type == "files" and node.config.extras().get("inputVariable")
     }
-    regions = graph.loop_regions(graph.topological_order())
+    # Sets of nodes are bit masks over the topological order: the ancestors of every node
+    # in one pass (sets per node were quadratic: seconds for a 1,000-node chain).
+    order = graph.topological_order()
+    bit = {node_id: 1 << index for index, node_id in enumerate(order)}
+    above: dict[str, int] = {}
+    for node_id in order:
+        mask = 0
+        for pred in graph.predecessors(node_id):
+            mask |= above[pred] | bit[pred]
+        above[node_id] = mask
     # A loop's exits (and what follows them) read its body nodes' per-item results.
-    via_loop: dict[str, set[str]] = {}
-    for region in regions.values():
-        for exit_id in region.exits:
-            for follower in {exit_id, *graph.descendants(exit_id)}:
-                via_loop.setdefault(follower, set()).update(region.body)
+    via_loop = [
+        (bit[exit_id], sum(bit[b] for b in set(region.body)))
+        for region in graph.loop_regions(order).values()
+        for exit_id in region.exits
+    ]
+    providers: dict[str, int] = {}  # name -> the nodes whose output provides it
+    open_outputs = 0  # nodes whose output keys are only known at run time
+    for node_id in order:
+        for name in _provided_names(spec.nodes[node_id]):
+            providers[name] = providers.get(name, 0) | bit[node_id]
+        if spec.nodes[node_id].type in _OPEN_OUTPUT_TYPES:
+            open_outputs |= bit[node_id]
     count = 0
     for node in spec.nodes.values():
-        ancestors = graph.ancestors(node.id) | via_loop.get(node.id, set())
-        if any(spec.nodes[a].type in _OPEN_OUTPUT_TYPES for a in ancestors):
-            open_keys = True
-        else:
-            open_keys = False
-        known = _known_names(spec, ancestors) | input_names
+        ancestors: int | None = None
         for field, root, text in _node_references(node):
+            if ancestors is None:
+                ancestors = above[node.id]
+                for exit_bit, body in via_loop:
+                    if exit_bit == bit[node.id] or ancestors & exit_bit:
+                        ancestors |= body
             if root is None:
                 yield warning(
                     "invalid_reference",
@@ -515,7 +643,11 @@ def _reference_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[Pr
                     node_id=node.id,
                     field=field,
                 )
-            elif root in known or root == node.id:
+            elif (
+                root in input_names
+                or root in ("inputs", node.id)
+                or providers.get(root, 0) & ancestors
+            ):
                 continue
             elif root in spec.nodes:
                 yield warning(
@@ -524,7 +656,7 @@ def _reference_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[Pr
                     node_id=node.id,
                     field=field,
                 )
-            elif open_keys:
+            elif open_outputs & ancestors:
                 continue
             else:
                 yield warning(
@@ -539,30 +671,28 @@ def _reference_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[Pr
                 return
 
 
-def _known_names(spec: WorkflowSpec, ancestors: set[str]) -> set[str]:
-    known = {"inputs"}
-    for node_id in ancestors:
-        node = spec.nodes[node_id]
-        known.add(node_id)
-        config = node.config
-        if config.output_variable:
-            known.add(config.output_variable)
-        else:
-            known |= STANDARD_OUTPUT_KEYS.get(node.type, frozenset())
-        if isinstance(config, InputConfig):
-            known.update(n for n in [*config.names, config.name] if n)
-        if isinstance(config, LoopConfig):
-            known |= {config.item_variable, config.index_variable, "results"}
-        if isinstance(config, BatchConfig):
-            known |= {config.item_variable, config.index_variable} | STANDARD_OUTPUT_KEYS["batch"]
-        if isinstance(config, ConditionalConfig | SwitchConfig):
-            known |= STANDARD_OUTPUT_KEYS[node.type]
-        if isinstance(config, SharedMemoryConfig):
-            known |= STANDARD_OUTPUT_KEYS["shared-memory"]
-        if node.type == "output" and isinstance(config.extras(), dict):
-            name = getattr(config, "name", None)
-            if name:
-                known.add(name)
+def _provided_names(node: NodeSpec) -> set[str]:
+    """The names a node's output makes readable downstream (its id among them)."""
+    known = {node.id}
+    config = node.config
+    if config.output_variable:
+        known.add(config.output_variable)
+    else:
+        known |= STANDARD_OUTPUT_KEYS.get(node.type, frozenset())
+    if isinstance(config, InputConfig):
+        known.update(n for n in [*config.names, config.name] if n)
+    if isinstance(config, LoopConfig):
+        known |= {config.item_variable, config.index_variable, "results"}
+    if isinstance(config, BatchConfig):
+        known |= {config.item_variable, config.index_variable} | STANDARD_OUTPUT_KEYS["batch"]
+    if isinstance(config, ConditionalConfig | SwitchConfig):
+        known |= STANDARD_OUTPUT_KEYS[node.type]
+    if isinstance(config, SharedMemoryConfig):
+        known |= STANDARD_OUTPUT_KEYS["shared-memory"]
+    if node.type == "output" and isinstance(config.extras(), dict):
+        name = getattr(config, "name", None)
+        if name:
+            known.add(name)
     return known
 
 

@@ -4,7 +4,11 @@ Starting an execution commits it first and launches it after; a launch claims th
 with a lease (a conditional UPDATE), looks for a Dagster run already tagged with the
 execution's id, and only then asks Dagster for a run. A process that dies between commit and
 launch leaves the execution for the reconciler (`reconcile_launches`, run by a sensor), which
-goes through the same claim, so every execution gets exactly one first run.
+goes through the same claim, so every execution gets exactly one first run. A launch that keeps
+failing backs off (`launch_retry_delay`), waits behind executions tried fewer times, and after
+FLOWMAESTRO_LAUNCH_MAX_ATTEMPTS the execution is failed with the last launch error. A cancel
+wins over a launch in flight: the launch records its run only if `cancelled_at` is still unset,
+and otherwise terminates it (`stop_run`; cancel and retry are in control/lifecycle.py).
 """
 
 import hashlib
@@ -17,11 +21,15 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
-from flowmaestro_dagster.compile.compiler import CONCURRENCY_KEY_TAG, CompiledWorkflow
+from flowmaestro_dagster.compile.compiler import (
+    CONCURRENCY_KEY_TAG,
+    CompiledWorkflow,
+    QueueSettings,
+)
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.control.requests import ExecutionCreate
 from flowmaestro_dagster.control.workflows import get_version, get_workflow, location_for
@@ -31,16 +39,20 @@ from flowmaestro_dagster.engines.results import NodeRun, final_outputs
 from flowmaestro_dagster.errors import (
     Conflict,
     DagsterUnavailable,
+    ExpressionBudgetError,
     IdempotencyKeyReused,
     InvalidInputs,
     InvalidRequest,
     NotFound,
+    Unprocessable,
 )
+from flowmaestro_dagster.lang.expressions import Budget, Limits
 from flowmaestro_dagster.lang.state import ExecutionState
 from flowmaestro_dagster.lang.templates import render_string
 from flowmaestro_dagster.nodes.io_nodes import coerce_input
 from flowmaestro_dagster.settings import get_settings
 from flowmaestro_dagster.spec.configs import InputConfig
+from flowmaestro_dagster.spec.problems import error as problem_error
 from flowmaestro_dagster.store.models import (
     Execution,
     IdempotencyKey,
@@ -54,7 +66,6 @@ from flowmaestro_dagster.store.models import (
 from flowmaestro_dagster.tags import (
     EXECUTION_TAG,
     PAUSED_TAG,
-    RETRY_TAG,
     USER_TAG,
     VERSION_TAG,
     WILL_RETRY_TAG,
@@ -76,6 +87,8 @@ RUN_STATUS = {
     "CANCELED": "cancelled",
 }
 MAX_KEY_LENGTH = 255
+LAUNCH_RETRY_BASE_SECONDS = 30
+LAUNCH_RETRY_MAX_SECONDS = 15 * 60
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -180,6 +193,8 @@ def start_execution(
     check_inputs(compiled, body.inputs)
     # The request's values, else the definition's queueConfig node, else the workflow's.
     node = compiled.queue_settings
+    if node is not None and node.concurrency_key:
+        checked_concurrency_key(node, body.inputs)  # a hostile key: 422 now, not at launch
     node_priority = node.priority if node is not None else None
     execution = Execution(
         id=str(uuid.uuid4()),
@@ -288,8 +303,30 @@ def concurrency_key_tags(execution: Execution) -> dict[str, str]:
     settings = compiled_for(version).queue_settings
     if settings is None or not settings.concurrency_key:
         return {}
-    key = render_string(settings.concurrency_key, ExecutionState.start(execution.inputs or {}))
+    key = concurrency_key(settings, execution.inputs or {})
     return {CONCURRENCY_KEY_TAG: key.strip()[:255]} if key.strip() else {}
+
+
+def concurrency_key(settings: QueueSettings, inputs: Mapping[str, Any]) -> str:
+    """A queueConfig node's concurrencyKey rendered against the execution's inputs. It comes
+    from the definition and runs in the API process: on the expression budget
+    (FLOWMAESTRO_EXPRESSION_MAX_STEPS / _MAX_SIZE), `ExpressionBudgetError` past it."""
+    budget = Budget(Limits.from_settings(get_settings()))
+    return render_string(settings.concurrency_key, ExecutionState.start(inputs), budget=budget)
+
+
+def checked_concurrency_key(settings: QueueSettings, inputs: Mapping[str, Any]) -> str:
+    """`concurrency_key`, a key over budget refused as the request's fault (422)."""
+    try:
+        return concurrency_key(settings, inputs)
+    except ExpressionBudgetError as exc:
+        problem = problem_error(
+            "expression_budget",
+            f"the concurrency key went over the expression budget: {exc}",
+            node_id=settings.node_id,
+            field="concurrencyKey",
+        )
+        raise Unprocessable(problem.message, problems=[problem]) from exc
 
 
 def launch_execution(
@@ -304,6 +341,7 @@ def launch_execution(
             Execution.id == execution_id,
             Execution.launched_at.is_(None),
             Execution.status != "cancelled",
+            Execution.cancelled_at.is_(None),
             (Execution.launch_claimed_at.is_(None))
             | (Execution.launch_claimed_at < now - timedelta(seconds=lease_seconds)),
         )
@@ -314,34 +352,63 @@ def launch_execution(
     session.commit()
     if not claimed:
         return None
-    execution = session.get(Execution, execution_id)
+    execution = session.get(Execution, execution_id, populate_existing=True)
     assert execution is not None
     try:
         existing = client.runs_for_execution(execution_id)
         # Launched before a crash? Record that run, never launch a second one.
         run_id = existing[0].run_id if existing else _launch_loading_if_needed(client, execution)
     except Exception as exc:
-        # Leave it to the reconciler: release the claim and record why.
+        # Leave it to the reconciler: release the claim, record why and when to try again.
         session.execute(
             update(Execution)
             .where(Execution.id == execution_id, Execution.launch_token == token)
-            .values(launch_token=None, launch_claimed_at=None, error=f"launch failed: {exc}")
+            .values(
+                launch_token=None,
+                launch_claimed_at=None,
+                launch_retry_at=utcnow() + launch_retry_delay(execution.launch_attempts),
+                error=f"launch failed: {exc}"[:4000],
+            )
         )
         session.commit()
         raise
-    session.execute(
-        update(Execution)
-        .where(Execution.id == execution_id, Execution.launch_token == token)
-        .values(
-            run_id=run_id,
-            latest_run_id=run_id,
-            launched_at=utcnow(),
-            launch_token=None,
-            error=None,
-        )
-    )
+    # The record is conditional too: a cancel that claimed the execution while Dagster was being
+    # asked wins, and the run it may not have seen yet is stopped here (`stop_run`).
+    mine = update(Execution).where(Execution.id == execution_id, Execution.launch_token == token)
+    ran = {"run_id": run_id, "latest_run_id": run_id, "launched_at": utcnow(), "launch_token": None}
+    recorded = session.execute(
+        mine.where(Execution.cancelled_at.is_(None)).values(**ran, launch_retry_at=None, error=None)
+    ).rowcount  # type: ignore[attr-defined]
+    if recorded:
+        session.commit()
+        return run_id
+    cancelled = session.execute(mine.values(**ran)).rowcount  # type: ignore[attr-defined]
     session.commit()
-    return run_id
+    if cancelled:  # else the lease ran out and another launcher took over: it records the run
+        stop_run(client, run_id)
+    return None
+
+
+def stop_run(client: DagsterClient, run_id: str) -> None:
+    """Terminate the run a launch, retry or resume created for an execution that was cancelled
+    meanwhile: the cancel claimed the execution first (`cancelled_at`), so that launcher's
+    conditional record failed, and the cancel may not have seen the run yet. A run that has
+    already ended (or that the cancel terminated first) is left as it is."""
+    try:
+        client.terminate(run_id)
+    except Conflict:
+        log.info("run %s of a cancelled execution had already ended", run_id)
+
+
+def launch_retry_delay(attempts: int) -> timedelta:
+    """How long a launch that failed on attempt `attempts` waits: the next reconciler tick after
+    the first failure, then 30 s doubling up to 15 min, so with 8 attempts a Dagster outage of
+    about half an hour costs no execution, and one that never launches stops being tried."""
+    if attempts <= 1:
+        return timedelta(0)
+    return timedelta(
+        seconds=min(LAUNCH_RETRY_BASE_SECONDS * 2 ** (attempts - 2), LAUNCH_RETRY_MAX_SECONDS)
+    )
 
 
 def _launch_loading_if_needed(client: DagsterClient, execution: Execution) -> str:
@@ -363,28 +430,92 @@ def _launch_loading_if_needed(client: DagsterClient, execution: Execution) -> st
         return launch()
 
 
-def pending_launches(session: Session, *, older_than_seconds: float, limit: int = 100) -> list[str]:
-    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+def pending_launches(
+    session: Session,
+    *,
+    older_than_seconds: float,
+    limit: int = 100,
+    max_attempts: int | None = None,
+) -> list[str]:
+    """Executions to launch now: committed, unlaunched, past their retry time and (with
+    `max_attempts`) not yet given up. Least-tried first, then oldest: executions whose launch
+    keeps failing wait behind the others, so they never fill the batch and starve them."""
+    now = utcnow()
+    query = select(Execution.id).where(
+        Execution.launched_at.is_(None),
+        Execution.status == "queued",
+        Execution.created_at <= now - timedelta(seconds=older_than_seconds),
+        or_(Execution.launch_retry_at.is_(None), Execution.launch_retry_at <= now),
+    )
+    if max_attempts is not None:
+        query = query.where(Execution.launch_attempts < max_attempts)
     return list(
         session.scalars(
-            select(Execution.id)
-            .where(
-                Execution.launched_at.is_(None),
-                Execution.status == "queued",
-                Execution.created_at <= cutoff,
-            )
-            .order_by(Execution.created_at)
-            .limit(limit)
+            query.order_by(Execution.launch_attempts, Execution.created_at).limit(limit)
         )
     )
 
 
+def give_up_launches(
+    session: Session, *, max_attempts: int, lease_seconds: int, limit: int = 100
+) -> list[str]:
+    """Fail unlaunched executions that have had `max_attempts` launches (a run config Dagster
+    cannot take, a job that never loads): their error says so and keeps the last launch error.
+    Conditional, like a claim: an execution someone is launching right now is left alone."""
+    now = utcnow()
+    unclaimed = (Execution.launch_claimed_at.is_(None)) | (
+        Execution.launch_claimed_at < now - timedelta(seconds=lease_seconds)
+    )
+    exhausted = session.execute(
+        select(Execution.id, Execution.launch_attempts, Execution.error)
+        .where(
+            Execution.launched_at.is_(None),
+            Execution.status == "queued",
+            Execution.launch_attempts >= max_attempts,
+            unclaimed,
+        )
+        .order_by(Execution.created_at)
+        .limit(limit)
+    ).all()
+    given_up: list[str] = []
+    for execution_id, attempts, error in exhausted:
+        reason = (
+            f"gave up after {attempts} launch attempts (FLOWMAESTRO_LAUNCH_MAX_ATTEMPTS="
+            f"{max_attempts}); the last: {error or 'no error recorded'}"
+        )
+        done = session.execute(
+            update(Execution)
+            .where(
+                Execution.id == execution_id,
+                Execution.launched_at.is_(None),
+                Execution.status == "queued",
+                unclaimed,
+            )
+            .values(status="failed", finished_at=now, launch_retry_at=None, error=reason[:4000])
+        ).rowcount  # type: ignore[attr-defined]
+        if done:
+            log.warning("execution %s failed: %s", execution_id, reason)
+            given_up.append(str(execution_id))
+    session.commit()
+    return given_up
+
+
 def reconcile_launches(
-    session: Session, client: DagsterClient, *, older_than_seconds: float, lease_seconds: int
+    session: Session,
+    client: DagsterClient,
+    *,
+    older_than_seconds: float,
+    lease_seconds: int,
+    max_attempts: int = 8,
+    batch: int = 100,
 ) -> dict[str, int]:
-    """Launch committed-but-unlaunched executions (after a crash or a failed launch)."""
+    """Launch committed-but-unlaunched executions (after a crash or a failed launch), at most
+    `batch` a tick; then fail those whose launches are used up (`give_up_launches`)."""
     launched = skipped = failed = 0
-    for execution_id in pending_launches(session, older_than_seconds=older_than_seconds):
+    pending = pending_launches(
+        session, older_than_seconds=older_than_seconds, limit=batch, max_attempts=max_attempts
+    )
+    for execution_id in pending:
         try:
             run_id = launch_execution(session, client, execution_id, lease_seconds=lease_seconds)
         except Exception as exc:  # noqa: BLE001 - one bad execution must not stop the rest
@@ -395,7 +526,10 @@ def reconcile_launches(
             skipped += 1
         else:
             launched += 1
-    return {"launched": launched, "skipped": skipped, "failed": failed}
+    gave_up = give_up_launches(
+        session, max_attempts=max_attempts, lease_seconds=lease_seconds, limit=batch
+    )
+    return {"launched": launched, "skipped": skipped, "failed": failed, "gave_up": len(gave_up)}
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -437,8 +571,10 @@ class ExecutionView:
 
 
 def execution_status(execution: Execution, runs: Sequence[RunInfo]) -> str:
-    if execution.status == "cancelled" and not runs:
-        return "cancelled"
+    if execution.cancelled_at is not None:
+        return "cancelled"  # a cancel won: final until a retry, whatever its runs still say
+    if execution.status in ("cancelled", "failed") and not runs:
+        return execution.status  # cancelled before its launch, or its launch was given up
     if not runs:
         return "queued"
     return run_status(runs[-1])
@@ -611,38 +747,6 @@ def _node_public(run: NodeRun, extra: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- control -------------------------------------------------------------------------------------
-
-
-def cancel_execution(session: Session, client: DagsterClient, execution: Execution) -> None:
-    runs = client.runs_for_execution(execution.id)
-    if not runs:
-        session.execute(
-            update(Execution)
-            .where(Execution.id == execution.id, Execution.launched_at.is_(None))
-            .values(status="cancelled", finished_at=utcnow())
-        )
-        session.commit()
-        session.refresh(execution)
-        if execution.status == "cancelled":
-            return
-        runs = client.runs_for_execution(execution.id)
-    latest = runs[-1] if runs else None
-    if latest is None or run_status(latest) in TERMINAL:
-        raise Conflict(f"the execution is already {execution_status(execution, runs)}")
-    client.terminate(latest.run_id)
-
-
-def retry_execution(session: Session, client: DagsterClient, execution: Execution) -> str:
-    runs = client.runs_for_execution(execution.id)
-    status = execution_status(execution, runs)
-    if status not in ("failed", "cancelled") or not runs:
-        raise Conflict(f"only failed or cancelled executions can be retried (this one is {status})")
-    run_id = client.reexecute_from_failure(runs[-1].run_id, {RETRY_TAG: runs[-1].run_id})
-    execution.latest_run_id = run_id
-    execution.status = "queued"
-    execution.finished_at = None
-    session.commit()
-    return run_id
 
 
 def ids(rows: Iterable[Execution]) -> list[str]:

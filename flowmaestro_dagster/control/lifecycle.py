@@ -11,19 +11,31 @@ tagged `flowmaestro/resume_of=<paused run>` first, so a paused execution resumes
 Resume also continues an execution parked at a checkpoint with `pauseHere` (a manual waitpoint):
 the waitpoint is resolved by the user and the parked run is resumed through the waitpoint
 machinery. A retry of a failure downstream of a live checkpoint re-executes from it.
+
+Cancel and retry are claims (issue 15), decided by conditional UPDATEs that several API and
+sensor processes can race on SQLite and PostgreSQL alike. A cancel sets `cancelled_at` where it
+is unset, closes the execution's open waitpoints in the same transaction and then terminates
+its active runs; it wins in every state (queued, launching, running, waiting, pausing, paused)
+because every launcher — the first launch, a retry, a resume of a paused or a parked run —
+records its new run with an UPDATE conditional on `cancelled_at` being unset, and when that
+UPDATE finds the execution cancelled it terminates the run it just created. A retry claims the
+execution's launch lease (`launch_token`, the first launch's) before it asks Dagster for a run,
+and checks after the claim that the run it retries is still the latest: concurrent retries
+start one run, the others get 409.
 """
 
+import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from flowmaestro_dagster.control import executions as executions_service
 from flowmaestro_dagster.control.checkpoints import retry_from_checkpoint
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
-from flowmaestro_dagster.control.executions import execution_status
+from flowmaestro_dagster.control.executions import execution_status, stop_run
 from flowmaestro_dagster.control.waitpoints import (
+    PARKED,
     RESUME_TAG,
     record_decision,
     resume_run,
@@ -31,7 +43,11 @@ from flowmaestro_dagster.control.waitpoints import (
 )
 from flowmaestro_dagster.errors import Conflict
 from flowmaestro_dagster.store.models import Decision, Execution, User, Waitpoint, utcnow
-from flowmaestro_dagster.tags import PAUSED_TAG
+from flowmaestro_dagster.tags import PAUSED_TAG, RETRY_TAG
+
+# Dagster run statuses of a run that may still start nodes (CANCELING is already being stopped).
+ACTIVE_RUN = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "MANAGED", "STARTED"})
+DEFAULT_LEASE_SECONDS = 60
 
 
 def _status(session: Session, execution: Execution, runs: Sequence[RunInfo]) -> str:
@@ -103,6 +119,7 @@ def _resume_paused(
         .where(
             Execution.id == execution.id,
             Execution.paused_run_id == paused.run_id,
+            Execution.cancelled_at.is_(None),
             (Execution.resume_claimed_at.is_(None))
             | (Execution.resume_claimed_at < now - timedelta(seconds=lease_seconds)),
         )
@@ -125,12 +142,31 @@ def _resume_paused(
         execution.resume_claimed_at = None
         session.commit()
         raise
-    execution.paused_run_id = None
-    execution.resume_claimed_at = None
-    execution.latest_run_id = run_id
-    execution.status = "queued"
-    execution.finished_at = None
+    # Conditional: a cancel that claimed the execution meanwhile wins over this resume.
+    resumed = session.execute(
+        update(Execution)
+        .where(Execution.id == execution.id, Execution.cancelled_at.is_(None))
+        .values(
+            paused_run_id=None,
+            resume_claimed_at=None,
+            latest_run_id=run_id,
+            status="queued",
+            finished_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if not resumed:
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution.id)
+            .values(resume_claimed_at=None)
+            .execution_options(synchronize_session=False)
+        )
     session.commit()
+    session.refresh(execution)
+    if not resumed:
+        stop_run(client, run_id)
+        raise Conflict("the execution was cancelled while it was being resumed: nothing runs")
     return run_id
 
 
@@ -172,27 +208,162 @@ def _resume_checkpoints(
 
 
 def cancel_execution(session: Session, client: DagsterClient, execution: Execution) -> None:
-    """Cancel; a paused execution (its run already ended) is marked cancelled here."""
+    """Cancel a queued, launching, running, waiting, pausing or paused execution; 409 if it has
+    already ended (or was cancelled). The cancel is a claim: the one conditional UPDATE that
+    sets `cancelled_at` wins, and it closes the execution's open waitpoints in the same
+    transaction. Then every run of the execution that may still start nodes is terminated; a
+    launch, retry or resume in flight finds the execution cancelled when it records its run and
+    terminates that run itself (`stop_run`)."""
     runs = client.runs_for_execution(execution.id)
-    if runs and execution_status(execution, runs) == "paused":
-        client.tag_run(runs[-1].run_id, {PAUSED_TAG: "false"})
-        execution.paused_run_id = None
-        execution.status = "cancelled"
-        execution.finished_at = utcnow()
-        session.commit()
-        return
-    executions_service.cancel_execution(session, client, execution)
+    status = _status(session, execution, runs)
+    retrying = bool(runs) and execution.launch_token is not None  # a retry holds the lease
+    if status in ("succeeded", "failed") and not retrying:
+        raise Conflict(f"the execution is already {status}")
+    now = utcnow()
+    claimed = session.execute(
+        update(Execution)
+        .where(Execution.id == execution.id, Execution.cancelled_at.is_(None))
+        .values(cancelled_at=now, status="cancelled", finished_at=now, paused_run_id=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    _close_waitpoints(session, execution.id)
+    session.commit()
+    session.refresh(execution)
+    # Also when another cancel won: terminating twice is harmless, a run left running is not.
+    _stop_runs(client, execution.id)
+    _close_waitpoints(session, execution.id)  # one a run parked while it was being stopped
+    session.commit()
+    if not claimed:
+        raise Conflict("the execution is already cancelled")
 
 
-def retry_execution(session: Session, client: DagsterClient, execution: Execution) -> str:
+def _close_waitpoints(session: Session, execution_id: str) -> None:
+    """The execution's open waitpoints: cancelled, so no decision, due time or sensor resumes
+    them (a resume that claimed one already finds the execution cancelled when it records)."""
+    session.execute(
+        update(Waitpoint)
+        .where(Waitpoint.execution_id == execution_id, Waitpoint.status.in_(PARKED))
+        .values(status="cancelled")
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _stop_runs(client: DagsterClient, execution_id: str) -> None:
+    runs = client.runs_for_execution(execution_id)
+    if runs and runs[-1].tags.get(PAUSED_TAG) == "true":
+        client.tag_run(runs[-1].run_id, {PAUSED_TAG: "false"})  # cancelled, not paused
+    for run in runs:
+        if run.status in ACTIVE_RUN:
+            stop_run(client, run.run_id)
+
+
+def retry_execution(
+    session: Session,
+    client: DagsterClient,
+    execution: Execution,
+    *,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+) -> str:
     """A failed execution re-executes from its latest checkpoint when one precedes every
-    failed node, else (and for cancelled ones) from failure."""
+    failed node, else (and for cancelled ones) from failure. 409 unless it is failed or
+    cancelled, and for every retry but one of the same run: the retry claims the execution's
+    launch lease before it asks Dagster, then checks that the run it retries is still the
+    latest (a retry that finished meanwhile added one)."""
     runs = client.runs_for_execution(execution.id)
-    if execution_status(execution, runs) == "failed":
-        run_id = retry_from_checkpoint(session, client, execution, runs)
-        if run_id is not None:
-            return run_id
-    return executions_service.retry_execution(session, client, execution)
+    status = execution_status(execution, runs)
+    if status not in ("failed", "cancelled") or not runs:
+        raise Conflict(f"only failed or cancelled executions can be retried (this one is {status})")
+    retried = runs[-1].run_id
+    cancelled_at = execution.cancelled_at
+    token = _claim_launch(session, execution, cancelled_at, lease_seconds=lease_seconds)
+    try:
+        latest = client.runs_for_execution(execution.id)[-1].run_id
+        if latest != retried:
+            raise Conflict(f"the execution was already retried: its latest run is {latest}")
+        run_id = (
+            retry_from_checkpoint(session, client, execution, runs) if status == "failed" else None
+        )
+        if run_id is None:
+            run_id = client.reexecute_from_failure(retried, {RETRY_TAG: retried})
+    except Exception:
+        session.rollback()
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution.id, Execution.launch_token == token)
+            # A cancel that came meanwhile stays; else the execution is as it was.
+            .values(
+                launch_token=None, cancelled_at=func.coalesce(Execution.cancelled_at, cancelled_at)
+            )
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        raise
+    return _record_retry(session, client, execution, token, run_id)
+
+
+def _claim_launch(
+    session: Session, execution: Execution, cancelled_at: datetime | None, *, lease_seconds: int
+) -> str:
+    """Take the execution's launch lease for a retry; 409 if another retry holds it, or if a
+    cancel changed the execution since it was read. The claim clears `cancelled_at` (a retry
+    of a cancelled execution): a cancel during the retry can then win over it."""
+    token = str(uuid.uuid4())
+    now = utcnow()
+    as_read = (
+        Execution.cancelled_at.is_(None)
+        if cancelled_at is None
+        else Execution.cancelled_at.is_not(None)
+    )
+    claimed = session.execute(
+        update(Execution)
+        .where(
+            Execution.id == execution.id,
+            as_read,
+            (Execution.launch_token.is_(None))
+            | (Execution.launch_claimed_at < now - timedelta(seconds=lease_seconds)),
+        )
+        .values(launch_token=token, launch_claimed_at=now, cancelled_at=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    session.refresh(execution)
+    if claimed:
+        return token
+    if (execution.cancelled_at is None) != (cancelled_at is None):
+        raise Conflict("the execution was cancelled meanwhile: reload it")
+    raise Conflict("the execution is already being retried")
+
+
+def _record_retry(
+    session: Session, client: DagsterClient, execution: Execution, token: str, run_id: str
+) -> str:
+    """Record the retried run and release the lease, unless a cancel won meanwhile: then the
+    run is terminated and the retry answers 409."""
+    mine = update(Execution).where(Execution.id == execution.id, Execution.launch_token == token)
+    recorded = session.execute(
+        mine.where(Execution.cancelled_at.is_(None))
+        .values(
+            launch_token=None,
+            latest_run_id=run_id,
+            status="queued",
+            finished_at=None,
+            launched_at=func.coalesce(Execution.launched_at, utcnow()),
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    cancelled = 0
+    if not recorded:
+        cancelled = session.execute(
+            mine.values(
+                launch_token=None, latest_run_id=run_id, status="cancelled"
+            ).execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    session.refresh(execution)
+    if cancelled:
+        stop_run(client, run_id)
+        raise Conflict("the execution was cancelled while it was being retried: nothing runs")
+    return run_id
 
 
 __all__ = [

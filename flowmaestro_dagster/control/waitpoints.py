@@ -7,7 +7,9 @@ steps and everything downstream of them are re-executed (GraphQL `launchRunReexe
 the parked run as parent), so finished nodes are not run again — their outputs come from the
 parked run through the database IO manager. A resume claims the waitpoints with a lease and
 checks for a run already tagged `flowmaestro/resume_of`, so each parked run resumes once
-whoever (sensor, API) gets there first.
+whoever (sensor, API) gets there first. A cancel closes the waitpoints (`cancelled`) and wins
+over a resume in flight: the resume records its run only if the execution's `cancelled_at` is
+still unset, and otherwise terminates it.
 """
 
 import hashlib
@@ -15,13 +17,12 @@ import hmac
 import json
 import logging
 import math
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, Text, cast, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,10 +35,19 @@ from flowmaestro_dagster.control.executions import (
     refresh,
     run_tags,
     start_execution,
+    stop_run,
     version_row,
 )
 from flowmaestro_dagster.control.requests import ExecutionCreate
-from flowmaestro_dagster.errors import Conflict, Forbidden, Gone, NotFound, Unprocessable
+from flowmaestro_dagster.errors import (
+    Conflict,
+    Forbidden,
+    Gone,
+    NotFound,
+    PatternError,
+    Unprocessable,
+)
+from flowmaestro_dagster.lang.patterns import compile_pattern
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Decision, Execution, User, Waitpoint, utcnow
 from flowmaestro_dagster.tags import RESUME_TAG
@@ -50,25 +60,41 @@ PARKED = ("pending", "resolved", "resuming")
 # -- tokens --------------------------------------------------------------------------------------
 
 
+def _utf8(text: str) -> bytes:
+    """Text from a URL or a header as bytes: any character is a mismatch, never a TypeError
+    (`hmac.compare_digest` refuses non-ASCII str, which made a forged link a 500)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def signed_token(secret: str, purpose: str, waitpoint_id: str) -> str:
     """`<id>.<mac>`: a link that names one waitpoint and cannot be forged."""
-    mac = hmac.new(secret.encode(), f"{purpose}:{waitpoint_id}".encode(), hashlib.sha256)
+    mac = hmac.new(secret.encode(), _utf8(f"{purpose}:{waitpoint_id}"), hashlib.sha256)
     return f"{waitpoint_id}.{mac.hexdigest()[:40]}"
 
 
 def verify_token(secret: str, purpose: str, token: str) -> str | None:
     waitpoint_id, _, _mac = token.partition(".")
     if not waitpoint_id or not hmac.compare_digest(
-        signed_token(secret, purpose, waitpoint_id), token
+        _utf8(signed_token(secret, purpose, waitpoint_id)), _utf8(token)
     ):
         return None
     return waitpoint_id
 
 
 def verify_signature(
-    secret: str, header: str | None, body: bytes, *, now: float, tolerance: float
+    secret: str,
+    header: str | None,
+    body: bytes,
+    *,
+    now: float,
+    tolerance: float,
+    bound_to: str | None = None,
 ) -> bool:
-    """Stripe-style `t=<unix>,v1=<hex hmac-sha256(secret, "<t>.<body>")>` within a tolerance."""
+    """Stripe-style `t=<unix>,v1=<hex hmac-sha256(secret, "<t>.<body>")>` within a tolerance.
+
+    With `bound_to` (a callback's token) the signed message is `"<t>.<bound_to>.<body>"`: one
+    secret signs every callback, so a signature must name the callback it was made for, or a
+    delivery captured for one could complete another within the tolerance."""
     if not header:
         return False
     parts: dict[str, list[str]] = {}
@@ -81,7 +107,7 @@ def verify_signature(
         return False
     if abs(now - timestamp) > tolerance:
         return False
-    expected = _digest(secret, body, timestamp).encode()
+    expected = _digest(secret, body, timestamp, bound_to).encode()
     # Bytes, not str: a header with a non-ASCII character must be a mismatch, not a TypeError.
     return any(
         hmac.compare_digest(expected, candidate.encode("utf-8", "surrogateescape"))
@@ -89,13 +115,15 @@ def verify_signature(
     )
 
 
-def _digest(secret: str, body: bytes, timestamp: int) -> str:
-    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+def _digest(secret: str, body: bytes, timestamp: int, bound_to: str | None = None) -> str:
+    prefix = f"{timestamp}." if bound_to is None else f"{timestamp}.{bound_to}."
+    return hmac.new(secret.encode(), _utf8(prefix) + body, hashlib.sha256).hexdigest()
 
 
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    """The header `verify_signature` accepts (what callers of callbacks and hooks send)."""
-    return f"t={timestamp},v1={_digest(secret, body, timestamp)}"
+def sign(secret: str, body: bytes, timestamp: int, *, bound_to: str | None = None) -> str:
+    """The header `verify_signature` accepts (what callers of callbacks and hooks send); a
+    callback's signature is `bound_to` its token."""
+    return f"t={timestamp},v1={_digest(secret, body, timestamp, bound_to)}"
 
 
 # -- child executions (what the run workers' store calls) ---------------------------------------
@@ -204,17 +232,30 @@ def _rule_problems(rules: Mapping[str, Any], value: Any) -> list[dict[str, str]]
             bad("too_short", f"must be at least {rules['minLength']} characters")
         if "maxLength" in rules and len(value) > int(rules["maxLength"]):
             bad("too_long", f"must be at most {rules['maxLength']} characters")
-        pattern = rules.get("pattern")
-        if (
-            isinstance(pattern, str)
-            and len(pattern) <= 500
-            and re.fullmatch(pattern, value[:10_000]) is None
-        ):
-            bad("pattern", f"must match {pattern}")
+        if rules.get("pattern") is not None:
+            out.extend(_pattern_problems(rules["pattern"], value))
     options = rules.get("options") or rules.get("enum")
     if isinstance(options, list) and value not in options:
         bad("not_an_option", f"must be one of {options}")
     return out
+
+
+def _pattern_problems(pattern: Any, value: str) -> list[dict[str, str]]:
+    """The response against the review's pattern, on RE2 in linear time (`lang/patterns.py`):
+    the approval page is unauthenticated, and `re` spent minutes on `(a+)+$`. A pattern that
+    cannot run names `validation.pattern`: validation refuses it at deploy time, but a version
+    deployed before that may still hold one."""
+    try:
+        compiled = compile_pattern(pattern)
+    except PatternError as exc:
+        message = f"the review's validation pattern cannot be used: {exc}"
+        return [{"code": "invalid_pattern", "field": "validation.pattern", "message": message}]
+    try:
+        if compiled.matches(value):
+            return []
+    except PatternError as exc:
+        return [{"code": "too_long", "field": "value", "message": str(exc)}]
+    return [{"code": "pattern", "field": "value", "message": f"must match {pattern}"}]
 
 
 def decide(
@@ -287,8 +328,13 @@ def record_decision(
         raise Conflict(conflict)
 
 
+def _approvers(spec: Mapping[str, Any]) -> list[str]:
+    return [str(a).lower() for a in spec.get("approvers") or []]
+
+
 def may_decide(session: Session, waitpoint: Waitpoint, user: User) -> bool:
-    approvers = [str(a).lower() for a in waitpoint.spec.get("approvers") or []]
+    """A named approver (emails, any case), or the execution's owner when none is named."""
+    approvers = _approvers(waitpoint.spec)
     if approvers:
         return user.email.lower() in approvers
     execution = session.get(Execution, waitpoint.execution_id)
@@ -296,13 +342,34 @@ def may_decide(session: Session, waitpoint: Waitpoint, user: User) -> bool:
 
 
 def pending_approvals(session: Session, *, user: User, limit: int = 100) -> list[Waitpoint]:
-    rows = session.scalars(
-        select(Waitpoint)
-        .where(Waitpoint.kind == "approval", Waitpoint.status == "pending")
-        .order_by(Waitpoint.created_at)
-        .limit(limit * 5)
-    ).all()
-    return [row for row in rows if may_decide(session, row, user)][:limit]
+    """The oldest pending approvals `user` may decide, at most `limit`.
+
+    The query keeps only the user's candidates before anything is counted — reviews of their
+    own executions, and reviews whose spec holds their email as a JSON string — so other
+    users' older approvals cannot fill the page; `may_decide`'s exact rule then settles each
+    row as the rows stream in (an owner is not an approver when the review names others)."""
+    email = user.email.lower()
+    # Backends write non-ASCII into JSON text differently: such an email is not prefiltered.
+    candidates: ColumnElement[bool] = true()
+    if email.isascii():
+        quoted = json.dumps(email)  # as the JSON text holds it: quoted, escaped
+        named = func.lower(cast(Waitpoint.spec, Text)).contains(quoted, autoescape=True)
+        candidates = or_(Execution.user_id == user.id, named)
+    found: list[Waitpoint] = []
+    with session.execute(
+        select(Waitpoint, Execution.user_id)
+        .join(Execution, Execution.id == Waitpoint.execution_id)
+        .where(Waitpoint.kind == "approval", Waitpoint.status == "pending", candidates)
+        .order_by(Waitpoint.created_at, Waitpoint.id)
+        .execution_options(yield_per=max(limit, 100))
+    ) as rows:
+        for waitpoint, owner_id in rows:
+            approvers = _approvers(waitpoint.spec)
+            if email in approvers if approvers else owner_id == user.id:
+                found.append(waitpoint)
+                if len(found) == limit:
+                    break
+    return found
 
 
 def resolve_callback(session: Session, *, waitpoint: Waitpoint, payload: Any) -> Waitpoint:
@@ -535,24 +602,44 @@ def resume_run(
     if still_pending is not None:  # a waitpoint parked late in the same run: wait for it too
         _release(session, execution_id, parked_run_id, token)
         return None
+    if session.scalar(select(Execution.cancelled_at).where(Execution.id == execution_id)):
+        _close(session, token, run_id=None)  # parked after its cancel: nothing to resume
+        return None
     try:
         run_id = _launch_resume(session, client, execution_id, parked_run_id)
     except Exception:
         _release(session, execution_id, parked_run_id, token)
         raise
+    # Conditional, the execution's row first (as a cancel takes them): a cancel that claimed
+    # the execution while Dagster was being asked wins, and the resumed run is stopped.
+    resumed = session.execute(
+        update(Execution)
+        .where(Execution.id == execution_id, Execution.cancelled_at.is_(None))
+        .values(latest_run_id=run_id, status="queued")
+    ).rowcount  # type: ignore[attr-defined]
+    if not resumed:
+        _close(session, token, run_id=run_id)
+        stop_run(client, run_id)
+        return None
     session.execute(
         update(Waitpoint)
-        .where(Waitpoint.resume_token == token)
+        .where(Waitpoint.resume_token == token, Waitpoint.status == "resuming")
         .values(status="resumed", resume_run_id=run_id, resumed_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    session.execute(
-        update(Execution)
-        .where(Execution.id == execution_id)
-        .values(latest_run_id=run_id, status="queued")
-    )
     session.commit()
     return run_id
+
+
+def _close(session: Session, token: str, *, run_id: str | None) -> None:
+    """The claimed waitpoints of a cancelled execution: cancelled, never resumed."""
+    session.execute(
+        update(Waitpoint)
+        .where(Waitpoint.resume_token == token)
+        .values(status="cancelled", resume_run_id=run_id)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 def _release(session: Session, execution_id: str, run_id: str, token: str) -> None:
@@ -562,6 +649,7 @@ def _release(session: Session, execution_id: str, run_id: str, token: str) -> No
             Waitpoint.execution_id == execution_id,
             Waitpoint.run_id == run_id,
             Waitpoint.resume_token == token,
+            Waitpoint.status == "resuming",  # not one a cancel closed meanwhile
         )
         .values(status="resolved", resume_token=None, resume_claimed_at=None)
         .execution_options(synchronize_session=False)

@@ -11,24 +11,41 @@ comparisons, `== != === !==`, `&& || ??`, the ternary `?:`, arrow functions as a
 array methods, and a few globals (`Object.keys`, `JSON.stringify`, `Math.max`, `$now`, ...).
 Identifiers may contain `-` between word characters (node ids such as `llm-1`): write
 subtraction with spaces (`a - 1`).
+
+Budgets (`Limits`, from FLOWMAESTRO_EXPRESSION_MAX_STEPS / _MAX_SIZE): an evaluation counts
+steps (one per operation or call, one per 10 elements a built-in walks, one per 1,000
+characters or slots it copies) and measures every string, list and object it builds, in about
+bytes (1 a character, 8 a list or object element, with everything nested in it; a shared part
+counts each time it appears, as it would in the value's JSON). Past either limit it raises
+`ExpressionBudgetError`, before the big value exists where its size is known in advance.
+Without budgets, `reduce` + `concat` doubles a list each step and `[acc, acc]` doubles what
+the result's JSON weighs: one definition could exhaust a worker or the API process.
 """
 
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from flowmaestro_dagster.errors import ExpressionError
+from flowmaestro_dagster.errors import ExpressionBudgetError, ExpressionError
+
+if TYPE_CHECKING:
+    from flowmaestro_dagster.settings import Settings
 
 MAX_EXPRESSION_LENGTH = 20_000
-MAX_NESTING = 64
-MAX_STEPS = 200_000
-MAX_STRING = 5_000_000
+MAX_NESTING = 64  # brackets, calls and arrows inside one another (the parser recurses on them)
+MAX_TREE_DEPTH = 128  # the parsed tree (`a + b + ...` chains, `!!!x`): evaluation recurses on it
+MAX_VALUE_DEPTH = 200  # lists/objects inside one another (as a definition's JSON: spec/parse.py)
+DEFAULT_MAX_STEPS = 200_000  # FLOWMAESTRO_EXPRESSION_MAX_STEPS
+DEFAULT_MAX_SIZE = 10_000_000  # FLOWMAESTRO_EXPRESSION_MAX_SIZE
+ELEMENTS_PER_STEP = 10  # elements a built-in walks in Python, per step
+COPIES_PER_STEP = 1_000  # characters or list slots copied in C, per step
+ELEMENT_SIZE = 8  # what a list or object element (a slot) adds to a value's size; a character: 1
 
 
 class Unresolved(Exception):
@@ -251,10 +268,13 @@ class _Parser:
             )
         return node
 
-    def expression(self) -> Any:
+    def nest(self) -> None:
         self.depth += 1
         if self.depth > MAX_NESTING:
-            raise ExpressionError("expression nested too deeply")
+            raise ExpressionBudgetError(f"expression nested more than {MAX_NESTING} levels deep")
+
+    def expression(self) -> Any:
+        self.nest()
         try:
             arrow = self.try_arrow()
             if arrow is not None:
@@ -310,13 +330,15 @@ class _Parser:
 
     def unary(self) -> Any:
         token = self.current
-        if token.kind == "op" and token.text in ("!", "-", "+"):
-            self.advance()
+        prefix = token.kind == "op" and token.text in ("!", "-", "+")
+        if not (prefix or (token.kind == "name" and token.text == "typeof")):
+            return self.postfix(self.primary())
+        self.advance()
+        self.nest()  # `!!!!x` recurses here without passing through `expression`
+        try:
             return Unary(token.text, self.unary())
-        if token.kind == "name" and token.text == "typeof":
-            self.advance()
-            return Unary("typeof", self.unary())
-        return self.postfix(self.primary())
+        finally:
+            self.depth -= 1
 
     def postfix(self, node: Any) -> Any:
         while True:
@@ -419,10 +441,50 @@ class _Parser:
 def parse(text: str) -> Any:
     """Parse an expression (cached: the same text always gives the same tree)."""
     if len(text) > MAX_EXPRESSION_LENGTH:
-        raise ExpressionError(f"expression longer than {MAX_EXPRESSION_LENGTH} characters")
+        raise ExpressionBudgetError(f"expression longer than {MAX_EXPRESSION_LENGTH} characters")
     if not text.strip():
         raise ExpressionError("empty expression")
-    return _Parser(text).parse()
+    try:
+        tree = _Parser(text).parse()
+    except RecursionError:  # MAX_NESTING keeps the parser far from it: a last resort
+        raise ExpressionBudgetError("expression nested too deeply") from None
+    if _tree_depth(tree) > MAX_TREE_DEPTH:
+        # `a + b + c ...` and `a.b.c ...` are loops when parsed but nest in the tree, and
+        # evaluating recurses on the tree.
+        raise ExpressionBudgetError(f"expression nested more than {MAX_TREE_DEPTH} levels deep")
+    return tree
+
+
+def _tree_depth(root: Any) -> int:
+    deepest = 0
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in _parts(node))
+    return deepest
+
+
+def _parts(node: Any) -> tuple[Any, ...]:
+    """The sub-expressions of a tree node."""
+    kind = type(node)
+    if kind is Member:
+        return (node.target, node.key)
+    if kind is Call:
+        return (node.target, *node.args)
+    if kind is Unary:
+        return (node.operand,)
+    if kind is Binary:
+        return (node.left, node.right)
+    if kind is Conditional:
+        return (node.test, node.then, node.otherwise)
+    if kind is ArrayLit:
+        return node.items
+    if kind is ObjectLit:
+        return tuple(part for entry in node.entries for part in entry if part is not None)
+    if kind is Arrow:
+        return (node.body,)
+    return ()
 
 
 # -- values with JavaScript semantics ------------------------------------------------------------
@@ -604,23 +666,188 @@ def typeof(value: Any) -> str:
 
 
 class _Function:
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    """A callable value: an arrow function, or a built-in (`budgeted` ones take the budget)."""
+
+    def __init__(self, fn: Callable[..., Any], *, budgeted: bool = False) -> None:
         self.fn = fn
+        self.budgeted = budgeted
 
-    def __call__(self, *args: Any) -> Any:
-        return self.fn(*args)
+    def invoke(self, budget: "Budget", args: Sequence[Any]) -> Any:
+        return self.fn(budget, *args) if self.budgeted else self.fn(*args)
 
 
-class _Budget:
-    __slots__ = ("steps",)
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one evaluation may spend: `max_steps` of work, values of at most `max_size`."""
 
-    def __init__(self) -> None:
+    max_steps: int = DEFAULT_MAX_STEPS
+    max_size: int = DEFAULT_MAX_SIZE
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "Limits":
+        """FLOWMAESTRO_EXPRESSION_MAX_STEPS and FLOWMAESTRO_EXPRESSION_MAX_SIZE."""
+        return cls(settings.expression_max_steps, settings.expression_max_size)
+
+
+class Budget:
+    """The work done and the values built so far by one evaluation, against its `Limits`.
+
+    One budget may be shared by several evaluations (every reference of a template, every
+    template a node renders) so that many small expressions cannot add up to a large one.
+    Sizes of the lists and objects it has seen are kept (by identity: they stay referenced
+    here) so that a value nested in the next one is not walked again.
+    """
+
+    __slots__ = ("_sizes", "limits", "steps")
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
         self.steps = 0
+        self._sizes: dict[int, tuple[Any, int, int]] = {}  # id -> (value, size, depth)
 
-    def tick(self) -> None:
-        self.steps += 1
-        if self.steps > MAX_STEPS:
-            raise ExpressionError(f"expression did more than {MAX_STEPS} steps")
+    def tick(self, steps: int = 1) -> None:
+        self.steps += steps
+        if self.steps > self.limits.max_steps:
+            raise ExpressionBudgetError(
+                f"expression did more than {self.limits.max_steps} steps "
+                "(FLOWMAESTRO_EXPRESSION_MAX_STEPS)"
+            )
+
+    def walked(self, elements: int) -> None:
+        """A built-in walked `elements` elements in Python."""
+        if elements >= ELEMENTS_PER_STEP:
+            self.tick(elements // ELEMENTS_PER_STEP)
+
+    def copied(self, units: int) -> None:
+        """A built-in copied `units` characters or list slots (C speed)."""
+        if units >= COPIES_PER_STEP:
+            self.tick(units // COPIES_PER_STEP)
+
+    def _too_big(self, size: int) -> ExpressionBudgetError:
+        return ExpressionBudgetError(
+            f"expression built a value larger than {self.limits.max_size} "
+            f"(FLOWMAESTRO_EXPRESSION_MAX_SIZE, about bytes: 1 a character, {ELEMENT_SIZE} a "
+            f"list or object element; this one: {size} or more)"
+        )
+
+    def room(self, size: int) -> None:
+        """Refuse, before building it, a value that would be larger than `max_size`."""
+        if size > self.limits.max_size:
+            raise self._too_big(size)
+
+    def text(self, text: str) -> str:
+        """A string just built: within `max_size`, its copying counted."""
+        self.room(len(text))
+        self.copied(len(text))
+        return text
+
+    def text_of(self, value: Any) -> str:
+        """`to_text`, measuring a list or object first (JSON of a shared part is repeated)."""
+        if isinstance(value, list | dict):
+            self.measure(value)
+            return self.text(to_text(value))
+        return to_text(value)
+
+    def result(self, value: Any) -> Any:
+        """What a built-in returned: strings and containers checked against the limits."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list | dict):
+            self.measure(value)
+        return value
+
+    def remember(self, value: Any, size: int, depth: int) -> Any:
+        """A container built from parts whose sizes are known (`concat`, `reverse`)."""
+        self.room(size)
+        if depth > MAX_VALUE_DEPTH:
+            raise self._too_deep()
+        self._sizes[id(value)] = (value, size, depth)
+        return value
+
+    def _too_deep(self) -> ExpressionBudgetError:
+        return ExpressionBudgetError(
+            f"expression met a list or object nested deeper than {MAX_VALUE_DEPTH} levels"
+        )
+
+    def size_of(self, value: Any) -> tuple[int, int]:
+        """(size, depth) of a value, measuring it when it is a container not seen yet."""
+        if isinstance(value, str):
+            return len(value), 0
+        if not isinstance(value, list | dict):
+            return 0, 0  # a number, boolean or null: its slot is counted by its container
+        known = self._sizes.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1], known[2]
+        return self.measure(value)
+
+    def measure(self, value: Any) -> tuple[int, int]:
+        """(size, depth) of a list or object, without recursion, stopping as soon as it passes
+        `max_size` or `MAX_VALUE_DEPTH`; every container in it is remembered."""
+        known = self._sizes.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1], known[2]
+        limit = self.limits.max_size
+        sizes = self._sizes
+        # Frames: [container, iterator over its children, size so far, deepest child so far].
+        stack: list[list[Any]] = [[value, _children(value), _own_size(value), 0]]
+        walked = 0
+        result = (0, 0)
+        while stack:
+            frame = stack[-1]
+            size, deepest = frame[2], frame[3]
+            descend = None
+            for child in frame[1]:
+                walked += 1
+                cls = type(child)
+                if cls is str:
+                    size += len(child)
+                elif cls is list or cls is dict or isinstance(child, list | dict):
+                    known = sizes.get(id(child))
+                    if known is None or known[0] is not child:
+                        descend = child
+                        break
+                    size += known[1]
+                    deepest = known[2] if known[2] > deepest else deepest
+                elif isinstance(child, str):  # `$now`
+                    size += len(child)
+                if size > limit:
+                    raise self._too_big(size)
+            frame[2], frame[3] = size, deepest
+            if descend is not None:
+                if len(stack) >= MAX_VALUE_DEPTH:
+                    raise self._too_deep()
+                stack.append([descend, _children(descend), _own_size(descend), 0])
+                continue
+            stack.pop()
+            depth = deepest + 1
+            if depth > MAX_VALUE_DEPTH:
+                raise self._too_deep()
+            sizes[id(frame[0])] = (frame[0], size, depth)
+            if stack:
+                parent = stack[-1]
+                parent[2] += size
+                parent[3] = max(parent[3], depth)
+                if parent[2] > limit:
+                    raise self._too_big(parent[2])
+            else:
+                result = (size, depth)
+            if walked >= 100_000:
+                self.walked(walked)  # a huge input costs steps while it is walked, not after
+                walked = 0
+        self.walked(walked)
+        return result
+
+
+def _children(value: Any) -> Iterator[Any]:
+    return iter(value.values() if isinstance(value, dict) else value)
+
+
+def _own_size(value: Any) -> int:
+    """A container's own share of its size: itself and a slot per element (and key text)."""
+    size = ELEMENT_SIZE * (1 + len(value))
+    if isinstance(value, dict):
+        size += sum(len(k) for k in value if isinstance(k, str))
+    return size
 
 
 class Layered:
@@ -636,63 +863,88 @@ class Layered:
         return self.outer.lookup(name)
 
 
-def _checked_text(text: str) -> str:
-    if len(text) > MAX_STRING:
-        raise ExpressionError(f"string result longer than {MAX_STRING} characters")
-    return text
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _json_parse(text: Any) -> Any:
+def _json_parse(budget: Budget, text: Any = None) -> Any:
+    source = budget.text_of(text)
+    budget.room(len(source))  # the value is about as large as its text
+    budget.copied(len(source))
     try:
-        return json.loads(to_text(text), parse_constant=_reject_constant)
+        return json.loads(source, parse_constant=_reject_constant)
     except ValueError as exc:
         raise ExpressionError(f"JSON.parse: {exc}") from exc
+    except RecursionError:
+        raise ExpressionBudgetError("JSON.parse: the text is nested too deeply") from None
 
 
-def _json_stringify(value: Any, _replacer: Any = None, space: Any = None) -> str | None:
+def _json_stringify(
+    budget: Budget, value: Any = None, _replacer: Any = None, space: Any = None
+) -> str | None:
     """JS `JSON.stringify`: compact (`{"a":1}`) unless `space` is given, JS number spelling."""
     if isinstance(space, int | float) and not isinstance(space, bool):
         indent = " " * max(0, min(10, int(space))) if math.isfinite(space) else ""
     else:
         indent = space[:10] if isinstance(space, str) else ""
-    return _json_text(value, indent, "\n")
-
-
-def _json_text(value: Any, indent: str, newline: str) -> str | None:
     if isinstance(value, _Function):
         return None
-    if value is None or isinstance(value, bool | str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, float):
-        return _number_text(value) if math.isfinite(value) else "null"
-    if isinstance(value, int):
-        return str(value)
-    inner = newline + indent
-    if isinstance(value, list):
-        items = [_json_text(v, indent, inner) or "null" for v in value]
-        return _json_join("[", items, "]", indent, newline)
-    if isinstance(value, dict):
-        colon = ": " if indent else ":"
-        entries = [
-            (json.dumps(str(k), ensure_ascii=False), _json_text(v, indent, inner))
-            for k, v in value.items()
-        ]
-        fields = [f"{k}{colon}{v}" for k, v in entries if v is not None]
-        return _json_join("{", fields, "}", indent, newline)
-    return json.dumps(str(value), ensure_ascii=False)
+    writer = _JsonWriter(budget, indent)
+    writer.write(value, "\n")
+    return "".join(writer.out)
 
 
-def _json_join(start: str, parts: list[str], end: str, indent: str, newline: str) -> str:
-    if not parts:
-        return start + end
-    if not indent:
-        return start + ",".join(parts) + end
-    inner = newline + indent
-    return start + inner + ("," + inner).join(parts) + newline + end
+class _JsonWriter:
+    """JSON text written piece by piece, so indentation cannot grow it past `max_size` unseen."""
+
+    def __init__(self, budget: Budget, indent: str) -> None:
+        self.budget = budget
+        self.indent = indent
+        self.out: list[str] = []
+        self.size = 0
+
+    def put(self, text: str) -> None:
+        self.size += len(text)
+        self.budget.room(self.size)
+        self.out.append(text)
+
+    def write(self, value: Any, newline: str) -> None:
+        if value is None or isinstance(value, bool | str):
+            self.put(json.dumps(value, ensure_ascii=False))
+        elif isinstance(value, float):
+            self.put(_number_text(value) if math.isfinite(value) else "null")
+        elif isinstance(value, int):
+            self.put(str(value))
+        elif isinstance(value, list):
+            self._container("[", [(None, item) for item in value], "]", newline)
+        elif isinstance(value, dict):
+            kept = [(k, v) for k, v in value.items() if not isinstance(v, _Function)]
+            self._container("{", kept, "}", newline)
+        else:
+            self.put(json.dumps(str(value), ensure_ascii=False))
+
+    def _container(
+        self, start: str, entries: list[tuple[Any, Any]], end: str, newline: str
+    ) -> None:
+        if not entries:
+            self.put(start + end)
+            return
+        inner = newline + self.indent
+        self.put(start)
+        for index, (key, item) in enumerate(entries):
+            if index:
+                self.put(",")
+            if self.indent:
+                self.put(inner)
+            if key is not None:
+                self.put(json.dumps(str(key), ensure_ascii=False) + (": " if self.indent else ":"))
+            if isinstance(item, _Function):
+                self.put("null")  # only list items get here: object keys of functions are left out
+            else:
+                self.write(item, inner)
+        if self.indent:
+            self.put(newline)
+        self.put(end)
 
 
 def _parse_int(value: Any, base: Any = None) -> Any:
@@ -788,13 +1040,15 @@ def _pow(base: float = math.nan, exponent: float = math.nan, *_: float) -> float
 
 _GLOBALS: dict[str, Any] = {
     "Object": {
-        "keys": _Function(lambda o=None: [k for k, _ in _own_entries(o)]),
-        "values": _Function(lambda o=None: [v for _, v in _own_entries(o)]),
-        "entries": _Function(lambda o=None: [[k, v] for k, v in _own_entries(o)]),
+        "keys": _Function(lambda b, o=None: [k for k, _ in _own_entries(o, b)], budgeted=True),
+        "values": _Function(lambda b, o=None: [v for _, v in _own_entries(o, b)], budgeted=True),
+        "entries": _Function(
+            lambda b, o=None: [[k, v] for k, v in _own_entries(o, b)], budgeted=True
+        ),
     },
     "JSON": {
-        "stringify": _Function(_json_stringify),
-        "parse": _Function(_json_parse),
+        "stringify": _Function(_json_stringify, budgeted=True),
+        "parse": _Function(_json_parse, budgeted=True),
     },
     "Math": {
         "max": _math_fn(_extreme(bigger=True)),
@@ -808,7 +1062,7 @@ _GLOBALS: dict[str, Any] = {
     },
     "Array": {"isArray": _Function(lambda v: isinstance(v, list))},
     "Number": _Function(lambda v=0: _number_result(to_number(v))),
-    "String": _Function(lambda v="": to_text(v)),
+    "String": _Function(lambda b, v="": b.text_of(v), budgeted=True),
     "Boolean": _Function(lambda v=None: truthy(v)),
     "parseInt": _Function(_parse_int),
     "parseFloat": _Function(_parse_float),
@@ -816,8 +1070,10 @@ _GLOBALS: dict[str, Any] = {
 }
 
 
-def _own_entries(value: Any) -> list[tuple[str, Any]]:
+def _own_entries(value: Any, budget: Budget) -> list[tuple[str, Any]]:
     """Own enumerable properties, as `Object.entries` and `{...x}` see them (lists by index)."""
+    if isinstance(value, dict | list | str):
+        budget.walked(len(value))  # before building: `{...text}` makes an entry per character
     if isinstance(value, dict):
         return [(str(k), v) for k, v in value.items()]
     if isinstance(value, list | str):
@@ -842,32 +1098,34 @@ def _position(args: list[Any], index: int, size: int, default: int) -> int:
     return min(max(_integer(args[index]), 0), size)
 
 
-def _substitute(replacement: str, matched: str, position: int, text: str) -> str:
-    """The `$$ $& $` $'` patterns of a `replace` replacement string."""
+def _substitute(
+    replacement: str, matched: str, position: int, text: str, budget: Budget, used: int
+) -> str:
+    """The `$$ $& $` $'` patterns of a `replace` replacement string (`used`: characters the
+    result already has; each pattern may copy most of `text`, so sizes are checked first)."""
     if "$" not in replacement:
         return replacement
-    patterns = {
-        "$": "$",
-        "&": matched,
-        "`": text[:position],
-        "'": text[position + len(matched) :],
-    }
+    after = position + len(matched)
+    sizes = {"$": 1, "&": len(matched), "`": position, "'": len(text) - after}
     out = []
     pos = 0
     while pos < len(replacement):
         nxt = replacement[pos + 1 : pos + 2]
-        if replacement[pos] == "$" and nxt in patterns:
-            out.append(patterns[nxt])
+        if replacement[pos] == "$" and nxt in sizes:
+            used += sizes[nxt]
+            budget.room(used)
+            out.append({"$": "$", "&": matched, "`": text[:position], "'": text[after:]}[nxt])
             pos += 2
         else:
+            used += 1
             out.append(replacement[pos])
             pos += 1
     return "".join(out)
 
 
-def _string_method(value: str, name: str, args: list[Any], budget: _Budget) -> Any:
+def _string_method(value: str, name: str, args: list[Any], budget: Budget) -> Any:
     size = len(value)
-    search = to_text(args[0]) if args else "undefined"
+    search = budget.text_of(args[0]) if args else "undefined"
     if name == "includes":
         return value.find(search, _position(args, 1, size, 0)) != -1
     if name == "startsWith":
@@ -901,6 +1159,7 @@ def _string_method(value: str, name: str, args: list[Any], budget: _Budget) -> A
     if name == "split":
         if not args or args[0] is None:
             return [value]
+        budget.walked(size if search == "" else value.count(search))  # before the pieces exist
         parts = list(value) if search == "" else value.split(search)
         if len(args) > 1 and args[1] is not None:
             limit = to_number(args[1])
@@ -909,7 +1168,9 @@ def _string_method(value: str, name: str, args: list[Any], budget: _Budget) -> A
     if name in ("replace", "replaceAll"):
         if len(args) < 2:
             return value
-        new = to_text(args[1])
+        new = budget.text_of(args[1])
+        if name == "replaceAll":
+            budget.walked(size if search == "" else value.count(search))
         positions = []
         pos = value.find(search)
         while pos != -1:
@@ -918,77 +1179,102 @@ def _string_method(value: str, name: str, args: list[Any], budget: _Budget) -> A
                 break
             pos = value.find(search, pos + max(len(search), 1))
         out = []
+        used = 0
         end = 0
         for pos in positions:
+            used += pos - end
             out.append(value[end:pos])
-            out.append(_substitute(new, search, pos, value))
+            piece = _substitute(new, search, pos, value, budget, used)
+            used += len(piece)
+            budget.room(used)
+            out.append(piece)
             end = pos + len(search)
+        budget.room(used + size - end)
         out.append(value[end:])
-        return _checked_text("".join(out))
+        return "".join(out)
     if name == "charAt":
         index = _integer(args[0]) if args else 0
         return value[index] if 0 <= index < size else ""
     if name == "concat":
-        return _checked_text(value + "".join(to_text(a) for a in args))
+        pieces = [value, *(budget.text_of(a) for a in args)]
+        budget.room(sum(len(piece) for piece in pieces))
+        return "".join(pieces)
     if name == "toString":
         return value
     if name in ("padStart", "padEnd"):
-        width = min(_integer(args[0]) if args else 0, MAX_STRING)
-        fill = to_text(args[1]) if len(args) > 1 else " "
+        width = _integer(args[0]) if args else 0
+        fill = budget.text_of(args[1]) if len(args) > 1 else " "
         if width <= size or not fill:
             return value
+        budget.room(width)  # before the padding exists
         pad = (fill * ((width - size) // len(fill) + 1))[: width - size]
         return pad + value if name == "padStart" else value + pad
     raise ExpressionError(f"string method '{name}' is not supported")
 
 
-def _call_fn(fn: Any, *args: Any) -> Any:
+def _call_fn(budget: Budget, fn: Any, *args: Any) -> Any:
     if not isinstance(fn, _Function):
         raise ExpressionError("expected a function (for example item => item.score)")
-    return fn(*args)
+    return fn.invoke(budget, args)
 
 
-def _array_method(value: list[Any], name: str, args: list[Any], budget: _Budget) -> Any:
+def _array_method(value: list[Any], name: str, args: list[Any], budget: Budget) -> Any:
     fn = args[0] if args else None
     if name in ("includes", "indexOf"):
         start = _integer(args[1]) if len(args) > 1 else 0
         start = max(len(value) + start, 0) if start < 0 else start
         search = args[0] if args else None
+        # Each comparison may be as deep as the list's elements: count them all.
+        budget.walked(budget.size_of(value)[0] if isinstance(search, list | dict) else len(value))
         # includes is SameValueZero ([NaN].includes(NaN)); indexOf is ===
         same = _same_value_zero if name == "includes" else strict_equals
         found = next((i for i in range(start, len(value)) if same(value[i], search)), -1)
         return found != -1 if name == "includes" else found
     if name in ("join", "toString"):
-        sep = to_text(args[0]) if name == "join" and args and args[0] is not None else ","
-        return _checked_text(sep.join("" if v is None else to_text(v) for v in value))
+        sep = budget.text_of(args[0]) if name == "join" and args and args[0] is not None else ","
+        budget.walked(len(value))
+        pieces = ["" if v is None else budget.text_of(v) for v in value]
+        budget.room(sum(len(piece) for piece in pieces) + len(sep) * max(len(pieces) - 1, 0))
+        return sep.join(pieces)
     if name == "slice":
         start = _integer(args[0]) if args else 0
         end = _integer(args[1]) if len(args) > 1 and args[1] is not None else None
         return value[start:end]
     if name == "concat":
+        size, depth = budget.size_of(value)
+        for a in args:
+            part, part_depth = budget.size_of(a)
+            if isinstance(a, list):  # its elements join: all of it but its own slot
+                size, depth = size + part - ELEMENT_SIZE, max(depth, part_depth)
+            else:
+                size, depth = size + ELEMENT_SIZE + part, max(depth, part_depth + 1)
+        budget.room(size)  # before the copy: `acc.concat(acc)` doubles
         out = list(value)
         for a in args:
             out.extend(a if isinstance(a, list) else [a])
-        return out
+        budget.copied(len(out))
+        return budget.remember(out, size, depth)
     if name == "at":
         index = _integer(args[0]) if args else 0
         return value[index] if -len(value) <= index < len(value) else None
     if name == "flat":
+        budget.walked(budget.size_of(value)[0])
         return _flat(value, _integer(args[0]) if args and args[0] is not None else 1)
     if name == "reverse":
-        return list(reversed(value))
+        budget.copied(len(value))
+        return budget.remember(list(reversed(value)), *budget.size_of(value))
     if name == "map":
-        return [_tick(budget, _call_fn(fn, v, i)) for i, v in enumerate(value)]
+        return [_tick(budget, _call_fn(budget, fn, v, i)) for i, v in enumerate(value)]
     if name == "filter":
-        return [v for i, v in enumerate(value) if truthy(_tick(budget, _call_fn(fn, v, i)))]
+        return [v for i, v in enumerate(value) if truthy(_tick(budget, _call_fn(budget, fn, v, i)))]
     if name == "find":
-        return next((v for i, v in enumerate(value) if truthy(_call_fn(fn, v, i))), None)
+        return next((v for i, v in enumerate(value) if truthy(_call_fn(budget, fn, v, i))), None)
     if name == "findIndex":
-        return next((i for i, v in enumerate(value) if truthy(_call_fn(fn, v, i))), -1)
+        return next((i for i, v in enumerate(value) if truthy(_call_fn(budget, fn, v, i))), -1)
     if name == "some":
-        return any(truthy(_tick(budget, _call_fn(fn, v, i))) for i, v in enumerate(value))
+        return any(truthy(_tick(budget, _call_fn(budget, fn, v, i))) for i, v in enumerate(value))
     if name == "every":
-        return all(truthy(_tick(budget, _call_fn(fn, v, i))) for i, v in enumerate(value))
+        return all(truthy(_tick(budget, _call_fn(budget, fn, v, i))) for i, v in enumerate(value))
     if name == "reduce":
         items = list(value)
         if len(args) > 1:
@@ -998,7 +1284,7 @@ def _array_method(value: list[Any], name: str, args: list[Any], budget: _Budget)
         else:
             raise ExpressionError("reduce of an empty array with no initial value")
         for i, v in enumerate(items, start=len(value) - len(items)):  # indexes into `value`
-            acc = _tick(budget, _call_fn(fn, acc, v, i))
+            acc = _tick(budget, _call_fn(budget, fn, acc, v, i))
         return acc
     raise ExpressionError(f"array method '{name}' is not supported")
 
@@ -1018,7 +1304,7 @@ def _same_value_zero(left: Any, right: Any) -> bool:
     return strict_equals(left, right) or (nan and math.isnan(right))
 
 
-def _tick(budget: _Budget, value: Any) -> Any:
+def _tick(budget: Budget, value: Any) -> Any:
     budget.tick()
     return value
 
@@ -1026,9 +1312,9 @@ def _tick(budget: _Budget, value: Any) -> Any:
 _INDEX = re.compile(r"0|[1-9][0-9]*")
 
 
-def _get_member(target: Any, key: Any) -> Any:
+def _get_member(target: Any, key: Any, budget: Budget) -> Any:
     if isinstance(target, dict):
-        return target.get(to_text(key) if not isinstance(key, str) else key)
+        return target.get(budget.text_of(key) if not isinstance(key, str) else key)
     if isinstance(target, list | str):
         if key == "length":
             return len(target)
@@ -1061,36 +1347,49 @@ def lookup_root(scope: Scope, name: str) -> Any:
 
 
 class Evaluator:
-    """Evaluates a parsed expression against a scope of names.
+    """Evaluates a parsed expression against a scope of names, on a `Budget`.
 
     With `lenient`, a name nothing provides is `undefined` (None) instead of an error: a
-    condition may read the output of a branch that did not run.
+    condition may read the output of a branch that did not run. Without a `budget`, the
+    evaluator has its own with the default limits: there is no unbudgeted evaluation.
     """
 
-    def __init__(self, scope: Scope, *, lenient: bool = False) -> None:
+    def __init__(
+        self, scope: Scope, *, lenient: bool = False, budget: Budget | None = None
+    ) -> None:
         self.scope = scope
         self.lenient = lenient
         self.unresolved: list[str] = []
-        self.budget = _Budget()
+        self.budget = budget if budget is not None else Budget()
 
     def evaluate(self, node: Any, scope: Scope | None = None) -> Any:
-        self.budget.tick()
-        scope = scope or self.scope
+        """The value of a parsed expression; `ExpressionBudgetError` past the budget."""
+        try:
+            return self._eval(node, scope or self.scope)
+        except RecursionError:
+            # Parsed trees are shallow (MAX_TREE_DEPTH); values read from the scope may not be.
+            raise ExpressionBudgetError(
+                "expression nested too deeply (or read a value nested too deeply)"
+            ) from None
+
+    def _eval(self, node: Any, scope: Scope) -> Any:
+        budget = self.budget
+        budget.tick()
         kind = type(node)
         if kind is Literal:
             return node.value
         if kind is Name:
             return self.lookup(node.name, scope)
         if kind is Member:
-            target = self.evaluate(node.target, scope)
+            target = self._eval(node.target, scope)
             if target is None:
                 return None
-            return _get_member(target, self.evaluate(node.key, scope))
+            return _get_member(target, self._eval(node.key, scope), budget)
         if kind is Binary:
             return self.binary(node, scope)
         if kind is Unary:
             try:
-                value = self.evaluate(node.operand, scope)
+                value = self._eval(node.operand, scope)
             except Unresolved:
                 if node.op != "typeof":
                     raise
@@ -1102,20 +1401,20 @@ class Evaluator:
             number = to_number(value)
             return _number_result(-number if node.op == "-" else number)
         if kind is Conditional:
-            branch = node.then if truthy(self.evaluate(node.test, scope)) else node.otherwise
-            return self.evaluate(branch, scope)
+            branch = node.then if truthy(self._eval(node.test, scope)) else node.otherwise
+            return self._eval(branch, scope)
         if kind is Call:
             return self.call(node, scope)
         if kind is ArrayLit:
-            return [self.evaluate(item, scope) for item in node.items]
+            return budget.result([self._eval(item, scope) for item in node.items])
         if kind is ObjectLit:
             result: dict[str, Any] = {}
             for key, value in node.entries:
                 if key is None:
-                    result.update(_own_entries(self.evaluate(value, scope)))
+                    result.update(_own_entries(self._eval(value, scope), budget))
                 else:
-                    result[to_text(self.evaluate(key, scope))] = self.evaluate(value, scope)
-            return result
+                    result[budget.text_of(self._eval(key, scope))] = self._eval(value, scope)
+            return budget.result(result)
         if kind is Arrow:
             return self.closure(node, scope)
         raise ExpressionError(f"cannot evaluate {kind.__name__}")
@@ -1132,20 +1431,23 @@ class Evaluator:
     def closure(self, node: Arrow, scope: Scope) -> _Function:
         def run(*args: Any) -> Any:
             values = dict(zip(node.params, args, strict=False))
-            return self.evaluate(node.body, Layered(scope, values))
+            return self._eval(node.body, Layered(scope, values))
 
         return _Function(run)
 
     def binary(self, node: Binary, scope: Scope) -> Any:
         op = node.op
-        left = self.evaluate(node.left, scope)
+        left = self._eval(node.left, scope)
         if op == "&&":
-            return self.evaluate(node.right, scope) if truthy(left) else left
+            return self._eval(node.right, scope) if truthy(left) else left
         if op == "||":
-            return left if truthy(left) else self.evaluate(node.right, scope)
+            return left if truthy(left) else self._eval(node.right, scope)
         if op == "??":
-            return left if left is not None else self.evaluate(node.right, scope)
-        right = self.evaluate(node.right, scope)
+            return left if left is not None else self._eval(node.right, scope)
+        right = self._eval(node.right, scope)
+        if op in ("==", "!=", "===", "!==") and _both_containers(left, right):
+            # Lists and objects compare by value: as deep as the smaller of the two.
+            self.budget.walked(min(self.budget.size_of(left)[0], self.budget.size_of(right)[0]))
         if op == "==":
             return loose_equals(left, right)
         if op == "!=":
@@ -1158,10 +1460,11 @@ class Evaluator:
             return _compare(op, left, right)
         if op == "+":
             timestamp = isinstance(left, Timestamp) or isinstance(right, Timestamp)
-            if (isinstance(left, str) or isinstance(right, str)) and not timestamp:
-                return _checked_text(to_text(left) + to_text(right))
-            if isinstance(left, list | dict) or isinstance(right, list | dict):
-                return _checked_text(to_text(left) + to_text(right))
+            text = (isinstance(left, str) or isinstance(right, str)) and not timestamp
+            if text or isinstance(left, list | dict) or isinstance(right, list | dict):
+                first, second = self.budget.text_of(left), self.budget.text_of(right)
+                self.budget.room(len(first) + len(second))  # before the copy: `s + s` doubles
+                return self.budget.text(first + second)
             return _number_result(to_number(left) + to_number(right))
         a, b = to_number(left), to_number(right)
         if op == "-":
@@ -1179,30 +1482,39 @@ class Evaluator:
         raise ExpressionError(f"unknown operator {op}")
 
     def call(self, node: Call, scope: Scope) -> Any:
-        args = [self.evaluate(a, scope) for a in node.args]
+        budget = self.budget
+        args = [self._eval(a, scope) for a in node.args]
+        for arg in args:
+            if isinstance(arg, list | dict):
+                budget.size_of(arg)  # built-ins may walk or print it: measured (cached) first
         target = node.target
         if isinstance(target, Member):
-            receiver = self.evaluate(target.target, scope)
-            name = self.evaluate(target.key, scope)
+            receiver = self._eval(target.target, scope)
+            name = self._eval(target.key, scope)
             if receiver is None and _optional_chain(target):
                 return None  # `a?.b.c()` short-circuits the whole chain
             if isinstance(receiver, dict) and isinstance(receiver.get(name), _Function):
-                return receiver[name](*args)
+                return budget.result(receiver[name].invoke(budget, args))
             if isinstance(receiver, str):
-                return _string_method(receiver, to_text(name), args, self.budget)
+                return budget.result(_string_method(receiver, to_text(name), args, budget))
             if isinstance(receiver, list):
-                return _array_method(receiver, to_text(name), args, self.budget)
+                budget.size_of(receiver)
+                return budget.result(_array_method(receiver, to_text(name), args, budget))
             if isinstance(receiver, dict) and name == "hasOwnProperty":
-                return bool(args) and to_text(args[0]) in receiver
+                return bool(args) and budget.text_of(args[0]) in receiver
             if isinstance(receiver, int | float) and name in ("toFixed", "toString"):
                 if name == "toFixed":
                     return _to_fixed(float(receiver), _integer(args[0]) if args else 0)
                 return _radix_text(receiver, _integer(args[0]) if args and args[0] else 10)
             raise ExpressionError(f"'{to_text(name)}' is not a supported method here")
-        fn = self.evaluate(target, scope)
+        fn = self._eval(target, scope)
         if isinstance(fn, _Function):
-            return fn(*args)
+            return budget.result(fn.invoke(budget, args))
         raise ExpressionError("only built-in functions can be called")
+
+
+def _both_containers(left: Any, right: Any) -> bool:
+    return isinstance(left, list | dict) and isinstance(right, list | dict)
 
 
 def _optional_chain(node: Member) -> bool:
@@ -1242,9 +1554,11 @@ def _radix_text(value: float, radix: int) -> str:
     return "-" + digits if value < 0 else digits
 
 
-def evaluate(text: str, scope: Scope, *, lenient: bool = False) -> Any:
-    """Parse (cached) and evaluate an expression."""
-    return Evaluator(scope, lenient=lenient).evaluate(parse(text))
+def evaluate(
+    text: str, scope: Scope, *, lenient: bool = False, budget: Budget | None = None
+) -> Any:
+    """Parse (cached) and evaluate an expression (on `budget`, else on the default limits)."""
+    return Evaluator(scope, lenient=lenient, budget=budget).evaluate(parse(text))
 
 
 def free_names(node: Any) -> Iterator[str]:

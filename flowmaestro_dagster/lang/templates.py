@@ -4,6 +4,11 @@ A string that is exactly one reference renders to the referenced value itself (a
 list); references inside longer text render as text (objects as JSON). A reference nothing
 provides stays verbatim, as in the upstream engine. Inside the braces: a path, or an expression
 (`a || b`, `x > 3 ? 'hi' : 'lo'`), optionally followed by Liquid-style filters (`| truncate: 50`).
+
+Rendering runs on a `Budget` (one for everything a call renders, shared by its references):
+the text it produces is at most FLOWMAESTRO_EXPRESSION_MAX_SIZE, and going over a budget is an
+`ExpressionBudgetError`, never a reference left verbatim (only references that do not parse or
+resolve stay as written).
 """
 
 import json
@@ -12,8 +17,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flowmaestro_dagster.errors import ExpressionError
+from flowmaestro_dagster.errors import ExpressionBudgetError, ExpressionError
 from flowmaestro_dagster.lang.expressions import (
+    Budget,
     Evaluator,
     Scope,
     Unresolved,
@@ -22,10 +28,10 @@ from flowmaestro_dagster.lang.expressions import (
     parse,
     path_of,
     to_number,
-    to_text,
 )
 
 _REFERENCE = re.compile(r"\{\{(.*?)\}\}|\$\{([^{}]*)\}", re.DOTALL)
+_DOLLAR = re.compile(r"\$\{([^{}]*)\}")
 _MISSING: Any = object()
 
 
@@ -36,9 +42,19 @@ class Reference:
     filters: tuple[tuple[str, str | None], ...]
 
 
+def _reference_matches(text: str) -> Iterator[re.Match[str]]:
+    """`{{...}}` and `${...}` in order. A `{{` after the last `}}` can never close, and letting
+    the regex try each of them scans to the end of the text every time (`"{{" * n` took
+    quadratic time): past the last `}}` only `${...}` is looked for."""
+    close = text.rfind("}}")
+    end = close + 2 if close >= 0 else 0
+    yield from _REFERENCE.finditer(text, 0, end)
+    yield from _DOLLAR.finditer(text, end)
+
+
 def find_references(text: str) -> Iterator[tuple[re.Match[str], Reference]]:
-    for match in _REFERENCE.finditer(text):
-        inner = match.group(1) if match.group(1) is not None else match.group(2)
+    for match in _reference_matches(text):
+        inner = next(group for group in match.groups() if group is not None)
         expression, filters = _split_filters(inner)
         yield match, Reference(match.group(0), expression.strip(), filters)
 
@@ -77,47 +93,59 @@ def _split_filters(inner: str) -> tuple[str, tuple[tuple[str, str | None], ...]]
     return parts[0], tuple(filters)
 
 
-def render(value: Any, scope: Scope) -> Any:
+def render(value: Any, scope: Scope, *, budget: Budget | None = None) -> Any:
     """Render every reference in a config value (strings, lists and objects, recursively)."""
+    budget = budget if budget is not None else Budget()
     if isinstance(value, str):
-        return render_text(value, scope)
+        return render_text(value, scope, budget=budget)
     if isinstance(value, list):
-        return [render(item, scope) for item in value]
+        return [render(item, scope, budget=budget) for item in value]
     if isinstance(value, dict):
-        return {key: render(item, scope) for key, item in value.items()}
+        return {key: render(item, scope, budget=budget) for key, item in value.items()}
     return value
 
 
-def render_text(text: str, scope: Scope) -> Any:
+def render_text(text: str, scope: Scope, *, budget: Budget | None = None) -> Any:
     if "{{" not in text and "${" not in text:
         return text
+    budget = budget if budget is not None else Budget()
     matches = list(find_references(text))
     if not matches:
         return text
     if len(matches) == 1:
         match, ref = matches[0]
         if match.start() == 0 and match.end() == len(text):
-            value = resolve(ref, scope)
+            value = resolve(ref, scope, budget=budget)
             return text if value is _MISSING else value
     pieces: list[str] = []
+    size = 0
     last = 0
     for match, ref in matches:
-        pieces.append(text[last : match.start()])
-        value = resolve(ref, scope)
-        pieces.append(ref.text if value is _MISSING else to_text(value))
+        value = resolve(ref, scope, budget=budget)
+        for piece in (
+            text[last : match.start()],
+            ref.text if value is _MISSING else budget.text_of(value),
+        ):
+            size += len(piece)
+            budget.room(size)  # `{{big}}{{big}}...`: refused before the text exists
+            pieces.append(piece)
         last = match.end()
     pieces.append(text[last:])
-    return "".join(pieces)
+    return budget.text("".join(pieces))
 
 
-def render_string(value: Any, scope: Scope) -> str:
+def render_string(value: Any, scope: Scope, *, budget: Budget | None = None) -> str:
     """Render and always return text (for prompts, URLs, keys)."""
-    rendered = render(value, scope)
-    return "" if rendered is None else to_text(rendered)
+    budget = budget if budget is not None else Budget()
+    rendered = render(value, scope, budget=budget)
+    return "" if rendered is None else budget.text_of(rendered)
 
 
-def resolve(ref: Reference, scope: Scope) -> Any:
-    """The referenced value, or `_MISSING` when it cannot be resolved."""
+def resolve(ref: Reference, scope: Scope, *, budget: Budget | None = None) -> Any:
+    """The referenced value, or `_MISSING` when it cannot be resolved; `ExpressionBudgetError`
+    when resolving it goes over the budget."""
+    budget = budget if budget is not None else Budget()
+    budget.tick()  # a template of many cheap references is not free either
     try:
         node = parse(ref.expression)
     except ExpressionError:
@@ -128,29 +156,31 @@ def resolve(ref: Reference, scope: Scope) -> Any:
             value = walk(lookup_root(scope, str(path[0])), path[1:])
         else:
             # `a || b`: names nothing provides are undefined, unless none resolves at all.
-            evaluator = Evaluator(scope, lenient=True)
+            evaluator = Evaluator(scope, lenient=True, budget=budget)
             value = evaluator.evaluate(node)
             names = set(free_names(node))
             if names and names <= set(evaluator.unresolved):
                 return _MISSING
+    except ExpressionBudgetError:
+        raise
     except (Unresolved, ExpressionError):
         return _MISSING
     if value is _MISSING:
         return _MISSING
     for name, arg in ref.filters:
-        value = apply_filter(name, arg, value)
+        value = apply_filter(name, arg, value, budget=budget)
         if value is _MISSING:
             return _MISSING
     return value
 
 
-def lookup_path(scope: Scope, expression: str) -> Any:
+def lookup_path(scope: Scope, expression: str, *, budget: Budget | None = None) -> Any:
     """A bare path such as `fetch.body.items` (also `{{...}}` / `${...}`); `_MISSING` if absent."""
     text = expression.strip()
     matches = list(find_references(text))
     if len(matches) == 1 and matches[0][0].start() == 0 and matches[0][0].end() == len(text):
-        return resolve(matches[0][1], scope)
-    return resolve(Reference(text, text, ()), scope)
+        return resolve(matches[0][1], scope, budget=budget)
+    return resolve(Reference(text, text, ()), scope, budget=budget)
 
 
 def walk(value: Any, parts: Sequence[str | int]) -> Any:
@@ -180,30 +210,37 @@ def is_missing(value: Any) -> bool:
     return value is _MISSING
 
 
-def apply_filter(name: str, arg: str | None, value: Any) -> Any:
+def apply_filter(name: str, arg: str | None, value: Any, *, budget: Budget | None = None) -> Any:
+    budget = budget if budget is not None else Budget()
     argument = _filter_argument(arg)
     lowered = name.lower()
     if lowered == "truncate":
         size = int(to_number(argument)) if argument is not None else 50
-        text = to_text(value)
+        text = budget.text_of(value)
         return text if len(text) <= size else text[: max(size - 3, 0)] + "..."
     if lowered in ("upcase", "upper", "uppercase"):
-        return to_text(value).upper()
+        return budget.text(budget.text_of(value).upper())
     if lowered in ("downcase", "lower", "lowercase"):
-        return to_text(value).lower()
+        return budget.text(budget.text_of(value).lower())
     if lowered in ("strip", "trim"):
-        return to_text(value).strip()
+        return budget.text_of(value).strip()
     if lowered == "capitalize":
-        return to_text(value).capitalize()
+        return budget.text(budget.text_of(value).capitalize())
     if lowered == "default":
         return argument if value in (None, "", False) else value
     if lowered in ("json", "tojson"):
-        return json.dumps(value, ensure_ascii=False)
+        if isinstance(value, list | dict):
+            budget.measure(value)  # JSON repeats a shared part: measured before it is written
+        return budget.text(json.dumps(value, ensure_ascii=False))
     if lowered in ("size", "length"):
         return len(value) if isinstance(value, list | dict | str) else 0
     if lowered == "join":
-        sep = to_text(argument) if argument is not None else " "
-        return sep.join(to_text(v) for v in value) if isinstance(value, list) else to_text(value)
+        sep = budget.text_of(argument) if argument is not None else " "
+        if not isinstance(value, list):
+            return budget.text_of(value)
+        pieces = [budget.text_of(v) for v in value]
+        budget.room(sum(len(piece) for piece in pieces) + len(sep) * max(len(pieces) - 1, 0))
+        return budget.text(sep.join(pieces))
     if lowered == "first":
         return value[0] if isinstance(value, list | str) and value else None
     if lowered == "last":

@@ -8,10 +8,12 @@ executors into ops; tests call them as functions.
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 from flowmaestro_dagster.errors import NodeConfigurationError, NodeExecutionError
 from flowmaestro_dagster.lang import templates
+from flowmaestro_dagster.lang.expressions import Budget, Limits
 from flowmaestro_dagster.lang.state import ExecutionState
 from flowmaestro_dagster.settings import Settings, get_settings
 from flowmaestro_dagster.spec.configs import NodeConfig
@@ -62,12 +64,23 @@ class NodeContext:
             )
         return self.config
 
+    @property
+    def limits(self) -> Limits:
+        """FLOWMAESTRO_EXPRESSION_MAX_STEPS / _MAX_SIZE, from the run's settings."""
+        return Limits.from_settings(self.settings)
+
+    @cached_property
+    def budget(self) -> Budget:
+        """One budget for every template and expression this node execution evaluates: many
+        small references cannot add up to more than one expression may do."""
+        return Budget(self.limits)
+
     def render(self, value: Any) -> Any:
         """Resolve `{{...}}` references in a config value against the upstream state."""
-        return templates.render(value, self.state)
+        return templates.render(value, self.state, budget=self.budget)
 
     def render_text(self, value: Any) -> str:
-        return templates.render_string(value, self.state)
+        return templates.render_string(value, self.state, budget=self.budget)
 
     def upstream_value(self) -> Any:
         """The output of the direct predecessor(s): one value, or an object keyed by node id."""

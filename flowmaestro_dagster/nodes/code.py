@@ -1,4 +1,5 @@
-"""code nodes: JavaScript in an embedded V8 isolate, Python in a locked-down child process.
+"""code nodes: JavaScript in an embedded V8 isolate, Python in an isolated child process
+(docs/sandbox.md).
 
 What a snippet sees (both languages, see docs/node-types.md):
 
@@ -197,7 +198,10 @@ def _python(
             max_file_bytes=limits.python_max_file_mb * 1024 * 1024,
             max_files=limits.python_max_files,
             max_output_chars=limits.max_output_chars,
-            require_isolation=limits.python_require_isolation,
+            max_processes=limits.python_max_processes,
+            isolation=ctx.settings.python_isolation,
+            bwrap=limits.python_bwrap,
+            uid_base=limits.python_uid_base,
         ),
         scratch_root=str(limits.scratch_dir) if limits.scratch_dir else None,
     )

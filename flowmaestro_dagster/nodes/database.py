@@ -14,6 +14,12 @@ statement with named bind parameters:
 Structured operations (`insert`/`update`/`delete`/`select` with `table`, `data`, `where`, ...)
 build the statement with SQLAlchemy Core from literal identifiers and bound values.
 Output: `{rows, rowCount, columns, operation}` (docs/node-types.md, database).
+
+On SQLite, SQLite's authorizer refuses ATTACH, DETACH, PRAGMA and `load_extension()` on every
+connection, whatever the SQL looks like: a node cannot open another database file (the platform
+database holds API key hashes) or change how its own is opened. A connection with `read_only`
+opens SQLite with `mode=ro` (plus `PRAGMA query_only`) and PostgreSQL sessions whose
+transactions default to READ ONLY.
 """
 
 import base64
@@ -21,12 +27,14 @@ import datetime as dt
 import json
 import os
 import re
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from flowmaestro_dagster.errors import (
     ConnectorNotConfiguredError,
@@ -35,7 +43,7 @@ from flowmaestro_dagster.errors import (
     TransientNodeError,
 )
 from flowmaestro_dagster.lang import templates
-from flowmaestro_dagster.lang.expressions import Scope
+from flowmaestro_dagster.lang.expressions import Budget, Scope
 from flowmaestro_dagster.nodes.base import Executor, NodeContext, NodeResult, wrap_output
 from flowmaestro_dagster.settings import DatabaseConnection
 from flowmaestro_dagster.spec.configs import DatabaseConfig
@@ -91,8 +99,11 @@ def parameterise(
     positional: Sequence[Any] = (),
     named: Mapping[str, Any] | None = None,
     prefix: str = "fm",
+    budget: Budget | None = None,
 ) -> BoundSQL:
-    """Rewrite `sql` so every value is a bind parameter; references resolve against `scope`."""
+    """Rewrite `sql` so every value is a bind parameter; references resolve against `scope`
+    (on `budget`: one for the whole statement)."""
+    budget = budget if budget is not None else Budget()
     named = dict(named or {})
     out: list[str] = []
     values: dict[str, Any] = {}
@@ -112,7 +123,7 @@ def parameterise(
             body = sql[i + 1 : end - 1]
             if "{{" in body or "${" in body:
                 templates_seen += 1
-                text = templates.render_string(body.replace("''", "'"), scope)
+                text = templates.render_string(body.replace("''", "'"), scope, budget=budget)
                 out.append(bind(f"{prefix}_t{templates_seen}", text))
             else:
                 out.append(_escape_colons(sql[i:end]))
@@ -144,7 +155,8 @@ def parameterise(
                     "values and cannot name tables or columns"
                 )
             templates_seen += 1
-            out.append(bind(f"{prefix}_t{templates_seen}", templates.render(sql[i:end], scope)))
+            value = templates.render(sql[i:end], scope, budget=budget)
+            out.append(bind(f"{prefix}_t{templates_seen}", value))
             i = end
         elif ch == "$" and nxt.isdigit():
             j = i + 1
@@ -214,23 +226,86 @@ _ENGINES_LOCK = threading.Lock()
 
 def engine_for(connection: DatabaseConnection) -> Any:
     """One pooled engine per URL per process (a forked worker builds its own)."""
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, event
     from sqlalchemy.engine import make_url
 
     url = make_url(connection.resolved_url())
     password = connection.resolved_password()
     if password is not None:
         url = url.set(password=password)
+    sqlite = url.get_backend_name() == "sqlite"
+    if connection.read_only:
+        url = _read_only_sqlite(url) if sqlite else _read_only_session(url)
     key = (os.getpid(), url.render_as_string(hide_password=False))
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
             options: dict[str, Any] = {"pool_pre_ping": True}
-            if url.get_backend_name() != "sqlite":
+            if not sqlite:
                 options.update(pool_size=connection.pool_size, max_overflow=connection.max_overflow)
             engine = create_engine(url, **options)
+            if sqlite:
+                event.listen(engine, "connect", _sqlite_guard(read_only=connection.read_only))
             _ENGINES[key] = engine
         return engine
+
+
+def _read_only_sqlite(url: Any) -> Any:
+    """The same file opened as a `mode=ro` URI (SQLite itself refuses every write)."""
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        return url  # nothing on disk to protect; `query_only` still applies
+    if not (database.startswith("file:") and str(url.query.get("uri")).lower() in ("true", "1")):
+        database = "file:" + quote(database)
+    return url.set(database=database).update_query_dict({"mode": "ro", "uri": "true"})
+
+
+def _read_only_session(url: Any) -> Any:
+    """PostgreSQL (libpq `options`): every transaction of the session starts READ ONLY."""
+    options = url.query.get("options")
+    setting = "-c default_transaction_read_only=on"
+    combined = f"{options} {setting}" if isinstance(options, str) and options else setting
+    return url.update_query_dict({"options": combined})
+
+
+# What SQLite's authorizer refuses: another database file, connection settings, extensions.
+_REFUSED = threading.local()
+
+
+def _sqlite_guard(*, read_only: bool) -> Callable[[Any, Any], None]:
+    def guard(dbapi_connection: Any, _record: Any) -> None:
+        if read_only:
+            dbapi_connection.execute("PRAGMA query_only = ON")  # before PRAGMA is refused
+        disable = getattr(dbapi_connection, "enable_load_extension", None)
+        if disable is not None:  # absent when Python is built without extension loading
+            disable(False)
+        dbapi_connection.set_authorizer(_sqlite_authorizer)
+
+    return guard
+
+
+def _sqlite_authorizer(action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
+    """Called by SQLite for every action of a statement it prepares; DENY fails the statement
+    ("not authorized") and the refusal is kept for the node's error message."""
+    refused: str | None = None
+    if action == sqlite3.SQLITE_ATTACH:
+        refused = "ATTACH (opening another database file, as VACUUM does too)"
+    elif action == sqlite3.SQLITE_DETACH:
+        refused = "DETACH"
+    elif action == sqlite3.SQLITE_PRAGMA:
+        refused = f"PRAGMA {arg1}"
+    elif action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "load_extension":
+        refused = "load_extension() (loading a SQLite extension)"
+    if refused is None:
+        return sqlite3.SQLITE_OK
+    _REFUSED.action = refused
+    return sqlite3.SQLITE_DENY
+
+
+def _take_refusal() -> str | None:
+    refused: str | None = getattr(_REFUSED, "action", None)
+    _REFUSED.action = None
+    return refused
 
 
 def dispose_engines() -> None:
@@ -347,7 +422,7 @@ def _run_raw(
         named = {str(k): _render_value(ctx, v) for k, v in values.items()}
     elif values is not None:
         positional = [_render_value(ctx, values)]
-    bound = parameterise(sql, ctx.state, positional=positional, named=named)
+    bound = parameterise(sql, ctx.state, positional=positional, named=named, budget=ctx.budget)
     dialect = engine.dialect.name
     params = {k: _bind_value(v, dialect) for k, v in bound.values.items()}
     output = _execute(ctx, engine, connection, lambda conn: conn.execute(text(bound.text), params))
@@ -412,7 +487,9 @@ def _where(ctx: NodeContext, structure: Mapping[str, Any], table: Any) -> Any:
         return and_(*clauses) if clauses else None
     if isinstance(where, str) and where.strip():
         positional = [_render_value(ctx, v) for v in (structure.get("whereParameters") or [])]
-        bound = parameterise(where, ctx.state, positional=positional, prefix="fw")
+        bound = parameterise(
+            where, ctx.state, positional=positional, prefix="fw", budget=ctx.budget
+        )
         return text(bound.text).bindparams(**bound.values)
     return None
 
@@ -496,6 +573,7 @@ def _list_tables(ctx: NodeContext, engine: Any) -> dict[str, Any]:
     from sqlalchemy import inspect
     from sqlalchemy.exc import SQLAlchemyError
 
+    _take_refusal()
     try:
         names = sorted(inspect(engine).get_table_names())
     except SQLAlchemyError as exc:
@@ -513,6 +591,7 @@ def _execute(
     """Run one statement in a transaction; rows as JSON data, at most `max_rows` of them."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    _take_refusal()
     try:
         with engine.begin() as conn:
             return _collect(run(conn), connection.max_rows)
@@ -547,7 +626,16 @@ def _database_error(ctx: NodeContext, exc: Exception) -> NodeExecutionError:
 
     original = getattr(exc, "orig", None) or exc
     message = str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__
+    refused = _take_refusal()
+    if refused is not None:
+        return ctx.error(
+            f"refused {refused}: database nodes on SQLite may not attach databases, run PRAGMAs "
+            "or load extensions",
+            NodeConfigurationError,
+        )
     sqlstate = getattr(original, "pgcode", None)
+    if sqlstate == "25006" or getattr(original, "sqlite_errorname", None) == "SQLITE_READONLY":
+        return ctx.error(f"the connection is read-only: {message}", NodeConfigurationError)
     transient = (
         isinstance(exc, DisconnectionError)
         or (isinstance(exc, DBAPIError) and exc.connection_invalidated)

@@ -153,7 +153,7 @@ def execute_template_output(ctx: NodeContext) -> NodeResult:
     variables = extras.get("variables")
     if isinstance(variables, dict) and variables:
         values = ctx.render(variables)
-        text = templates.render_string(text, Layered(ctx.state, values))
+        text = templates.render_string(text, Layered(ctx.state, values), budget=ctx.budget)
     source = str(extras.get("templateType") or "markdown").lower()
     target = str(extras.get("outputFormat") or extras.get("format") or source).lower()
     if target == "html" and source in ("markdown", "md", "handlebars"):

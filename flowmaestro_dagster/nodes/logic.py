@@ -1,11 +1,9 @@
 """conditional and switch nodes: choose which outgoing branches run."""
 
 import math
-import re
-from functools import lru_cache
 from typing import Any
 
-from flowmaestro_dagster.errors import ExpressionError, NodeConfigurationError
+from flowmaestro_dagster.errors import ExpressionError, NodeConfigurationError, PatternError
 from flowmaestro_dagster.lang import templates
 from flowmaestro_dagster.lang.expressions import (
     Evaluator,
@@ -15,6 +13,7 @@ from flowmaestro_dagster.lang.expressions import (
     to_text,
     truthy,
 )
+from flowmaestro_dagster.lang.patterns import wildcard
 from flowmaestro_dagster.nodes.base import NodeContext, NodeResult
 from flowmaestro_dagster.spec.configs import ConditionalConfig, SwitchConfig
 
@@ -78,7 +77,7 @@ def execute_conditional(ctx: NodeContext) -> NodeResult:
     detail: dict[str, Any]
     if config.mode == "expression":
         expression = config.expression or ""
-        evaluator = Evaluator(ctx.state, lenient=True)
+        evaluator = Evaluator(ctx.state, lenient=True, budget=ctx.budget)
         try:
             value = evaluator.evaluate(parse(expression))
         except ExpressionError as exc:
@@ -99,19 +98,15 @@ def execute_conditional(ctx: NodeContext) -> NodeResult:
     return NodeResult(output, branches=frozenset({branch}))
 
 
-@lru_cache(maxsize=1024)
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    escaped = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
-    return re.compile(f"^{escaped}$", re.IGNORECASE | re.DOTALL)
-
-
 def case_matches(value: Any, case: str) -> bool:
-    """Switch matching: wildcards `*` `?`, numbers by value, text case-insensitively."""
+    """Switch matching: wildcards `*` `?` (on RE2, linear time: a case such as
+    `*a*a*a*a*b` backtracked polynomially under `re`), numbers by value, text
+    case-insensitively. A wildcard over its budget raises `PatternError`."""
     if value is None:
         return False
     text = to_text(value)
     if "*" in case or "?" in case:
-        return bool(_wildcard(case).match(text))
+        return wildcard(case).matches(text)
     left, right = _numbers_if_numeric(value, case)
     if isinstance(left, float) and isinstance(right, float):
         return left == right
@@ -120,7 +115,7 @@ def case_matches(value: Any, case: str) -> bool:
 
 def switch_value(ctx: NodeContext, expression: Any) -> Any:
     if isinstance(expression, str) and "{{" not in expression and "${" not in expression:
-        found = templates.lookup_path(ctx.state, expression)
+        found = templates.lookup_path(ctx.state, expression, budget=ctx.budget)
         return expression if templates.is_missing(found) else found
     return ctx.render(expression)
 
@@ -131,7 +126,11 @@ def execute_switch(ctx: NodeContext) -> NodeResult:
     branches: set[str] = set()
     matched: str | None = None
     for index, case in enumerate(config.cases):
-        if case_matches(value, case.value):
+        try:
+            found = case_matches(value, case.value)
+        except PatternError as exc:
+            raise ctx.error(f"case {case.value!r}: {exc}", NodeConfigurationError) from exc
+        if found:
             branches.add(f"case-{index}")
             matched = case.value
             break

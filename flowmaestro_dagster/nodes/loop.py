@@ -39,7 +39,7 @@ def loop_items(ctx: NodeContext, config: LoopConfig) -> list[Any]:
 
 def _collection(ctx: NodeContext, items: Any) -> Any:
     if isinstance(items, str):
-        found = templates.lookup_path(ctx.state, items)
+        found = templates.lookup_path(ctx.state, items, budget=ctx.budget)
         if templates.is_missing(found):
             raise ctx.error(
                 f"loop collection {items!r} did not resolve to any upstream value",

@@ -355,6 +355,37 @@ def guarded_client(
     )
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Encoded `.`, `/` and `\`: a server may decode them back into `..` or a path separator.
+_ENCODED_SEPARATORS = (b"%2e", b"%2f", b"%5c")
+
+
+def origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in, as httpx connects."""
+    parsed = httpx.URL(str(url))
+    host = parsed.raw_host.decode("ascii", errors="replace").lower().rstrip(".")
+    return parsed.scheme, host, parsed.port or _DEFAULT_PORTS.get(parsed.scheme)
+
+
+def under_base_url(url: str | httpx.URL, base_url: str | httpx.URL) -> bool:
+    """Whether `url` lies under `base_url`: the same origin, and a path at or below the base's
+    path in whole segments (`/v1` covers `/v1` and `/v1/x`, not `/v1x`).
+
+    Judged on the URL as httpx sends it (dot segments already removed). Below a path prefix an
+    encoded dot or slash is refused: the server might decode it into a step out of the prefix.
+    """
+    target, base = httpx.URL(str(url)), httpx.URL(str(base_url))
+    if origin(target) != origin(base):
+        return False
+    prefix = base.raw_path.partition(b"?")[0].rstrip(b"/")
+    if not prefix:
+        return True
+    path = target.raw_path.partition(b"?")[0]
+    if path != prefix and not path.startswith(prefix + b"/"):
+        return False
+    return not any(marker in path.lower() for marker in _ENCODED_SEPARATORS)
+
+
 def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
     """Seconds to wait from `Retry-After` (seconds or an HTTP date) or `retry-after-ms`."""
     lowered = {k.lower(): v for k, v in headers.items()}
@@ -388,5 +419,7 @@ __all__ = [
     "check_url",
     "classify",
     "guarded_client",
+    "origin",
     "parse_retry_after",
+    "under_base_url",
 ]

@@ -8,10 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flowmaestro_dagster.errors import ExpressionError, NodeConfigurationError
+from flowmaestro_dagster.errors import ExpressionError, NodeConfigurationError, PatternError
 from flowmaestro_dagster.lang import templates
 from flowmaestro_dagster.lang.expressions import to_number, truthy
 from flowmaestro_dagster.lang.js import run_js
+from flowmaestro_dagster.lang.patterns import jsonata_regex_engine
 from flowmaestro_dagster.nodes.base import NodeContext, NodeResult, wrap_output
 from flowmaestro_dagster.spec.configs import TransformConfig
 
@@ -50,7 +51,7 @@ def _resolve_operand(ctx: NodeContext, text: str) -> Any:
     """`{{x}}` / `${x}` templates, or a bare name / path such as `generator1`."""
     if "{{" in text or "${" in text:
         return ctx.render(text)
-    value = templates.lookup_path(ctx.state, text)
+    value = templates.lookup_path(ctx.state, text, budget=ctx.budget)
     return text if templates.is_missing(value) else value
 
 
@@ -131,17 +132,33 @@ JSONATA_MAX_DEPTH = 200
 
 
 def _jsonata(expression: str, data: Any) -> Any:
-    """JSONata with `$data` bound to the input, under a time and recursion bound."""
+    """JSONata with `$data` bound to the input, under a time and recursion bound. Its regex
+    literals (`$match(s, /(a+)+$/)`) run on RE2 under a budget (`lang/patterns.py`): the time
+    bound is checked between steps, and could not stop one backtracking `re` call."""
     import jsonata
 
     try:
-        compiled = jsonata.Jsonata(expression)
+        compiled = jsonata.Jsonata(expression, jsonata_regex_engine)
         frame = compiled.create_frame()
         frame.bind("data", data)
         frame.set_runtime_bounds(JSONATA_TIMEOUT_MS, JSONATA_MAX_DEPTH)
         return compiled.evaluate(data, frame)
     except Exception as exc:  # jsonata raises its own exception types
         raise ExpressionError(f"JSONata: {exc}") from exc
+
+
+def jsonata_pattern_problem(expression: str) -> str | None:
+    """Why a regex literal of a JSONata expression cannot run on RE2 (validation asks when a
+    workflow is deployed), or None; JSONata's other parse errors are told when the node runs."""
+    import jsonata
+
+    try:
+        jsonata.Jsonata(expression, jsonata_regex_engine)
+    except PatternError as exc:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - jsonata's own parse errors have no common base
+        return None
+    return None
 
 
 def _js_apply(method: str, expression: str, items: list[Any], extra: str = "") -> Any:

@@ -24,7 +24,7 @@ from flowmaestro_dagster.errors import (
 from flowmaestro_dagster.lang.expressions import to_number
 from flowmaestro_dagster.nodes.base import Executor, NodeContext, NodeResult, Park, wrap_output
 from flowmaestro_dagster.spec.configs import HumanReviewConfig, SubworkflowConfig, WaitConfig
-from flowmaestro_dagster.spec.durations import to_milliseconds
+from flowmaestro_dagster.spec.durations import to_milliseconds, wait_problem
 
 DEFAULT_SLEEP_THRESHOLD_S = 30.0
 RESOLVED = frozenset({"resolved", "resuming", "resumed"})
@@ -118,6 +118,9 @@ def due_time(ctx: NodeContext, config: WaitConfig, now: datetime) -> datetime:
         raise ctx.error(
             f"wait duration must be a number >= 0, got {value!r}", NodeConfigurationError
         )
+    # A rendered duration gets the checks a literal one got at deploy (1e300 days overflows).
+    if (why := wait_problem(number, config.duration_unit)) is not None:
+        raise ctx.error(f"wait duration {why}", NodeConfigurationError)
     milliseconds = to_milliseconds(number, config.duration_unit)
     return now + timedelta(milliseconds=milliseconds)
 

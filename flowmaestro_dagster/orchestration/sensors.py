@@ -82,7 +82,8 @@ def make_launch_reconciler_sensor(
     client_factory: ClientFactory | None = None,
 ) -> SensorDefinition:
     """Launches executions that were committed but never launched (the API died, Dagster was
-    down): the same exactly-once claim as the API's own launch. Also purges expired
+    down): the same exactly-once claim as the API's own launch; an execution whose launches
+    keep failing is failed after FLOWMAESTRO_LAUNCH_MAX_ATTEMPTS. Also purges expired
     idempotency keys, checkpoints and webhook deliveries older than a week."""
 
     def reconcile(session: Session, client: DagsterClient, current: Settings) -> str:
@@ -91,13 +92,15 @@ def make_launch_reconciler_sensor(
             client,
             older_than_seconds=current.reconcile_after_seconds,
             lease_seconds=current.launch_lease_seconds,
+            max_attempts=current.launch_max_attempts,
         )
         purged = purge_expired_keys(session)
         checkpoints = purge_expired_checkpoints(session)
         deliveries = purge_old_deliveries(session)
+        gave_up = f", gave up on {counts['gave_up']}" if counts["gave_up"] else ""
         return (
             f"launched {counts['launched']}, held elsewhere {counts['skipped']}, "
-            f"failed {counts['failed']}; purged {purged} expired idempotency keys, "
+            f"failed {counts['failed']}{gave_up}; purged {purged} expired idempotency keys, "
             f"{checkpoints} expired checkpoints and {deliveries} old webhook deliveries"
         )
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowmaestro_dagster.errors import ExpressionError, NodeConfigurationError
-from flowmaestro_dagster.lang.expressions import Evaluator, parse, truthy
+from flowmaestro_dagster.lang.expressions import Budget, Evaluator, parse, truthy
 from flowmaestro_dagster.lang.state import ExecutionState, MemoryWrite
 from flowmaestro_dagster.nodes import NodeContext, NodeResult, get_executor
 from flowmaestro_dagster.nodes.loop import loop_items
@@ -208,7 +208,9 @@ def _while_holds(ctx: NodeContext, config: LoopConfig, state: ExecutionState) ->
     if not config.condition:
         raise ctx.error("a while loop needs a condition", NodeConfigurationError)
     try:
-        return truthy(Evaluator(state, lenient=True).evaluate(parse(config.condition)))
+        # One check, one expression: a fresh budget each time the condition is read.
+        evaluator = Evaluator(state, lenient=True, budget=Budget(ctx.limits))
+        return truthy(evaluator.evaluate(parse(config.condition)))
     except ExpressionError as exc:
         raise ctx.error(f"while condition: {exc}", NodeConfigurationError) from exc
 

@@ -4,7 +4,9 @@ A wait node says `duration: 5, durationUnit: "min"`; a checkpoint says `expiresI
 go through `UNIT_MS`, so `m`, `min` and `minutes` mean the same everywhere.
 """
 
+import math
 import re
+from typing import Any
 
 MS_PER = {"ms": 1, "seconds": 1000, "minutes": 60_000, "hours": 3_600_000, "days": 86_400_000}
 
@@ -38,3 +40,28 @@ def parse_duration_seconds(text: str) -> float:
     if match is None:
         raise ValueError("must be a number with a unit such as 30m, 1h, 24h or 7d")
     return to_milliseconds(float(match.group(1)), match.group(2)) / 1000
+
+
+MAX_WAIT_DAYS = 366  # a year: a longer wait is a unit slip (ms written as seconds), not a plan
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def wait_problem(value: Any, unit: str) -> str | None:
+    """Why a wait of `value` `unit`s cannot run (not a number, NaN, negative, longer than
+    MAX_WAIT_DAYS), or None. For literal durations; a `{{reference}}` is checked when it runs."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return f"must be a number, got {value!r}"
+    if isinstance(value, str):
+        if not _NUMBER.fullmatch(value.strip()):
+            return f"must be a number, got {value!r}"
+        value = float(value)
+    if math.isnan(value):
+        return "must be a number, got NaN"
+    if value < 0:
+        return f"must be 0 or more, got {value!r}"
+    canonical = canonical_unit(unit)
+    if canonical is None:
+        return f"unknown duration unit {unit!r}"
+    if value * MS_PER[canonical] > MAX_WAIT_DAYS * MS_PER["days"]:
+        return f"{value!r} {canonical} is longer than the {MAX_WAIT_DAYS} days a wait may last"
+    return None

@@ -89,12 +89,26 @@ class WorkflowGraph:
             seen.add(key)
             self.outgoing[edge.source].append(edge)
             self.incoming[edge.target].append(edge)
+        self._predecessors: dict[str, list[str]] = {}
+        self._successors: dict[str, list[str]] = {}
+        self._regions: dict[tuple[str, ...], dict[str, LoopRegion]] = {}
+
+    # Neighbour lists are asked for again and again (loop bodies, ancestors): built once each,
+    # and shared, so callers must not change them. Loop regions are kept per order likewise.
 
     def predecessors(self, node_id: str) -> list[str]:
-        return list(dict.fromkeys(e.source for e in self.incoming[node_id]))
+        found = self._predecessors.get(node_id)
+        if found is None:
+            found = list(dict.fromkeys(e.source for e in self.incoming[node_id]))
+            self._predecessors[node_id] = found
+        return found
 
     def successors(self, node_id: str) -> list[str]:
-        return list(dict.fromkeys(e.target for e in self.outgoing[node_id]))
+        found = self._successors.get(node_id)
+        if found is None:
+            found = list(dict.fromkeys(e.target for e in self.outgoing[node_id]))
+            self._successors[node_id] = found
+        return found
 
     def start_nodes(self) -> list[str]:
         return [n for n in self.node_ids if not self.incoming[n]]
@@ -113,7 +127,7 @@ class WorkflowGraph:
                 if index == 0:
                     color[node] = grey
                     path.append(node)
-                successors = self.successors(node)
+                successors = self.successors(node)  # built once: a hub has thousands
                 if index < len(successors):
                     stack.append((node, index + 1))
                     nxt = successors[index]
@@ -155,6 +169,12 @@ class WorkflowGraph:
 
     def loop_regions(self, order: list[str]) -> dict[str, LoopRegion]:
         """Every loop's region, outer loops first (needs an acyclic graph)."""
+        key = tuple(order)
+        if key not in self._regions:
+            self._regions[key] = self._find_regions(order)
+        return dict(self._regions[key])
+
+    def _find_regions(self, order: list[str]) -> dict[str, LoopRegion]:
         regions: dict[str, LoopRegion] = {}
         rank = {n: i for i, n in enumerate(order)}
         owner: dict[str, str] = {}  # node -> the dynamic loop whose body holds it

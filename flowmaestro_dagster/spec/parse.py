@@ -5,6 +5,7 @@ node / field when there is one), so a builder can show it and the API can answer
 """
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,17 +72,47 @@ def load_json(text: str | bytes) -> tuple[Any, list[Problem]]:
         return None, [error("malformed_json", message, path="$")]
 
 
-def _depth_ok(value: Any, limit: int = MAX_NESTING) -> bool:
-    stack = [(value, 0)]
+# Text no database column or encoder can hold: NUL (PostgreSQL text/JSONB) and lone UTF-16
+# surrogates (not UTF-8); and integers Python cannot even print (over 4,300 digits).
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+_MAX_INT_BITS = 14_000
+
+
+def _printable(key: Any) -> str:
+    return _BAD_TEXT.sub(lambda m: f"\\u{ord(m.group()):04x}", key if isinstance(key, str) else "?")
+
+
+def _shape_problem(value: Any, limit: int = MAX_NESTING) -> Problem | None:
+    """The first place (depth first, iterative) the document is too deep, holds unstorable text
+    or an unprintable integer: checked before anything else reads it."""
+    stack: list[tuple[Any, str, int]] = [(value, "$", 0)]
     while stack:
-        item, depth = stack.pop()
+        item, path, depth = stack.pop()
         if depth > limit:
-            return False
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
+            return error("invalid_type", f"nested deeper than {limit} levels", path="$")
+        if isinstance(item, str):
+            if _BAD_TEXT.search(item):
+                return error(
+                    "invalid_text",
+                    "text holds a NUL character or a lone UTF-16 surrogate",
+                    path=path,
+                )
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if item.bit_length() > _MAX_INT_BITS:
+                return error("invalid_type", "an integer with more than 4,000 digits", path=path)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                where = f"{path}.{_printable(key)}"
+                if isinstance(key, str) and _BAD_TEXT.search(key):
+                    return error(
+                        "invalid_text",
+                        "a key holds a NUL character or a lone UTF-16 surrogate",
+                        path=where,
+                    )
+                stack.append((child, where, depth + 1))
         elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return True
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+    return None
 
 
 def parse_workflow(source: Any) -> tuple[WorkflowSpec | None, list[Problem]]:
@@ -92,8 +123,8 @@ def parse_workflow(source: Any) -> tuple[WorkflowSpec | None, list[Problem]]:
             return None, problems
     else:
         data = source
-    if not _depth_ok(data):
-        return None, [error("invalid_type", f"nested deeper than {MAX_NESTING} levels", path="$")]
+    if (shape := _shape_problem(data)) is not None:
+        return None, [shape]
     if not isinstance(data, Mapping):
         return None, [error("invalid_type", "a workflow must be a JSON object", path="$")]
     return _Parser(data).parse()

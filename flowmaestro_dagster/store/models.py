@@ -136,6 +136,8 @@ class Execution(Base):
     launch_token: Mapped[str | None] = mapped_column(String(36), default=None)
     launch_claimed_at: Mapped[datetime | None] = mapped_column(default=None)
     launch_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # A failed launch waits until then for the reconciler's next attempt (backoff).
+    launch_retry_at: Mapped[datetime | None] = mapped_column(default=None)
     launched_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -146,6 +148,9 @@ class Execution(Base):
     paused_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
     paused_at: Mapped[datetime | None] = mapped_column(default=None)
     resume_claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Cancel (issue 15): set by the one cancel that wins; every launch, retry and resume records
+    # its run only while it is unset, and a retry's claim clears it.
+    cancelled_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class IdempotencyKey(Base):

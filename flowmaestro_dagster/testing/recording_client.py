@@ -9,6 +9,10 @@ instance as in production. Any other GraphQL call fails loudly: nothing reaches 
 
     client = RecordingDagsterClient(instance)
     sensor = make_waitpoint_sensor(settings=settings, client_factory=lambda _: client)
+
+To race an action against another caller, hold it: `before_send(action)` runs before the
+action's run exists, `after_run(action, run_id)` once it exists and before the caller hears of
+it (a test blocks there on a `threading.Event`, acts meanwhile, then sets it).
 """
 
 import uuid
@@ -37,6 +41,8 @@ class RecordingDagsterClient(DagsterClient):
         super().__init__("http://no-webserver.invalid/graphql", instance=instance)
         self.calls: list[RecordedCall] = []
         self.refuse = refuse  # raised by every action while set (Dagster down, a bad job)
+        self.before_send: Callable[[str], None] | None = None
+        self.after_run: Callable[[str, str | None], None] | None = None
 
     def calls_to(self, action: str) -> list[RecordedCall]:
         return [call for call in self.calls if call.action == action]
@@ -49,11 +55,15 @@ class RecordingDagsterClient(DagsterClient):
     def _send(self, action: str, arguments: Mapping[str, Any], send: Callable[[], T]) -> T:
         """Record the action instead of sending it: a launch or re-execution adds the run the
         webserver would create (its id is the answer), a termination cancels its run."""
+        if self.before_send is not None:
+            self.before_send(action)
         run = self._run_for(action, arguments)
         if self.refuse is not None:
             raise self.refuse
         if run is not None:
             self.instance.add_run(run)
+        if self.after_run is not None:
+            self.after_run(action, run.run_id if run else None)
         self.calls.append(RecordedCall(action, dict(arguments), run.run_id if run else None))
         if action == "terminate":
             terminated = self.instance.get_run_by_id(arguments["run_id"])

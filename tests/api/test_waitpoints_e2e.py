@@ -189,6 +189,9 @@ def test_signed_callbacks_complete_a_webhook_wait(client: TestClient, auth: dict
     now = int(time.time())
     secret = SIGNING_SECRET
 
+    token = path.rsplit("/", 1)[1]
+    forged = path[:-4] + "0000"
+
     def post(token_path: str, signature: str | None) -> int:
         headers = {"content-type": "application/json"} | (
             {"FlowMaestro-Signature": signature} if signature else {}
@@ -196,12 +199,14 @@ def test_signed_callbacks_complete_a_webhook_wait(client: TestClient, auth: dict
         return client.post(f"/{token_path}", content=body, headers=headers).status_code
 
     assert post(path, None) == 401
-    assert post(path, sign("wrong-secret-0123456789", body, now)) == 401
-    assert post(path, sign(secret, body, now - 3600)) == 401  # outside the 5-minute tolerance
-    assert post(path[:-4] + "0000", sign(secret, body, now)) == 404
+    assert post(path, sign("wrong-secret-0123456789", body, now, bound_to=token)) == 401
+    stale = sign(secret, body, now - 3600, bound_to=token)  # outside the 5-minute tolerance
+    assert post(path, stale) == 401
+    assert post(path, sign(secret, body, now)) == 401  # not bound to this callback's token
+    assert post(forged, sign(secret, body, now, bound_to=forged.rsplit("/", 1)[1])) == 404
     assert execution(client, auth, execution_id)["status"] == "waiting"  # nothing changed
-    assert post(path, sign(secret, body, now)) == 200
-    assert post(path, sign(secret, body, now)) == 403  # used
+    assert post(path, sign(secret, body, now, bound_to=token)) == 200
+    assert post(path, sign(secret, body, now, bound_to=token)) == 403  # used
     done = status_is(client, auth, execution_id, "succeeded", "failed")
     assert done["outputs"] == {"envelope": "env-42"}
 

@@ -15,6 +15,11 @@ registers into it, or a `ConnectorSpec` (or a list of them):
 Credentials never travel in a node's config: a node names a connection (`connectionId`, else
 the connection named like its provider) in `Settings.connections`, whose secrets are
 `SecretStr` fields or names of environment variables, read when the connector runs.
+
+A connection's secrets go only to its own service: its `url`, or (for a URL the node supplies,
+since workflow authors are not trusted with them) a URL under its `base_url`. A connector that
+attaches a connection's secret to a node-supplied URL calls `request.check_destination(url)`
+first; without a `base_url` every node-supplied URL is refused.
 """
 
 import logging
@@ -24,6 +29,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
+from flowmaestro_dagster.errors import ConnectionDestinationError, NodeConfigurationError
+from flowmaestro_dagster.nodes.net import origin, under_base_url
 from flowmaestro_dagster.settings import ConnectionSettings, Settings
 
 if TYPE_CHECKING:
@@ -55,6 +64,54 @@ class ConnectorRequest:
             if value is not None:
                 return value
         return default
+
+    def resolve_url(self, url: str) -> str:
+        """A node's URL; a relative one (`/contacts`) is appended to the connection's base_url."""
+        try:
+            if httpx.URL(url).scheme:
+                return url
+        except httpx.InvalidURL as exc:
+            raise self.node.error(f"invalid url: {exc}", NodeConfigurationError) from exc
+        base = self.connection.base_url if self.connection is not None else None
+        if not base:
+            raise self.node.error(
+                f"url {url!r} is not absolute, and no connection with a base_url is named",
+                NodeConfigurationError,
+            )
+        return base.rstrip("/") + "/" + url.lstrip("/")
+
+    def check_destination(self, url: str) -> None:
+        """Refuse to send the connection's secrets to `url` unless it lies under the
+        connection's base_url (a node-supplied URL could point anywhere: refusing beats a
+        silent unauthenticated request that still carries the node's data)."""
+        connection = self.connection
+        if connection is None:
+            return
+        name = self.connection_name or self.provider
+        try:
+            scheme, host, port = origin(url)
+            path = httpx.URL(url).path  # no query in messages: it may hold the node's tokens
+        except httpx.InvalidURL as exc:
+            raise self.node.error(f"invalid url: {exc}", NodeConfigurationError) from exc
+        where = f"{scheme}://{host}:{port}"
+        setting = f"FLOWMAESTRO_CONNECTIONS__{name.upper()}__BASE_URL"
+        if connection.base_url is None:
+            message = (
+                f"connection '{name}' declares no base_url, so none of its secrets go to a URL "
+                f"the node supplies (here {where}); an operator allows a service with {setting}"
+            )
+        elif not under_base_url(url, connection.base_url):
+            message = (
+                f"connection '{name}' sends its secrets only under {connection.base_url}, "
+                f"not to {where}{path}: use a URL under it, or another connection"
+            )
+        else:
+            return
+        raise self.node.error(
+            message,
+            ConnectionDestinationError,
+            details={"connection": name, "host": host, "base_url": connection.base_url},
+        )
 
 
 Connector = Callable[[ConnectorRequest], Any]

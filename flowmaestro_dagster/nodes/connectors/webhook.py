@@ -1,12 +1,17 @@
 """The generic webhook / HTTP connector (providers `webhook` and `http`, any operation).
 
-Parameters: `url` (or the connection's `url`/`url_env`), `method` (POST), `headers` (object
-or `[{key, value}]`), `query`/`queryParams`, the body as `body`/`payload`/`data`/`json`
-(else every other parameter, as a JSON object), `timeout` (seconds). The connection may add
-headers (secrets) and a `signing_secret`, which signs the body: `X-FlowMaestro-Signature:
-sha256=<hex HMAC of "<timestamp>.<body>">` with `X-FlowMaestro-Timestamp`.
+Parameters: `url` (else the connection's `url`/`url_env`, else its `base_url`), `method`
+(POST), `headers` (object or `[{key, value}]`), `query`/`queryParams`, the body as
+`body`/`payload`/`data`/`json` (else every other parameter, as a JSON object), `timeout`
+(seconds). The connection may add headers (secrets) and a `signing_secret`, which signs the
+body: `X-FlowMaestro-Signature: sha256=<hex HMAC of "<timestamp>.<body>">` with
+`X-FlowMaestro-Timestamp`.
 
-Every request goes through the SSRF guard (`flowmaestro_dagster.nodes.net.guarded_client`).
+A connection's secrets (its headers, and the signature made with its signing secret) go to a
+URL the node supplies only if it lies under the connection's `base_url` (a relative `url` is
+appended to it); otherwise the node fails with `ConnectionDestinationError` and nothing is sent.
+Redirects are not followed. Every request goes through the SSRF guard
+(`flowmaestro_dagster.nodes.net.guarded_client`).
 Output `{status, ok, headers, data, responseTime}`; 429, 5xx, timeouts and connection errors
 are retryable, any other non-2xx fails the node.
 """
@@ -56,24 +61,33 @@ def register(registry: ConnectorRegistry) -> None:
 def send(request: ConnectorRequest) -> dict[str, Any]:
     connection = request.connection
     url = request.param("url", "webhookUrl")
+    from_node = bool(url)
     secret_url = False
     if not url and connection is not None:
         url = connection.secret("url")
-        secret_url = True
+        secret_url = bool(url)
+        url = url or connection.base_url
     if not url or not isinstance(url, str):
         raise request.node.error(
-            "the webhook needs a url (a parameter, or the url of its connection)",
+            "the webhook needs a url (a parameter, or the url or base_url of its connection)",
             NodeConfigurationError,
         )
     method = str(request.param("method", default="POST")).upper()
     headers = _pairs(request.param("headers", default={}))
+    secret_headers: dict[str, str] = {}
+    signing_secret = None
     if connection is not None:
-        headers.update({k: v.get_secret_value() for k, v in connection.headers.items()})
+        secret_headers = {k: v.get_secret_value() for k, v in connection.headers.items()}
+        signing_secret = connection.secret("signing_secret")
+    if from_node:
+        url = request.resolve_url(url)
+        if secret_headers or signing_secret:  # the signature is made with a secret: one too
+            request.check_destination(url)
+    headers.update(secret_headers)
     body = request.param("body", "payload", "data", "json")
     if body is None and method not in ("GET", "HEAD", "DELETE"):
         body = {k: v for k, v in request.parameters.items() if k not in _RESERVED}
     content = _encode(body, headers)
-    signing_secret = connection.secret("signing_secret") if connection is not None else None
     if signing_secret and content is not None:
         stamp = str(int(time.time()))
         digest = hmac.new(
@@ -156,7 +170,11 @@ def http_call(
     started = time.monotonic()
     try:
         with (
-            guarded_client(request.settings.http, timeout=timeout) as client,
+            # Never follow redirects: a 3xx is answered as is, so a connection's secret headers
+            # cannot ride a redirect to another host (httpx keeps custom headers on one).
+            guarded_client(
+                request.settings.http, timeout=timeout, follow_redirects=False
+            ) as client,
             client.stream(
                 method, url, headers=headers, params=params or None, content=content
             ) as resp,

@@ -1,11 +1,15 @@
 """JavaScript snippets in an embedded V8 isolate (`mini-racer`), with a time and memory limit.
 
-Every run gets a fresh isolate: no state survives between snippets. Plain V8 has no I/O at all
-(no `require`, `process`, `fetch`, file or socket API). Before the snippet runs, the harness
-also removes what would escape the limits or outlive the run: `ArrayBuffer`, the typed arrays,
-`SharedArrayBuffer`, `DataView`, `Atomics` and `WebAssembly` (their memory is allocated outside
-the V8 heap, so the heap limit would not see it) and mini-racer's `setTimeout` (a timer that
-fires after the isolate is closed). `console.*` writes to the captured stdout/stderr.
+Every run gets a fresh `V8Isolate` (flowmaestro_dagster/lang/js.py): no state survives between
+snippets, plain V8 has no I/O at all (no `require`, `process`, `fetch`, file or socket API), and
+`ArrayBuffer`, the typed arrays, `SharedArrayBuffer`, `DataView`, `Atomics`, `WebAssembly` and
+the timers are gone before the snippet runs (their memory would be outside the heap limit, a
+timer would run after the snippet). `console.*` writes to the captured stdout/stderr.
+
+The time limit covers the whole snippet, `await` continuations included: after the snippet's
+synchronous part the harness asks for its report within the rest of the budget, and when the
+isolate is still busy (`await 0; while (true) {}`) the run is a timeout and closing the isolate
+terminates the JavaScript.
 """
 
 import json
@@ -13,6 +17,7 @@ import re
 import time
 from typing import Any
 
+from flowmaestro_dagster.lang.js import MIN_SETTLE_S, V8Isolate, explain
 from flowmaestro_dagster.nodes.sandbox import (
     FailureKind,
     SnippetError,
@@ -23,44 +28,12 @@ from flowmaestro_dagster.nodes.sandbox import (
 PRELUDE_TIMEOUT_S = 10.0
 LOGS_TIMEOUT_S = 1.0
 
-_REMOVED_GLOBALS = (
-    "ArrayBuffer",
-    "SharedArrayBuffer",
-    "DataView",
-    "Atomics",
-    "WebAssembly",
-    "Int8Array",
-    "Uint8Array",
-    "Uint8ClampedArray",
-    "Int16Array",
-    "Uint16Array",
-    "Int32Array",
-    "Uint32Array",
-    "Float16Array",
-    "Float32Array",
-    "Float64Array",
-    "BigInt64Array",
-    "BigUint64Array",
-    "__timer_manager",
-    "setTimeout",
-    "clearTimeout",
-)
-
-# Runs before the snippet: removes globals, installs console capture, binds the inputs.
+# Runs before the snippet: installs console capture, the result hooks, binds the inputs.
 _PRELUDE = """
-(function (data, removed, limit) {
+(function (data, limit) {
   const g = globalThis;
-  for (const name of removed) {
-    try { delete g[name]; } catch (e) { /* checked below */ }
-    if (name in g) g[name] = undefined;  // `var` globals cannot be deleted
-  }
-  const unavailable = (name) => () => {
-    throw new Error(name + ' is not available in the code sandbox');
-  };
-  g.setTimeout = unavailable('setTimeout');
-  g.clearTimeout = unavailable('clearTimeout');
   const stringify = JSON.stringify;
-  const streams = { stdout: [], stderr: [] };
+  const streams = { stdout: '', stderr: '' };  // strings: no prototype method to replace
   const sizes = { stdout: 0, stderr: 0 };
   let truncated = false;
   const show = (v) => {
@@ -76,7 +49,7 @@ _PRELUDE = """
     if (sizes[stream] >= limit) { truncated = true; return; }
     const line = args.map(show).join(' ') + '\\n';
     sizes[stream] += line.length;
-    streams[stream].push(line);
+    streams[stream] += line;
   };
   const out = writer('stdout'), err = writer('stderr');
   g.console = Object.freeze({
@@ -91,14 +64,31 @@ _PRELUDE = """
     return value;
   };
   const finish = (v) => stringify({ output: v === undefined ? null : v }, replacer);
+  const describe = (e) => {
+    if (e !== null && typeof e === 'object') {
+      if (typeof e.stack === 'string') return e.stack;
+      try { const s = stringify(e); if (s !== undefined) return s; } catch (x) { /* below */ }
+    }
+    try { return String(e); } catch (x) { return 'a value that cannot be shown'; }
+  };
+  // How the snippet's promise ended; null when its value was not a promise.
+  let outcome = null;
   const hidden = (name, value) =>
     Object.defineProperty(g, name, { value, enumerable: false, writable: false });
-  hidden('__fm_finish', (v) =>
-    (v !== null && typeof v === 'object' && typeof v.then === 'function')
-      ? Promise.resolve(v).then(finish) : finish(v));
-  hidden('__fm_logs', () => stringify({
-    stdout: streams.stdout.join(''), stderr: streams.stderr.join(''), truncated,
+  hidden('__fm_finish', (v) => {
+    if (v === null || typeof v !== 'object' || typeof v.then !== 'function') return finish(v);
+    outcome = { state: 'pending' };
+    Promise.resolve(v).then(finish).then(
+      (text) => { outcome = { state: 'ok', text }; },
+      (e) => { outcome = { state: 'error', reason: describe(e) }; });
+    return undefined;
+  });
+  hidden('__fm_report', () => stringify({
+    stdout: streams.stdout, stderr: streams.stderr, truncated,
+    state: outcome === null ? 'none' : outcome.state,
+    reason: outcome === null ? null : (outcome.reason ?? null),
   }));
+  hidden('__fm_output', () => (outcome === null ? undefined : outcome.text));
   g.inputs = data.inputs;
   g.variables = data.inputs;
   g.shared = data.shared;
@@ -115,12 +105,13 @@ _AWAIT = re.compile(r"\bawait\b")
 def wrap(code: str) -> str:
     """The snippet as one expression: `return x` and a `result` variable both give the value.
 
-    The snippet starts on line 1 of the source, so V8's line numbers are the snippet's own.
+    The snippet starts on line 1 of the source, so V8's line numbers are the snippet's own. A
+    snippet that uses `await` is an async function: its value is a promise, which `__fm_finish`
+    settles into the report instead of returning the value's JSON.
     """
     tail = "\n;return (typeof result === 'undefined' ? undefined : result);\n}"
-    if _AWAIT.search(code):
-        return f"(async function () {{{code}{tail})().then(__fm_finish)"
-    return f"__fm_finish((function () {{{code}{tail})())"
+    kind = "async function" if _AWAIT.search(code) else "function"
+    return f"__fm_finish(({kind} () {{{code}{tail})())"
 
 
 def run_javascript(
@@ -133,7 +124,7 @@ def run_javascript(
     max_result_chars: int = 10_000_000,
 ) -> SnippetResult:
     """Run a snippet in a fresh isolate; failures come back in `SnippetResult.error`."""
-    from py_mini_racer import JSPromise, MiniRacer
+    from py_mini_racer import JSPromiseError, JSTimeoutException
     from py_mini_racer._exc import MiniRacerBaseException
 
     data = {
@@ -143,36 +134,45 @@ def run_javascript(
     }
     prelude = (
         f"{_PRELUDE}(JSON.parse({json.dumps(json.dumps(data, default=str))}), "
-        f"{json.dumps(list(_REMOVED_GLOBALS))}, {int(max_output_chars)})"
+        f"{int(max_output_chars)})"
     )
-    max_memory = memory_mb * 1024 * 1024
     isolation = {"engine": "v8", "heap_limit_mb": memory_mb}
-    context = MiniRacer()
-    started = time.monotonic()
     error: SnippetError | None = None
     output: Any = None
-    try:
-        context.eval(prelude, timeout_sec=PRELUDE_TIMEOUT_S, max_memory=max_memory)
-        started = time.monotonic()
-        text = context.eval(wrap(code), timeout_sec=timeout_s, max_memory=max_memory)
-        if isinstance(text, JSPromise):  # an async snippet: wait for it within the budget
-            remaining = max(timeout_s - (time.monotonic() - started), 0.001)
-            text = text.get(timeout=remaining)
-        if not isinstance(text, str):
-            error = SnippetError("result", "the snippet's value could not be turned into JSON")
-        elif len(text) > max_result_chars:
-            error = SnippetError(
-                "result", f"the snippet's value is larger than {max_result_chars} characters"
-            )
-        else:
-            output = json.loads(text).get("output")
-    except (MiniRacerBaseException, TimeoutError) as exc:
-        error = _classify(exc, timeout_s, memory_mb)
-    duration_ms = round((time.monotonic() - started) * 1000, 1)
-    try:
-        logs = _logs(context)
-    finally:
-        context.close()
+    report: dict[str, Any] | None = None
+    busy = False  # JavaScript still running when the time was up: only closing stops it
+    started = time.monotonic()
+    with V8Isolate(max_memory=memory_mb * 1024 * 1024) as isolate:
+        try:
+            isolate.eval(prelude, PRELUDE_TIMEOUT_S)
+            started = time.monotonic()
+            text = isolate.eval(wrap(code), timeout_s)
+            # Queued behind the promise continuations: it runs once they have all run.
+            report = _report(isolate, max(timeout_s - (time.monotonic() - started), MIN_SETTLE_S))
+            if report is None:
+                busy = True
+                raise JSTimeoutException
+            state = report.get("state")
+            if state == "error":
+                raise JSPromiseError(report.get("reason"))
+            if state == "ok":
+                text = isolate.eval("__fm_output()", LOGS_TIMEOUT_S)
+            if state == "pending":
+                error = SnippetError(
+                    "exception",
+                    "the JavaScript snippet awaits a promise that never settles "
+                    "(the sandbox has no timers or I/O)",
+                )
+            else:
+                output, error = _output(text, max_result_chars)
+        except (MiniRacerBaseException, TimeoutError) as exc:
+            error = _classify(exc, timeout_s, memory_mb)
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        if report is None and not busy:
+            report = _report(isolate, LOGS_TIMEOUT_S)
+        if isolate.memory_exceeded:
+            error = _memory_error(memory_mb)
+    logs = report or {}
     return SnippetResult(
         output=output,
         stdout=logs.get("stdout", ""),
@@ -184,19 +184,38 @@ def run_javascript(
     )
 
 
-def _logs(context: Any) -> dict[str, Any]:
-    """What `console` captured; empty when the isolate can no longer run (out of memory)."""
+def _output(text: Any, max_result_chars: int) -> tuple[Any, SnippetError | None]:
+    if not isinstance(text, str):
+        return None, SnippetError("result", "the snippet's value could not be turned into JSON")
+    if len(text) > max_result_chars:
+        return None, SnippetError(
+            "result", f"the snippet's value is larger than {max_result_chars} characters"
+        )
+    return json.loads(text).get("output"), None
+
+
+def _report(isolate: V8Isolate, timeout_s: float) -> dict[str, Any] | None:
+    """What `console` captured and how the snippet's promise ended; None while JavaScript is
+    still running after `timeout_s`; empty when the isolate cannot run (out of memory)."""
     from py_mini_racer._exc import MiniRacerBaseException
 
     try:
-        text = context.eval("__fm_logs()", timeout_sec=LOGS_TIMEOUT_S)
-    except (MiniRacerBaseException, TimeoutError):
+        text = isolate.eval("__fm_report()", timeout_s)
+    except TimeoutError:
+        return None
+    except MiniRacerBaseException:
         return {}
     try:
         value = json.loads(str(text))
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _memory_error(memory_mb: int) -> SnippetError:
+    return SnippetError(
+        "memory", f"the JavaScript snippet exceeded its memory limit ({memory_mb} MB)"
+    )
 
 
 def _classify(exc: Exception, timeout_s: float, memory_mb: int) -> SnippetError:
@@ -212,9 +231,7 @@ def _classify(exc: Exception, timeout_s: float, memory_mb: int) -> SnippetError:
         limit_ms = round(timeout_s * 1000)
         return SnippetError("timeout", f"the JavaScript snippet timed out after {limit_ms} ms")
     if isinstance(exc, JSOOMException):
-        return SnippetError(
-            "memory", f"the JavaScript snippet exceeded its memory limit ({memory_mb} MB)"
-        )
+        return _memory_error(memory_mb)
     text = str(exc).strip()
     kind: FailureKind = "syntax" if isinstance(exc, JSParseException) else "exception"
     if not isinstance(exc, JSPromiseError | JSEvalException):
@@ -222,7 +239,7 @@ def _classify(exc: Exception, timeout_s: float, memory_mb: int) -> SnippetError:
     first = text.splitlines()[0] if text else type(exc).__name__
     first = first.removeprefix("JavaScript rejected promise with reason: ")
     match = _ERROR_LINE.match(first)
-    message = match.group(2) if match else first
+    message = explain(match.group(2) if match else first)
     line = int(match.group(1)) if match else None
     return SnippetError(kind, message, type=message.split(":")[0], line=line, traceback=text)
 

@@ -1,21 +1,30 @@
-"""The child side of the Python code sandbox (standard library only).
+"""The child side of the Python code sandbox (standard library only; docs/sandbox.md).
 
-`flowmaestro_dagster.nodes.sandbox.python` starts `python -I -S -u -X utf8 -c <this file's text>`
-in its own session, with stdout/stderr redirected to files, one JSON request on stdin and a
-result file descriptor. Before the snippet runs, this script closes every door it can, in this
-order (each kernel layer is best effort and reported back; the audit hook is always there):
+`flowmaestro_dagster.nodes.sandbox.python` starts `python -I -S -B -u -X utf8 -c <this file>`
+with stdout/stderr redirected to files, one JSON request on stdin and a result descriptor;
+in mode `auto` inside bubblewrap when the host has it (new mount, PID, network, IPC and UTS
+namespaces, a read-only view of the standard library and system libraries, `/scratch`).
+Before the snippet runs, this script closes every door it can, in this order:
 
-1. a new network namespace (`unshare(CLONE_NEWNET)`; as non-root with a user namespace): no
-   interface but a down loopback, so no connection leaves the process;
-2. Landlock (Linux >= 5.13): read-only access to the Python installation and system
-   libraries, read-write to the scratch directory, nothing else; no TCP bind/connect (ABI 4);
-   no signals to, or abstract sockets of, processes outside the sandbox (ABI 6); no execve;
-3. `no_new_privs`, and as root every capability dropped (no mknod, mount, raw sockets, ...);
-4. resource limits: CPU seconds, address space, file size, open files, no core dumps;
-5. a `sys.addaudithook` hook that refuses sockets, processes, signals, ctypes and files outside
-   the scratch directory (and reads outside the standard library) with a clear message.
+1. every inherited descriptor but stdio and the result descriptor is closed;
+2. without bubblewrap: its own network, PID, IPC, UTS (and, when not root, user) namespaces,
+   then a fork, so the snippet runs as pid 1 of the new PID namespace (its death kills every
+   process left in it) while this process relays its exit status;
+3. as root under bubblewrap: a uid of its own for this run (`request["uid"]`), so that
+   RLIMIT_NPROC (counted per uid, or per user namespace) limits this run alone;
+4. Landlock: read-only the Python installation and system libraries, read-write the scratch
+   directory, nothing else; no execve; no TCP bind/connect (ABI 4); no signals to, or abstract
+   sockets of, processes outside the sandbox (ABI 6);
+5. `no_new_privs`, every capability dropped, and a seccomp filter refusing namespaces, mounts,
+   ptrace, keyrings, BPF, io_uring, userfaultfd, perf events and non-Unix sockets;
+6. resource limits: CPU seconds, address space, processes, file size, open files, no cores;
+7. a `sys.addaudithook` hook with clear messages for what the layers above refuse anyway. It
+   is a nicety, not a barrier: code in the same interpreter can switch it off.
 
-Then the snippet runs; the outcome goes to the result descriptor as one JSON object.
+In mode `auto` the snippet is refused (`SandboxUnavailable`) unless files, the network,
+processes and their number are each held by a kernel layer; in mode `none` only 1, 6 (without
+RLIMIT_NPROC, which would count the worker user's processes) and 7 apply. Then the snippet
+runs; the outcome goes to the result descriptor as one JSON object.
 """
 
 import _thread
@@ -89,13 +98,54 @@ _FS_MAKE_SOCK = 1 << 9
 _FS_MAKE_FIFO = 1 << 10
 _FS_MAKE_BLOCK = 1 << 11
 _FS_IOCTL_DEV = 1 << 15
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWTIME = 0x00000080
+_CLONE_NEWCGROUP = 0x02000000
+_CLONE_NEWUTS = 0x04000000
+_CLONE_NEWIPC = 0x08000000
 _CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
 _CLONE_NEWNET = 0x40000000
+_PR_SET_PDEATHSIG = 1
+_PR_SET_SECCOMP = 22
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
+_SECCOMP_MODE_FILTER = 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-_SYSTEM_LIBRARY_DIRS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib")
+_SYSTEM_LIBRARY_DIRS = (
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local/lib",
+)
+_DATA_DIRS = ("/usr/share/zoneinfo",)  # readable by snippets (the `zoneinfo` module's database)
 _SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+
+# seccomp: per architecture, its AUDIT_ARCH value and the numbers of `clone`, `socket` and the
+# system calls a snippet never needs and a sandbox escape often does (uapi asm/unistd*.h).
+_SECCOMP_ARCH = {
+    "x86_64": (0xC000003E, 56, 41),
+    "aarch64": (0xC00000B7, 220, 198),
+}
+_SECCOMP_DENIED = {
+    # unshare setns mount umount2 pivot_root chroot ptrace process_vm_readv/writev kcmp keyctl
+    # add_key request_key bpf perf_event_open userfaultfd io_uring_setup/enter/register
+    # open_by_handle_at name_to_handle_at kexec_load kexec_file_load init/finit/delete_module
+    # reboot swapon swapoff acct quotactl syslog personality fsopen fsconfig fsmount fspick
+    # move_mount open_tree mount_setattr
+    "x86_64": (
+        272, 308, 165, 166, 155, 161, 101, 310, 311, 312, 250, 248, 249, 321, 298, 323,
+        425, 426, 427, 304, 303, 246, 320, 175, 313, 176, 169, 167, 168, 163, 179, 103,
+        135, 430, 431, 432, 433, 429, 428, 442,
+    ),
+    "aarch64": (
+        97, 268, 40, 39, 41, 51, 117, 270, 271, 272, 219, 217, 218, 280, 241, 282,
+        425, 426, 427, 265, 264, 104, 294, 105, 273, 106, 142, 224, 225, 89, 60, 116,
+        92, 430, 431, 432, 433, 429, 428, 442,
+    ),
+}  # fmt: skip
+_SYS_CLONE3 = 435  # refused with ENOSYS: libc falls back to clone, whose flags can be checked
 
 
 class Namespace(dict):
@@ -129,6 +179,16 @@ def _libc() -> object:
     return ctypes.CDLL(None, use_errno=True)
 
 
+def _close_descriptors(keep: set[int]) -> None:
+    """Close every descriptor but `keep`: nothing the worker had open reaches the snippet."""
+    edge = 0
+    for fd in sorted(keep):
+        if fd > edge:  # closerange(n, n) would close everything from n (close_range(n, ~0))
+            os.closerange(edge, fd)
+        edge = fd + 1
+    os.closerange(edge, max(os.sysconf("SC_OPEN_MAX"), 1024))
+
+
 def _unshare_network() -> bool:
     """A network namespace of our own: no route anywhere, not even to the host's loopback."""
     try:
@@ -140,6 +200,59 @@ def _unshare_network() -> bool:
     except (OSError, AttributeError):
         pass
     return False
+
+
+def _unshare_namespaces() -> dict[str, bool]:
+    """Without bubblewrap: network, PID, IPC and UTS namespaces of our own (and a user
+    namespace when not root, which unprivileged unshare needs and RLIMIT_NPROC counts in)."""
+    user = os.geteuid() != 0
+    flags = _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS
+    try:
+        libc = _libc()
+        if libc.unshare(flags | (_CLONE_NEWUSER if user else 0)) == 0:  # type: ignore[attr-defined]
+            return {"network_namespace": True, "pid_namespace": True, "user_namespace": user}
+    except (OSError, AttributeError):
+        pass
+    network = _unshare_network()
+    return {
+        "network_namespace": network,
+        "pid_namespace": False,
+        "user_namespace": network and user,
+    }
+
+
+def _enter_pid_namespace(info_fd: int | None) -> None:
+    """Fork after unshare(CLONE_NEWPID): the child, pid 1 of the new namespace, returns and runs
+    the snippet; when it dies the kernel kills whatever is left in the namespace, `setsid` or
+    not. This process reports the child's pid on `info_fd` and exits as the child did."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _libc().prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)  # type: ignore[attr-defined]  # SIGKILL
+        finally:
+            if info_fd is not None:
+                os.close(info_fd)
+        return
+    if info_fd is not None:
+        os.write(info_fd, json.dumps({"child-pid": pid}).encode())
+        os.close(info_fd)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            os._exit(1)
+        except InterruptedError:
+            continue
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)  # a signal N as 128 + N, like bubblewrap
+
+
+def _become(uid: int) -> None:
+    """Root under bubblewrap: this run's own uid and gid (capabilities go with root)."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
 
 
 def _landlock(read_dirs: list[str], read_files: list[str], write_dirs: list[str]) -> int:
@@ -228,9 +341,7 @@ def _landlock(read_dirs: list[str], read_files: list[str], write_dirs: list[str]
 
 
 def _drop_capabilities() -> bool:
-    """Root keeps its uid (the Python installation may be readable by root only) but no power."""
-    if os.geteuid() != 0:
-        return False
+    """No capability left, in any user namespace, and none to be had again (`no_new_privs`)."""
     try:
         import ctypes
 
@@ -256,8 +367,66 @@ def _drop_capabilities() -> bool:
         return False
 
 
-def _set_limits(request: dict, status: int) -> None:
-    """`status` is an open descriptor of /proc/self/status (opened before Landlock)."""
+def _seccomp() -> bool:
+    """A seccomp filter: the calls in `_SECCOMP_DENIED`, `clone` with a namespace flag and
+    sockets other than AF_UNIX fail (EPERM, EACCES); another architecture's calls kill."""
+    arch = os.uname().machine
+    if arch not in _SECCOMP_ARCH:
+        return False
+    import ctypes
+    import struct
+
+    audit_arch, clone, socket = _SECCOMP_ARCH[arch]
+    load, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, kill, errno = 0x7FFF0000, 0x80000000, 0x00050000
+    eperm, eacces, enosys = errno | 1, errno | 13, errno | 38
+    namespaces = (
+        _CLONE_NEWNS
+        | _CLONE_NEWTIME
+        | _CLONE_NEWCGROUP
+        | _CLONE_NEWUTS
+        | _CLONE_NEWIPC
+        | _CLONE_NEWUSER
+        | _CLONE_NEWPID
+        | _CLONE_NEWNET
+    )
+    program = [
+        (load, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, audit_arch),
+        (ret, 0, 0, kill),
+        (load, 0, 0, 0),  # seccomp_data.nr
+    ]
+    if arch == "x86_64":
+        program += [(jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]  # the x32 ABI
+    for number in _SECCOMP_DENIED[arch]:
+        program += [(jeq, 0, 1, number), (ret, 0, 0, eperm)]
+    program += [(jeq, 0, 1, _SYS_CLONE3), (ret, 0, 0, enosys)]
+    # clone(flags, ...) and socket(family, ...): the first argument's low 32 bits, offset 16.
+    program += [(jeq, 0, 4, clone), (load, 0, 0, 16), (jset, 0, 1, namespaces)]
+    program += [(ret, 0, 0, eperm), (ret, 0, 0, allow)]
+    program += [(jeq, 0, 4, socket), (load, 0, 0, 16), (jeq, 1, 0, 1)]  # AF_UNIX
+    program += [(ret, 0, 0, eacces), (ret, 0, 0, allow)]
+    program += [(ret, 0, 0, allow)]
+    code = b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+    buffer = ctypes.create_string_buffer(code, len(code))
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = Program(len(program), ctypes.cast(buffer, ctypes.c_void_p))
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        return bool(
+            libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0
+        )
+    except (OSError, AttributeError):
+        return False
+
+
+def _set_limits(request: dict, status: int, processes: int | None) -> None:
+    """`status` is an open descriptor of /proc/self/status (opened before Landlock);
+    `processes` is RLIMIT_NPROC, set only where it counts this run alone."""
     import resource
 
     def limit(which: int, value: int, hard: int | None = None) -> None:
@@ -273,6 +442,8 @@ def _set_limits(request: dict, status: int) -> None:
     limit(resource.RLIMIT_FSIZE, int(request["max_file_bytes"]))
     limit(resource.RLIMIT_NOFILE, int(request["max_open_files"]))
     limit(resource.RLIMIT_CORE, 0)
+    if processes is not None:
+        limit(resource.RLIMIT_NPROC, processes)
     # The address space the interpreter has now, plus what the snippet may allocate.
     limit(resource.RLIMIT_AS, _vm_size(status) + int(request["memory_bytes"]))
 
@@ -444,41 +615,93 @@ def _error(exc: BaseException) -> dict:
     }
 
 
+def _isolate(request: dict) -> dict:
+    """Apply the kernel layers (mode `auto`); what holds, as reported in `metadata.sandbox`."""
+    contained = request.get("isolation") != "none"
+    layers = dict(request.get("layers") or {})
+    info_fd = request.get("info_fd")
+    if contained and not layers.get("bubblewrap"):
+        layers.update(_unshare_namespaces())
+        if layers["pid_namespace"]:
+            _enter_pid_namespace(info_fd)
+            info_fd = None
+    if info_fd is not None:
+        os.close(info_fd)
+    status = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+    uid = request.get("uid")
+    if uid is not None:
+        _become(int(uid))
+    os.chdir(request["scratch"])
+    read_dirs = [p for p in (*sys.path, *_DATA_DIRS) if p and os.path.isdir(p)]
+    landlock = 0
+    seccomp = capabilities = False
+    if contained:
+        landlock = _landlock(
+            read_dirs + [p for p in _SYSTEM_LIBRARY_DIRS if os.path.isdir(p)],
+            [p for p in _SYSTEM_FILES if os.path.isfile(p)],
+            [request["scratch"]],
+        )
+        capabilities = _drop_capabilities()
+        seccomp = _seccomp()
+    # RLIMIT_NPROC counts the processes of a uid (per user namespace): it limits this run alone
+    # only under a uid or user namespace of its own.
+    own_count = uid is not None or bool(layers.get("user_namespace"))
+    return {
+        "mode": "auto" if contained else "none",
+        "bubblewrap": bool(layers.get("bubblewrap")),
+        "mount_namespace": bool(layers.get("mount_namespace")),
+        "pid_namespace": os.getpid() == 1,
+        "network_namespace": bool(layers.get("network_namespace")),
+        "user_namespace": bool(layers.get("user_namespace")),
+        "landlock_abi": landlock,
+        "seccomp": seccomp,
+        "capabilities_dropped": capabilities,
+        "process_limit": int(request["max_processes"]) if contained and own_count else None,
+        "uid": os.getuid(),
+        "root": os.geteuid() == 0 and not layers.get("user_namespace"),
+        "audit_hook": True,
+        "_status": status,
+        "_read_dirs": read_dirs,
+    }
+
+
+def _missing_barriers(isolation: dict) -> list[str]:
+    """The barriers no kernel layer holds here (mode `auto` refuses to run the snippet)."""
+    landlock = int(isolation["landlock_abi"])
+    missing = []
+    if not (isolation["mount_namespace"] or landlock >= 1):
+        missing.append("files (a mount namespace or Landlock)")
+    if not (isolation["network_namespace"] or landlock >= 4):
+        missing.append("the network (a network namespace or Landlock ABI 4)")
+    if not isolation["pid_namespace"]:
+        missing.append("processes (a PID namespace)")
+    if isolation["process_limit"] is None:
+        missing.append("the process count (RLIMIT_NPROC needs a uid or user namespace of its own)")
+    return missing
+
+
 def main() -> None:
     request = json.loads(sys.stdin.buffer.read())
     result_fd = int(request["result_fd"])
+    info_fd = request.get("info_fd")
+    _close_descriptors({0, 1, 2, result_fd} | ({int(info_fd)} if info_fd is not None else set()))
     scratch = request["scratch"]
-    os.chdir(scratch)
-    status = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
-    read_dirs = [p for p in sys.path if p and os.path.isdir(p)]
-    isolation = {
-        "network_namespace": _unshare_network(),
-        "landlock_abi": _landlock(
-            read_dirs + [p for p in _SYSTEM_LIBRARY_DIRS if os.path.isdir(p)],
-            [p for p in _SYSTEM_FILES if os.path.isfile(p)],
-            [scratch],
-        ),
-        "capabilities_dropped": _drop_capabilities(),
-        "audit_hook": True,
-        "root": os.geteuid() == 0,
-    }
+    isolation = _isolate(request)
+    status = isolation.pop("_status")
+    read_dirs = isolation.pop("_read_dirs")
     envelope: dict = {"isolation": isolation}
     sys.modules.pop("ctypes", None)  # a new import of ctypes goes through the audit hook
     sys.modules.pop("_ctypes", None)
-    missing = [
-        name
-        for name, ok in (
-            ("network namespace", isolation["network_namespace"]),
-            ("Landlock", isolation["landlock_abi"]),
-        )
-        if not ok
-    ]
-    if request.get("require_isolation") and missing:
+    missing = _missing_barriers(isolation)
+    if isolation["mode"] == "auto" and missing:
+        why = request.get("bubblewrap_error")
         envelope["error"] = {
             "type": "SandboxUnavailable",
-            "message": "this host cannot isolate Python snippets (missing: "
+            "message": "Python code nodes cannot be isolated on this host: nothing guards "
             + ", ".join(missing)
-            + ")",
+            + (f"; {why}" if why else "")
+            + ". Install bubblewrap (scripts/system-deps.sh), or set "
+            "FLOWMAESTRO_PYTHON_ISOLATION=none to run them without isolation (docs/sandbox.md)",
         }
         _write(result_fd, envelope)
         return
@@ -501,7 +724,7 @@ def main() -> None:
     scope["variables"] = data["inputs"]
     scope["shared"] = data["shared"]
     scope["__no_result__"] = _NO_RESULT
-    _set_limits(request, status)
+    _set_limits(request, status, isolation["process_limit"])
     os.close(status)
     _install_audit_hook(scratch, read_dirs, int(request["max_files"]))
     try:
