@@ -53,15 +53,21 @@ REMOVED_GLOBALS = (
     "Float64Array",
     "BigInt64Array",
     "BigUint64Array",
+    "Temporal",  # its objects (and every method's result) live outside the heap limit
     "__timer_manager",
     "setTimeout",
     "clearTimeout",
 )
+# Intl objects hold ICU state outside the heap limit (retaining DateTimeFormats grew a worker by
+# 2.2 GB under a 128 MB cap), so a run may construct only this many; `toLocaleString` and
+# friends keep working (their formatters are transient).
+MAX_INTL_OBJECTS = 1000
 
-# Removes REMOVED_GLOBALS, replaces the timers with functions that throw, and returns the names
-# that could not be removed (there should be none: creation then refuses the isolate).
+# Removes REMOVED_GLOBALS, replaces the timers with functions that throw, counts what makes Intl
+# objects (MAX_INTL_OBJECTS), and returns the names that could not be removed (there should be
+# none: creation then refuses the isolate).
 _LOCKDOWN = """
-(function (removed) {
+(function (removed, MAX_INTL) {
   const g = globalThis;
   for (const name of removed) {
     try { delete g[name]; } catch (e) { /* checked below */ }
@@ -72,6 +78,44 @@ _LOCKDOWN = """
   };
   g.setTimeout = unavailable('setTimeout');
   g.clearTimeout = unavailable('clearTimeout');
+  let made = 0;
+  const counted = (name) => {
+    if (++made > MAX_INTL) {
+      throw new RangeError('more than ' + MAX_INTL + ' Intl objects in one run (' + name +
+        '): their memory is outside the memory limit of the JavaScript sandbox');
+    }
+  };
+  const wrap = (owner, name, label) => {
+    const original = owner[name];
+    const wrapped = new Proxy(original, {
+      construct(target, args, newTarget) {
+        counted(label);
+        return Reflect.construct(target, args, newTarget === wrapped ? target : newTarget);
+      },
+      apply(target, self, args) { counted(label); return Reflect.apply(target, self, args); },
+    });
+    Object.defineProperty(owner, name, {value: wrapped, writable: false, configurable: false});
+    return wrapped;
+  };
+  if (g.Intl) {
+    for (const name of Object.getOwnPropertyNames(g.Intl)) {
+      const constructor = g.Intl[name];
+      if (typeof constructor !== 'function' || !/^[A-Z]/.test(name)) continue;
+      const wrapped = wrap(g.Intl, name, 'Intl.' + name);
+      if (constructor.prototype) {  // `x.constructor` must not lead back to the original
+        Object.defineProperty(constructor.prototype, 'constructor',
+          {value: wrapped, writable: false, configurable: false});
+      }
+    }
+    if (g.Intl.Segmenter) {  // each `segment()` holds an ICU break iterator
+      wrap(g.Intl.Segmenter.prototype, 'segment', 'Intl.Segmenter.prototype.segment');
+    }
+    if (g.Intl.Locale) {  // these return new Locale objects
+      for (const name of ['maximize', 'minimize']) {
+        wrap(g.Intl.Locale.prototype, name, 'Intl.Locale.prototype.' + name);
+      }
+    }
+  }
   return JSON.stringify(removed.filter(
     (name) => g[name] !== undefined && name !== 'setTimeout' && name !== 'clearTimeout'));
 })
@@ -100,7 +144,12 @@ class V8Isolate:
         try:
             self._racer = self._on_loop(self._open(max_memory))
             left = json.loads(
-                str(self.eval(f"({_LOCKDOWN})({json.dumps(REMOVED_GLOBALS)})", SETUP_TIMEOUT_S))
+                str(
+                    self.eval(
+                        f"({_LOCKDOWN})({json.dumps(REMOVED_GLOBALS)}, {MAX_INTL_OBJECTS})",
+                        SETUP_TIMEOUT_S,
+                    )
+                )
             )
             if left:
                 raise RuntimeError(f"V8 globals could not be removed: {', '.join(left)}")

@@ -204,6 +204,30 @@ def test_javascript_code_node_cannot_allocate_outside_the_heap() -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "make",
+    [
+        "new Intl.DateTimeFormat('en', { timeZone: 'UTC' })",
+        "Intl.NumberFormat('de-DE')",  # called, not constructed
+        "new (new Intl.Collator().constructor)()",  # the prototype's constructor
+        "new (class extends Intl.PluralRules {})()",
+        "new Intl.Segmenter().segment('a b c')",  # an ICU break iterator each
+    ],
+)
+def test_intl_objects_are_capped_and_temporal_is_gone(make: str) -> None:
+    """ICU state is outside the heap limit too (kept DateTimeFormats grew a worker by 2.2 GB
+    under 128 MB): a run makes at most MAX_INTL_OBJECTS of them."""
+    code = f"const kept = [];\nfor (let i = 0; i < 1e7; i++) kept.push({make});\nreturn 1"
+    error, _, growth = _attack(lambda: _code(code, memory_mb=64, timeout=20000), 40)
+    assert isinstance(error, NodeExecutionError), error
+    assert "more than 1000 Intl objects in one run" in str(error)
+    assert growth < RSS_BOUND_MB, f"RSS grew by {growth} MB"
+    assert _code("return typeof Temporal")["output"] == "undefined"
+    money = "return (1234.5).toLocaleString('en-US', { style: 'currency', currency: 'USD' })"
+    assert _code(money)["output"] == "$1,234.50"  # formatting keeps working
+
+
+@pytest.mark.timeout(60)
 def test_async_heap_flood_hits_the_memory_limit() -> None:
     code = "const a = []; await 0; while (true) { a.push(new Array(100000).fill(1.5)); }"
     error, _, growth = _attack(lambda: _code(code, memory_mb=64), 40)
