@@ -16,6 +16,7 @@ lint-imports --no-cache
 echo "== mypy"
 mypy
 echo "== pytest"
-# Two workers, a whole test file each: end-to-end files share one Dagster stack per file and
-# spend most of their time waiting on it, so two of them overlap well on two cores.
-pytest -n "${FLOWMAESTRO_TEST_WORKERS:-2}" --dist loadfile "$@"
+# Three workers on two cores, a whole test file each: end-to-end files share one Dagster stack per
+# file and spend most of their time waiting on it (a schedule's first tick alone is 1-2 minutes),
+# so a third worker overlaps those waits with the unit tests.
+pytest -n "${FLOWMAESTRO_TEST_WORKERS:-3}" --dist loadfile "$@"
