@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -49,7 +48,6 @@ from flowmaestro_dagster.testing.recording_client import RecordingDagsterClient
 from tests.api.conftest import make_key
 from tests.builders import chain, node
 from tests.deploy import deploy, fresh_user
-from tests.services import database_from, migrated_template
 
 T = TypeVar("T")
 HOLD = 20.0  # seconds a held action waits at most (only a broken test gets there)
@@ -68,22 +66,6 @@ def approval_flow() -> dict[str, Any]:
 
 
 # -- fixtures ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def db_template(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, str]]:
-    kind = request.param
-    with migrated_template(kind, tmp_path_factory.mktemp(f"tpl-{kind}")) as template:
-        yield kind, template
-
-
-@pytest.fixture
-def database_url(db_template: tuple[str, str], tmp_path: Path) -> Iterator[str]:
-    kind, template = db_template
-    with database_from(kind, template, tmp_path) as url:
-        yield url
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,29 +32,11 @@ from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Waitpoint, utcnow
 from tests.api.conftest import UNREACHABLE_DAGSTER, deployed_workflow, make_key
 from tests.builders import chain, node
-from tests.services import database_from, migrated_template
 
 SECRET = "test-secret-key-0123456789"
 SIGNING = "test-callback-signing-0123456789"
 REDOS = "(a+)+$"
 SLOW = 5.0  # seconds; `re` needs minutes for these inputs
-
-
-# tests/api's fixtures, here: a real SQLite and PostgreSQL database a test.
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def db_template(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, str]]:
-    kind = request.param
-    with migrated_template(kind, tmp_path_factory.mktemp(f"tpl-{kind}")) as template:
-        yield kind, template
-
-
-@pytest.fixture
-def database_url(db_template: tuple[str, str], tmp_path: Path) -> Iterator[str]:
-    kind, template = db_template
-    with database_from(kind, template, tmp_path) as url:
-        yield url
 
 
 @pytest.fixture
