@@ -27,6 +27,7 @@ RETRY_TAG = f"{PREFIX}/retry_of"  # a re-execution asked for by POST /retry
 FROM_CHECKPOINT_TAG = f"{PREFIX}/from_checkpoint"
 PAUSED_TAG = f"{PREFIX}/paused"  # "true" on a run terminated by POST /pause
 WILL_RETRY_TAG = "dagster/will_retry"  # Dagster's: a failed run that run retries re-execute
+FAILURE_REASON_TAG = "dagster/failure_reason"  # Dagster's: why a run failed (STEP_FAILURE, ...)
 PID_TAG = f"{PREFIX}/run_worker_pid"  # the forkserver launcher's run worker
 HOST_TAG = f"{PREFIX}/run_worker_host"
 

@@ -337,3 +337,21 @@ def test_the_plan_carries_the_retry_settings_and_the_op_a_policy() -> None:
     assert plan["retry"]["max_attempts"] == 3 and plan["retry"]["min_delay_ms"] == 250
     op = compiled.job.graph.node_named(alias)
     assert op.retry_policy is not None and op.retry_policy.max_retries == 2
+
+
+def test_a_failed_run_is_final_only_once_dagster_has_decided_on_its_retry() -> None:
+    """Dagster writes FAILURE before its `dagster/will_retry` tag: a worker failure read in
+    between is still running; a node's failure, or a decided run, is what its tags say."""
+    from flowmaestro_dagster.control.client import RunInfo
+    from flowmaestro_dagster.control.executions import _retry_pending, run_status
+
+    def failed(tags: dict[str, str], ended: float | None) -> RunInfo:
+        return RunInfo("r", "FAILURE", tags, None, None, None, ended, None)
+
+    now = 1_000.0
+    assert _retry_pending(failed({}, now - 1), now)  # worker died, decision not written yet
+    assert not _retry_pending(failed({}, now - 60), now)  # no decision ever came: final
+    assert not _retry_pending(failed({"dagster/failure_reason": "STEP_FAILURE"}, now - 1), now)
+    assert not _retry_pending(failed({"dagster/will_retry": "false"}, now - 1), now)
+    assert run_status(failed({"dagster/will_retry": "true"}, now - 600)) == "running"
+    assert run_status(failed({"dagster/will_retry": "false"}, None)) == "failed"

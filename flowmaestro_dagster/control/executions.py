@@ -14,6 +14,7 @@ and otherwise terminates it (`stop_run`; cancel and retry are in control/lifecyc
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ from flowmaestro_dagster.store.models import (
 )
 from flowmaestro_dagster.tags import (
     EXECUTION_TAG,
+    FAILURE_REASON_TAG,
     PAUSED_TAG,
     USER_TAG,
     VERSION_TAG,
@@ -583,9 +585,23 @@ def execution_status(execution: Execution, runs: Sequence[RunInfo]) -> str:
 def run_status(run: RunInfo) -> str:
     if run.tags.get(PAUSED_TAG) == "true" and run.status in ("CANCELING", "CANCELED"):
         return "pausing" if run.status == "CANCELING" else "paused"
-    if run.status == "FAILURE" and run.tags.get(WILL_RETRY_TAG) == "true":
+    if run.status == "FAILURE" and _retry_pending(run):
         return "running"  # its run worker died; Dagster's run retries re-execute it from failure
     return RUN_STATUS.get(run.status, "running")
+
+
+# Dagster writes a run's FAILURE status first and its `dagster/will_retry` decision a moment
+# later (DagsterInstance.handle_new_event): a failure read in between is not final yet.
+RETRY_DECISION_GRACE_SECONDS = 10.0
+
+
+def _retry_pending(run: RunInfo, now: float | None = None) -> bool:
+    decision = run.tags.get(WILL_RETRY_TAG)
+    if decision is not None:
+        return decision == "true"
+    if run.tags.get(FAILURE_REASON_TAG) == "STEP_FAILURE" or run.end_time is None:
+        return False  # a node failed: run retries never re-execute those (nodes retry themselves)
+    return (time.time() if now is None else now) - run.end_time < RETRY_DECISION_GRACE_SECONDS
 
 
 def version_row(session: Session, execution: Execution) -> WorkflowVersion | None:
