@@ -45,6 +45,9 @@ ERROR_METADATA = f"{PREFIX}/error"  # on the outputs of a node whose failure was
 HANDLED_METADATA = f"{PREFIX}/handled_by"  # continue | fallback | goto | error_edge
 NODES_METADATA = f"{PREFIX}/nodes"  # on a job: op alias → node id
 PROGRESS_MARKER = f"{PREFIX}/progress "  # a log message carrying a batch node's progress
+# On a Dagster engine event the platform appends to a run's log (DagsterClient.report_event):
+EVENT_KIND_METADATA = f"{PREFIX}/event"  # waiting | waitpoint.resolved | cancelled | ...
+EVENT_DATA_METADATA = f"{PREFIX}/event_data"  # the event's JSON payload
 
 DEFAULT_QUEUE = "default"  # the queue of executions that name none
 

@@ -28,6 +28,7 @@ from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportError, TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
 
+from flowmaestro_dagster.adapter.events import report_platform_event
 from flowmaestro_dagster.errors import Conflict, DagsterUnavailable, PlatformError
 from flowmaestro_dagster.tags import EXECUTION_TAG
 
@@ -372,3 +373,9 @@ class DagsterClient:
     ) -> tuple[list[Any], str | None]:
         connection = self.instance.get_records_for_run(run_id, cursor=cursor, limit=limit)
         return list(connection.records), connection.cursor
+
+    def report_event(self, run_id: str, kind: str, data: Mapping[str, Any], message: str) -> None:
+        """Append a platform event (a waitpoint parked, decided, expired; a cancel) to a run's
+        Dagster event log: operators read it in the run's log, and the execution's live event
+        stream (flowmaestro_api/services/events.py) relays it to the builder."""
+        report_platform_event(self.instance, run_id, kind, data, message)
