@@ -9,7 +9,7 @@ PlatformError (flowmaestro_dagster.errors)   500 (never raised on purpose)
 ├── Forbidden                    403 the key's user may not do this
 ├── NotFound                     404 no such workflow / version / execution (or not yours)
 ├── Conflict                     409 the resource is in the wrong state for this
-├── Gone                         410 it existed but has expired
+├── Gone                         410 it existed but has expired, or its execution was cancelled
 ├── UnsupportedMediaType         415 a webhook body that is not JSON, a form or text
 ├── Unprocessable                422 valid JSON, invalid content (carries validation problems)
 │   ├── InvalidWorkflow          the definition has errors
@@ -32,6 +32,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from flowmaestro_dagster.errors import (
     BadSignature,
@@ -144,6 +146,10 @@ def render(error: PlatformError, request: Request) -> JSONResponse:
     return response
 
 
+class InvalidLastEventId(ApiError, status=400, code="invalid_last_event_id"):
+    """A Last-Event-ID that is malformed, another execution's, or from the future."""
+
+
 class TooManyRequests(ApiError, status=429, code="rate_limited"):
     """Too many requests."""
 
@@ -201,6 +207,15 @@ def register_error_handlers(app: FastAPI) -> None:
         )
         if exc.headers:
             response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(PoolTimeout)
+    async def _busy(request: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("database pool exhausted on %s %s", request.method, request.url.path)
+        response = problem_response(
+            503, "busy", "Busy", "every database connection is in use: retry shortly", request
+        )
+        response.headers["Retry-After"] = "1"
         return response
 
     @app.exception_handler(Exception)

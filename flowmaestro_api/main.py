@@ -12,6 +12,7 @@ from flowmaestro_api.ratelimit import HookRateLimiter
 from flowmaestro_api.request_guard import RequestBodyGuard
 from flowmaestro_api.routes import approvals, executions, health, hooks, queues, workflows
 from flowmaestro_api.routes.observability import router as observability_router
+from flowmaestro_api.services.events import EventFeed
 from flowmaestro_api.settings import ApiSettings, get_api_settings
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.executions import launch_execution
@@ -59,6 +60,13 @@ def create_app(
     app.state.dagster = client
     app.state.launcher = launcher
     app.state.launch = launch
+    app.state.events = EventFeed(
+        client,
+        app.state.sessions,
+        approval_url=lambda waitpoint_id: (
+            f"{settings.public_api_url.rstrip('/')}/approvals/{waitpoint_id}"
+        ),
+    )
     app.state.hook_limits = HookRateLimiter(
         settings.hook_rate_limit, settings.hook_rate_limit_storage
     )

@@ -137,6 +137,22 @@ class WaitpointPublic(BaseModel):
     resolved_at: datetime | None = None
     callback_url: str | None = None
     child_execution_id: str | None = None
+    approval_url: str | None = Field(
+        default=None, description="an approval in the API: GET it, POST .../decision"
+    )
+    page_url: str | None = Field(
+        default=None,
+        description="the signed approval page, for a pending approval the caller may decide "
+        "(the link decides without an API key, so it is not shown to an owner who is not "
+        "an approver)",
+    )
+    notifications: dict[str, Any] | None = Field(
+        default=None, description="approver notifications: state and every attempt"
+    )
+
+
+class WaitpointList(BaseModel):
+    items: list[WaitpointPublic]
 
 
 class CheckpointPublic(BaseModel):
@@ -261,3 +277,70 @@ class DeliveryPublic(_Schema):
 
 class DeliveryList(BaseModel):
     items: list[DeliveryPublic]
+
+
+class AttemptTiming(BaseModel):
+    """Where an attempt's time went, derived from the attempt rows (docs/observability.md)."""
+
+    queued_ms: float | None = Field(
+        default=None,
+        description="the latest end of its upstream nodes' attempts in the same run to this "
+        "attempt's start (first attempts only; null for a node with no upstream in the run)",
+    )
+    running_ms: float = Field(description="the attempt's start to its end, in the op")
+    backoff_ms: float | None = Field(
+        default=None, description="a retried attempt's end to the next attempt's start"
+    )
+    waiting_ms: float | None = Field(
+        default=None,
+        description="a parked attempt's end to the resumed attempt's start (up to now while "
+        "nothing resumed it)",
+    )
+
+
+class RetryDecisionPublic(BaseModel):
+    retryable: bool | None = Field(description="whether another attempt may succeed")
+    retried: bool = Field(description="whether another attempt was scheduled")
+    delay_seconds: float | None = Field(description="the wait chosen before the next attempt")
+    max_attempts: int | None = None
+    handled_by: str | None = Field(
+        default=None,
+        description="after the last attempt: continue | fallback | goto | error_edge | fail",
+    )
+
+
+class AttemptError(BaseModel):
+    error_class: str
+    message: str | None = None
+    stack: str | None = None
+
+
+class NodeAttemptPublic(BaseModel):
+    attempt: int
+    iteration: str = Field(description="the loop iteration (`0`, `1.2`); empty outside loops")
+    run_id: str
+    step_key: str
+    status: Literal["succeeded", "retrying", "failed", "handled", "parked"]
+    started_at: datetime
+    finished_at: datetime
+    inputs: Any = Field(
+        description="`config`: the node's settings with `{{...}}` resolved, credentials shown "
+        "as `***`; `upstream`: the nodes whose output it received"
+    )
+    output: Any = Field(description="the node's output; a preview when output_truncated")
+    output_bytes: int | None = None
+    output_truncated: bool = False
+    output_url: str | None = Field(
+        default=None, description="where the whole output is served, when it was truncated"
+    )
+    logs: list[dict[str, Any]] = Field(description="lines the node logged (at, level, message)")
+    logs_dropped: int = Field(default=0, description="lines past the cap, not kept")
+    error: AttemptError | None = None
+    retry: RetryDecisionPublic | None = None
+    timing: AttemptTiming
+
+
+class NodeDetail(BaseModel):
+    execution_id: str
+    node_id: str
+    attempts: list[NodeAttemptPublic]

@@ -75,6 +75,18 @@ from dagster._core.launcher import (
     WorkerStatus,
 )
 
+# control/client: a cursor at a storage id, so a live-event follower reads a run's log after the
+# last event it sent (`get_records_for_run` takes only Dagster's own cursor strings).
+from dagster._core.storage.event_log.base import EventLogCursor
+
+# control/client: taking tags off a run (a resumed run's waiting tags). Dagster has no public
+# tag delete (`add_run_tags` only adds or overwrites); every run storage it ships (SQLite,
+# PostgreSQL, MySQL, in-memory) is a SqlRunStorage whose tags live in these two tables, and a
+# `storage:` section wraps it in a LegacyRunStorage.
+from dagster._core.storage.legacy_storage import LegacyRunStorage
+from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
+from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
+
 # celery: the arguments of dagster-celery's `execute_plan` task, which takes them packed.
 from dagster._grpc.types import ExecuteStepArgs
 
@@ -101,6 +113,7 @@ __all__ = [
     "DynamicCollectDependencyDefinition",
     "EngineEventData",
     "ErrorSource",
+    "EventLogCursor",
     "ExecuteRunWithPlanIterable",
     "ExecuteStepArgs",
     "ExecutionPlan",
@@ -110,13 +123,17 @@ __all__ = [
     "InstanceConcurrencyContext",
     "KnownExecutionState",
     "LaunchRunContext",
+    "LegacyRunStorage",
     "PlanExecutionContext",
     "PlanExecutionContextManager",
     "PlanOrchestrationContext",
     "ReconstructableJob",
     "RetryMode",
     "RunLauncher",
+    "RunTagsTable",
+    "RunsTable",
     "SerializableErrorInfo",
+    "SqlRunStorage",
     "StepFailureData",
     "WorkerStatus",
     "capture_interrupts",

@@ -8,8 +8,10 @@ FlowMaestroError
 └── NodeExecutionError            a node failed at run time (names the node and its type)
     ├── TransientNodeError        worth retrying: timeouts, connection errors, 429, 5xx
     ├── NodeConfigurationError    the node's settings cannot work (bad value at run time)
-    │   └── ConnectionDestinationError
-    │                             a connection's secrets would leave its declared base_url
+    │   ├── ConnectionDestinationError
+    │   │                         a connection's secrets would leave its declared base_url
+    │   └── UnresolvedReferenceError
+    │                             a `{{reference}}` nothing provides (unresolvedReferences=error)
     └── ConnectorNotConfiguredError
                                   no executor / connector is configured for this node
 ├── PlatformError                 a control-plane request cannot be done (`status`: HTTP answer)
@@ -109,6 +111,26 @@ class ConnectionDestinationError(NodeConfigurationError):
     """A connection's secrets would go to a URL outside the connection's declared base_url."""
 
 
+class UnresolvedReferenceError(NodeConfigurationError):
+    """A `{{reference}}` in the node's config resolves to nothing, and the workflow (setting
+    `unresolvedReferences`) or the platform (FLOWMAESTRO_UNRESOLVED_REFERENCES) says error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str = "",
+        reference: str = "",
+        node_id: str | None = None,
+        node_type: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.field = field
+        self.reference = reference
+        details = {"field": field, "reference": reference, **(details or {})}
+        super().__init__(message, node_id=node_id, node_type=node_type, details=details)
+
+
 class ConnectorNotConfiguredError(NodeExecutionError):
     """No executor or connector is configured for this node."""
 
@@ -191,7 +213,7 @@ class Conflict(PlatformError, status=409, code="conflict"):
 
 
 class Gone(PlatformError, status=410, code="gone"):
-    """It has expired."""
+    """It is gone: it expired, or its execution was cancelled."""
 
 
 class Unprocessable(PlatformError, status=422, code="unprocessable"):

@@ -362,6 +362,12 @@ class Settings(BaseSettings):
     max_nodes: int = Field(
         default=1_000, ge=1, description="nodes a workflow may have (validation refuses more)"
     )
+    unresolved_references: Literal["warn", "error"] = Field(
+        default="warn",
+        description="a `{{reference}}` nothing provides at run time: a warning on the node "
+        "(the text stays as written) or the node's failure; a workflow's "
+        "settings.unresolvedReferences overrides it",
+    )
     max_edges: int = Field(
         default=5_000, ge=0, description="edges a workflow may have (validation refuses more)"
     )

@@ -150,6 +150,26 @@ def deploy_size(size: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def events_variant(p99: float, rss_after: int) -> dict[str, Any]:
+    def stage(p99_s: float, p99_ms: float, rss: int) -> dict[str, Any]:
+        latency = {"samples": 120, "p50_s": 0.3, "p99_s": p99_s, "min_s": 0.1, "max_s": p99_s}
+        request = {"requests": 500, "p50_ms": 3.0, "p99_ms": p99_ms, "max_ms": 20.0}
+        return {
+            "rss_kib": rss,
+            "cpu_share": 0.01,
+            "requests": {"/health": request, "/executions/abc": request, "failed": {}},
+            "latency": {**latency, "executions": 10, "replayed": 0},
+        }
+
+    return {
+        "without": stage(0.5, 8.0, 102400),
+        "with_idle": stage(p99, 10.0, rss_after),
+        "idle": {"subscribers": 1000, "opened": 1000, "failed": {}, "open_s": 4.5},
+        "rss_per_subscriber_kib": round((rss_after - 102400) / 1000, 1),
+        "requests_p99_ratio": {"health": 1.25, "execution": 1.25},
+    }
+
+
 RESULTS: dict[str, Any] = {
     "stamp": "20260101T000000",
     "quick": False,
@@ -371,6 +391,22 @@ RESULTS: dict[str, Any] = {
                 ]
             },
         },
+        "events": {
+            "seconds": 400.0,
+            "result": {
+                "variants": {
+                    "one_parked": events_variant(0.6, 122880),
+                    "many_queued": events_variant(0.9, 133120),
+                },
+                "shape": {"nodes": 12, "idle_subscribers": 1000, "executions": 10, "requests": 500},
+                "goals": {
+                    "latency_p99_s_max": 1.0,
+                    "requests_p99_ratio_max": 1.5,
+                    "latency_met": True,
+                    "requests_met": True,
+                },
+            },
+        },
     },
 }
 
@@ -396,6 +432,15 @@ def test_render_shows_every_section_with_its_figures_and_goals() -> None:
     assert "Code-location shards: **32** (not the default" in text
     assert "At 1000 workflows, 32 shards / 1 shard: **0.5** of the deploy time" in text
     assert "**Not measured: no Celery executor exposed yet.**" in text
+    assert (
+        "| one each on 1,000 queued executions | 0.3 / 0.5 s [0.1, 0.5] | 0.3 / 0.9 s [0.1, 0.9] "
+        "| 3 / 8 ms → 3 / 10 ms | 3 / 8 ms → 3 / 10 ms | 100 → 130 MiB (30.7 KiB) | 0.01 → 0.01 "
+        "| 4.5 s |" in text
+    )
+    assert (
+        "| live event latency p99 with 1,000 subscribers (worse of the two ways) | 0.9 s | "
+        "≤ 1 s | yes |" in text
+    )
     assert "| W3 | 0.6 s [0.55, 0.7] |" in text
     assert "| submissions per second, launch excluded | 60.0 | 90.0 | 1.5 |" in text
     assert "200 queued" in text

@@ -69,7 +69,8 @@ def _children() -> list[int]:
 
 def test_snippet_names_follow_reference_resolution() -> None:
     names = snippet_names(_state())
-    assert names["input"] == {"data": {"number": 21}}  # node id
+    # the node `input`: its output over the execution inputs (`{{input.customer}}` resolves)
+    assert names["input"] == {**_state().inputs, "data": {"number": 21}}
     assert names["fit"] == {"score": 72, "tier": "gold"}  # a top-level key of an output
     assert names["customer"] == {"name": "Ann"}  # an execution input
     assert names["item"] == "x" and names["index"] == 0  # loop variables

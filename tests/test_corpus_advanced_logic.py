@@ -1149,7 +1149,7 @@ def test_stack_dynamic_workflow_router_default_route_asks_a_person(
         "output-1": "succeeded",  # the five-way join runs with the one branch that ran
     }
     review = node(done, "humanReview-other")["output"]
-    assert review["manualRoute"] == "partnerships"
+    assert review["manualRoute"]["response"] == review["response"] == "partnerships"
     assert review["decision"] == "respond"
     assert review["comment"] == "sponsorships go to partnerships"
     # The output is `{{routeDecision}}`: the route taken, not the person's answer.

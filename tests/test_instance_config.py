@@ -17,6 +17,7 @@ from flowmaestro_dagster.orchestration.instance_config import (
     write_instance_yaml,
 )
 from flowmaestro_dagster.settings import Settings
+from flowmaestro_dagster.tags import USER_TAG, USER_WORKFLOW_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,9 +64,9 @@ def test_dagster_reads_back_the_default_run_queue(instance: DagsterInstance) -> 
     assert queue is not None and queue.max_concurrent_runs == 10
     assert queue.max_user_code_failure_retries == 3
     assert list(queue.tag_concurrency_limits) == [
-        {"key": "flowmaestro/user", "value": {"applyLimitPerUniqueValue": True}, "limit": 3},
+        {"key": USER_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 3},
         {
-            "key": "flowmaestro/user_workflow",
+            "key": USER_WORKFLOW_TAG,
             "value": {"applyLimitPerUniqueValue": True},
             "limit": 1,
         },
@@ -103,7 +104,7 @@ def test_every_setting_reaches_dagster(tmp_path: Path) -> None:
         queue = config.run_queue_config
         assert queue is not None and queue.max_concurrent_runs == 25
         limits = {(r["key"], str(r.get("value"))): r["limit"] for r in queue.tag_concurrency_limits}
-        assert ("flowmaestro/user", "{'applyLimitPerUniqueValue': True}") not in limits
+        assert (USER_TAG, "{'applyLimitPerUniqueValue': True}") not in limits
         assert limits[("flowmaestro/queue", "nightly")] == 0
         assert limits[("flowmaestro/queue", "default")] == 8
         assert config.pool_config.pool_granularity is not None

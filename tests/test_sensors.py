@@ -47,12 +47,21 @@ from flowmaestro_dagster.settings import Settings
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution, Waitpoint, WebhookDelivery, utcnow
 from flowmaestro_dagster.store.waitpoints import DatabaseWaitpointStore
-from flowmaestro_dagster.tags import EXECUTION_TAG, RESUME_TAG
+from flowmaestro_dagster.tags import (
+    EXECUTION_TAG,
+    PARENT_RUN_TAG,
+    PARKED_TAG,
+    RESUME_TAG,
+    ROOT_RUN_TAG,
+    WAIT_KINDS,
+    WAITING_TAG,
+    WAITING_TAGS,
+)
 from flowmaestro_dagster.testing.recording_client import RecordingDagsterClient
 from tests.builders import chain, node
 from tests.deploy import deploy, fresh_user
 
-NOTHING_DONE = "due 0, expired 0, children 0, resumed 0, failed 0"
+NOTHING_DONE = "due 0, expired 0, children 0, notified 0, resumed 0, failed 0"
 
 
 def wait_flow() -> dict[str, Any]:
@@ -178,7 +187,7 @@ def parked(settings: Settings, instance: DagsterInstance, definition: dict[str, 
     run_id = run_in_process(settings, instance, execution_id)
     run = instance.get_run_by_id(run_id)
     assert run is not None and run.status == DagsterRunStatus.SUCCESS
-    assert run.tags.get("flowmaestro/waiting") == "true"
+    assert run.tags.get(WAITING_TAG) in WAIT_KINDS
     with session_scope(get_engine(settings.database_url)) as session:
         session.execute(
             update(Execution).where(Execution.id == execution_id).values(status="waiting")
@@ -224,7 +233,10 @@ def test_a_due_datetime_waitpoint_resumes_its_parked_run_once(
     set_waitpoint(settings, waitpoint.id, due_at=utcnow() - timedelta(seconds=1))
     sensor = resumer(settings, client)
 
-    assert evaluate(sensor, instance) == "due 1, expired 0, children 0, resumed 1, failed 0"
+    assert (
+        evaluate(sensor, instance)
+        == "due 1, expired 0, children 0, notified 0, resumed 1, failed 0"
+    )
 
     [call] = client.calls
     execution = execution_row(settings, execution_id)
@@ -235,6 +247,8 @@ def test_a_due_datetime_waitpoint_resumes_its_parked_run_once(
     assert call.arguments["tags"] == {
         **expected_run_tags(settings, execution_id),
         RESUME_TAG: waitpoint.run_id,
+        PARENT_RUN_TAG: waitpoint.run_id,  # Dagster groups the resumed run with its root
+        ROOT_RUN_TAG: waitpoint.run_id,
     }
     assert (call.arguments["location"], call.arguments["job"]) == (
         execution.location_name,
@@ -244,6 +258,12 @@ def test_a_due_datetime_waitpoint_resumes_its_parked_run_once(
     resumed = waitpoint_of(settings, execution_id)
     assert (resumed.status, resumed.resume_run_id) == ("resumed", call.run_id)
     assert (execution.latest_run_id, execution.status) == (call.run_id, "queued")
+    # The runs page's waiting filter no longer lists it; the timeline still knows it parked.
+    parked_run = instance.get_run_by_id(waitpoint.run_id)
+    assert parked_run is not None
+    parked_tags = parked_run.tags
+    assert not set(WAITING_TAGS) & set(parked_tags)
+    assert parked_tags[PARKED_TAG] == "datetime"
 
     assert evaluate(sensor, instance) == NOTHING_DONE
     assert len(client.calls) == 1
@@ -267,7 +287,7 @@ def test_a_decided_approval_resumes_its_parked_run(
         )
 
     assert evaluate(resumer(settings, client), instance) == (
-        "due 0, expired 0, children 0, resumed 1, failed 0"
+        "due 0, expired 0, children 0, notified 0, resumed 1, failed 0"
     )
 
     [call] = client.calls_to("reexecute_steps")

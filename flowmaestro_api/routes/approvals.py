@@ -190,6 +190,12 @@ def approval_page(
     except NotFound:
         return _invalid(request)
     prompt = str(row.spec.get("prompt") or "")
+    try:
+        service.gone_if_cancelled(session, row)
+    except PlatformError as exc:  # its execution was cancelled: 410 with who and when
+        return _page(
+            request, "approval_result.html", exc.status, title="Cancelled", message=exc.detail
+        )
     if row.status != "pending":
         return _page(request, "approval_decided.html", 409, title="Already decided", prompt=prompt)
     return _page(
@@ -199,6 +205,7 @@ def approval_page(
         prompt=prompt,
         input_type=str(row.spec.get("input_type") or "text"),
         placeholder=str(row.spec.get("placeholder") or ""),
+        required=bool(row.spec.get("required", True)),
     )
 
 
@@ -217,8 +224,8 @@ def approval_page_decide(
     except NotFound:
         return _invalid(request)
     chosen = decision
-    if decision == "approve" and value not in (None, ""):
-        chosen = "respond"  # a typed response given with Approve
+    if decision == "approve" and value in (None, "") and row.spec.get("required", True):
+        chosen = "respond"  # the page asks for the response it marks required: 422 without one
     try:
         decided = service.decide(
             session,
@@ -234,11 +241,8 @@ def approval_page_decide(
             request, "approval_result.html", exc.status, title="Not recorded", message=exc.detail
         )
     resume_soon(request, decided)
-    word = (
-        "approved"
-        if decided.resolution and decided.resolution.get("decision") != "reject"
-        else "rejected"
-    )
+    recorded = (decided.resolution or {}).get("decision")
+    word = "rejected" if recorded == "reject" else "approved"
     return _page(request, "approval_result.html", title="Thank you", message=f"Recorded: {word}.")
 
 

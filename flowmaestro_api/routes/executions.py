@@ -1,5 +1,5 @@
 """Executions: start (idempotently), read, list, cancel, retry, pause, resume, checkpoints,
-follow (server-sent events)."""
+node details (attempts), follow (server-sent events)."""
 
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
 from flowmaestro_api.deps import CurrentUser, DagsterDep, OwnExecution, SessionDep, SettingsDep
-from flowmaestro_api.errors import ApiError
+from flowmaestro_api.errors import ApiError, InvalidLastEventId, NotFound
 from flowmaestro_api.schemas import (
     CheckpointDetail,
     CheckpointList,
@@ -19,12 +19,22 @@ from flowmaestro_api.schemas import (
     ExecutionList,
     ExecutionPublic,
     ExecutionStatus,
+    NodeDetail,
     NodeProgressPublic,
     NodeStatusPublic,
     RunPublic,
+    WaitpointList,
     WaitpointPublic,
 )
-from flowmaestro_api.services.events import HEARTBEAT_SECONDS, SEPARATOR, execution_events
+from flowmaestro_api.services.events import (
+    HEARTBEAT_SECONDS,
+    SEPARATOR,
+    EventFeed,
+    EventIdError,
+    check_event_id,
+    parse_event_id,
+)
+from flowmaestro_api.services.node_details import node_detail
 from flowmaestro_api.services.progress import node_progress
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control import checkpoints as checkpoint_service
@@ -32,6 +42,7 @@ from flowmaestro_dagster.control import executions as service
 from flowmaestro_dagster.control import lifecycle as control
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.requests import ExecutionCreate
+from flowmaestro_dagster.store.attempts import full_output, node_attempts
 from flowmaestro_dagster.store.models import Execution, User, Waitpoint
 
 router = APIRouter(tags=["executions"])
@@ -148,7 +159,7 @@ def get_execution(
     progress of batch nodes (`progress`: node id -> done / total / succeeded / failed)."""
     view = service.refresh(session, dagster, execution)
     public = _public(view, settings)
-    public.waitpoints = _waitpoints(session, settings, execution.id)
+    public.waitpoints = _waitpoints(session, settings, execution.id, user)
     version = service.version_row(session, execution)
     if version is not None and view.runs:
         progress = node_progress(dagster, service.compiled_for(version), view.runs)
@@ -157,10 +168,12 @@ def get_execution(
 
 
 def _waitpoints(
-    session: Session, settings: ApiSettings, execution_id: str
+    session: Session, settings: ApiSettings, execution_id: str, user: User
 ) -> list[WaitpointPublic]:
-    """The execution's waitpoints; a webhook wait shows the URL its caller must POST to."""
-    from flowmaestro_dagster.control.waitpoints import signed_token
+    """The execution's waitpoints; a webhook wait shows the URL its caller must POST to, an
+    approval its API URL and, while pending and if `user` may decide it, the signed page."""
+    from flowmaestro_dagster.control.notifications import approval_api_url, approval_page_url
+    from flowmaestro_dagster.control.waitpoints import may_decide, signed_token
 
     rows = session.scalars(
         select(Waitpoint)
@@ -174,8 +187,21 @@ def _waitpoints(
         if row.kind == "callback":
             token = signed_token(settings.secret("secret_key"), "callback", row.id)
             public.callback_url = f"{base}/callbacks/{token}"
+        if row.kind == "approval":
+            public.approval_url = approval_api_url(settings, row.id)
+            if row.status == "pending" and may_decide(session, row, user):
+                public.page_url = approval_page_url(settings, row.id)
         result.append(public)
     return result
+
+
+@router.get("/executions/{execution_id}/waitpoints", response_model=WaitpointList)
+def list_waitpoints(
+    execution: OwnExecution, session: SessionDep, user: CurrentUser, settings: SettingsDep
+) -> WaitpointList:
+    """The execution's waitpoints (what `GET /executions/{id}` shows as `waitpoints`), oldest
+    first: approvals with their links, callbacks with their URL. 404 for another user's."""
+    return WaitpointList(items=_waitpoints(session, settings, execution.id, user))
 
 
 @dataclass(frozen=True)
@@ -210,8 +236,10 @@ ActionDep = Annotated[_Action, Depends(_action)]
 def cancel_execution(it: ActionDep) -> ExecutionPublic:
     """Cancel a queued, launching, running, waiting or paused execution (its runs are
     terminated, its waitpoints closed); it wins over a launch, retry or resume in flight.
-    409 if it has already ended or was already cancelled."""
-    control.cancel_execution(it.session, it.dagster, it.execution)
+    409 if it has already ended or was already cancelled. A waiting execution's waitpoints
+    are closed with who cancelled it and when: a later decision, callback or due time on one
+    is 410 with that reason, and its parked run is tagged `flowmaestro/cancelled=true`."""
+    control.cancel_execution(it.session, it.dagster, it.execution, user=it.user)
     return it.answer()
 
 
@@ -282,25 +310,84 @@ def get_checkpoint(
     return result
 
 
+@router.get("/executions/{execution_id}/nodes/{node_id}", response_model=NodeDetail)
+def get_node_detail(
+    execution: OwnExecution, node_id: str, request: Request, session: SessionDep
+) -> NodeDetail:
+    """Every attempt of one node (loop items and resumed runs included): its resolved
+    inputs (credentials as `***`), its output (capped at 64 KiB of JSON, the rest at
+    `output_url`), what it logged, its error with the stack, the retry decision and where the
+    time went. 404 for a node the execution's workflow version does not have."""
+    _known_node(session, execution, node_id)
+    url = str(request.url_for("get_node_output", execution_id=execution.id, node_id=node_id))
+    return node_detail(session, execution_id=execution.id, node_id=node_id, output_url=url)
+
+
+@router.get("/executions/{execution_id}/nodes/{node_id}/output")
+def get_node_output(
+    execution: OwnExecution,
+    node_id: str,
+    session: SessionDep,
+    run_id: Annotated[str | None, Query(max_length=64)] = None,
+    step_key: Annotated[str | None, Query(max_length=400)] = None,
+) -> Any:
+    """The node's whole output (JSON), as stored after it: of the attempt `run_id` /
+    `step_key` names (the `output_url` of a truncated one), else of its latest successful
+    attempt. 404 when none was stored."""
+    _known_node(session, execution, node_id)
+    # Matched among the node's own attempts: only ids read from the database reach a query.
+    done = [
+        row
+        for row in node_attempts(session, execution_id=execution.id, node_id=node_id)
+        if row.status == "succeeded"
+        and (run_id is None or row.run_id == run_id)
+        and (step_key is None or row.step_key == step_key)
+    ]
+    if not done:
+        raise NotFound(f"node {node_id} has no such successful attempt")
+    run_id, step_key = done[-1].run_id, done[-1].step_key
+    try:
+        return full_output(
+            session, execution_id=execution.id, node_id=node_id, run_id=run_id, step_key=step_key
+        )
+    except LookupError as exc:
+        raise NotFound(str(exc)) from exc
+
+
+def _known_node(session: Session, execution: Execution, node_id: str) -> None:
+    version = service.version_row(session, execution)
+    if version is None or node_id not in service.compiled_for(version).spec.nodes:
+        raise NotFound(f"execution {execution.id} has no node {node_id}")
+
+
 @router.get(
     "/executions/{execution_id}/events",
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 def execution_event_stream(
+    request: Request,
     execution: OwnExecution,
     session: SessionDep,
-    user: CurrentUser,
     dagster: DagsterDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
-    """Node start / finish / fail / retry and status changes, as server-sent events."""
+    """The execution's live events across all its runs, until the execution is terminal.
+
+    Reconnect with `Last-Event-ID` to resume after the last event received."""
+    after = None
+    if last_event_id:
+        try:
+            after = parse_event_id(execution.id, last_event_id)
+            check_event_id(dagster, execution.id, after)
+        except EventIdError as exc:
+            raise InvalidLastEventId(str(exc)) from exc
     version = service.version_row(session, execution)
     node_ids = service.compiled_for(version).node_ids if version is not None else {}
     session.commit()  # the stream may last an hour: give the connection back before it starts
-    stream = execution_events(dagster, execution.id, node_ids, last_event_id=last_event_id)
+    feed: EventFeed = request.app.state.events
     return EventSourceResponse(
-        stream,
+        feed.follow(execution.id, node_ids, after=after),
         headers={"Cache-Control": "no-cache"},
         ping=HEARTBEAT_SECONDS,
         sep=SEPARATOR,

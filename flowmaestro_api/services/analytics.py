@@ -29,7 +29,13 @@ from flowmaestro_api.services.timeline import (
 from flowmaestro_dagster.compile.compiler import CompiledWorkflow
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.store.models import Execution, Workflow, WorkflowVersion
-from flowmaestro_dagster.tags import EXECUTION_TAG, RESUME_TAG, WAITING_TAG
+from flowmaestro_dagster.tags import (
+    EXECUTION_TAG,
+    RESUME_TAG,
+    WAIT_KINDS,
+    WAITING_TAG,
+    WORKFLOW_ID_TAG,
+)
 from flowmaestro_dagster.tags import WORKFLOW_NAME_TAG as WORKFLOW_TAG
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -208,7 +214,7 @@ def workflow_analytics(
 
         records = client.instance.get_run_records(
             filters=RunsFilter(
-                tags={"flowmaestro/workflow_id": workflow.id},
+                tags={WORKFLOW_ID_TAG: workflow.id},
                 created_after=start - timedelta(minutes=5),
             )
         )
@@ -381,7 +387,9 @@ def waitpoints_waiting(session: Session, client: DagsterClient | None) -> int | 
         return None
     from dagster import RunsFilter
 
-    parked = client.instance.get_run_records(filters=RunsFilter(tags={WAITING_TAG: "true"}))
+    # A run parked with its kind as the value ("true" before); the tag goes at the resume.
+    waiting_values = [*WAIT_KINDS, "true"]
+    parked = client.instance.get_run_records(filters=RunsFilter(tags={WAITING_TAG: waiting_values}))
     waiting = 0
     for record in parked:
         run_id = record.dagster_run.run_id

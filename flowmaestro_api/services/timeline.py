@@ -3,8 +3,9 @@ segments, read from Dagster's event log across every run of the execution.
 
 An execution is a chain of Dagster runs: the first run, re-executions from failure (tag
 `flowmaestro/retry_of`) and resumed runs after a waitpoint (tag `flowmaestro/resume_of`). A run
-that parked is tagged `flowmaestro/waiting=true` and its waitpoint step succeeded without
-yielding an output. Segments of a step, per run:
+that parked carries the hidden tag `PARKED_TAG` (its visible `flowmaestro/waiting=<kind>` goes
+at the resume; runs parked before had `flowmaestro/waiting=true`) and its waitpoint step
+succeeded without yielding an output. Segments of a step, per run:
 
 * queued   — from the moment the step could start (its upstream steps in this run ended, or
              the run was created when none ran in it) to its first attempt's start;
@@ -30,7 +31,7 @@ from dagster import DagsterEventType
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.control.executions import RUN_STATUS
 from flowmaestro_dagster.tags import ERROR_METADATA as HANDLED_METADATA
-from flowmaestro_dagster.tags import RESUME_TAG, RETRY_TAG, WAITING_TAG
+from flowmaestro_dagster.tags import PARKED_TAG, RESUME_TAG, RETRY_TAG, WAITING_TAG
 
 FINISHED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 
@@ -76,7 +77,7 @@ class RunTrace:
 
     @property
     def parked(self) -> bool:
-        return self.tags.get(WAITING_TAG) == "true"
+        return PARKED_TAG in self.tags or WAITING_TAG in self.tags
 
     @property
     def kind(self) -> str:

@@ -2,13 +2,14 @@
 (a waitpoint decided, expired or cancelled; a node parked) as engine events on the run, so the
 run's log in the Dagster UI and the execution's live event stream show the same thing."""
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from dagster import DagsterInstance, MetadataValue
 
 from flowmaestro_dagster.dagster_internals import EngineEventData
-from flowmaestro_dagster.tags import EVENT_DATA_METADATA, EVENT_KIND_METADATA
+from flowmaestro_dagster.tags import EVENT_DATA_METADATA, EVENT_KIND_METADATA, LAST_EVENT_TAG
 
 
 def report_platform_event(
@@ -35,3 +36,6 @@ def report_platform_event(
         ),
         step_key=step_key,
     )
+    # A finished run's record changes only with its tags: this is how an execution's live
+    # event stream (one query for the runs it follows) learns of an event on a parked run.
+    instance.add_run_tags(run_id, {LAST_EVENT_TAG: f"{time.time():.6f}"})

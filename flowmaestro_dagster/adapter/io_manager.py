@@ -16,6 +16,7 @@ from flowmaestro_dagster.lang.state import ExecutionState
 from flowmaestro_dagster.settings import get_settings
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import NodeOutput
+from flowmaestro_dagster.tags import EXECUTION_TAG
 
 
 def _identity(identifier: Sequence[str]) -> tuple[str, str, str]:
@@ -79,5 +80,5 @@ def _execution_id(context: OutputContext) -> str | None:
         tags = context.step_context.dagster_run.tags
     except Exception:  # noqa: BLE001 - contexts built outside a run have no step
         return None
-    value = tags.get("flowmaestro/execution_id")
+    value = tags.get(EXECUTION_TAG)
     return str(value) if value else None

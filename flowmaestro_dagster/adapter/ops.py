@@ -30,14 +30,18 @@ from dagster import (
     RetryRequested,
 )
 
+from flowmaestro_dagster.adapter.attempts import Attempt, CapturingLogger
+from flowmaestro_dagster.adapter.attempts import begin as begin_attempt
+from flowmaestro_dagster.adapter.events import report_platform_event
 from flowmaestro_dagster.adapter.retries import decide, error_summary
+from flowmaestro_dagster.adapter.waiting import waiting_event, waiting_tags
 from flowmaestro_dagster.lang.state import ExecutionState
-from flowmaestro_dagster.nodes.base import wrap_output
+from flowmaestro_dagster.nodes.base import Park, settings_of, wrap_output
 from flowmaestro_dagster.nodes.notify import failure_payload, notify_failure
 from flowmaestro_dagster.runtime.plan import NodePlan
 from flowmaestro_dagster.runtime.runner import NodeOutcome, RunContext, run_node
 from flowmaestro_dagster.spec.policies import OnErrorSettings, RetrySettings
-from flowmaestro_dagster.tags import ERROR_METADATA, EXECUTION_TAG, HANDLED_METADATA, WAITING_TAG
+from flowmaestro_dagster.tags import ERROR_METADATA, EXECUTION_TAG, HANDLED_METADATA, NODE_TYPE_TAG
 
 UPSTREAM = "upstream"
 RESULT = "result"
@@ -111,7 +115,7 @@ def node_op(shape: OpShape) -> OpDefinition:
         config_schema=Permissive(),
         required_resource_keys={INPUTS_RESOURCE, SERVICES_RESOURCE},
         description=f"Runs a FlowMaestro '{shape.node_type}' node (its plan is the op config).",
-        tags={"flowmaestro/node_type": shape.node_type},
+        tags={NODE_TYPE_TAG: shape.node_type},
     )
 
 
@@ -139,6 +143,7 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
         context.log.info(f"{plan.node_id}: not run ({why})")
         return
     tags = _run_tags(context)
+    log = CapturingLogger(context.log)  # what the node logs is also kept for its attempt's row
     run = RunContext(
         services=getattr(context.resources, SERVICES_RESOURCE).services(),
         run_id=context.run_id,
@@ -146,20 +151,24 @@ def _compute(context: OpExecutionContext, inputs: Mapping[str, Any]) -> Iterator
         run_tags=tags,
         step_key=_step_key(context),
         attempt=_attempt(context),
-        log=context.log,
+        log=log,
     )
+    attempt = begin_attempt(plan, state, upstream, run, log)
     try:
         outcome = run_node(plan, state, upstream, run)
     except (DagsterError, RetryRequested, Failure):
         raise
     except Exception as exc:  # noqa: BLE001 - every node error is retried, handled or failed below
-        yield from _failed(context, plan, state, exc, run)
+        yield from _failed(context, plan, state, exc, run, attempt)
         return
+    if attempt is not None:
+        attempt.finished(outcome)
+    _report_warnings(context, outcome)
     parked = outcome.result.parked
     if parked is not None:
         # Nothing is yielded: what follows is skipped and the run ends; a sensor resumes it.
         context.log.info(f"{plan.node_id}: waiting ({parked.kind}) {parked.detail}".rstrip())
-        _mark_waiting(context, parked.waitpoint_id)
+        _mark_waiting(context, plan, parked, settings_of(run.services).public_api_url)
         return
     yield from _outputs(plan, outcome.state, outcome, skipped=False)
 
@@ -170,6 +179,7 @@ def _failed(
     state: ExecutionState,
     exc: Exception,
     run: RunContext,
+    attempt: Attempt | None = None,
 ) -> Iterator[Any]:
     """After a failed attempt: retry with our own wait, or apply onError after the last one.
 
@@ -182,6 +192,8 @@ def _failed(
     settings = plan.retry or RetrySettings()
     decision = decide(settings, exc, run.attempt, node_type=plan.type)
     if decision.retry:
+        if attempt is not None:
+            attempt.failed(exc, decision, "retry")
         why = " (Retry-After)" if decision.retry_after_seconds is not None else ""
         context.log.warning(
             f"{plan.node_id}: attempt {decision.attempt}/{decision.max_attempts} failed: {exc}; "
@@ -200,6 +212,8 @@ def _failed(
     else:
         handled_by = "fail"
     summary = error_summary(exc, decision)
+    if attempt is not None:
+        attempt.failed(exc, decision, handled_by)
     target = on_error.notify_target()
     if target is not None:
         payload = failure_payload(
@@ -268,14 +282,23 @@ def _step_key(context: OpExecutionContext) -> str | None:
         return None
 
 
-def _mark_waiting(context: OpExecutionContext, waitpoint_id: str) -> None:
-    """Tag the run so operators see in the UI that it parked at a waitpoint."""
+def _mark_waiting(
+    context: OpExecutionContext, plan: NodePlan, parked: Park, public_api_url: str
+) -> None:
+    """Tag the run and log a `waiting` event, so operators find the parked run in the Dagster UI
+    (filter `flowmaestro/waiting=<kind>`) and read there where to approve it."""
+    label = plan.label or plan.node_id
     try:
-        context.instance.add_run_tags(
-            context.run_id, {WAITING_TAG: "true", f"{WAITING_TAG}/{waitpoint_id[:8]}": waitpoint_id}
-        )
+        context.instance.add_run_tags(context.run_id, waiting_tags(parked, label, public_api_url))
     except Exception as exc:  # noqa: BLE001 - a tag is for display; never fail the node for it
         context.log.warning(f"could not tag run as waiting: {exc}")
+    data, message = waiting_event(parked, plan.node_id, label, public_api_url)
+    try:
+        report_platform_event(
+            context.instance, context.run_id, "waiting", data, message, step_key=_step_key(context)
+        )
+    except Exception as exc:  # noqa: BLE001 - the event is for display; never fail the node
+        context.log.warning(f"could not log the waiting event: {exc}")
 
 
 def _attempt(context: OpExecutionContext) -> int:
@@ -376,6 +399,22 @@ def _metadata(plan: NodePlan, node_output: Any, skipped: bool) -> dict[str, Any]
     else:
         metadata["output_preview"] = text[:METADATA_PREVIEW_BYTES] + "..."
     return metadata
+
+
+def _report_warnings(context: OpExecutionContext, outcome: NodeOutcome) -> None:
+    """A `node.warning` platform event per unresolved reference (the node's log has them)."""
+    for found in outcome.warnings:
+        try:
+            report_platform_event(
+                context.instance,
+                context.run_id,
+                "node.warning",
+                found.to_dict(),
+                found.message,
+                step_key=_step_key(context),
+            )
+        except Exception as exc:  # noqa: BLE001 - the event is for display; never fail the node
+            context.log.warning(f"could not log the node.warning event: {exc}")
 
 
 def _safe(details: Mapping[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from flowmaestro_dagster.adapter.ops import (
 )
 from flowmaestro_dagster.adapter.retries import effective_retry, retry_defaults, retry_policy
 from flowmaestro_dagster.compile.naming import job_name_for, label_slug, labelled_aliases, sanitize
-from flowmaestro_dagster.compile.validation import validate_spec
+from flowmaestro_dagster.compile.validation import reference_fields, validate_spec
 
 # Public API has no data form of collect(); this is the class `.collect()` builds.
 from flowmaestro_dagster.dagster_internals import DynamicCollectDependencyDefinition
@@ -248,6 +248,8 @@ class _Compiler:
             retry=effective_retry(node, self.retry_keys.get(node_id)),
             on_error=node.on_error,
             error_output=node_id in self.error_sources,
+            references=reference_fields(node),
+            unresolved_references=self.spec.settings.unresolved_references,
         )
 
     def _loop_plan(self, node: NodeSpec) -> LoopPlan:

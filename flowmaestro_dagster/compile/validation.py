@@ -17,11 +17,13 @@ import dagster as dg
 from flowmaestro_dagster.errors import ExpressionError, PatternError
 from flowmaestro_dagster.lang import expressions
 from flowmaestro_dagster.lang.patterns import pattern_problem, wildcard
-from flowmaestro_dagster.lang.templates import template_roots
+from flowmaestro_dagster.lang.state import INPUT_ALIAS
+from flowmaestro_dagster.lang.templates import find_references
 from flowmaestro_dagster.nodes.connectors import connector_problems
 from flowmaestro_dagster.nodes.transform import jsonata_pattern_problem, looks_like_js
 from flowmaestro_dagster.settings import get_settings
 from flowmaestro_dagster.spec.configs import (
+    APPROVAL_EXPIRY_ACTIONS,
     MISSED_TICK_POLICIES,
     OVERLAP_POLICIES,
     TRANSFORM_OPERATIONS,
@@ -38,6 +40,8 @@ from flowmaestro_dagster.spec.configs import (
     TransformConfig,
     TriggerConfig,
     WaitConfig,
+    expiry_action,
+    notify_targets,
 )
 from flowmaestro_dagster.spec.durations import wait_problem
 from flowmaestro_dagster.spec.graph import (
@@ -69,7 +73,9 @@ STANDARD_OUTPUT_KEYS: dict[str, frozenset[str]] = {
     "loop": frozenset({"items", "count", "results"}),
     "shared-memory": frozenset({"key", "value", "operation", "results"}),
     "transform": frozenset({"result"}),
-    "humanReview": frozenset({"response", "decision", "approved"}),
+    "humanReview": frozenset(
+        {"approved", "decision", "response", "comment", "decidedBy", "decidedAt"}
+    ),
     "wait": frozenset({"waited", "resumedAt"}),
     "batch": frozenset({"results", "errors", "succeeded", "failed", "skipped", "total"}),
     "retryConfig": frozenset({"retry"}),
@@ -79,6 +85,8 @@ STANDARD_OUTPUT_KEYS: dict[str, frozenset[str]] = {
 # Outputs whose keys are only known at run time: references below them are not flagged.
 _OPEN_OUTPUT_TYPES = frozenset({"trigger", "code", "integration", "database", "http"})
 _NOT_SCANNED_FIELDS = frozenset({"code", "script"})
+# Fields a node type shows but never renders (an input's help text may say `{{placeholders}}`).
+_DISPLAY_FIELDS: dict[str, frozenset[str]] = {"input": frozenset({"description"})}
 _PATH_FIELDS = {
     "loop": ("items", "arrayPath", "collection", "arrayVariable"),
     "batch": ("items", "arrayPath", "collection", "array", "arrayVariable"),
@@ -204,6 +212,7 @@ def _node_config_problems(node: NodeSpec) -> Iterator[Problem]:
         rules = config.validation if isinstance(config.validation, dict) else {}
         if rules.get("pattern") is not None and (why := pattern_problem(rules["pattern"])):
             yield _invalid_pattern(node, "validation.pattern", why)
+        yield from _review_problems(node, config)
     elif isinstance(config, LoopConfig):
         if config.loop_type == "forEach" and config.items in (None, ""):
             yield _missing(node, "items", "a forEach loop needs the list to iterate (arrayPath)")
@@ -280,6 +289,18 @@ def _wait_problems(node: NodeSpec, config: WaitConfig) -> Iterator[Problem]:
             node_id=node.id,
             field=_spelled(node, "duration", "durationValue"),
         )
+
+
+def _review_problems(node: NodeSpec, config: HumanReviewConfig) -> Iterator[Problem]:
+    """An expiry action or notify target the sensor could not carry out, refused at deploy."""
+    if config.on_timeout is not None and expiry_action(config.on_timeout) is None:
+        actions = ", ".join(APPROVAL_EXPIRY_ACTIONS)
+        message = f"onTimeout {config.on_timeout!r} is not one of {actions}"
+        yield error("invalid_config", message, node_id=node.id, field="onTimeout")
+    try:
+        notify_targets(config.notify)
+    except ValueError as exc:
+        yield error("invalid_config", str(exc), node_id=node.id, field="notify")
 
 
 def _invalid_pattern(node: NodeSpec, field: str, why: str) -> Problem:
@@ -593,6 +614,12 @@ def _error_path_cycle(graph: WorkflowGraph, cycle: list[str]) -> Problem:
 
 
 def _reference_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[Problem]:
+    """A static data-flow check: every `{{reference}}` against what can provide it when the node
+    runs, the way the runtime resolves names (lang/state.py): loop variables inside their loop's
+    body, node ids and the names their outputs carry when the node runs after them, the inputs
+    input nodes declare, `inputs` / `input`. A plain path under an input node or under the
+    inputs (`{{input.category}}`) is checked one key deeper. Warnings only: the text stays as
+    written when the node runs (unless the workflow says `unresolvedReferences: "error"`)."""
     input_names = {
         name
         for node in spec.nodes.values()
@@ -604,6 +631,10 @@ def _reference_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[Pr
         for node in spec.nodes.values()
         if node.type == "files" and node.config.extras().get("inputVariable")
     }
+    # Inputs nothing declares can still arrive: a trigger's payload, an unnamed input node.
+    open_inputs = any(
+        node.type == "trigger" or _hands_on_inputs(node) for node in spec.nodes.values()
+    )
     # Sets of nodes are bit masks over the topological order: the ancestors of every node
     # in one pass (sets per node were quadratic: seconds for a 1,000-node chain).
     order = graph.topological_order()
@@ -614,61 +645,133 @@ def _reference_problems(spec: WorkflowSpec, graph: WorkflowGraph) -> Iterator[Pr
         for pred in graph.predecessors(node_id):
             mask |= above[pred] | bit[pred]
         above[node_id] = mask
+    regions = graph.loop_regions(order).values()
     # A loop's exits (and what follows them) read its body nodes' per-item results.
     via_loop = [
         (bit[exit_id], sum(bit[b] for b in set(region.body)))
-        for region in graph.loop_regions(order).values()
+        for region in regions
         for exit_id in region.exits
     ]
     providers: dict[str, int] = {}  # name -> the nodes whose output provides it
+    in_scope: dict[str, int] = {}  # loop variable -> the nodes (a loop's body) that see it
     open_outputs = 0  # nodes whose output keys are only known at run time
     for node_id in order:
         for name in _provided_names(spec.nodes[node_id]):
             providers[name] = providers.get(name, 0) | bit[node_id]
-        if spec.nodes[node_id].type in _OPEN_OUTPUT_TYPES:
+        if spec.nodes[node_id].type in _OPEN_OUTPUT_TYPES or _hands_on_inputs(spec.nodes[node_id]):
             open_outputs |= bit[node_id]
+    for region in regions:
+        config = spec.nodes[region.loop_id].config
+        if isinstance(config, LoopConfig | BatchConfig):
+            body = sum(bit[b] for b in set(region.body))
+            # The variables, and the loop's own output in its body: `{item, index, count}`.
+            for name in (config.item_variable, config.index_variable, "item", "index"):
+                in_scope[name] = in_scope.get(name, 0) | body
     count = 0
     for node in spec.nodes.values():
         ancestors: int | None = None
-        for field, root, text in _node_references(node):
+        for field, root, text, key in _node_references(node):
             if ancestors is None:
                 ancestors = above[node.id]
                 for exit_bit, body in via_loop:
                     if exit_bit == bit[node.id] or ancestors & exit_bit:
                         ancestors |= body
             if root is None:
-                yield warning(
+                problem: Problem | None = warning(
                     "invalid_reference",
-                    f"cannot parse reference {text} in {field}; it stays as written",
+                    f"cannot parse reference {text} in config.{field}; it stays as written",
                     node_id=node.id,
                     field=field,
                 )
-            elif (
-                root in input_names
-                or root in ("inputs", node.id)
-                or providers.get(root, 0) & ancestors
-            ):
+            elif in_scope.get(root, 0) & bit[node.id]:
                 continue
+            elif root == node.id or (root in spec.nodes and ancestors & bit[root]):
+                problem = _key_problem(
+                    spec.nodes[root], node, field, text, key, input_names, open_inputs
+                )
+            elif root in input_names or providers.get(root, 0) & ancestors:
+                continue
+            elif root in ("inputs", INPUT_ALIAS):
+                problem = _key_problem(None, node, field, text, key, input_names, open_inputs)
             elif root in spec.nodes:
-                yield warning(
+                problem = warning(
                     "reference_not_upstream",
-                    f"{field} refers to node '{root}', which does not run before this node",
+                    f"config.{field} refers to node '{root}' ({text}), which does not run "
+                    "before this node",
                     node_id=node.id,
                     field=field,
                 )
             elif open_outputs & ancestors:
                 continue
             else:
-                yield warning(
+                problem = warning(
                     "unresolved_reference",
-                    f"{field} refers to '{root}', which no input, upstream node or "
-                    "outputVariable provides; it stays as written",
+                    f"config.{field} refers to '{root}' ({text}), which no input, upstream "
+                    "node or outputVariable provides; it stays as written",
                     node_id=node.id,
                     field=field,
                 )
+            if problem is None:
+                continue
+            yield problem
             count += 1
             if count >= _MAX_REFERENCE_WARNINGS:
                 return
+
+
+def _key_problem(
+    source: NodeSpec | None,
+    node: NodeSpec,
+    field: str,
+    text: str,
+    key: str | None,
+    input_names: set[str],
+    open_inputs: bool,
+) -> Problem | None:
+    """`{{root.key}}` where root is a node that runs before (its output keys known only for
+    input nodes), or the inputs (`inputs`, `input`): is `key` there?"""
+    if key is None:
+        return None
+    if source is not None:
+        config = source.config
+        if not isinstance(config, InputConfig) or not config.name:
+            return None  # keys known at run time only (or the whole inputs: any key)
+        own = {n for n in [*config.names, config.name, config.output_variable] if n}
+        if source.id in own or key in own:
+            return None  # `{{topic.x}}` of a node `topic` reads its value; or a key it has
+        if source.id != INPUT_ALIAS:
+            outputs = ", ".join(f"'{n}'" for n in sorted(own))
+            return warning(
+                "unresolved_reference",
+                f"config.{field} refers to '{key}' of input node '{source.id}' ({text}), which "
+                f"outputs only {outputs}; it stays as written",
+                node_id=node.id,
+                field=field,
+            )
+    if key in input_names or open_inputs:
+        return None
+    declared = ", ".join(f"'{n}'" for n in sorted(input_names)) or "none"
+    return warning(
+        "unresolved_reference",
+        f"config.{field} refers to the input '{key}' ({text}), which no input node declares "
+        f"(declared: {declared}); it stays as written unless the execution's inputs carry it",
+        node_id=node.id,
+        field=field,
+    )
+
+
+def _hands_on_inputs(node: NodeSpec) -> bool:
+    """An input node without a name: its output is the whole inputs object."""
+    return isinstance(node.config, InputConfig) and not node.config.name
+
+
+def reference_fields(node: NodeSpec) -> dict[str, str]:
+    """Each reference's text -> the config field it is written in (the first, as the builder
+    spells it): what a run-time warning about that reference names."""
+    fields: dict[str, str] = {}
+    for field, _root, text, _key in _node_references(node):
+        fields.setdefault(text, field)
+    return fields
 
 
 def _provided_names(node: NodeSpec) -> set[str]:
@@ -681,10 +784,11 @@ def _provided_names(node: NodeSpec) -> set[str]:
         known |= STANDARD_OUTPUT_KEYS.get(node.type, frozenset())
     if isinstance(config, InputConfig):
         known.update(n for n in [*config.names, config.name] if n)
+    # A loop's item and index variables are seen only inside its body (`_reference_problems`).
     if isinstance(config, LoopConfig):
-        known |= {config.item_variable, config.index_variable, "results"}
+        known |= STANDARD_OUTPUT_KEYS["loop"]
     if isinstance(config, BatchConfig):
-        known |= {config.item_variable, config.index_variable} | STANDARD_OUTPUT_KEYS["batch"]
+        known |= STANDARD_OUTPUT_KEYS["batch"]
     if isinstance(config, ConditionalConfig | SwitchConfig):
         known |= STANDARD_OUTPUT_KEYS[node.type]
     if isinstance(config, SharedMemoryConfig):
@@ -696,11 +800,13 @@ def _provided_names(node: NodeSpec) -> set[str]:
     return known
 
 
-def _node_references(node: NodeSpec) -> Iterator[tuple[str, str | None, str]]:
-    """(field, root name or None if unparsable, reference text) for every reference."""
+def _node_references(node: NodeSpec) -> Iterator[tuple[str, str | None, str, str | None]]:
+    """(field, root name or None if unparsable, reference text, the key after the root when
+    the reference is a plain path `root.key...`) for every reference."""
     config = node.original_config
+    display = _DISPLAY_FIELDS.get(node.type, frozenset())
     for key, value in config.items():
-        if key in _NOT_SCANNED_FIELDS or key in ("retry", "onError"):
+        if key in _NOT_SCANNED_FIELDS or key in display or key in ("retry", "onError"):
             continue
         if node.type == "conditional" and key in ("condition", "expression"):
             yield from _expression_roots(key, value)
@@ -712,24 +818,42 @@ def _node_references(node: NodeSpec) -> Iterator[tuple[str, str | None, str]]:
         yield from _string_roots(key, value)
 
 
-def _expression_roots(field: str, value: Any) -> Iterator[tuple[str, str | None, str]]:
+def _expression_roots(field: str, value: Any) -> Iterator[tuple[str, str | None, str, str | None]]:
     if not isinstance(value, str):
         return
     try:
         tree = expressions.parse(value)
     except ExpressionError:
         return  # reported as invalid_expression
+    key = _first_key(tree)
     for name in dict.fromkeys(expressions.free_names(tree)):
-        yield field, name, value
+        yield field, name, value, key
 
 
-def _string_roots(field: str, value: Any) -> Iterator[tuple[str, str | None, str]]:
+def _string_roots(field: str, value: Any) -> Iterator[tuple[str, str | None, str, str | None]]:
     if isinstance(value, str):
-        for text, root in template_roots(value):
-            yield field, root, text
+        if "{{" not in value and "${" not in value:
+            return
+        for _match, ref in find_references(value):
+            try:
+                tree = expressions.parse(ref.expression)
+            except ExpressionError:
+                yield field, None, ref.text, None
+                continue
+            key = _first_key(tree)
+            for name in dict.fromkeys(expressions.free_names(tree)):
+                yield field, name, ref.text, key
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _string_roots(f"{field}[{index}]", item)
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from _string_roots(f"{field}.{key}", item)
+
+
+def _first_key(tree: Any) -> str | None:
+    """`category` of the plain path `input.category.x`; None for anything else."""
+    path = expressions.path_of(tree)
+    if path is None or len(path) < 2:
+        return None
+    return str(path[1])

@@ -14,6 +14,7 @@ every location (a private method); tags are written to the instance, not through
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ from gql.transport.requests import RequestsHTTPTransport
 
 from flowmaestro_dagster.adapter.events import report_platform_event
 from flowmaestro_dagster.errors import Conflict, DagsterUnavailable, PlatformError
-from flowmaestro_dagster.tags import EXECUTION_TAG
+from flowmaestro_dagster.tags import EXECUTION_TAG, PARENT_RUN_TAG, ROOT_RUN_TAG
 
 REPOSITORY = "__repository__"
 # Launch answers that mean the job is not (yet) in the loaded workspace.
@@ -100,6 +101,7 @@ class RunInfo:
     start_time: float | None
     end_time: float | None
     create_time: float | None
+    update_time: float | None = None  # the run record's last change (status, tags)
 
 
 class DagsterClient:
@@ -239,6 +241,9 @@ class DagsterClient:
         run_config: Mapping[str, Any],
         tags: Mapping[str, str],
     ) -> str:
+        # Dagster groups a run with its root by these tags (`get_run_group`), which re-execution
+        # through ExecutionParams does not set (the UI sends them itself, as here).
+        tags = {**tags, PARENT_RUN_TAG: parent_run_id, ROOT_RUN_TAG: root_run_id}
         params = {
             "selector": {
                 "repositoryLocationName": location,
@@ -279,6 +284,11 @@ class DagsterClient:
     def tag_run(self, run_id: str, tags: Mapping[str, str]) -> None:
         """Add or change tags of a run (shown in the Dagster UI; e.g. `flowmaestro/paused`)."""
         self.instance.add_run_tags(run_id, dict(tags))
+
+    def untag_run(self, run_id: str, keys: Sequence[str]) -> bool:
+        """Take tags off a run (a resumed run's waiting tags), so a runs-page filter by them
+        lists only the runs that still carry them; False if the run storage cannot."""
+        return delete_run_tags(self.instance, run_id, keys)
 
     def reload_location(self, location: str, *, timeout: float = 120.0) -> None:
         def refused(_kind: str, message: str) -> PlatformError:
@@ -331,20 +341,35 @@ class DagsterClient:
         records = self.instance.get_run_records(
             filters=RunsFilter(tags={EXECUTION_TAG: execution_id})
         )
-        runs = [
-            RunInfo(
-                run_id=r.dagster_run.run_id,
-                status=r.dagster_run.status.value,
-                tags=dict(r.dagster_run.tags),
-                parent_run_id=r.dagster_run.parent_run_id,
-                root_run_id=r.dagster_run.root_run_id,
-                start_time=r.start_time,
-                end_time=r.end_time,
-                create_time=r.create_timestamp.timestamp() if r.create_timestamp else None,
+        return sorted((_run_info(r) for r in records), key=lambda r: r.create_time or 0)
+
+    def runs_for_executions(
+        self, execution_ids: Sequence[str], *, updated_after: datetime | None = None
+    ) -> list[RunInfo]:
+        """The runs of several executions (changed since `updated_after`): one query, so a
+        process following many executions notices new runs, status and tag changes at once."""
+        from dagster import RunsFilter
+
+        if not execution_ids:
+            return []
+        records = self.instance.get_run_records(
+            filters=RunsFilter(
+                tags={EXECUTION_TAG: list(execution_ids)}, updated_after=updated_after
             )
-            for r in records
-        ]
-        return sorted(runs, key=lambda r: r.create_time or 0)
+        )
+        return sorted((_run_info(r) for r in records), key=lambda r: r.create_time or 0)
+
+    def event_records_after(self, run_id: str, after: int | None, limit: int = 500) -> list[Any]:
+        """A run's event-log records after storage id `after` (all of them for None)."""
+        from flowmaestro_dagster.dagster_internals import EventLogCursor
+
+        cursor = None if after is None else EventLogCursor.from_storage_id(after).to_string()
+        return list(self.instance.get_records_for_run(run_id, cursor=cursor, limit=limit).records)
+
+    def last_storage_id(self, run_id: str) -> int | None:
+        """The storage id of a run's newest event-log record (None: no record yet)."""
+        records = self.instance.get_records_for_run(run_id, limit=1, ascending=False).records
+        return records[0].storage_id if records else None
 
     def step_stats(self, run_id: str) -> list[Any]:
         return list(self.instance.get_run_step_stats(run_id))
@@ -379,3 +404,58 @@ class DagsterClient:
         Dagster event log: operators read it in the run's log, and the execution's live event
         stream (flowmaestro_api/services/events.py) relays it to the builder."""
         report_platform_event(self.instance, run_id, kind, data, message)
+
+
+def delete_run_tags(instance: Any, run_id: str, keys: Sequence[str]) -> bool:
+    """Delete tags of a run from its run storage, in its body and its tags table (the runs
+    filter reads the table, the UI the body). Dagster has no public delete (`add_run_tags` only
+    overwrites), so this writes to the SQL run storage every Dagster instance has; False for
+    another kind of storage, and nothing happens."""
+    from dagster import serialize_value
+    from sqlalchemy import and_
+
+    from flowmaestro_dagster.dagster_internals import (
+        LegacyRunStorage,
+        RunsTable,
+        RunTagsTable,
+        SqlRunStorage,
+    )
+
+    storage = instance.run_storage
+    if isinstance(storage, LegacyRunStorage):
+        storage = storage._storage.run_storage  # the storage it wraps (no public accessor)
+    if not isinstance(storage, SqlRunStorage):
+        return False
+    run = instance.get_run_by_id(run_id)
+    if run is None or not any(key in run.tags for key in keys):
+        return True
+    kept = {key: value for key, value in run.tags.items() if key not in keys}
+    with storage.connect() as conn:
+        conn.execute(
+            RunsTable.update()
+            .where(RunsTable.c.run_id == run_id)
+            .values(
+                run_body=serialize_value(run.with_tags(kept)), update_timestamp=datetime.now(UTC)
+            )
+        )
+        conn.execute(
+            RunTagsTable.delete().where(
+                and_(RunTagsTable.c.run_id == run_id, RunTagsTable.c.key.in_(list(keys)))
+            )
+        )
+    return True
+
+
+def _run_info(record: Any) -> RunInfo:
+    run = record.dagster_run
+    return RunInfo(
+        run_id=run.run_id,
+        status=run.status.value,
+        tags=dict(run.tags),
+        parent_run_id=run.parent_run_id,
+        root_run_id=run.root_run_id,
+        start_time=record.start_time,
+        end_time=record.end_time,
+        create_time=record.create_timestamp.timestamp() if record.create_timestamp else None,
+        update_time=record.update_timestamp.timestamp() if record.update_timestamp else None,
+    )

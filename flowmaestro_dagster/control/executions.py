@@ -67,7 +67,9 @@ from flowmaestro_dagster.store.models import (
 from flowmaestro_dagster.tags import (
     EXECUTION_TAG,
     FAILURE_REASON_TAG,
+    LAUNCHED_BY_TAG,
     PAUSED_TAG,
+    PRIORITY_TAG,
     USER_TAG,
     VERSION_TAG,
     WILL_RETRY_TAG,
@@ -281,15 +283,23 @@ def launch_config(inputs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_tags(execution: Execution) -> dict[str, str]:
-    """Tags of every run of an execution; the run queue's limits key on them (queues.py)."""
+    """Tags of every run of an execution; the run queue's limits key on them (queues.py).
+
+    The user shows twice: their email as Dagster's `user` (the UI's "Launched by", a filter an
+    operator types), and their id as a hidden tag the per-user limit keys on (an id never
+    changes while a run waits in the queue; docs/operations.md)."""
     from flowmaestro_dagster.control.queues import queue_tags
 
+    session = object_session(execution)
+    user = session.get(User, execution.user_id) if session is not None else None
+    launched_by = {LAUNCHED_BY_TAG: user.email} if user is not None and user.email else {}
     return {
         EXECUTION_TAG: execution.id,
         WORKFLOW_ID_TAG: execution.workflow_id,
         VERSION_TAG: str(execution.version),
         USER_TAG: execution.user_id,
-        "dagster/priority": str(execution.priority),
+        **launched_by,
+        PRIORITY_TAG: str(execution.priority),
         **queue_tags(execution),
         **concurrency_key_tags(execution),
     }

@@ -24,9 +24,11 @@ and checks after the claim that the run it retries is still the latest: concurre
 start one run, the others get 409.
 """
 
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -35,15 +37,18 @@ from flowmaestro_dagster.control.checkpoints import retry_from_checkpoint
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.control.executions import execution_status, stop_run
 from flowmaestro_dagster.control.waitpoints import (
-    PARKED,
     RESUME_TAG,
+    cancel_waitpoints,
+    clear_waiting,
     record_decision,
     resume_run,
     waiting_executions,
 )
 from flowmaestro_dagster.errors import Conflict
 from flowmaestro_dagster.store.models import Decision, Execution, User, Waitpoint, utcnow
-from flowmaestro_dagster.tags import PAUSED_TAG, RETRY_TAG
+from flowmaestro_dagster.tags import CANCELLED_TAG, PAUSED_TAG, RETRY_TAG
+
+log = logging.getLogger(__name__)
 
 # Dagster run statuses of a run that may still start nodes (CANCELING is already being stopped).
 ACTIVE_RUN = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "MANAGED", "STARTED"})
@@ -207,45 +212,99 @@ def _resume_checkpoints(
     return run_id
 
 
-def cancel_execution(session: Session, client: DagsterClient, execution: Execution) -> None:
+def cancel_execution(
+    session: Session, client: DagsterClient, execution: Execution, *, user: User | None = None
+) -> None:
     """Cancel a queued, launching, running, waiting, pausing or paused execution; 409 if it has
     already ended (or was cancelled). The cancel is a claim: the one conditional UPDATE that
     sets `cancelled_at` wins, and it closes the execution's open waitpoints in the same
-    transaction. Then every run of the execution that may still start nodes is terminated; a
-    launch, retry or resume in flight finds the execution cancelled when it records its run and
-    terminates that run itself (`stop_run`)."""
+    transaction, each with the reason (who, when) a later decision's 410 quotes. Then every
+    run of the execution that may still start nodes is terminated; a launch, retry or resume
+    in flight finds the execution cancelled when it records its run and terminates that run
+    itself (`stop_run`). A parked or paused run is tagged `flowmaestro/cancelled=true` and its
+    event log says who cancelled it and which waitpoints closed."""
     runs = client.runs_for_execution(execution.id)
     status = _status(session, execution, runs)
     retrying = bool(runs) and execution.launch_token is not None  # a retry holds the lease
     if status in ("succeeded", "failed") and not retrying:
         raise Conflict(f"the execution is already {status}")
     now = utcnow()
+    paused_run = execution.paused_run_id
     claimed = session.execute(
         update(Execution)
         .where(Execution.id == execution.id, Execution.cancelled_at.is_(None))
         .values(cancelled_at=now, status="cancelled", finished_at=now, paused_run_id=None)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
-    _close_waitpoints(session, execution.id)
+    cancel = _cancel_reason(user, now)
+    closed = cancel_waitpoints(session, execution.id, cancel) if claimed else []
     session.commit()
     session.refresh(execution)
     # Also when another cancel won: terminating twice is harmless, a run left running is not.
     _stop_runs(client, execution.id)
-    _close_waitpoints(session, execution.id)  # one a run parked while it was being stopped
+    if claimed:  # one a run parked while it was being stopped
+        closed += cancel_waitpoints(session, execution.id, cancel)
     session.commit()
     if not claimed:
         raise Conflict("the execution is already cancelled")
+    _report_cancel(client, cancel, closed, paused_run if status == "paused" else None)
 
 
-def _close_waitpoints(session: Session, execution_id: str) -> None:
-    """The execution's open waitpoints: cancelled, so no decision, due time or sensor resumes
-    them (a resume that claimed one already finds the execution cancelled when it records)."""
-    session.execute(
-        update(Waitpoint)
-        .where(Waitpoint.execution_id == execution_id, Waitpoint.status.in_(PARKED))
-        .values(status="cancelled")
-        .execution_options(synchronize_session=False)
-    )
+def _cancel_reason(user: User | None, now: datetime) -> dict[str, Any]:
+    """What a cancelled waitpoint keeps as its resolution: who, when, and the sentence a
+    later decision, callback or approval page answers 410 with."""
+    who = user.email if user is not None else "the platform"
+    at = now.isoformat()
+    return {
+        "decision": "cancelled",
+        "by": user.email if user is not None else None,
+        "user_id": user.id if user is not None else None,
+        "at": at,
+        "reason": f"the execution was cancelled by {who} at {at}",
+    }
+
+
+def _report_cancel(
+    client: DagsterClient,
+    cancel: Mapping[str, Any],
+    closed: Sequence[Any],
+    paused_run: str | None,
+) -> None:
+    """Tag the parked (or paused) runs `flowmaestro/cancelled=true` and append the cancel to
+    their event logs: `execution.cancelled`, and `waitpoint.cancelled` per waitpoint. A view
+    for operators: the database rows are the record, so a failure here is only a warning."""
+    by = cancel.get("by") or "the platform"
+    runs: dict[str, list[Any]] = {paused_run: []} if paused_run else {}
+    for row in closed:
+        runs.setdefault(row.run_id, []).append(row)
+    for run_id, rows in runs.items():
+        ids = [row.id for row in rows]
+        what = "waiting" if rows else "paused"
+        try:
+            client.tag_run(run_id, {CANCELLED_TAG: "true"})
+            if rows:
+                clear_waiting(client, run_id)  # no longer waiting: off the waiting filter
+            client.report_event(
+                run_id,
+                "execution.cancelled",
+                {"by": cancel.get("user_id"), "email": cancel.get("by"), "waitpoints": ids},
+                f"Cancelled while {what} by {by}",
+            )
+            for row in rows:
+                client.report_event(
+                    run_id,
+                    "waitpoint.cancelled",
+                    {
+                        "waitpoint_id": row.id,
+                        "node_id": row.node_id,
+                        "kind": row.kind,
+                        "by": cancel.get("user_id"),
+                        "reason": cancel.get("reason"),
+                    },
+                    f"Waitpoint {row.kind} of node '{row.node_id}' cancelled by {by}",
+                )
+        except Exception as exc:  # noqa: BLE001 - the event log is a view; the rows are the record
+            log.warning("could not mark run %s as cancelled: %s", run_id, exc)
 
 
 def _stop_runs(client: DagsterClient, execution_id: str) -> None:

@@ -49,7 +49,7 @@ STARTED_RUN_POOL_SECONDS = int(
 
 
 def user_workflow_value(workflow_id: str, user_id: str) -> str:
-    """The `flowmaestro/user_workflow` value: one run at a time per (workflow, user)."""
+    """The `USER_WORKFLOW_TAG` value: one run at a time per (workflow, user)."""
     return f"{workflow_id}:{user_id}"
 
 

@@ -18,11 +18,12 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, cast, func, or_, select, true, update
+from sqlalchemy import ColumnElement, Row, Text, cast, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -48,9 +49,11 @@ from flowmaestro_dagster.errors import (
     Unprocessable,
 )
 from flowmaestro_dagster.lang.patterns import compile_pattern
+from flowmaestro_dagster.settings import Settings
+from flowmaestro_dagster.spec.configs import expiry_action
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Decision, Execution, User, Waitpoint, utcnow
-from flowmaestro_dagster.tags import RESUME_TAG
+from flowmaestro_dagster.tags import RESUME_TAG, WAITING_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +170,11 @@ def _resolve(session: Session, waitpoint: Waitpoint, resolution: dict[str, Any])
 
 
 def check_response(spec: Mapping[str, Any], decision: str, value: Any) -> Any:
-    """The typed value of a response, or 422 naming what is wrong with it."""
+    """The typed value of a response, or 422 naming what is wrong with it. A value given with
+    `approve` is checked like a response (the page's "Yes" + Approve is an approval whose
+    response is true); a plain approve or a reject keeps its value unchecked."""
+    if decision == "approve" and value is not None and value != "":
+        return check_response(spec, "respond", value)
     if decision != "respond":
         return value
     kind = str(spec.get("input_type") or "text")
@@ -273,6 +280,7 @@ def decide(
         raise Conflict("this waitpoint is not an approval")
     if decision not in ("approve", "reject", "respond"):
         raise Unprocessable("decision must be approve, reject or respond")
+    gone_if_cancelled(session, waitpoint)
     if waitpoint.status == "expired" or (
         waitpoint.status == "pending"
         and waitpoint.expires_at is not None
@@ -282,26 +290,27 @@ def decide(
     if waitpoint.status != "pending":
         raise Conflict("the approval was already decided")
     typed = check_response(waitpoint.spec, decision, value)
-    record_decision(
-        session,
-        waitpoint,
-        Decision(
-            waitpoint_id=waitpoint.id,
-            user_id=user.id if user else None,
-            via=via,
-            decision=decision,
-            value=typed,
-            comment=comment,
-        ),
-        {
-            "decision": decision,
-            "value": typed,
-            "comment": comment,
-            "by": user.email if user else via,
-            "at": utcnow().isoformat(),
-        },
-        conflict="the approval was already decided",
-    )
+    with _cancel_wins(session, waitpoint):
+        record_decision(
+            session,
+            waitpoint,
+            Decision(
+                waitpoint_id=waitpoint.id,
+                user_id=user.id if user else None,
+                via=via,
+                decision=decision,
+                value=typed,
+                comment=comment,
+            ),
+            {
+                "decision": decision,
+                "value": typed,
+                "comment": comment,
+                "by": user.email if user else via,
+                "at": utcnow().isoformat(),
+            },
+            conflict="the approval was already decided",
+        )
     session.commit()
     session.refresh(waitpoint)
     return waitpoint
@@ -373,6 +382,7 @@ def pending_approvals(session: Session, *, user: User, limit: int = 100) -> list
 
 
 def resolve_callback(session: Session, *, waitpoint: Waitpoint, payload: Any) -> Waitpoint:
+    gone_if_cancelled(session, waitpoint)
     if waitpoint.status == "expired" or (
         waitpoint.expires_at is not None
         and waitpoint.expires_at <= utcnow()
@@ -397,13 +407,117 @@ def resolve_callback(session: Session, *, waitpoint: Waitpoint, payload: Any) ->
     }
     if not _resolve(session, waitpoint, resolution):
         session.rollback()
+        session.refresh(waitpoint)
+        gone_if_cancelled(session, waitpoint)  # a cancel that closed it meanwhile: 410
         raise Forbidden("this callback token was already used")
     session.commit()
     return waitpoint
 
 
+# -- cancelled executions ------------------------------------------------------------------------
+
+
+def cancel_waitpoints(
+    session: Session, execution_id: str, cancel: Mapping[str, Any]
+) -> list[Row[Any]]:
+    """Close the execution's open waitpoints (pending, resolved, resuming) as `cancelled`, each
+    with `cancel` (who, when, why) as its resolution; a decision it had is kept under
+    `decided`. Each row moves with an UPDATE conditional on the status it was read with: a
+    concurrent decision either lands first (and is kept) or finds the row cancelled, and a row
+    that moved meanwhile is read again. In the caller's transaction (not committed). Returns
+    the rows closed (id, run_id, node_id, kind)."""
+    closed: list[Row[Any]] = []
+    for _ in range(5):  # a row moves at most pending → resolved → resuming
+        rows = session.execute(
+            select(
+                Waitpoint.id,
+                Waitpoint.status,
+                Waitpoint.resolution,
+                Waitpoint.run_id,
+                Waitpoint.node_id,
+                Waitpoint.kind,
+            ).where(Waitpoint.execution_id == execution_id, Waitpoint.status.in_(PARKED))
+        ).all()
+        if not rows:
+            break
+        for row in rows:
+            resolution = {**cancel, **({"decided": row.resolution} if row.resolution else {})}
+            changed = session.execute(
+                update(Waitpoint)
+                .where(Waitpoint.id == row.id, Waitpoint.status == row.status)
+                .values(status="cancelled", resolution=resolution, resolved_at=utcnow())
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            if changed:
+                closed.append(row)
+    return closed
+
+
+def close_cancelled(session: Session, *, execution_id: str | None = None, limit: int = 100) -> int:
+    """Waitpoints still open on a cancelled execution (one its run parked after the cancel had
+    closed the others): cancelled too, so no decision, callback or due time resumes it."""
+    query = (
+        select(Waitpoint.execution_id, Execution.cancelled_at)
+        .join(Execution, Execution.id == Waitpoint.execution_id)
+        .where(Waitpoint.status.in_(PARKED), Execution.cancelled_at.is_not(None))
+        .distinct()
+        .limit(limit)
+    )
+    if execution_id is not None:
+        query = query.where(Waitpoint.execution_id == execution_id)
+    count = 0
+    for cancelled_id, cancelled_at in session.execute(query).all():
+        at = cancelled_at.isoformat() if cancelled_at is not None else utcnow().isoformat()
+        reason = f"the execution was cancelled at {at} (this waitpoint parked after the cancel)"
+        cancel = {"decision": "cancelled", "by": None, "at": at, "reason": reason}
+        count += len(cancel_waitpoints(session, cancelled_id, cancel))
+    session.commit()
+    return count
+
+
+def gone_if_cancelled(session: Session, waitpoint: Waitpoint) -> None:
+    """410 with the reason (who cancelled, when) for a waitpoint whose execution was cancelled:
+    its decision, callback or due time can no longer resume anything."""
+    if waitpoint.status != "cancelled":
+        cancelled = session.scalar(
+            select(Execution.cancelled_at).where(Execution.id == waitpoint.execution_id)
+        )
+        if cancelled is None or waitpoint.status not in PARKED:
+            return
+        close_cancelled(session, execution_id=waitpoint.execution_id)
+        session.refresh(waitpoint)
+        if waitpoint.status != "cancelled":
+            return
+    cancel = waitpoint.resolution if isinstance(waitpoint.resolution, dict) else {}
+    raise Gone(
+        str(cancel.get("reason") or "the execution was cancelled"),
+        cancelled_by=cancel.get("by"),
+        cancelled_at=cancel.get("at"),
+    )
+
+
+@contextmanager
+def _cancel_wins(session: Session, waitpoint: Waitpoint) -> Iterator[None]:
+    """A decision that lost its conditional UPDATE to a cancel answers 410 with the cancel's
+    reason, not 409 "already decided"."""
+    try:
+        yield
+    except Conflict:
+        session.refresh(waitpoint)
+        gone_if_cancelled(session, waitpoint)
+        raise
+
+
+def _of_cancelled_execution() -> ColumnElement[bool]:
+    return (
+        select(Execution.id)
+        .where(Execution.id == Waitpoint.execution_id, Execution.cancelled_at.is_not(None))
+        .exists()
+    )
+
+
 def resolve_due(session: Session, *, now: datetime, limit: int = 500) -> int:
-    """Datetime waitpoints whose time has come."""
+    """Datetime waitpoints whose time has come (not those of a cancelled execution)."""
     result = session.execute(
         update(Waitpoint)
         .where(
@@ -413,6 +527,7 @@ def resolve_due(session: Session, *, now: datetime, limit: int = 500) -> int:
                     Waitpoint.status == "pending",
                     Waitpoint.kind == "datetime",
                     Waitpoint.due_at <= now,
+                    ~_of_cancelled_execution(),
                 )
                 .limit(limit)
             )
@@ -428,11 +543,22 @@ def resolve_due(session: Session, *, now: datetime, limit: int = 500) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-_EXPIRY = {"reject": "reject", "default": "expire_default", "fail": "expire_fail"}
+# An approval's expiry action (spec/configs.py `expiry_action`) → the decision it records;
+# nodes/waitpoints.py `approval_output` shows each as approve / reject / respond / timeout.
+_EXPIRY = {
+    "reject": "reject",
+    "approve": "expire_approve",
+    "default": "expire_default",
+    "fail": "expire_fail",
+    "timeout": "expire_timeout",
+}
 
 
-def expire_due(session: Session, *, now: datetime, limit: int = 200) -> int:
-    """Approvals and callbacks past their expiry: the action on expiry becomes the decision."""
+def expire_due(
+    session: Session, *, now: datetime, limit: int = 200, client: DagsterClient | None = None
+) -> int:
+    """Approvals and callbacks past their expiry: the action on expiry becomes the decision,
+    and (with a client) a `waitpoint.expired` event on the parked run says which."""
     rows = session.scalars(
         select(Waitpoint)
         .where(
@@ -444,7 +570,7 @@ def expire_due(session: Session, *, now: datetime, limit: int = 200) -> int:
     ).all()
     count = 0
     for row in rows:
-        action = _EXPIRY.get((row.on_expiry or "reject").lower(), "reject")
+        action = _EXPIRY.get(expiry_action(row.on_expiry) or "reject", "reject")
         if row.kind == "callback":
             action = "expire"
         value = row.spec.get("default_value") if action == "expire_default" else None
@@ -463,8 +589,27 @@ def expire_due(session: Session, *, now: datetime, limit: int = 200) -> int:
             continue
         if _resolve(session, row, resolution):
             count += 1
+            session.commit()
+            _report_expired(client, row, action)
         session.commit()
     return count
+
+
+def _report_expired(client: DagsterClient | None, row: Waitpoint, action: str) -> None:
+    if client is None:
+        return
+    data = {
+        "waitpoint_id": row.id,
+        "node_id": row.node_id,
+        "kind": row.kind,
+        "on_expiry": row.on_expiry,
+        "decision": action,
+    }
+    message = f"Waitpoint {row.kind} of node '{row.node_id}' expired: {action}"
+    try:
+        client.report_event(row.run_id, "waitpoint.expired", data, message)
+    except Exception as exc:  # noqa: BLE001 - the event log is a view; the row is the record
+        log.warning("could not log the expiry of waitpoint %s: %s", row.id, exc)
 
 
 def resolve_children(session: Session, client: DagsterClient, *, limit: int = 200) -> int:
@@ -628,7 +773,19 @@ def resume_run(
         .execution_options(synchronize_session=False)
     )
     session.commit()
+    clear_waiting(client, parked_run_id)
     return run_id
+
+
+def clear_waiting(client: DagsterClient, run_id: str) -> None:
+    """Take the waiting tags off a parked run once its resume is launched, so filtering the
+    runs page by `flowmaestro/waiting` lists exactly the executions still waiting (the resumed
+    run links back through Dagster's parent and root run tags). Never fails the resume."""
+    try:
+        if not client.untag_run(run_id, WAITING_TAGS):
+            log.warning("run storage cannot delete tags: run %s still looks waiting", run_id)
+    except Exception as exc:  # noqa: BLE001 - the tags are for display; the resume stands
+        log.warning("could not clear the waiting tags of run %s: %s", run_id, exc)
 
 
 def _close(session: Session, token: str, *, run_id: str | None) -> None:
@@ -693,16 +850,34 @@ def _launch_resume(
     )
 
 
-def tick(session: Session, client: DagsterClient, *, lease_seconds: int = 60) -> dict[str, int]:
-    """One sensor tick: resolve what is due, expired or finished, resume what is ready."""
+def tick(
+    session: Session,
+    client: DagsterClient,
+    *,
+    lease_seconds: int = 60,
+    settings: Settings | None = None,
+) -> dict[str, int]:
+    """One sensor tick: resolve what is due, expired or finished, resume what is ready; with
+    `settings` (the sensor's), also notify the approvers of new approvals."""
+    # Imported here: notifications builds its links with this module's signed_token.
+    from flowmaestro_dagster.control.notifications import notify_approvers
+
     now = utcnow()
+    close_cancelled(session)  # before anything resolves or resumes them
     counts = {
         "due": resolve_due(session, now=now),
-        "expired": expire_due(session, now=now),
+        "expired": expire_due(session, now=now, client=client),
         "children": resolve_children(session, client),
+        "notified": 0,
         "resumed": 0,
         "failed": 0,
     }
+    if settings is not None:
+        try:
+            counts["notified"] = notify_approvers(session, client, settings)
+        except Exception as exc:  # noqa: BLE001 - notifying must not stop resumes
+            session.rollback()
+            log.warning("could not notify approvers: %s", exc)
     for execution_id, run_id in resumable_runs(session, lease_seconds=lease_seconds):
         try:
             if resume_run(

@@ -9,7 +9,8 @@ store it and any worker can resume from it.
 Names resolve in this order (see docs/semantics.md): loop variables (innermost first), node
 ids (a node whose outputVariable equals its id resolves to that variable), execution inputs,
 then the top-level keys of node outputs in topological order (the first writer wins), then
-`inputs` (the whole inputs object).
+`inputs` (the whole inputs object). `input` is the workflow's inputs too (`{{input.topic}}`):
+a node `input` (the builder's input node) reads as the inputs with its own output on top.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +20,10 @@ from typing import Any
 from flowmaestro_dagster.lang.expressions import Unresolved
 
 STATE_VERSION = 1
+# The builder names its input node `input`, and definitions read the workflow's inputs through
+# it (`{{input.category}}` with inputs `{"category": ...}`), whatever its inputName: the name
+# reads as the inputs, with the node's own output (when there is one) on top.
+INPUT_ALIAS = "input"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +191,15 @@ class ExecutionState:
                 return output
             if isinstance(output, dict) and name in output:
                 return output[name]  # a node named like its own outputVariable
+            if name == INPUT_ALIAS and isinstance(output, dict):
+                return {**self.inputs, **output}  # `{{input.category}}`: an input it lacks
             return output
         if name in self.inputs:
             return self.inputs[name]
         names = self._name_index()
         if name in names:
             return names[name]
-        if name == "inputs":
+        if name in ("inputs", INPUT_ALIAS):
             return dict(self.inputs)
         raise Unresolved(name)
 

@@ -9,12 +9,18 @@ Rendering runs on a `Budget` (one for everything a call renders, shared by its r
 the text it produces is at most FLOWMAESTRO_EXPRESSION_MAX_SIZE, and going over a budget is an
 `ExpressionBudgetError`, never a reference left verbatim (only references that do not parse or
 resolve stay as written).
+
+While `collect_misses()` is active (the runner opens one per node execution), every reference
+a render leaves as written is recorded there, and may be refused on the spot (the
+`unresolvedReferences: "error"` setting): the render's result is otherwise unchanged.
 """
 
 import json
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from flowmaestro_dagster.errors import ExpressionBudgetError, ExpressionError
@@ -40,6 +46,46 @@ class Reference:
     text: str  # the whole reference, braces included
     expression: str
     filters: tuple[tuple[str, str | None], ...]
+
+
+@dataclass
+class ReferenceMisses:
+    """The references left as written while it is active, in order, each once.
+
+    `on_miss` sees each one as it is found, before the render goes on: raising there stops the
+    render, so nothing (a request, a message) is ever made from the verbatim text.
+    """
+
+    on_miss: Callable[[str], None] | None = None
+    references: list[str] = field(default_factory=list)
+
+    def add(self, reference: str) -> None:
+        if reference in self.references:
+            return
+        self.references.append(reference)
+        if self.on_miss is not None:
+            self.on_miss(reference)
+
+
+_MISSES: ContextVar[ReferenceMisses | None] = ContextVar("flowmaestro_misses", default=None)
+
+
+@contextmanager
+def collect_misses(on_miss: Callable[[str], None] | None = None) -> Iterator[ReferenceMisses]:
+    """Record the references renders leave as written until the block ends (nested blocks
+    record their own); a block without `on_miss` also keeps an outer one from seeing them."""
+    misses = ReferenceMisses(on_miss)
+    token = _MISSES.set(misses)
+    try:
+        yield misses
+    finally:
+        _MISSES.reset(token)
+
+
+def _missed(ref: Reference) -> None:
+    misses = _MISSES.get()
+    if misses is not None:
+        misses.add(ref.text)
 
 
 def _reference_matches(text: str) -> Iterator[re.Match[str]]:
@@ -116,12 +162,17 @@ def render_text(text: str, scope: Scope, *, budget: Budget | None = None) -> Any
         match, ref = matches[0]
         if match.start() == 0 and match.end() == len(text):
             value = resolve(ref, scope, budget=budget)
-            return text if value is _MISSING else value
+            if value is _MISSING:
+                _missed(ref)
+                return text
+            return value
     pieces: list[str] = []
     size = 0
     last = 0
     for match, ref in matches:
         value = resolve(ref, scope, budget=budget)
+        if value is _MISSING:
+            _missed(ref)
         for piece in (
             text[last : match.start()],
             ref.text if value is _MISSING else budget.text_of(value),
@@ -175,11 +226,17 @@ def resolve(ref: Reference, scope: Scope, *, budget: Budget | None = None) -> An
 
 
 def lookup_path(scope: Scope, expression: str, *, budget: Budget | None = None) -> Any:
-    """A bare path such as `fetch.body.items` (also `{{...}}` / `${...}`); `_MISSING` if absent."""
+    """A bare path such as `fetch.body.items` (also `{{...}}` / `${...}`); `_MISSING` if absent.
+
+    A `{{...}}` that resolves to nothing is a miss (`collect_misses`); a bare path is not: its
+    callers take the text as it is."""
     text = expression.strip()
     matches = list(find_references(text))
     if len(matches) == 1 and matches[0][0].start() == 0 and matches[0][0].end() == len(text):
-        return resolve(matches[0][1], scope, budget=budget)
+        value = resolve(matches[0][1], scope, budget=budget)
+        if value is _MISSING:
+            _missed(matches[0][1])
+        return value
     return resolve(Reference(text, text, ()), scope, budget=budget)
 
 

@@ -8,6 +8,7 @@ executors into ops; tests call them as functions.
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -110,6 +111,7 @@ class Park:
     kind: str  # datetime | approval | callback | child
     waitpoint_id: str
     detail: str = ""
+    due_at: datetime | None = None  # a datetime wait's due time (operators see it as a tag)
 
 
 @dataclass(frozen=True)

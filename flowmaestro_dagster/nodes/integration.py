@@ -123,6 +123,12 @@ def _secrets(connection: ConnectionSettings | None) -> list[str]:
     return sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)
 
 
+def redact_secrets(text: str, connection: ConnectionSettings | None) -> str:
+    """`text` with every secret of `connection` replaced by `***` (for messages that are kept:
+    a notification's recorded error, an event)."""
+    return _redact(text, _secrets(connection))
+
+
 def _redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
@@ -149,11 +155,14 @@ def execute_template_output(ctx: NodeContext) -> NodeResult:
     template = extras.get("template", extras.get("content"))
     if not isinstance(template, str):
         raise ctx.error("templateOutput needs a template (text)", NodeConfigurationError)
-    text = ctx.render_text(template)
     variables = extras.get("variables")
     if isinstance(variables, dict) and variables:
+        with templates.collect_misses():  # the variables may provide what this pass leaves
+            text = ctx.render_text(template)
         values = ctx.render(variables)
         text = templates.render_string(text, Layered(ctx.state, values), budget=ctx.budget)
+    else:
+        text = ctx.render_text(template)
     source = str(extras.get("templateType") or "markdown").lower()
     target = str(extras.get("outputFormat") or extras.get("format") or source).lower()
     if target == "html" and source in ("markdown", "md", "handlebars"):

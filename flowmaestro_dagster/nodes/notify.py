@@ -19,6 +19,7 @@ from flowmaestro_dagster.nodes.connectors import ConnectorRequest
 from flowmaestro_dagster.nodes.connectors.webhook import send
 from flowmaestro_dagster.spec.configs import MediaConfig
 from flowmaestro_dagster.spec.policies import NotifyTarget
+from flowmaestro_dagster.tags import EXECUTION_TAG, WORKFLOW_ID_TAG, WORKFLOW_NAME_TAG
 
 NOTIFY_TIMEOUT_S = 10.0
 _log = logging.getLogger("flowmaestro.notify")
@@ -35,7 +36,7 @@ def failure_payload(
     run_tags: Mapping[str, str],
 ) -> dict[str, Any]:
     """What a failure notification says (plain JSON)."""
-    workflow = run_tags.get("flowmaestro/workflow") or run_tags.get("dagster/job_name") or ""
+    workflow = run_tags.get(WORKFLOW_NAME_TAG) or run_tags.get("dagster/job_name") or ""
     attempts = error.get("attempts", 1)
     where = f" in workflow '{workflow}'" if workflow else ""
     text = (
@@ -48,8 +49,8 @@ def failure_payload(
         "event": "node.failed",
         "text": text,
         "workflow": workflow or None,
-        "workflowId": run_tags.get("flowmaestro/workflow_id"),
-        "executionId": run_tags.get("flowmaestro/execution_id"),
+        "workflowId": run_tags.get(WORKFLOW_ID_TAG),
+        "executionId": run_tags.get(EXECUTION_TAG),
         "runId": run_id,
         "nodeId": node_id,
         "label": label,

@@ -23,7 +23,13 @@ from flowmaestro_dagster.errors import (
 )
 from flowmaestro_dagster.lang.expressions import to_number
 from flowmaestro_dagster.nodes.base import Executor, NodeContext, NodeResult, Park, wrap_output
-from flowmaestro_dagster.spec.configs import HumanReviewConfig, SubworkflowConfig, WaitConfig
+from flowmaestro_dagster.spec.configs import (
+    HumanReviewConfig,
+    SubworkflowConfig,
+    WaitConfig,
+    expiry_action,
+    notify_targets,
+)
 from flowmaestro_dagster.spec.durations import to_milliseconds, wait_problem
 
 DEFAULT_SLEEP_THRESHOLD_S = 30.0
@@ -99,7 +105,7 @@ def _park(
 
 
 def _parked(ctx: NodeContext, record: WaitpointRecord, detail: str) -> NodeResult:
-    return NodeResult(None, parked=Park(record.kind, record.id, detail))
+    return NodeResult(None, parked=Park(record.kind, record.id, detail, due_at=record.due_at))
 
 
 # -- wait ----------------------------------------------------------------------------------------
@@ -217,34 +223,48 @@ def execute_human_review(ctx: NodeContext) -> NodeResult:
         "placeholder": config.placeholder,
         "approvers": [ctx.render_text(a) for a in config.approvers],
         "label": ctx.label,
+        "notify": _notify(ctx, config),
     }
-    on_expiry = (config.on_timeout or "reject").lower()
+    on_expiry = expiry_action(config.on_timeout) or "reject"
     record = _park(ctx, store, "approval", spec, expires_at=expires_at, on_expiry=on_expiry)
     if record.status not in RESOLVED:
         return _parked(ctx, record, f"for approval: {spec['prompt'][:80]}")
     return NodeResult(approval_output(ctx, config, dict(record.resolution or {})))
 
 
+def _notify(ctx: NodeContext, config: HumanReviewConfig) -> list[dict[str, Any]]:
+    """The notify targets with their templates rendered (`to: "{{manager}}"`); the sensor sends
+    them (control/notifications.py), so the run does not wait on a mail server."""
+    try:
+        return notify_targets(ctx.render(config.notify))
+    except ValueError as exc:
+        raise ctx.error(f"notify: {exc}", NodeConfigurationError) from exc
+
+
+# The decision a resolution records → the decision the node's output shows.
+_SHOWN = {"expire_default": "respond", "expire_approve": "approve", "expire_timeout": "timeout"}
+
+
 def approval_output(
     ctx: NodeContext, config: HumanReviewConfig, resolution: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """{variable: the response (typed value, or the decision), approved, decision, ...}."""
+    """`{approved, decision, response, comment, decidedBy, decidedAt}`, at the top level and
+    under the variable: one shape whatever the input type, so `{{approval.approved}}` and
+    `{{approval.response}}` always resolve (a typed response used to replace the object)."""
     decision = str(resolution.get("decision", "approve"))
     if decision == "expire_fail":
         raise ctx.error("the review expired without a decision", NodeExecutionError)
-    value = resolution.get("value")
-    approved = decision in ("approve", "respond") or (decision == "expire_default")
-    summary = {"approved": approved, "decision": decision, "comment": resolution.get("comment")}
-    response = value if decision in ("respond", "expire_default") else summary
-    output: dict[str, Any] = {
-        **summary,
-        "response": value,
+    shown = _SHOWN.get(decision, decision)
+    summary: dict[str, Any] = {
+        "approved": shown in ("approve", "respond"),
+        "decision": shown,
+        "response": resolution.get("value"),
+        "comment": resolution.get("comment"),
         "decidedBy": resolution.get("by"),
         "decidedAt": resolution.get("at"),
     }
-    variable = config.variable_name or config.output_variable
-    output[variable or "review"] = response
-    return output
+    variable = config.variable_name or config.output_variable or "review"
+    return {**summary, variable: dict(summary)}
 
 
 # -- subworkflow ---------------------------------------------------------------------------------

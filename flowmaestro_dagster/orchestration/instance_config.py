@@ -16,8 +16,9 @@ The run queue (see docs/queues.md):
   `dequeue_interval_seconds`, highest `dagster/priority` first, FIFO among equals);
 * `concurrency: runs:` — `max_concurrent_runs`, and tag limits on the tags the API puts on
   every run (`run_tags` in flowmaestro_dagster/control/executions.py): one per user
-  (`flowmaestro/user`, per unique value), one for "one at a time per user" workflows
-  (`flowmaestro/user_workflow`, per unique value, limit 1), one per named queue
+  (`USER_TAG`, the hidden `.dagster/flowmaestro/user`: the user's id, per unique value), one for
+  "one at a time per user" workflows (`USER_WORKFLOW_TAG`, hidden, per unique value, limit 1),
+  one per named queue
   (`flowmaestro/queue`);
 * `concurrency: pools:` — per-workflow limits are pools (one per workflow, on every op) whose
   slot counts the API sets at runtime; `granularity: run` makes a slot a run, not an op.

@@ -4,15 +4,18 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+from flowmaestro_dagster.adapter.attempts import ATTEMPTS_SERVICE
 from flowmaestro_dagster.adapter.resources import FlowMaestroResource
 from flowmaestro_dagster.control.waitpoints import start_child_execution
 from flowmaestro_dagster.settings import get_settings
+from flowmaestro_dagster.store.attempts import DatabaseAttemptStore
 from flowmaestro_dagster.store.checkpoints import DatabaseCheckpointStore
 from flowmaestro_dagster.store.waitpoints import DatabaseWaitpointStore
 
 
 class PlatformResource(FlowMaestroResource):
-    """Runs of API executions: waitpoints and checkpoints live in the platform database."""
+    """Runs of API executions: waitpoints, checkpoints and node attempts live in the platform
+    database."""
 
     def services(self) -> Mapping[str, Any]:
         settings = get_settings()
@@ -28,4 +31,5 @@ class PlatformResource(FlowMaestroResource):
                 ),
             ),
             "checkpoints": DatabaseCheckpointStore(settings.database_url),
+            ATTEMPTS_SERVICE: DatabaseAttemptStore(settings.database_url),
         }

@@ -120,13 +120,14 @@ def make_waitpoint_sensor(
     settings: Settings | None = None,
     client_factory: ClientFactory | None = None,
 ) -> SensorDefinition:
-    """Resolves due, expired and child waitpoints and resumes parked runs that are ready.
+    """Resolves due, expired and child waitpoints, resumes parked runs that are ready, and
+    sends approver notifications (control/notifications.py).
 
     Approvals and callbacks resume at once through the API; this sensor is their backstop.
     """
 
     def resume(session: Session, client: DagsterClient, current: Settings) -> str:
-        counts = tick(session, client, lease_seconds=current.launch_lease_seconds)
+        counts = tick(session, client, lease_seconds=current.launch_lease_seconds, settings=current)
         return ", ".join(f"{k} {v}" for k, v in counts.items())
 
     return _session_sensor(

@@ -126,6 +126,10 @@ class NodePlan(_Plan):
     retry: RetrySettings | None = None
     on_error: OnErrorSettings | None = None
     error_output: bool = False  # an `error` output feeds error edges / the goto node
+    # Unresolved references (issue 16): where each `{{reference}}` is written (reference text
+    # -> config field, as the builder spells it), and the workflow's setting (None: platform's).
+    references: dict[str, str] = Field(default_factory=dict)
+    unresolved_references: Literal["warn", "error"] | None = None
 
     def typed_config(self) -> NodeConfig:
         return config_model(self.type).model_validate(self.config)

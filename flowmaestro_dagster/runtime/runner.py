@@ -2,13 +2,20 @@
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flowmaestro_dagster.errors import ExpressionError, NodeConfigurationError
+from flowmaestro_dagster.errors import (
+    ExpressionError,
+    NodeConfigurationError,
+    UnresolvedReferenceError,
+)
+from flowmaestro_dagster.lang import templates
 from flowmaestro_dagster.lang.expressions import Budget, Evaluator, parse, truthy
 from flowmaestro_dagster.lang.state import ExecutionState, MemoryWrite
 from flowmaestro_dagster.nodes import NodeContext, NodeResult, get_executor
+from flowmaestro_dagster.nodes.base import settings_of
 from flowmaestro_dagster.nodes.loop import loop_items
 from flowmaestro_dagster.runtime.batch import batch_node_result, run_batch
 from flowmaestro_dagster.runtime.plan import InlineRegion, LoopPlan, NodePlan
@@ -18,10 +25,36 @@ _log = logging.getLogger("flowmaestro.runtime")
 
 
 @dataclass(frozen=True)
+class ReferenceWarning:
+    """A `{{reference}}` a node's render left as written (nothing provided it)."""
+
+    node_id: str
+    field: str  # the config field it is written in, as the builder spells it
+    reference: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "node_id": self.node_id,
+            "field": self.field,
+            "reference": self.reference,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
 class NodeOutcome:
     state: ExecutionState
     result: NodeResult
     item_states: tuple[ExecutionState, ...] = ()
+    # This node's unresolved references, and those of the nodes its op ran inline (loop bodies).
+    warnings: tuple[ReferenceWarning, ...] = ()
+
+
+# The warnings of the node an op runs, and of every node it runs inline (a loop body's).
+_OP_WARNINGS: ContextVar[list[ReferenceWarning] | None] = ContextVar(
+    "flowmaestro_op_warnings", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -59,10 +92,96 @@ def node_context(
     )
 
 
+def unresolved_mode(plan: NodePlan, services: Mapping[str, Any]) -> str:
+    """`warn` or `error`: the workflow's `settings.unresolvedReferences`, else the platform's
+    FLOWMAESTRO_UNRESOLVED_REFERENCES."""
+    if plan.unresolved_references is not None:
+        return plan.unresolved_references
+    return settings_of(services).unresolved_references
+
+
+def reference_field(plan: NodePlan, reference: str) -> str:
+    """Where a reference is written in the node's config (the compiler's map, else a search of
+    the config the node ran with); "" when it is in none (text a render produced)."""
+    if reference in plan.references:
+        return plan.references[reference]
+    return _find_field(plan.config, reference, "") or ""
+
+
+def _config_path(field_name: str) -> str:
+    return f"config.{field_name}" if field_name else "config"
+
+
+def _find_field(value: Any, reference: str, path: str) -> str | None:
+    if isinstance(value, str):
+        return path if reference in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _find_field(item, reference, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _find_field(item, reference, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 def run_node(
     plan: NodePlan, state: ExecutionState, upstream: tuple[str, ...], run: RunContext
 ) -> NodeOutcome:
-    """Execute a node's executor and add its output (and memory writes) to the state."""
+    """Execute a node's executor and add its output (and memory writes) to the state.
+
+    Every `{{reference}}` its renders leave as written is a warning on the node (its log, and
+    `NodeOutcome.warnings` for the platform), or, when the mode is `error`, the node's failure
+    at the render that met it (`UnresolvedReferenceError`: nothing is sent from the verbatim
+    text, and it is not retried)."""
+    warnings = _OP_WARNINGS.get()
+    token = None
+    if warnings is None:  # the op's own node (not one of a loop body it runs inline)
+        warnings = []
+        token = _OP_WARNINGS.set(warnings)
+    try:
+        strict = unresolved_mode(plan, run.services) == "error"
+
+        def refuse(reference: str) -> None:
+            field_name = reference_field(plan, reference)
+            raise UnresolvedReferenceError(
+                f"{_config_path(field_name)}: {reference} resolves to nothing (no input, "
+                "upstream node or variable provides it) and unresolvedReferences is 'error'",
+                field=field_name,
+                reference=reference,
+                node_id=plan.node_id,
+                node_type=plan.type,
+            )
+
+        with templates.collect_misses(refuse if strict else None) as misses:
+            outcome = _run_node(plan, state, upstream, run)
+        for reference in misses.references:
+            found = _reference_warning(plan, reference)
+            run.log.warning(found.message)
+            warnings.append(found)
+    finally:
+        if token is not None:
+            _OP_WARNINGS.reset(token)
+    if token is not None and warnings:
+        return replace(outcome, warnings=tuple(warnings))
+    return outcome
+
+
+def _reference_warning(plan: NodePlan, reference: str) -> ReferenceWarning:
+    field_name = reference_field(plan, reference)
+    message = (
+        f"{plan.node_id}: {_config_path(field_name)}: {reference} resolves to nothing (no input, "
+        "upstream node or variable provides it); it stays as written"
+    )
+    return ReferenceWarning(plan.node_id, field_name, reference, message)
+
+
+def _run_node(
+    plan: NodePlan, state: ExecutionState, upstream: tuple[str, ...], run: RunContext
+) -> NodeOutcome:
     if plan.type == "loop" and plan.loop is not None and plan.loop.mode == "inline":
         return run_inline_loop(plan, state, upstream, run)
     if plan.type == "batch" and plan.loop is not None and plan.loop.inline is not None:

@@ -233,6 +233,65 @@ class HumanReviewConfig(NodeConfig):
     timeout_ms: float | None = None
     on_timeout: str | None = None
     approvers: list[str] = Field(default_factory=list)
+    notify: Any = None
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        """`assignee: "a@x.eu, b@x.eu"` (one text) means two approvers."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+APPROVAL_EXPIRY_ACTIONS = ("reject", "approve", "default", "fail", "timeout")
+"""What `onTimeout` may say (docs/waitpoints.md); `route`/`branch` are spellings of `timeout`."""
+
+
+def expiry_action(on_timeout: str | None) -> str | None:
+    """The canonical expiry action of an approval, None for one that is not known."""
+    action = (on_timeout or "reject").strip().lower()
+    action = {"route": "timeout", "branch": "timeout", "expire": "timeout"}.get(action, action)
+    return action if action in APPROVAL_EXPIRY_ACTIONS else None
+
+
+NOTIFY_CHANNELS = ("email", "slack", "webhook")
+
+
+def notify_targets(value: Any) -> list[dict[str, Any]]:
+    """An approval's `notify` as `[{channel, to, connection, url}]`; ValueError says what is
+    wrong. Shorthands: `true` or `"email"` (email the approvers), `"slack"`, `"webhook"`, an
+    email address, or a list of these and objects."""
+    if value is None or value is False or value == []:
+        return []
+    items = value if isinstance(value, list) else [value]
+    targets = []
+    for raw in items:
+        item = "email" if raw is True else raw
+        if isinstance(item, str):
+            text = item.strip()
+            item = {"channel": "email", "to": text} if "@" in text else {"channel": text}
+        if not isinstance(item, dict):
+            raise ValueError(f"a notify target is an object or text, not {item!r}")
+        channel = str(item.get("channel") or item.get("type") or "email").strip().lower()
+        if channel not in NOTIFY_CHANNELS:
+            raise ValueError(
+                f"notify channel {channel!r} is not one of {', '.join(NOTIFY_CHANNELS)}"
+            )
+        to = item.get("to", item.get("recipients"))
+        connection = item.get("connection", item.get("connectionId"))
+        url = item.get("url")
+        if channel == "webhook" and not (url or connection):
+            raise ValueError("a webhook notification needs a url or a connection")
+        targets.append(
+            {
+                "channel": channel,
+                "to": to,
+                "connection": str(connection) if connection else None,
+                "url": str(url) if url else None,
+            }
+        )
+    return targets
 
 
 class CodeConfig(NodeConfig):
@@ -674,7 +733,8 @@ def _human_review(raw: _Raw) -> None:
     raw.take("placeholder", "placeholder")
     raw.take("timeout_ms", "timeout", "timeoutMs")
     raw.take("on_timeout", "onTimeout", "timeoutAction")
-    raw.take("approvers", "approvers", "assignees")
+    raw.take("approvers", "approvers", "assignees", "assignee")
+    raw.take("notify", "notify", "notifications")
 
 
 @_normaliser("code", model=CodeConfig)

@@ -63,6 +63,11 @@ class WorkflowSettings(BaseModel):
     timeout_ms: float | None = Field(default=None, gt=0, alias="timeout")
     max_concurrent_nodes: int = Field(default=10, ge=1, le=1000, alias="maxConcurrentNodes")
     run_on: RunOn | None = Field(default=None, alias="runOn")
+    # A `{{reference}}` nothing provides at run time: warn (the default), or fail the node.
+    # None: the platform's FLOWMAESTRO_UNRESOLVED_REFERENCES.
+    unresolved_references: Literal["warn", "error"] | None = Field(
+        default=None, alias="unresolvedReferences"
+    )
 
 
 class WorkflowSpec(BaseModel):

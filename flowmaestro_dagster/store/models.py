@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -225,6 +226,12 @@ class Waitpoint(Base):
     resume_claimed_at: Mapped[datetime | None] = mapped_column(default=None)
     resume_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
     resumed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Approver notifications: SQL NULL until the waitpoint sensor claims them (a conditional
+    # UPDATE, so two ticks never send twice), then {state, claimedAt, attempts: [...]}.
+    notifications: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"),
+        default=None,
+    )
 
 
 class Decision(Base):
@@ -291,3 +298,41 @@ class WebhookDelivery(Base):
     execution_id: Mapped[str | None] = mapped_column(
         ForeignKey("executions.id", ondelete="SET NULL"), default=None
     )
+
+
+class NodeAttempt(Base):
+    """One attempt of one node (a loop item's, a resumed run's): what it was given, what it
+    produced or why it failed, what it logged and what the retry policy decided. Written once
+    by the op adapter when the attempt ends, so `GET /executions/{id}/nodes/{node}` reads a
+    node's history in one query, also after Dagster's event log is purged."""
+
+    __tablename__ = "node_attempts"
+    __table_args__ = (
+        UniqueConstraint("run_id", "step_key", "attempt", name="uq_node_attempt"),
+        Index("ix_node_attempts_node", "execution_id", "node_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
+    node_id: Mapped[str] = mapped_column(String(300))
+    iteration: Mapped[str] = mapped_column(String(200), default="")  # "0", "1.2" in loops
+    run_id: Mapped[str] = mapped_column(String(64))
+    step_key: Mapped[str] = mapped_column(String(400))
+    attempt: Mapped[int] = mapped_column(Integer)
+    # succeeded | retrying | failed | handled (onError / an error edge) | parked
+    status: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime] = mapped_column()
+    finished_at: Mapped[datetime] = mapped_column()
+    inputs: Mapped[Any] = mapped_column(JsonType, default=None, nullable=True)
+    output: Mapped[Any] = mapped_column(JsonType, default=None, nullable=True)
+    output_bytes: Mapped[int | None] = mapped_column(Integer, default=None)
+    output_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    logs: Mapped[Any] = mapped_column(JsonType, default=list)
+    logs_dropped: Mapped[int] = mapped_column(Integer, default=0)
+    error_class: Mapped[str | None] = mapped_column(String(200), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    error_stack: Mapped[str | None] = mapped_column(Text, default=None)
+    retryable: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    retry_delay_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    max_attempts: Mapped[int | None] = mapped_column(Integer, default=None)
+    handled_by: Mapped[str | None] = mapped_column(String(20), default=None)

@@ -25,6 +25,7 @@ from bench.common import wait_until
 from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.tags import WAIT_KINDS, WAITING_TAG
 from flowmaestro_dagster.testing.stack import DagsterStack
 from tests.api.conftest import make_key
 from tests.services import migrated_template, pg_url
@@ -245,7 +246,7 @@ def step_keys(instance: DagsterInstance, run_id: str) -> set[str]:
 def parked_run(stack: DagsterStack, body: dict[str, Any]) -> str:
     """The run a waiting execution parked (its first), tagged waiting for operators to see."""
     run_id: str = body["runs"][0]["run_id"]
-    assert stack.instance().get_run_by_id(run_id).tags["flowmaestro/waiting"] == "true"
+    assert stack.instance().get_run_by_id(run_id).tags.get(WAITING_TAG) in WAIT_KINDS
     return run_id
 
 

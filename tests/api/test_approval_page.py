@@ -160,3 +160,142 @@ def test_a_forged_link_is_not_valid(client: TestClient) -> None:
     ):
         assert response.status_code == 404
         assert "This approval link is not valid." in response.text
+
+
+def test_a_required_response_is_marked_required_and_an_optional_one_optional(
+    client: TestClient, auth: dict[str, str], database_url: str
+) -> None:
+    required = Page(client.get(approval_link(client, auth, database_url, required=True)).text)
+    assert required.text["response-label"] == "Response (required)"
+    assert "required" in required.named("textarea")[0]
+    optional = Page(client.get(approval_link(client, auth, database_url)).text)
+    assert optional.text["response-label"] == "Response (optional)"
+    assert "required" not in optional.named("textarea")[0]
+    # Reject needs no response: the browser skips the form's checks for it.
+    assert "formnovalidate" in next(b for b in required.named("button") if b["id"] == "reject")
+
+
+def test_each_yes_no_option_has_its_own_label(
+    client: TestClient, auth: dict[str, str], database_url: str
+) -> None:
+    page = Page(client.get(approval_link(client, auth, database_url, input_type="boolean")).text)
+    radios = [a for a in page.named("input") if a.get("type") == "radio"]
+    assert [(r["id"], r["value"]) for r in radios] == [
+        ("value-true", "true"),
+        ("value-false", "false"),
+    ]
+    assert [a.get("for") for a in page.named("label") if a.get("for", "").startswith("value-")] == [
+        "value-true",
+        "value-false",
+    ]
+    assert [a["class"] for a in page.named("div")] == ["option", "option"]
+
+
+def decision_of(database_url: str, link: str) -> dict[str, Any] | None:
+    from flowmaestro_dagster.control.waitpoints import verify_token
+
+    waitpoint_id = verify_token(SECRET, "approve", link.rsplit("/", 1)[1])
+    with session_scope(get_engine(database_url)) as session:
+        row = session.get(Waitpoint, waitpoint_id)
+        assert row is not None
+        return row.resolution
+
+
+def test_yes_with_approve_is_an_approval_whose_response_is_true(
+    client: TestClient, auth: dict[str, str], database_url: str
+) -> None:
+    link = approval_link(client, auth, database_url, input_type="boolean", required=True)
+    decided = client.post(link, data={"decision": "approve", "value": "true"})
+    assert decided.status_code == 200
+    assert Page(decided.text).text["result"] == "Recorded: approved."
+    resolution = decision_of(database_url, link)
+    assert resolution is not None
+    assert (resolution["decision"], resolution["value"], resolution["by"]) == (
+        "approve",
+        True,
+        "link",
+    )
+
+
+def test_approve_without_a_required_response_is_refused_and_changes_nothing(
+    client: TestClient, auth: dict[str, str], database_url: str
+) -> None:
+    link = approval_link(client, auth, database_url, input_type="number", required=True)
+    refused = client.post(link, data={"decision": "approve", "value": ""})
+    assert refused.status_code == 422
+    assert Page(refused.text).text["result"] == "a response is required"
+    assert decision_of(database_url, link) is None
+    rejected = client.post(link, data={"decision": "reject"})  # no response needed to reject
+    assert rejected.status_code == 200
+    assert Page(rejected.text).text["result"] == "Recorded: rejected."
+
+
+def test_the_page_in_a_real_browser_lays_out_and_enforces_a_required_yes_no(
+    database_url: str, client: TestClient, auth: dict[str, str]
+) -> None:
+    """Headless Chromium (Debian's, driven by Playwright): each option on its own line with a
+    clickable label, Approve held back until a required answer is chosen, Reject never."""
+    import shutil
+    import threading
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from flowmaestro_dagster.testing.stack import free_port
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is required (scripts/system-deps.sh installs it)")
+    link = approval_link(
+        client, auth, database_url, input_type="boolean", required=True, prompt="Ship?"
+    )
+    port = free_port()
+    settings = ApiSettings(
+        database_url=database_url,
+        dagster_graphql_url=UNREACHABLE_DAGSTER,
+        launch_on_submit=False,
+        secret_key=SECRET,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(300):
+            if server.started:
+                break
+            threading.Event().wait(0.05)
+        url = f"http://127.0.0.1:{port}{link}"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=chromium,
+                args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"],
+            )
+            try:
+                page = browser.new_page()
+                page.goto(url)
+                assert page.text_content("legend") == "Response (required)"
+                yes, no = page.locator("#value-true"), page.locator("#value-false")
+                yes_box, no_box = yes.bounding_box(), no.bounding_box()
+                assert yes_box is not None and no_box is not None
+                assert no_box["y"] >= yes_box["y"] + yes_box["height"]  # one line each
+                assert abs(no_box["x"] - yes_box["x"]) < 1
+                page.click("#approve")  # nothing chosen: the browser keeps the form
+                assert page.url == url and page.locator("#result").count() == 0
+                assert decision_of(database_url, link) is None
+                page.click("label[for=value-true]")  # the label picks its option
+                assert yes.is_checked() and not no.is_checked()
+                page.click("#approve")
+                page.wait_for_selector("#result")
+                assert page.text_content("#result") == "Recorded: approved."
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    resolution = decision_of(database_url, link)
+    assert resolution is not None and (resolution["decision"], resolution["value"]) == (
+        "approve",
+        True,
+    )

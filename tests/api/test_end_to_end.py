@@ -93,7 +93,7 @@ def test_execution_runs_with_node_statuses_outputs_and_events(
         line.removeprefix("event: ") for line in text.splitlines() if line.startswith("event: ")
     ]
     assert events[-1] == "end"
-    assert "node.started" in events and "node.skipped" in events and "execution.succeeded" in events
+    assert "node.started" in events and "node.skipped" in events and "run.succeeded" in events
     started = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
     assert any(e.get("node_id") == "input-lead" for e in started)
 

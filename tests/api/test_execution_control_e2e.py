@@ -14,6 +14,7 @@ from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.testing.stack import DagsterStack
 from tests.api import e2e
 from tests.api.e2e import (
+    approvals_of,
     deploy,
     execution,
     new_user,
@@ -170,3 +171,32 @@ def test_a_retry_after_a_later_failure_restarts_from_the_latest_checkpoint(
     assert second == {aliases["enrich"], aliases["boom"]}
     tags = stack.instance().get_run_by_id(again["runs"][1]["run_id"]).tags
     assert tags["flowmaestro/from_checkpoint"] == "cp"
+
+
+def test_cancel_while_waiting_at_an_approval_resumes_nothing_and_the_approval_is_410(
+    client: TestClient, auth: dict[str, str], stack: DagsterStack
+) -> None:
+    review = chain(
+        node("in", "input", inputName="who"),
+        node("review", "humanReview", reviewPrompt="Ship {{who}}?", outputVariable="approval"),
+        node("out", "output", outputName="result", value="{{approval.approved}}"),
+        name="Cancelled review",
+    )  # fmt: skip
+    execution_id = start(client, auth, deploy(client, auth, review), {"who": "cy"})
+    waiting = status_is(client, auth, execution_id, "waiting")
+    parked = parked_run(stack, waiting)
+    approval = wait_for(lambda: approvals_of(client, auth, execution_id))[0]
+
+    cancelled = client.post(f"/executions/{execution_id}/cancel", headers=auth)
+    assert cancelled.status_code == 202, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    late = client.post(
+        f"/approvals/{approval['id']}/decision", json={"decision": "approve"}, headers=auth
+    )
+    assert late.status_code == 410, late.text
+    assert "was cancelled by" in late.json()["detail"]
+    assert stack.instance().get_run_by_id(parked).tags["flowmaestro/cancelled"] == "true"
+    time.sleep(3.5)  # the waitpoint sensor ticks every second: a few ticks, no resume
+    body = execution(client, auth, execution_id)
+    assert body["status"] == "cancelled" and [r["run_id"] for r in body["runs"]] == [parked]
+    assert body["waitpoints"][0]["status"] == "cancelled"

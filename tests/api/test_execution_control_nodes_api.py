@@ -13,6 +13,7 @@ from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.local import execute_workflow
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution
+from flowmaestro_dagster.tags import WORKFLOW_ID_TAG
 from flowmaestro_dagster.testing import resources_for
 from tests.api.conftest import deployed_workflow, make_key, patch_settings
 from tests.builders import chain, node
@@ -110,7 +111,7 @@ def test_batch_progress_shows_in_the_execution_and_its_event_stream(
     execution_id = start(api, auth, workflow_id, {"inputs": inputs})["id"]
     tags = {
         "flowmaestro/execution_id": execution_id,
-        "flowmaestro/workflow_id": workflow_id,
+        WORKFLOW_ID_TAG: workflow_id,
         "flowmaestro/version": "1",
     }
     compiled = build_job(BATCH, resource_defs=resources_for())

@@ -27,6 +27,7 @@ from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.local import execute_workflow
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Execution
+from flowmaestro_dagster.tags import WORKFLOW_ID_TAG
 from flowmaestro_dagster.testing import FakeLLMServer, FakeReply, resources_for
 from tests.api.conftest import make_key
 from tests.builders import backend_flow, chain, node
@@ -82,7 +83,7 @@ def execute(
     compiled = build_job(definition, resource_defs=resources_for(settings.get("settings")))
     tags = {
         "flowmaestro/execution_id": execution_id,
-        "flowmaestro/workflow_id": workflow_id,
+        WORKFLOW_ID_TAG: workflow_id,
         "flowmaestro/version": "1",
     }
     result = execute_workflow(compiled, inputs, instance=instance, tags=tags, log_level="ERROR")

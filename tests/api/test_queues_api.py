@@ -14,7 +14,7 @@ from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
-from flowmaestro_dagster.tags import workflow_pool
+from flowmaestro_dagster.tags import USER_TAG, USER_WORKFLOW_TAG, WORKFLOW_ID_TAG, workflow_pool
 from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, patch_settings
 from tests.api.test_queues_support import store_run
 
@@ -68,8 +68,8 @@ def queued_run(instance: DagsterInstance, workflow_id: str, user: str) -> str:
     return store_run(
         instance,
         {
-            "flowmaestro/workflow_id": workflow_id,
-            "flowmaestro/user": user,
+            WORKFLOW_ID_TAG: workflow_id,
+            USER_TAG: user,
             "flowmaestro/queue": "default",
         },
     )
@@ -107,7 +107,7 @@ def test_the_one_at_a_time_switch_re_tags_queued_runs(
     def tag(run_id: str) -> str | None:
         run = instance.get_run_by_id(run_id)
         assert run is not None
-        return run.tags.get("flowmaestro/user_workflow")
+        return run.tags.get(USER_WORKFLOW_TAG)
 
     patch_settings(client, auth, workflow_id, one_at_a_time_per_user=True)
     assert (tag(first), tag(second)) == (f"{workflow_id}:u1", f"{workflow_id}:u2")

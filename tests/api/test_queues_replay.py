@@ -20,7 +20,7 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.queues import read_snapshot, simulate
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
-from flowmaestro_dagster.tags import workflow_pool
+from flowmaestro_dagster.tags import USER_TAG, USER_WORKFLOW_TAG, WORKFLOW_ID_TAG, workflow_pool
 from tests.api.test_queues_support import store_run
 
 
@@ -53,13 +53,13 @@ def add_run(
     one_at_a_time: bool = False,
 ) -> str:
     tags = {
-        "flowmaestro/user": user,
-        "flowmaestro/workflow_id": workflow,
+        USER_TAG: user,
+        WORKFLOW_ID_TAG: workflow,
         "flowmaestro/queue": queue,
         "dagster/priority": str(priority),
     }
     if one_at_a_time:
-        tags["flowmaestro/user_workflow"] = f"{workflow}:{user}"
+        tags[USER_WORKFLOW_TAG] = f"{workflow}:{user}"
     pool = workflow_pool(workflow)
     concurrency = RunOpConcurrency(
         root_key_counts={pool: 1}, has_unconstrained_root_nodes=False, all_pools={pool}

@@ -26,6 +26,7 @@ from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.store.db import get_engine, session_scope
+from flowmaestro_dagster.tags import USER_TAG
 from tests.api import e2e
 from tests.api.e2e import api_client, running_stack, start, wait_for
 from tests.builders import chain, node
@@ -198,7 +199,7 @@ def facts(instance: DagsterInstance, execution_id: str, index: int = 0) -> RunFa
         run_id=run.run_id,
         storage_id=record.storage_id,
         priority=int(run.tags["dagster/priority"]),
-        user=run.tags["flowmaestro/user"],
+        user=run.tags[USER_TAG],
         enqueued=_event_time(instance, run.run_id, DagsterEventType.RUN_ENQUEUED),
         dequeued=_event_time(instance, run.run_id, DagsterEventType.RUN_STARTING),
         start=record.start_time,

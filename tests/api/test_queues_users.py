@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from dagster import DagsterRunStatus, RunsFilter
 
+from flowmaestro_dagster.tags import WORKFLOW_ID_TAG
 from tests.api.e2e import execution, wait_for
 from tests.api.test_queues_support import (
     QueueStack,
@@ -110,7 +111,7 @@ def test_a_backlog_of_100_does_not_keep_another_users_run_waiting(stack: QueueSt
     wait_for(lambda: set(run_statuses(instance, backlog)) == {"QUEUED"}, timeout=180)
 
     newest = max(
-        instance.get_run_records(RunsFilter(tags={"flowmaestro/workflow_id": backlog_workflow})),
+        instance.get_run_records(RunsFilter(tags={WORKFLOW_ID_TAG: backlog_workflow})),
         key=lambda r: r.storage_id,
     )
     last = execution(client, ann, newest.dagster_run.tags["flowmaestro/execution_id"])
@@ -124,7 +125,7 @@ def test_a_backlog_of_100_does_not_keep_another_users_run_waiting(stack: QueueSt
     light = facts(instance, mine)
     # Grace's run went ahead of ann's backlog: it was enqueued last and nothing of ann's was
     # dequeued while it waited (ann's only slot was taken by the blocker all along).
-    backlog_runs = instance.get_runs(RunsFilter(tags={"flowmaestro/workflow_id": backlog_workflow}))
+    backlog_runs = instance.get_runs(RunsFilter(tags={WORKFLOW_ID_TAG: backlog_workflow}))
     queued = [r for r in backlog_runs if r.status == DagsterRunStatus.QUEUED]
     assert len(queued) == 100
     ann_blocker = facts_of_running(stack, blocker)

@@ -46,6 +46,7 @@ stack = e2e.stack_fixture(
     FLOWMAESTRO_WAITPOINT_INTERVAL_SECONDS="1",
     FLOWMAESTRO_SECRET_KEY=SECRET_KEY,
     FLOWMAESTRO_CALLBACK_SIGNING_SECRET=SIGNING_SECRET,
+    FLOWMAESTRO_HTTP__ALLOW_LOOPBACK="true",  # approval notifications reach a local receiver
 )
 settings = e2e.settings_fixture(
     secret_key=SECRET_KEY,
@@ -226,7 +227,7 @@ def test_waitpoints_in_sequence_chain_resumed_runs(
     definition["edges"][2] = {"id": "c", "source": "review", "target": "second"}
     definition["edges"].append({"id": "f", "source": "second", "target": "ok"})
     yes = next(n for n in definition["nodes"] if n["id"] == "yes")
-    yes["data"]["value"] = "approved {{prepared}} x{{again}}"
+    yes["data"]["value"] = "approved {{prepared}} x{{again.response}}"
     workflow_id = deploy(client, auth, definition)
     execution_id = start(client, auth, workflow_id, {"who": "seq"})
     for decision in ({"decision": "approve"}, {"decision": "respond", "value": "3"}):
@@ -358,6 +359,7 @@ def test_approval_page_works_in_a_real_browser(
                 assert (
                     page.text_content("#prompt") == "Publish the <b>launch</b> post?"
                 )  # escaped, not HTML
+                page.fill("#value", "ship it")  # the review's response is required
                 page.fill("#comment", "looks good")
                 page.click("#approve")
                 page.wait_for_selector("#result")
@@ -437,3 +439,156 @@ def test_a_killed_run_worker_is_resumed_without_redoing_finished_nodes(
     assert {steps["in"], steps["prep"]} <= finished_first
     rerun = step_keys(instance, retry.run_id)
     assert rerun == {steps["slow"], steps["out"]}  # in and prep were not run again
+
+
+def _sse(lines: Any, until: set[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, event, data) from an SSE line iterator, up to the first event named in `until`."""
+    found: list[tuple[str, str, dict[str, Any]]] = []
+    event_id, name = "", ""
+    for line in lines:
+        if line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            found.append((event_id, name, json.loads(line[6:])))
+            if name in until:
+                return found
+            event_id = name = ""
+    return found
+
+
+def test_live_events_follow_an_execution_across_its_wait_and_resume(
+    settings: ApiSettings, dagster_client: DagsterClient, client: TestClient, auth: dict[str, str]
+) -> None:
+    """One SSE client from submit to finish through an approval: the stream goes on past the
+    parked run, the client drops mid-stream and resumes with Last-Event-ID, and the two parts
+    are exactly what a reader from the start gets (no loss, no duplicates)."""
+    import httpx
+
+    from tests.api.test_event_stream import serving
+
+    workflow_id = deploy(client, auth, approval_flow())
+    execution_id = start(client, auth, workflow_id, {"who": "sse"})
+    app = create_app(settings, dagster=dagster_client)
+    with serving(app) as base:
+        url = f"{base}/executions/{execution_id}/events"
+        with httpx.stream("GET", url, headers=auth, timeout=120) as stream:
+            first = _sse(stream.iter_lines(), {"execution.waiting", "end"})
+        assert first[-1][1] == "execution.waiting", first
+        waiting = first[-1][2]
+        assert [w["kind"] for w in waiting["waitpoints"]] == ["approval"]
+        assert waiting["waitpoints"][0]["node_id"] == "review"
+        assert waiting["waitpoints"][0]["approval_url"].endswith(
+            f"/approvals/{waiting['waitpoints'][0]['waitpoint_id']}"
+        )
+        [approval] = approvals_of(client, auth, execution_id)
+        decide(client, auth, approval["id"], decision="approve")
+        resume_from = {**auth, "Last-Event-ID": first[-1][0]}
+        with httpx.stream("GET", url, headers=resume_from, timeout=120) as stream:
+            second = _sse(stream.iter_lines(), {"end"})
+        with httpx.stream("GET", url, headers=auth, timeout=120) as stream:
+            whole = _sse(stream.iter_lines(), {"end"})
+        for bad in (
+            "garbage",
+            f"{'0' * 8}.0.1",  # another execution's
+            f"{execution_id[:8]}.9.1",  # a run it does not have
+            f"{execution_id[:8]}.0.999999999",  # past the end of its log
+        ):
+            refused = httpx.get(url, headers={**auth, "Last-Event-ID": bad}, timeout=30)
+            assert refused.status_code == 400, (bad, refused.text)
+            assert refused.json()["code"] == "invalid_last_event_id"
+    names = [name for _, name, _ in second]
+    assert names[-1] == "end" and second[-1][2]["status"] == "succeeded"
+    assert "execution.resumed" in names and "execution.waiting" not in names
+    resumed_nodes = {d.get("node_id") for _, name, d in second if name == "node.started"}
+    assert "review" in resumed_nodes and "prep" not in resumed_nodes
+    ids = [event_id for event_id, _, _ in first + second if event_id]
+    assert len(ids) == len(set(ids))
+    key = [tuple(int(p) for p in i.split(".")[1:]) for i in ids]
+    assert key == sorted(key)  # monotonic within the execution
+    assert [(i, n) for i, n, _ in whole] == [(i, n) for i, n, _ in first + second]
+
+
+def test_expiry_rejects_or_takes_the_timeout_branch_and_notifies_on_a_real_stack(
+    client: TestClient, auth: dict[str, str], stack: DagsterStack
+) -> None:
+    """Two reviews that expire after 3 and 5 s: `onTimeout: reject` ends on the rejected output,
+    `onTimeout: timeout` on the branch its conditional routes; the sensor posts the second
+    one's notification to a local receiver and logs `approval.notified` and
+    `waitpoint.expired` on the parked runs."""
+    from dagster import DagsterEventType
+
+    from flowmaestro_dagster.tags import EVENT_DATA_METADATA, EVENT_KIND_METADATA
+    from flowmaestro_dagster.testing import EchoServer
+
+    def expiring(action: str, condition: str, timeout: int, **review: Any) -> dict[str, Any]:
+        return flow(
+            [
+                node("in", "input", inputName="who"),
+                node("review", "humanReview", reviewPrompt="Ship {{who}}?", outputVariable="approval", timeout=timeout, onTimeout=action, **review),
+                node("ok", "conditional", condition=condition),
+                node("yes", "output", outputName="result", value="{{approval.decision}} by {{approval.decidedBy}}"),
+                node("no", "output", outputName="result", value="no: {{approval.decision}} {{approval.comment}}"),
+            ],
+            [("in", "review"), ("review", "ok"), ("ok", "yes", "true"), ("ok", "no", "false")],
+            name=f"Expiring {action}",
+        )  # fmt: skip
+
+    def platform_events(run_id: str, kind: str) -> list[dict[str, Any]]:
+        records = (
+            stack.instance()
+            .get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT)
+            .records
+        )
+        found = []
+        for record in records:
+            event = record.event_log_entry.dagster_event
+            metadata = event.engine_event_data.metadata if event is not None else {}
+            if (kind_value := metadata.get(EVENT_KIND_METADATA)) and kind_value.value == kind:
+                found.append(dict(metadata[EVENT_DATA_METADATA].value))
+        return found
+
+    with EchoServer() as receiver:
+        hook = receiver.url("/approvals")
+        rejecting = deploy(client, auth, expiring("reject", "approval.approved === true", 3000))
+        routing = deploy(
+            client,
+            auth,
+            expiring(
+                "timeout",
+                "approval.decision === 'timeout'",
+                5000,  # a sensor tick (every second) notifies before it expires
+                notify=[{"channel": "webhook", "url": hook}],
+            ),
+        )
+        rejected_id = start(client, auth, rejecting, {"who": "a"})
+        routed_id = start(client, auth, routing, {"who": "b"})
+        rejected = status_is(client, auth, rejected_id, "succeeded", "failed")
+        routed = status_is(client, auth, routed_id, "succeeded", "failed")
+        sent = [json.loads(r.body) for r in receiver.requests]
+    assert rejected["outputs"] == {"result": "no: reject expired"}
+    assert routed["outputs"] == {"result": "timeout by expiry"}
+    [waitpoint] = routed["waitpoints"]
+    assert len(sent) == 1, waitpoint
+    [request] = sent
+    assert (request["event"], request["waitpointId"], request["prompt"]) == (
+        "approval.requested",
+        waitpoint["id"],
+        "Ship b?",
+    )
+    assert waitpoint["notifications"]["state"] == "sent"
+    parked = routed["runs"][0]["run_id"]
+    assert platform_events(parked, "approval.notified") == [
+        {
+            "waitpoint_id": waitpoint["id"],
+            "channel": "webhook",
+            "to": hook,
+            "ok": True,
+            "error": None,
+        }
+    ]
+    [expired] = platform_events(parked, "waitpoint.expired")
+    assert (expired["waitpoint_id"], expired["decision"]) == (waitpoint["id"], "expire_timeout")
+    [expired] = platform_events(rejected["runs"][0]["run_id"], "waitpoint.expired")
+    assert expired["decision"] == "reject"
