@@ -637,6 +637,76 @@ def deploy_variant(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     return lines, goals
 
 
+EVENTS_VARIANTS = {
+    "one_parked": "all on one execution parked at an approval",
+    "many_queued": "one each on {n:,} queued executions",
+}
+
+
+def events_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    shape, g = r["shape"], r["goals"]
+    n = shape["idle_subscribers"]
+
+    def latency(d: dict[str, Any]) -> str:
+        return f"{num(d['p50_s'])} / {num(d['p99_s'])} s [{num(d['min_s'])}, {num(d['max_s'])}]"
+
+    def requests(d: dict[str, Any], label: str) -> str:
+        found = next(v for k, v in d.items() if k != "failed" and label in k)
+        return millis(found["p50_ms"], found["p99_ms"])
+
+    lines = [
+        "`GET /executions/{id}/events` (server-sent events) on a real `dagster dev` on "
+        "PostgreSQL, the API in its own process (`flowmaestro api`, one worker: one event "
+        "feed), the SSE clients async httpx streams in the benchmark process. Event latency: "
+        "a node's STEP_SUCCESS record in Dagster's event log (its timestamp, the event's "
+        "`timestamp`) → its `node.succeeded` event read by a client subscribed right after the "
+        f"submission, over {shape['executions']} executions of a {shape['nodes']}-node chain "
+        f"(input, transforms, output) run one at a time. Idle subscribers: {n:,} more streams "
+        "held open, in two ways, each on a fresh API process with its own baseline. Other "
+        f"requests: {shape['requests']} GET /health and GET /executions/{{id}} each, one at a "
+        "time. RSS: the API process's resident memory before and after opening the idle "
+        f"subscribers; CPU: the API process's CPU time over {num(shape.get('quiet_s', 15))} s "
+        "with no request made (cores busy), before and after. Figures in wall time move with "
+        "the machine's load; the CPU column does not.",
+        "",
+        f"| idle subscribers | event latency p50 / p99 [min, max], alone | with {n:,} idle | "
+        f"GET /health p50 / p99, none → {n:,} | GET /executions/{{id}} p50 / p99, none → {n:,} "
+        "| RSS before → after (per subscriber) | CPU at rest, none → "
+        f"{n:,} | opening them |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, label in EVENTS_VARIANTS.items():
+        v = r["variants"][key]
+        without, loaded = v["without"], v["with_idle"]
+        lines.append(
+            f"| {label.format(n=n)} | {latency(without['latency'])} | "
+            f"{latency(loaded['latency'])} | {requests(without['requests'], 'health')} → "
+            f"{requests(loaded['requests'], 'health')} | "
+            f"{requests(without['requests'], 'executions')} → "
+            f"{requests(loaded['requests'], 'executions')} | "
+            f"{without['rss_kib'] / 1024:.0f} → {loaded['rss_kib'] / 1024:.0f} MiB "
+            f"({num(v['rss_per_subscriber_kib'])} KiB) | {num(without.get('cpu_share', 'n/a'))}"
+            f" → {num(loaded.get('cpu_share', 'n/a'))} | {num(v['idle']['open_s'])} s |"
+        )
+    worst_latency = max(v["with_idle"]["latency"]["p99_s"] for v in r["variants"].values())
+    worst_ratio = max(x for v in r["variants"].values() for x in v["requests_p99_ratio"].values())
+    goals: list[Goal] = [
+        (
+            f"live event latency p99 with {n:,} subscribers (worse of the two ways)",
+            f"{num(worst_latency)} s",
+            f"≤ {num(g['latency_p99_s_max'])} s",
+            g["latency_met"],
+        ),
+        (
+            f"other requests' p99 with {n:,} idle subscribers / without (worst)",
+            num(worst_ratio),
+            f"≤ {num(g['requests_p99_ratio_max'])}",
+            g["requests_met"],
+        ),
+    ]
+    return lines, goals
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[Lines, list[Goal]]]] = {
     "compile": compile_section,
     "overhead": overhead_section,
@@ -647,6 +717,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[Lines, list[Goal]]]] = {
     "webhooks": webhooks_section,
     "queues": queues_section,
     "deploy": deploy_section,
+    "events": events_section,
 }
 
 

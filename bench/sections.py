@@ -45,6 +45,7 @@ SECTIONS = [
     Section("webhooks", "Webhook deliveries", "bench.webhooks:run", 12, 8),
     Section("queues", "Run queues", "bench.queues:run", 5, 3),
     Section("deploy", "Deploy → runnable", "bench.deploy:run", 12, 4),
+    Section("events", "Live events", "bench.events:run", 15, 4),
 ]
 BY_NAME = {s.name: s for s in SECTIONS}
 

@@ -335,9 +335,13 @@ class EventFeed:
         started = datetime.now(UTC)
         with session_scope(self.sessions) as session:
             changed = self._changed_runs(followed) if followed else {}
+            settled = _settled_without_runs(
+                session, [e for e, st in followed.items() if not st.runs]
+            )
             for execution_id, state in followed.items():
                 events = self._advance(session, state, changed.get(execution_id, []))
-                end = self._end(session, state, bool(events) or execution_id in changed)
+                moved = bool(events) or execution_id in changed or execution_id in settled
+                end = self._end(session, state, moved)
                 batch: list[ServerSentEvent | None] = [e.to_sse(execution_id) for e in events]
                 if end is not None:
                     batch += [end, None]
@@ -480,7 +484,7 @@ class EventFeed:
         """The `end` event once the execution (not a run) is terminal."""
         if any(run.status in ACTIVE_RUN for run in state.runs):
             return None
-        if not changed and state.runs:
+        if not changed:
             return None  # nothing moved since the last look
         execution = session.get(Execution, state.execution_id)
         if execution is None:
@@ -492,6 +496,21 @@ class EventFeed:
         if status == "succeeded" and _parked_open(session, execution.id):
             return None  # the run ended at a waitpoint: the execution waits
         return sse("end", {"execution_id": state.execution_id, "status": status})
+
+
+def _settled_without_runs(session: Session, execution_ids: Sequence[str]) -> set[str]:
+    """Of executions with no run yet, those that will never get one (launch given up,
+    cancelled, deleted): one query for all of them, not two per execution per tick."""
+    if not execution_ids:
+        return set()
+    rows = session.execute(
+        select(Execution.id, Execution.status, Execution.cancelled_at).where(
+            Execution.id.in_(list(execution_ids))
+        )
+    ).all()
+    found = {row.id for row in rows}
+    ended = {row.id for row in rows if row.cancelled_at is not None or row.status in TERMINAL}
+    return ended | (set(execution_ids) - found)
 
 
 def _parked_open(session: Session, execution_id: str) -> bool:

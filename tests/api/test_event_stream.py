@@ -25,7 +25,8 @@ from fastapi.testclient import TestClient
 from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
-from flowmaestro_dagster.store.db import migrate
+from flowmaestro_dagster.store.db import get_engine, migrate, session_scope
+from flowmaestro_dagster.store.models import Execution
 from flowmaestro_dagster.testing.stack import free_port
 from tests.api.conftest import UNREACHABLE_DAGSTER, deployed_workflow, make_key
 from tests.api.e2e import wait_for
@@ -222,3 +223,45 @@ def test_a_thousand_idle_subscribers_share_one_feed(tmp_path: Path) -> None:
         opened, health, per_tick = asyncio.run(follow_many(base))
     assert opened == 1000 and health == 200
     assert per_tick == 1  # one runs query per tick, whatever the number of subscribers
+
+
+class RunlessDagster(ScriptedDagster):
+    """Executions whose launch never happened: no run at all."""
+
+    def runs_for_execution(self, execution_id: str) -> list[RunInfo]:
+        return []
+
+    def runs_for_executions(
+        self, execution_ids: Sequence[str], *, updated_after: Any = None
+    ) -> list[RunInfo]:
+        with self.lock:
+            self.reads += 1
+        return []
+
+
+def test_an_execution_whose_launch_was_given_up_ends_its_stream(
+    settings: ApiSettings, auth: dict[str, str]
+) -> None:
+    """No run will ever come: the feed notices the execution's own status (one query for all
+    run-less executions per tick) and ends the stream."""
+    dagster = RunlessDagster("QUEUED")
+    app, execution_id = started(settings, auth, dagster)
+
+    def give_up() -> None:
+        time.sleep(1.0)  # the stream is open and waiting by now
+        with session_scope(get_engine(settings.database_url)) as session:
+            row = session.get(Execution, execution_id)
+            assert row is not None
+            row.status = "failed"
+
+    giver = threading.Thread(target=give_up)
+    with serving(app) as base:
+        giver.start()
+        with httpx.stream(
+            "GET", f"{base}/executions/{execution_id}/events", headers=auth, timeout=30
+        ) as stream:
+            text = "".join(stream.iter_text())
+        giver.join()
+    assert text.endswith(
+        f"event: end\ndata: {json.dumps({'execution_id': execution_id, 'status': 'failed'})}\n\n"
+    )
