@@ -13,6 +13,7 @@ from flowmaestro_api.request_guard import RequestBodyGuard
 from flowmaestro_api.routes import approvals, executions, health, hooks, queues, workflows
 from flowmaestro_api.routes.observability import router as observability_router
 from flowmaestro_api.services.events import EventFeed
+from flowmaestro_api.services.metrics import metrics_registry
 from flowmaestro_api.settings import ApiSettings, get_api_settings
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.executions import launch_execution
@@ -67,6 +68,7 @@ def create_app(
             f"{settings.public_api_url.rstrip('/')}/approvals/{waitpoint_id}"
         ),
     )
+    app.state.metrics_registry = metrics_registry(sessions=app.state.sessions, client=client)
     app.state.hook_limits = HookRateLimiter(
         settings.hook_rate_limit, settings.hook_rate_limit_storage
     )

@@ -216,6 +216,11 @@ class ExecutionPublic(_Schema):
     progress: dict[str, NodeProgressPublic] = Field(
         default_factory=dict, description="node id -> progress of its items (batch nodes)"
     )
+    idempotent_replayed: bool = Field(
+        default=False,
+        description="true on the answer to a repeated Idempotency-Key (the earlier execution, "
+        "not a new one; header `Idempotent-Replayed: true`); false everywhere else",
+    )
 
 
 class ExecutionList(BaseModel):

@@ -108,8 +108,10 @@ def start_execution(
     """Start an execution of the deployed version.
 
     With `Idempotency-Key`, a repeat of the same request returns the same execution (200,
-    `Idempotent-Replayed: true`); the same key with a different body is 422. Keys are scoped
-    to the user and the workflow and expire after the workflow's TTL (default 24 h).
+    `Idempotent-Replayed: true`, `"idempotent_replayed": true`) and counts one duplicate
+    prevented (`duplicates_prevented` in the workflow's analytics); the same key with a
+    different body is 422. Keys are scoped to the user and the workflow and expire after the
+    workflow's TTL (default 24 h).
     """
     execution, replayed = service.start_execution(
         session,
@@ -121,7 +123,9 @@ def start_execution(
         shards=settings.code_location_shards,
     )
     answer_submitted(request, response, execution.id, replayed)
-    return _public(service.ExecutionView(execution, [], []), settings)
+    public = _public(service.ExecutionView(execution, [], []), settings)
+    public.idempotent_replayed = replayed
+    return public
 
 
 @router.get("/executions", response_model=ExecutionList)

@@ -8,23 +8,17 @@ is set, then it wants `Authorization: Bearer <token>` (Prometheus `authorization
 
 import hmac
 import logging
-import threading
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Header, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep
 from flowmaestro_api.errors import DagsterUnavailable, Unauthenticated, Unprocessable
-from flowmaestro_api.services.analytics import (
-    NodeDurationHistogram,
-    node_index,
-    prometheus_text,
-    workflow_analytics,
-)
+from flowmaestro_api.services.analytics import node_index, workflow_analytics
 from flowmaestro_api.services.timeline import RunTrace, execution_traces, timeline
 from flowmaestro_dagster.control import executions as executions_service
 from flowmaestro_dagster.control.workflows import get_workflow
@@ -32,8 +26,6 @@ from flowmaestro_dagster.control.workflows import get_workflow
 router = APIRouter(tags=["observability"])
 log = logging.getLogger("flowmaestro.api.observability")
 MAX_RANGE_DAYS = 366
-PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_histogram_lock = threading.Lock()
 
 SegmentKind = Literal["queued", "running", "backoff", "waiting"]
 
@@ -165,6 +157,9 @@ class AnalyticsPublic(BaseModel):
     retries: int
     errors: int
     truncated: bool
+    duplicates_prevented: int = Field(
+        default=0, description="replays answered with these executions (docs/observability.md)"
+    )
 
     model_config = {"populate_by_name": True}
 
@@ -244,37 +239,24 @@ def analytics(
     return AnalyticsPublic.model_validate(data)
 
 
-def _histogram(request: Request) -> NodeDurationHistogram:
-    with _histogram_lock:
-        histogram: NodeDurationHistogram | None = getattr(
-            request.app.state, "node_duration_histogram", None
-        )
-        if histogram is None:
-            histogram = NodeDurationHistogram()
-            request.app.state.node_duration_histogram = histogram
-        return histogram
-
-
 @router.get(
     "/metrics",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {PROMETHEUS_TYPE: {}}}, 401: {"description": "token required"}},
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}},
+        401: {"description": "token required"},
+    },
 )
-def metrics(
-    request: Request,
-    session: SessionDep,
-    dagster: DagsterDep,
-    authorization: Annotated[str | None, Header()] = None,
-) -> PlainTextResponse:
-    """Prometheus metrics: executions by status, queue depth, node duration histogram,
-    waitpoints waiting."""
+def metrics(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
+    """Prometheus metrics (docs/observability.md): executions by status, queue depth and age,
+    launches, node durations, attempts and errors by class, waitpoints, approval latency."""
     token = MetricsSettings().metrics_token
     if token is not None:
         given = (authorization or "").removeprefix("Bearer ").removeprefix("bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
             raise Unauthenticated("the metrics token is missing or wrong")
-    text = prometheus_text(session, dagster, _histogram(request))
-    return PlainTextResponse(text, media_type=PROMETHEUS_TYPE)
+    registry: CollectorRegistry = request.app.state.metrics_registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 __all__ = ["router"]

@@ -1,25 +1,24 @@
-"""Per-workflow analytics over a time range, and the platform's Prometheus metrics.
+"""Per-workflow analytics over a time range (the Prometheus metrics: services/metrics.py).
 
 Analytics count the executions *created* in `[from, to)` (UTC). An execution's status and
 numbers come from its Dagster runs (the same reading as its timeline): duration is submission
 to the end of its last run (finished executions only), errors are failed attempts of a node
 (retried ones, final failures and failures onError handled), retries are retry requests.
 Percentiles are nearest-rank (p50 of 1, 2, 3, 4 is 2; p95 of 20 values is the 19th).
+`duplicates_prevented` sums the replays of those executions (a request answered with one of
+them instead of a new execution), counted on the execution as they happen.
 """
 
 import math
-import threading
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from flowmaestro_api.services.timeline import (
-    FINISHED,
     NodeInfo,
     RunTrace,
     build_spans,
@@ -31,12 +30,8 @@ from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.store.models import Execution, Workflow, WorkflowVersion
 from flowmaestro_dagster.tags import (
     EXECUTION_TAG,
-    RESUME_TAG,
-    WAIT_KINDS,
-    WAITING_TAG,
     WORKFLOW_ID_TAG,
 )
-from flowmaestro_dagster.tags import WORKFLOW_NAME_TAG as WORKFLOW_TAG
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 MAX_EXECUTIONS = 5000
@@ -247,248 +242,33 @@ def workflow_analytics(
     summary = summarize(facts, start, end)
     summary["workflow_id"] = workflow.id
     summary["truncated"] = truncated
+    summary["duplicates_prevented"] = duplicates_prevented(
+        session, workflow_id=workflow.id, start=start, end=end
+    )
     return summary
 
 
-# -- Prometheus ------------------------------------------------------------------------------------
-
-BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def op_type(op_definition_name: str) -> str:
-    """`llm_node_e` → `llm`, `shared_memory_node` → `shared_memory` (see adapter.OpShape)."""
-    base, found, _ = op_definition_name.rpartition("_node")
-    return base if found and base else "other"
-
-
-class NodeDurationHistogram:
-    """Node running time (the attempts of each step) by node type, counted once per finished
-    run. Cumulative for the life of the API process, as Prometheus expects of a histogram;
-    each scrape reads the runs that finished since the last one."""
-
-    def __init__(self, batch: int = 500) -> None:
-        self.batch = batch
-        self._lock = threading.Lock()
-        self.counts: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = {}
-        self._seen: dict[str, float] = {}  # run id -> update time
-        self._watermark: float | None = None
-        self._types: dict[str, dict[str, str]] = {}  # job snapshot id -> alias -> type
-
-    def observe(self, node_type: str, seconds: float) -> None:
-        counts = self.counts.setdefault(node_type, [0] * (len(BUCKETS) + 1))
-        for index, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                counts[index] += 1
-        counts[-1] += 1  # +Inf
-        self.sums[node_type] = self.sums.get(node_type, 0.0) + seconds
-
-    def update(self, instance: Any, *, max_batches: int = 4) -> None:
-        """Read runs finished since the last update (at most `max_batches` batches)."""
-        from dagster import DagsterRunStatus, RunsFilter
-
-        statuses = [DagsterRunStatus(s) for s in sorted(FINISHED)]
-        with self._lock:
-            for _ in range(max_batches):
-                after = (
-                    datetime.fromtimestamp(self._watermark - 1, UTC)
-                    if self._watermark is not None
-                    else None
-                )
-                records = instance.get_run_records(
-                    filters=RunsFilter(statuses=statuses, updated_after=after),
-                    limit=self.batch,
-                    order_by="update_timestamp",
-                    ascending=True,
-                )
-                fresh = [r for r in records if r.dagster_run.run_id not in self._seen]
-                for record in records:
-                    updated = record.update_timestamp.timestamp()
-                    self._watermark = max(self._watermark or updated, updated)
-                for record in fresh:
-                    self._seen[record.dagster_run.run_id] = record.update_timestamp.timestamp()
-                    if WORKFLOW_TAG in record.dagster_run.tags:
-                        self._observe_run(instance, record.dagster_run)
-                if self._watermark is not None:
-                    horizon = self._watermark - 3600
-                    self._seen = {k: v for k, v in self._seen.items() if v >= horizon}
-                if len(records) < self.batch or not fresh:
-                    break
-
-    def _observe_run(self, instance: Any, run: Any) -> None:
-        types = self._types.get(run.job_snapshot_id)
-        if types is None:
-            types = {}
-            try:
-                snapshot = instance.get_job_snapshot(run.job_snapshot_id)
-                for invocation in snapshot.dep_structure_snapshot.node_invocation_snaps:
-                    types[invocation.node_name] = op_type(invocation.node_def_name)
-            except Exception:  # noqa: BLE001 - no snapshot: the steps count as type "other"
-                types = {}
-            self._types[run.job_snapshot_id] = types
-        for stat in instance.get_run_step_stats(run.run_id):
-            alias = stat.step_key.split("[", 1)[0]
-            markers = [m for m in (stat.attempts_list or []) if m.start_time and m.end_time]
-            if markers:
-                seconds = sum(m.end_time - m.start_time for m in markers)
-            elif stat.start_time and stat.end_time:
-                seconds = stat.end_time - stat.start_time
-            else:
-                continue
-            self.observe(types.get(alias, "other"), max(seconds, 0.0))
-
-    def lines(self) -> list[str]:
-        out = [
-            "# HELP flowmaestro_node_duration_seconds Running time of node steps (all attempts).",
-            "# TYPE flowmaestro_node_duration_seconds histogram",
-        ]
-        with self._lock:
-            for node_type in sorted(self.counts):
-                counts = self.counts[node_type]
-                label = _label(node_type)
-                for bound, count in zip(BUCKETS, counts, strict=False):
-                    bucket = f'{{type="{label}",le="{bound:g}"}}'
-                    out.append(f"flowmaestro_node_duration_seconds_bucket{bucket} {count}")
-                out.append(
-                    f'flowmaestro_node_duration_seconds_bucket{{type="{label}",le="+Inf"}} '
-                    f"{counts[-1]}"
-                )
-                out.append(
-                    f'flowmaestro_node_duration_seconds_sum{{type="{label}"}} '
-                    f"{self.sums[node_type]:.6f}"
-                )
-                out.append(
-                    f'flowmaestro_node_duration_seconds_count{{type="{label}"}} {counts[-1]}'
-                )
-        return out
-
-
-def waitpoints_waiting(session: Session, client: DagsterClient | None) -> int | None:
-    """Pending waitpoints: from the `waitpoints` table when it exists, else parked runs
-    (tagged waiting) that nothing has resumed yet. None when neither can be read."""
-    bind = session.get_bind()
-    try:
-        has_table = inspect(bind).has_table("waitpoints")
-    except Exception:  # noqa: BLE001 - an unreadable catalogue: fall back to Dagster's tags
-        has_table = False
-    if has_table:
-        from sqlalchemy import column, table
-
-        waitpoints = table("waitpoints", column("status"))
-        count = session.scalar(
-            select(func.count()).select_from(waitpoints).where(waitpoints.c.status == "pending")
+def duplicates_prevented(
+    session: Session, *, workflow_id: str, start: datetime, end: datetime
+) -> int:
+    """Replays (a repeated Idempotency-Key, a webhook redelivery, a retried schedule tick)
+    answered with an execution of the workflow created in `[start, end)`, whenever they came:
+    one aggregate, not capped at MAX_EXECUTIONS."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(Execution.replays), 0)).where(
+            Execution.workflow_id == workflow_id,
+            Execution.created_at >= start,
+            Execution.created_at < end,
         )
-        return int(count or 0)
-    if client is None:
-        return None
-    from dagster import RunsFilter
-
-    # A run parked with its kind as the value ("true" before); the tag goes at the resume.
-    waiting_values = [*WAIT_KINDS, "true"]
-    parked = client.instance.get_run_records(filters=RunsFilter(tags={WAITING_TAG: waiting_values}))
-    waiting = 0
-    for record in parked:
-        run_id = record.dagster_run.run_id
-        resumed = client.instance.get_runs_count(RunsFilter(tags={RESUME_TAG: run_id}))
-        children = [
-            r
-            for r in client.instance.get_run_records(
-                filters=RunsFilter(
-                    tags={EXECUTION_TAG: record.dagster_run.tags.get(EXECUTION_TAG, "")}
-                )
-            )
-            if r.dagster_run.parent_run_id == run_id
-        ]
-        if not resumed and not children:
-            waiting += 1
-    return waiting
-
-
-def _gauge(name: str, help_text: str, samples: Iterable[tuple[str, float | int]]) -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-    for labels, value in samples:
-        lines.append(f"{name}{labels} {value}")
-    return lines
-
-
-def prometheus_text(
-    session: Session, client: DagsterClient, histogram: NodeDurationHistogram
-) -> str:
-    """The platform's metrics in the Prometheus text format (version 0.0.4)."""
-    lines: list[str] = []
-    statuses = dict.fromkeys(
-        ("queued", "running", "waiting", "succeeded", "failed", "cancelled"), 0
     )
-    for status, count in session.execute(
-        select(Execution.status, func.count()).group_by(Execution.status)
-    ):
-        statuses[status] = int(count)
-    lines += _gauge(
-        "flowmaestro_executions",
-        "Executions by status (as last recorded by the platform).",
-        ((f'{{status="{_label(s)}"}}', n) for s, n in sorted(statuses.items())),
-    )
-    pending_launch = session.scalar(
-        select(func.count())
-        .select_from(Execution)
-        .where(Execution.launched_at.is_(None), Execution.status == "queued")
-    )
-    lines += _gauge(
-        "flowmaestro_executions_pending_launch",
-        "Executions committed but not launched as a Dagster run yet.",
-        [("", int(pending_launch or 0))],
-    )
-    up = 1
-    try:
-        from dagster import DagsterRunStatus, RunsFilter
-
-        instance = client.instance
-        queued = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
-        in_progress = instance.get_runs_count(
-            RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
-        )
-        lines += _gauge(
-            "flowmaestro_queue_depth", "Runs waiting in Dagster's run queue.", [("", queued)]
-        )
-        lines += _gauge(
-            "flowmaestro_runs_in_progress", "Runs starting or running.", [("", in_progress)]
-        )
-        histogram.update(instance)
-    except Exception:  # noqa: BLE001 - metrics must answer even when Dagster cannot be read
-        up = 0
-    waiting = None
-    try:
-        waiting = waitpoints_waiting(session, client if up else None)
-    except Exception:  # noqa: BLE001 - the gauge is left out rather than failing the scrape
-        waiting = None
-    if waiting is not None:
-        lines += _gauge(
-            "flowmaestro_waitpoints_waiting",
-            "Waitpoints waiting to be resolved (parked executions).",
-            [("", waiting)],
-        )
-    lines += histogram.lines()
-    lines += _gauge("flowmaestro_dagster_up", "1 if Dagster's storage could be read.", [("", up)])
-    lines += _gauge(
-        "flowmaestro_scrape_timestamp_seconds",
-        "When these were read.",
-        [("", round(time.time(), 3))],
-    )
-    return "\n".join(lines) + "\n"
+    return int(total or 0)
 
 
 __all__ = [
     "ExecutionFacts",
-    "NodeDurationHistogram",
     "facts_from_traces",
     "node_index",
     "percentile",
-    "prometheus_text",
     "summarize",
-    "waitpoints_waiting",
     "workflow_analytics",
 ]

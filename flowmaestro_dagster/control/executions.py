@@ -263,8 +263,21 @@ def _replay(
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used with a different request body; use a new key"
         )
-    execution = session.get(Execution, row.execution_id)
-    return execution
+    count_replay(session, execution_id=row.execution_id)
+    return session.get(Execution, row.execution_id)
+
+
+def count_replay(session: Session, *, execution_id: str) -> None:
+    """Count one duplicate prevented: a request answered with `execution_id` as a replay.
+
+    One `UPDATE ... SET replays = replays + 1` (the database adds, so concurrent replays are all
+    counted), committed. On the execution, not the key: a key is purged at its expiry."""
+    session.execute(
+        update(Execution)
+        .where(Execution.id == execution_id)
+        .values(replays=Execution.replays + 1, last_replayed_at=utcnow())
+    )
+    session.commit()
 
 
 def purge_expired_keys(session: Session) -> int:

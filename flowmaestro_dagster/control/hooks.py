@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from flowmaestro_dagster.control.executions import (
     MAX_KEY_LENGTH,
     compiled_for,
+    count_replay,
     start_execution,
 )
 from flowmaestro_dagster.control.hook_providers import (
@@ -370,6 +371,7 @@ def accept(
         )
         if execution is None:
             raise
+        count_replay(session, execution_id=execution.id)
         return execution, True
 
 

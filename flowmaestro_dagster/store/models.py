@@ -152,6 +152,11 @@ class Execution(Base):
     # Cancel (issue 15): set by the one cancel that wins; every launch, retry and resume records
     # its run only while it is unset, and a retry's claim clears it.
     cancelled_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Duplicates prevented (issue 21): requests answered with this execution as a replay of its
+    # idempotency key, each one `UPDATE ... SET replays = replays + 1`. Kept here, not on the key,
+    # which is deleted when it expires: analytics count replays after that.
+    replays: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_replayed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class IdempotencyKey(Base):

@@ -4,6 +4,7 @@ Launches are deferred here (nothing answers the GraphQL URL): the execution is c
 waits for the reconciler, which tests/api/test_end_to_end.py exercises against a real Dagster.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from fastapi.testclient import TestClient
@@ -196,3 +197,89 @@ def test_executions_are_private(
     for path in (f"/executions/{execution_id}", f"/executions/{execution_id}/events"):
         assert client.get(path, headers=other_auth).status_code == 404
     assert client.post(f"/executions/{execution_id}/cancel", headers=other_auth).status_code == 404
+
+
+def replays_of(database_url: str, execution_id: str) -> tuple[int, object]:
+    with session_scope(get_engine(database_url)) as session:
+        execution = session.get(Execution, execution_id)
+        assert execution is not None
+        return execution.replays, execution.last_replayed_at
+
+
+def test_a_replay_says_so_in_header_and_body_and_is_counted(
+    client: TestClient, auth: dict[str, str], database_url: str
+) -> None:
+    workflow_id = deployed_workflow(client, auth)
+    first = start(client, auth, workflow_id, {"inputs": {"who": "Ada"}}, key="dup")
+    assert first.status_code == 201 and first.json()["idempotent_replayed"] is False
+    assert replays_of(database_url, first.json()["id"]) == (0, None)
+    again = start(client, auth, workflow_id, {"inputs": {"who": "Ada"}}, key="dup")
+    assert again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["idempotent_replayed"] is True
+    assert again.json()["id"] == first.json()["id"]
+    replays, last = replays_of(database_url, first.json()["id"])
+    assert replays == 1 and last is not None
+    # Only the answer to the replay says so; reading the execution does not.
+    read = client.get(f"/executions/{first.json()['id']}", headers=auth)
+    assert read.json()["idempotent_replayed"] is False
+    # A different body under the key is still refused, and is no duplicate prevented.
+    refused = start(client, auth, workflow_id, {"inputs": {"who": "Bob"}}, key="dup")
+    assert refused.status_code == 422
+    assert replays_of(database_url, first.json()["id"])[0] == 1
+
+
+def test_concurrent_repeats_start_one_execution_and_count_every_replay(
+    client: TestClient, auth: dict[str, str], database_url: str
+) -> None:
+    workflow_id = deployed_workflow(client, auth)
+    body = {"inputs": {"who": "Ada"}}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(
+            pool.map(lambda _: start(client, auth, workflow_id, body, key="race"), range(8))
+        )
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [201]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert sum(a.json()["idempotent_replayed"] for a in answers) == 7
+    assert replays_of(database_url, answers[0].json()["id"])[0] == 7
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        again = list(
+            pool.map(lambda _: start(client, auth, workflow_id, body, key="race"), range(8))
+        )
+    assert {a.status_code for a in again} == {200}
+    assert replays_of(database_url, answers[0].json()["id"])[0] == 15
+    assert row_counts(database_url)["executions"] == 1
+
+
+def test_analytics_count_duplicates_prevented_of_executions_created_in_the_range(
+    api: TestClient, auth: dict[str, str], database_url: str
+) -> None:
+    workflow_id = deployed_workflow(api, auth)
+    url = f"/workflows/{workflow_id}/analytics"
+    assert api.get(url, headers=auth).json()["duplicates_prevented"] == 0
+    fresh = start(api, auth, workflow_id, {"inputs": {"who": "Ada"}}, key="a").json()["id"]
+    old = start(api, auth, workflow_id, {"inputs": {"who": "Bob"}}, key="b").json()["id"]
+    for _ in range(2):
+        assert start(api, auth, workflow_id, {"inputs": {"who": "Ada"}}, key="a").status_code == 200
+    assert start(api, auth, workflow_id, {"inputs": {"who": "Bob"}}, key="b").status_code == 200
+    with session_scope(get_engine(database_url)) as session:  # created ten days ago: left out
+        session.execute(
+            update(Execution)
+            .where(Execution.id == old)
+            .values(created_at=utcnow() - timedelta(days=10))
+        )
+    week = api.get(url, headers=auth)
+    assert week.status_code == 200, week.text
+    assert week.json()["duplicates_prevented"] == 2 and week.json()["executions"] == 1
+    month = api.get(
+        url,
+        params={"from": (utcnow() - timedelta(days=30)).isoformat()},
+        headers=auth,
+    ).json()
+    assert month["duplicates_prevented"] == 3
+    # Counted on the execution: the key's expiry and purge do not take the count with it.
+    with session_scope(get_engine(database_url)) as session:
+        session.execute(update(IdempotencyKey).values(expires_at=utcnow() - timedelta(seconds=1)))
+        assert purge_expired_keys(session) == 2
+    assert api.get(url, headers=auth).json()["duplicates_prevented"] == 2
+    assert replays_of(database_url, fresh)[0] == 2

@@ -314,6 +314,10 @@ def test_a_repeated_delivery_replays_the_first_execution(
     assert [r["outcome"] for r in rows] == ["accepted"] * 3 + ["duplicate", "accepted"]
     assert rows[3]["delivery_id"] == "d-1"
     assert rows[3]["execution_id"] == first.json()["execution_id"]
+    # A duplicate prevented, counted on the execution (workflow analytics' duplicates_prevented).
+    with session_scope(get_engine(database_url)) as session:
+        execution = session.get(Execution, first.json()["execution_id"])
+        assert execution is not None and execution.replays == 1
     assert row_counts(database_url)["executions"] == 5
 
 

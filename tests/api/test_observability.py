@@ -7,26 +7,25 @@ end to end (a real waitpoint, resumed by the sensor) in test_observability_e2e.p
 """
 
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 from fastapi.testclient import TestClient
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import update
 
-from flowmaestro_api.services.analytics import (
-    ExecutionFacts,
-    NodeDurationHistogram,
-    op_type,
-    percentile,
-    summarize,
-)
+from flowmaestro_api.services.analytics import ExecutionFacts, percentile, summarize
+from flowmaestro_api.services.metrics import NodeDurationHistogram, op_type
 from flowmaestro_api.services.timeline import NodeInfo, RunTrace, StepEvent, build_spans
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.local import execute_workflow
 from flowmaestro_dagster.store.db import get_engine, session_scope
-from flowmaestro_dagster.store.models import Execution
+from flowmaestro_dagster.store.models import Decision, Execution, NodeAttempt, Waitpoint
 from flowmaestro_dagster.tags import WORKFLOW_ID_TAG
 from flowmaestro_dagster.testing import FakeLLMServer, FakeReply, resources_for
 from tests.api.conftest import make_key
@@ -226,7 +225,7 @@ def test_analytics_range_is_checked(api: TestClient, auth: dict[str, str]) -> No
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))  # as written
     pattern = "^" + re.escape(name + (f"{{{wanted}}}" if labels else "")) + r" (\S+)$"
     match = re.search(pattern, text, re.MULTILINE)
     return float(match.group(1)) if match else None
@@ -246,7 +245,7 @@ def test_prometheus_metrics(
         execute(api, auth, instance, workflow_id, LLM_FLOW, {"topic": "x"}, settings=llm.settings())
     response = api.get("/metrics")
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
     text = response.text
     assert "# TYPE flowmaestro_executions gauge" in text
     assert metric(text, "flowmaestro_executions", status="queued") == 2  # as recorded in the DB
@@ -255,13 +254,106 @@ def test_prometheus_metrics(
     assert metric(text, "flowmaestro_waitpoints_waiting") == 0
     assert metric(text, "flowmaestro_node_duration_seconds_count", type="llm") == 2
     assert metric(text, "flowmaestro_node_duration_seconds_count", type="input") == 2
-    assert metric(text, "flowmaestro_node_duration_seconds_bucket", type="llm", le="+Inf") == 2
+    assert metric(text, "flowmaestro_node_duration_seconds_bucket", le="+Inf", type="llm") == 2
     again = api.get("/metrics").text  # counted once per run, however often it is scraped
     assert metric(again, "flowmaestro_node_duration_seconds_count", type="llm") == 2
     monkeypatch.setenv("FLOWMAESTRO_METRICS_TOKEN", "scrape-secret")
     assert api.get("/metrics").status_code == 401
     assert api.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert api.get("/metrics", headers={"Authorization": "Bearer scrape-secret"}).status_code == 200
+
+
+def test_prometheus_metrics_of_queues_launches_waitpoints_attempts_and_approvals(
+    api: TestClient, auth: dict[str, str], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLOWMAESTRO_METRICS_TOKEN", raising=False)
+    workflow_id = deploy(api, auth, PARSE_FLOW)
+    ids = [
+        api.post(
+            f"/workflows/{workflow_id}/executions", json={"inputs": {"raw": "1"}}, headers=auth
+        ).json()["id"]
+        for _ in range(3)
+    ]
+    now = datetime.now(UTC)
+    with session_scope(get_engine(database_url)) as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id.in_(ids[:2]))
+            .values(
+                queue="reports",
+                priority=5,
+                launch_attempts=2,
+                created_at=now - timedelta(minutes=10),
+            )
+        )
+        session.execute(
+            update(Execution)
+            .where(Execution.id == ids[2])
+            .values(status="failed", launch_attempts=5)
+        )
+        approval = Waitpoint(
+            execution_id=ids[0],
+            node_id="ok",
+            step_key="ok",
+            run_id="r1",
+            kind="approval",
+            status="resolved",
+            created_at=now - timedelta(seconds=120),
+        )
+        session.add_all(
+            [
+                approval,
+                Waitpoint(
+                    execution_id=ids[1], node_id="at", step_key="at", run_id="r2", kind="datetime"
+                ),
+            ]
+        )
+        session.flush()
+        session.add(Decision(waitpoint_id=approval.id, decision="approve", created_at=now))
+        for attempt, (status, error_class) in enumerate(
+            [
+                ("retrying", "HTTPError"),
+                ("retrying", "HTTPError"),
+                ("failed", "ValueError"),
+                ("succeeded", None),
+            ]
+        ):
+            session.add(
+                NodeAttempt(
+                    execution_id=ids[0],
+                    node_id="parse",
+                    run_id="r1",
+                    step_key="parse",
+                    attempt=attempt,
+                    status=status,
+                    error_class=error_class,
+                    started_at=now,
+                    finished_at=now,
+                )
+            )
+    text = api.get("/metrics").text
+    assert metric(text, "flowmaestro_queued_executions", queue="reports", priority="5") == 2
+    age = metric(text, "flowmaestro_queued_oldest_age_seconds", queue="reports", priority="5")
+    assert age is not None and 590 <= age <= 900
+    assert metric(text, "flowmaestro_launch_retrying") == 2
+    assert metric(text, "flowmaestro_launches_given_up") == 1
+    assert metric(text, "flowmaestro_waitpoints", kind="approval", status="resolved") == 1
+    assert metric(text, "flowmaestro_waitpoints", kind="datetime", status="pending") == 1
+    assert metric(text, "flowmaestro_waitpoints_waiting") == 1
+    assert metric(text, "flowmaestro_node_attempts_total", status="retrying") == 2
+    assert (
+        metric(text, "flowmaestro_node_errors_total", error_class="HTTPError", status="retrying")
+        == 2
+    )
+    assert (
+        metric(text, "flowmaestro_node_errors_total", error_class="ValueError", status="failed")
+        == 1
+    )
+    assert metric(text, "flowmaestro_approval_latency_seconds_bucket", le="60") == 0
+    assert metric(text, "flowmaestro_approval_latency_seconds_bucket", le="300") == 1
+    assert metric(text, "flowmaestro_approval_latency_seconds_count") == 1
+    assert metric(text, "flowmaestro_approval_latency_seconds_sum") == pytest.approx(120, abs=1)
+    assert "_created" not in text
 
 
 # -- pure parts --------------------------------------------------------------------------------------
@@ -373,15 +465,25 @@ def test_summary_numbers_and_percentiles() -> None:
     assert percentile([1, 2, 3, 4], 50) == 2 and percentile(list(range(1, 21)), 95) == 19
 
 
+class OneFamily(Collector):
+    def __init__(self, histogram: NodeDurationHistogram) -> None:
+        self.histogram = histogram
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.histogram.family()
+
+
 def test_histogram_buckets_are_cumulative() -> None:
     histogram = NodeDurationHistogram()
     for seconds in (0.01, 0.2, 0.2, 7.0, 5000.0):
         histogram.observe("llm", seconds)
-    text = "\n".join(histogram.lines())
-    assert metric(text, "flowmaestro_node_duration_seconds_bucket", type="llm", le="0.05") == 1
-    assert metric(text, "flowmaestro_node_duration_seconds_bucket", type="llm", le="0.25") == 3
-    assert metric(text, "flowmaestro_node_duration_seconds_bucket", type="llm", le="10") == 4
-    assert metric(text, "flowmaestro_node_duration_seconds_bucket", type="llm", le="+Inf") == 5
+    registry = CollectorRegistry()
+    registry.register(OneFamily(histogram))
+    text = generate_latest(registry).decode()
+    assert metric(text, "flowmaestro_node_duration_seconds_bucket", le="0.05", type="llm") == 1
+    assert metric(text, "flowmaestro_node_duration_seconds_bucket", le="0.25", type="llm") == 3
+    assert metric(text, "flowmaestro_node_duration_seconds_bucket", le="10", type="llm") == 4
+    assert metric(text, "flowmaestro_node_duration_seconds_bucket", le="+Inf", type="llm") == 5
     assert metric(text, "flowmaestro_node_duration_seconds_sum", type="llm") == pytest.approx(
         5007.41
     )

@@ -8,7 +8,9 @@ no longer lists it and the resumed run is in the parked run's group.
 """
 
 import contextlib
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,15 @@ from tests.builders import chain, node
 
 pytestmark = pytest.mark.slow
 PUBLIC_API_URL = "https://flowmaestro.example.com/api"
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
+# docs/img holds the screenshots docs/operations.md shows: retaken there with
+# FLOWMAESTRO_UPDATE_SCREENSHOTS=1, else into a temporary folder (a test run leaves the tree
+# as it found it).
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
+IMAGES = (
+    DOCS_IMAGES
+    if os.environ.get("FLOWMAESTRO_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.mkdtemp(prefix="fm-screenshots-"))
+)
 SCREENSHOT = IMAGES / "operator-waiting-run.png"
 TAGS_SCREENSHOT = IMAGES / "operator-waiting-run-tags.png"
 
