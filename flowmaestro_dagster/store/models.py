@@ -120,6 +120,7 @@ class Execution(Base):
     __table_args__ = (
         Index("ix_executions_workflow_created", "workflow_id", "created_at"),
         Index("ix_executions_pending_launch", "launched_at", "status"),
+        Index("ix_executions_status_queue", "status", "queue", "priority", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -315,6 +316,7 @@ class NodeAttempt(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "step_key", "attempt", name="uq_node_attempt"),
         Index("ix_node_attempts_node", "execution_id", "node_id"),
+        Index("ix_node_attempts_errors", "status", "error_class"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
