@@ -365,7 +365,8 @@ class EventFeed:
         return out
 
     def _changed_runs(self, followed: Mapping[str, Followed]) -> dict[str, list[RunInfo]]:
-        since = self.since - UPDATE_SLACK if self.since is not None else None
+        # The first tick looks back only the slack: a state loaded on joining has its runs.
+        since = (self.since or datetime.now(UTC)) - UPDATE_SLACK
         changed: dict[str, list[RunInfo]] = {}
         for run in self.client.runs_for_executions(list(followed), updated_after=since):
             changed.setdefault(run.tags.get(EXECUTION_TAG, ""), []).append(run)
