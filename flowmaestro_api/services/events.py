@@ -30,6 +30,7 @@ from sse_starlette import ServerSentEvent
 
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.control.executions import TERMINAL, execution_status
+from flowmaestro_dagster.control.waitpoints import waiting_executions
 from flowmaestro_dagster.runtime.progress import parse_progress
 from flowmaestro_dagster.store.db import session_scope
 from flowmaestro_dagster.store.models import Execution, Waitpoint
@@ -515,6 +516,4 @@ def _settled_without_runs(session: Session, execution_ids: Sequence[str]) -> set
 
 
 def _parked_open(session: Session, execution_id: str) -> bool:
-    from flowmaestro_dagster.control.waitpoints import waiting_executions
-
     return bool(waiting_executions(session, [execution_id]))

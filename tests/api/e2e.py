@@ -11,6 +11,7 @@ A module whose stack needs other fixtures (a fake LLM's URL in its environment) 
 `stack` fixture around `running_stack`.
 """
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from dagster import DagsterInstance, RunsFilter
 from fastapi.testclient import TestClient
 
@@ -26,7 +28,7 @@ from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.tags import WAIT_KINDS, WAITING_TAG
-from flowmaestro_dagster.testing.stack import DagsterStack
+from flowmaestro_dagster.testing.stack import DagsterStack, free_port
 from tests.api.conftest import make_key
 from tests.services import migrated_template, pg_url
 
@@ -254,3 +256,19 @@ def rerun_steps(stack: DagsterStack, body: dict[str, Any], parent_run_id: str) -
     """The steps of the execution's second run, checked a re-execution of `parent_run_id`."""
     assert len(body["runs"]) == 2 and body["runs"][1]["parent_run_id"] == parent_run_id
     return step_keys(stack.instance(), body["runs"][1]["run_id"])
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """An ASGI app behind a real uvicorn in a thread (connections a client can hold or cut);
+    its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=30, interval=0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

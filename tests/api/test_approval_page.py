@@ -236,12 +236,10 @@ def test_the_page_in_a_real_browser_lays_out_and_enforces_a_required_yes_no(
     """Headless Chromium (Debian's, driven by Playwright): each option on its own line with a
     clickable label, Approve held back until a required answer is chosen, Reject never."""
     import shutil
-    import threading
 
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
-    from flowmaestro_dagster.testing.stack import free_port
+    from tests.api.e2e import serving
 
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -249,24 +247,14 @@ def test_the_page_in_a_real_browser_lays_out_and_enforces_a_required_yes_no(
     link = approval_link(
         client, auth, database_url, input_type="boolean", required=True, prompt="Ship?"
     )
-    port = free_port()
     settings = ApiSettings(
         database_url=database_url,
         dagster_graphql_url=UNREACHABLE_DAGSTER,
         launch_on_submit=False,
         secret_key=SECRET,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(300):
-            if server.started:
-                break
-            threading.Event().wait(0.05)
-        url = f"http://127.0.0.1:{port}{link}"
+    with serving(create_app(settings)) as base:
+        url = f"{base}{link}"
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=chromium,
@@ -291,9 +279,6 @@ def test_the_page_in_a_real_browser_lays_out_and_enforces_a_required_yes_no(
                 assert page.text_content("#result") == "Recorded: approved."
             finally:
                 browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
     resolution = decision_of(database_url, link)
     assert resolution is not None and (resolution["decision"], resolution["value"]) == (
         "approve",

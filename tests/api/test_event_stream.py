@@ -9,15 +9,14 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from dagster import DagsterEventType
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -27,9 +26,8 @@ from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.store.db import get_engine, migrate, session_scope
 from flowmaestro_dagster.store.models import Execution
-from flowmaestro_dagster.testing.stack import free_port
 from tests.api.conftest import UNREACHABLE_DAGSTER, deployed_workflow, make_key
-from tests.api.e2e import wait_for
+from tests.api.e2e import serving, wait_for
 
 
 class ScriptedDagster(DagsterClient):
@@ -93,21 +91,6 @@ def started(
     assert response.status_code == 201, response.text
     execution_id: str = response.json()["id"]
     return app, execution_id
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """The app behind a real uvicorn, whose connections a client can cut."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=30, interval=0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_events_are_framed_with_ids_names_and_json_data(

@@ -29,6 +29,7 @@ from tests.api.e2e import (
     parked_run,
     rerun_steps,
     runs_of,
+    serving,
     start,
     status_is,
     step_keys,
@@ -465,8 +466,6 @@ def test_live_events_follow_an_execution_across_its_wait_and_resume(
     parked run, the client drops mid-stream and resumes with Last-Event-ID, and the two parts
     are exactly what a reader from the start gets (no loss, no duplicates)."""
     import httpx
-
-    from tests.api.test_event_stream import serving
 
     workflow_id = deploy(client, auth, approval_flow())
     execution_id = start(client, auth, workflow_id, {"who": "sse"})

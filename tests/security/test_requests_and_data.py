@@ -18,11 +18,9 @@ import json
 import math
 import os
 import re
-import threading
 import tracemalloc
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from dagster import DagsterInstance, SkipReason, build_sensor_context
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -52,9 +49,8 @@ from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import ApiKey, Execution, utcnow
 from flowmaestro_dagster.tags import EXECUTION_TAG
 from flowmaestro_dagster.testing.recording_client import RecordingDagsterClient
-from flowmaestro_dagster.testing.stack import free_port
 from tests.api.conftest import UNREACHABLE_DAGSTER, deployed_workflow, make_key, row_counts
-from tests.api.e2e import wait_for
+from tests.api.e2e import serving
 from tests.builders import chain, node
 from tests.deploy import deploy, fresh_user
 from tests.services import database_from, migrated_template, require_postgres
@@ -237,20 +233,6 @@ class Counting:
             return message
 
         await self.app(scope, counted, send)
-
-
-@contextmanager
-def serving(app: ASGIApp) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=30, interval=0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_a_chunked_upload_through_uvicorn_is_413_and_read_only_up_to_the_limit(
