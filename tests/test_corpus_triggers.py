@@ -9,9 +9,14 @@ parser dropped still counts), then placed in exactly one category by the platfor
 * a schedule problem: validation errors on the node, each naming the field as the builder
   spelled it (`invalid_schedule`, `invalid_timezone`, ...): such a definition is not stored;
 * a webhook (`control.hooks.Trigger.webhook` of the compiled version) whose provider's own
-  signature is verified (`VERIFIED_HOOK_PROVIDERS` and `hook_providers.provider_of` agree),
-  with no provider (the generic scheme), or with a provider that is not verified and
-  validation's `unverified_hook_provider` warning on its provider field;
+  signature is verified (`VERIFIED_HOOK_PROVIDERS` and `hook_providers.provider_of` agree) and
+  whose `event`, if any, a delivery built as that provider sends it can name (the hook's own
+  `unwanted_event` lets it through), with no provider (the generic scheme), or with a provider
+  that is not verified and validation's `unverified_hook_provider` warning on its provider
+  field (saying, when it has an `event`, that only `X-FlowMaestro-Event` filters it);
+* a webhook of a verified provider whose `event` that provider never delivers (Discord's
+  `message`): validation's `undeliverable_trigger_event` warning on its `event` field, and no
+  delivery built as the provider sends it gets through the filter;
 * manual: nothing to do, and nothing said;
 * a type the platform cannot start (`triggerType: "email"`): validation's
   `unknown_trigger_type` warning on its type field (the workflow starts only through the API);
@@ -33,7 +38,7 @@ import pytest
 
 from flowmaestro_dagster.compile.validation import validate
 from flowmaestro_dagster.control.hook_providers import provider_of
-from flowmaestro_dagster.control.hooks import Trigger, triggers_of
+from flowmaestro_dagster.control.hooks import Trigger, triggers_of, unwanted_event
 from flowmaestro_dagster.control.schedules import (
     WorkflowSchedule,
     next_fire_time,
@@ -44,7 +49,7 @@ from flowmaestro_dagster.settings import Settings
 from flowmaestro_dagster.spec.configs import SCHEDULE_TRIGGER_TYPES, TriggerConfig
 from flowmaestro_dagster.spec.parse import parse_workflow
 from flowmaestro_dagster.spec.problems import Problem
-from flowmaestro_dagster.spec.providers import VERIFIED_HOOK_PROVIDERS
+from flowmaestro_dagster.spec.providers import DISCORD_INTERACTIONS, VERIFIED_HOOK_PROVIDERS
 from flowmaestro_dagster.store.models import WorkflowVersion
 from tests.builders import chain, node
 from tests.conftest import CORPUS, corpus_files, corpus_id
@@ -57,11 +62,12 @@ SCHEDULE_PROBLEM = "schedule problem"
 WEBHOOK_VERIFIED = "webhook (provider signature)"
 WEBHOOK_GENERIC = "webhook (generic signature)"
 WEBHOOK_UNVERIFIED = "webhook (unverified provider, warned)"
+WEBHOOK_UNDELIVERABLE = "webhook (event never delivered, warned)"
 MANUAL = "manual"
 UNSUPPORTED = "unsupported type (warned)"
 REJECTED = "definition rejected"
 UNCLASSIFIED = "UNCLASSIFIED"
-WEBHOOKS = (WEBHOOK_VERIFIED, WEBHOOK_GENERIC, WEBHOOK_UNVERIFIED)
+WEBHOOKS = (WEBHOOK_VERIFIED, WEBHOOK_GENERIC, WEBHOOK_UNVERIFIED, WEBHOOK_UNDELIVERABLE)
 
 # What the corpus holds today: fewer means a trigger node, or a kind of them, got lost.
 MIN_TRIGGERS = 73
@@ -162,22 +168,61 @@ def _as_schedule_problem(errors: list[Problem], raw: dict[str, Any]) -> tuple[st
     return (SCHEDULE_PROBLEM if named == errors else UNCLASSIFIED), detail
 
 
+def deliveries_naming(provider: str, event: str) -> list[tuple[dict[str, str], Any]]:
+    """(headers, payload) of the deliveries `provider` would send for `event`, built as it
+    sends them (docs/triggers.md's table): what the hook's event filter then reads. GitHub,
+    Stripe, Slack and Shopify name their events in lower case."""
+    if provider in ("github", "stripe", "slack", "shopify"):
+        event = event.lower().replace(" ", "_")
+    head, _, rest = event.partition(".")
+    if provider == "github":
+        return [({"x-github-event": head}, {"action": rest} if rest else {})]
+    if provider == "shopify":
+        return [({"x-shopify-topic": event}, {})]
+    if provider == "salesforce":
+        return [({}, {"sObjects": [{"attributes": {"type": head.capitalize()}}]})]
+    if provider == "discord":  # every interaction type, its name or custom_id the event's rest
+        data = {"name": rest, "custom_id": rest} if rest else {}
+        return [({}, {"type": kind, "data": data}) for kind in (*DISCORD_INTERACTIONS, 9)]
+    payload = {"type": event, "event": {"type": event}, "event_type": event}  # stripe, slack, ...
+    return [({}, payload)]
+
+
 def _as_webhook(hook: Trigger, mine: list[Problem], raw: dict[str, Any]) -> tuple[str, str]:
     warned = [p for p in mine if p.code == "unverified_hook_provider"]
+    undeliverable = [p for p in mine if p.code == "undeliverable_trigger_event"]
     provider = (hook.provider or "").strip().lower()
     detail = f"provider={hook.provider} event={hook.event}"
     if not provider:
-        return (WEBHOOK_GENERIC if not warned else UNCLASSIFIED), detail
+        return (WEBHOOK_GENERIC if not (warned or undeliverable) else UNCLASSIFIED), detail
     verified = provider in VERIFIED_HOOK_PROVIDERS
     if verified != (provider_of(hook.provider) is not None):
         return UNCLASSIFIED, f"{detail}: VERIFIED_HOOK_PROVIDERS and hook_providers disagree"
     if verified:
-        return (WEBHOOK_VERIFIED if not warned else UNCLASSIFIED), detail
+        fires = not hook.event or any(
+            unwanted_event(hook, headers, payload) is None
+            for headers, payload in deliveries_naming(provider, hook.event)
+        )
+        if warned or fires == bool(undeliverable):
+            return UNCLASSIFIED, f"{detail}: fires={fires}, warned {[p.code for p in mine]}"
+        if not undeliverable:
+            return WEBHOOK_VERIFIED, detail
+        (said,) = undeliverable
+        if (
+            said.severity == "warning"
+            and said.field == "event"
+            and f"'{hook.event}'" in said.message
+        ):
+            return WEBHOOK_UNDELIVERABLE, f"{detail}, warned on {said.field}"
+        return UNCLASSIFIED, f"{detail}: imprecise {said.describe()}"
     if (
         len(warned) == 1
+        and not undeliverable
         and warned[0].severity == "warning"
         and warned[0].field in raw
         and str(hook.provider) in warned[0].message
+        and (not hook.event or "not filtered" in warned[0].message)
+        and (not hook.event or "X-FlowMaestro-Event" in warned[0].message)
     ):
         return WEBHOOK_UNVERIFIED, f"{detail}, warned on {warned[0].field}"
     return UNCLASSIFIED, f"{detail}: not verified and no unverified_hook_provider on its field"
@@ -265,6 +310,7 @@ def test_the_corpus_triggers_add_up() -> None:
     assert counts[SCHEDULE] >= len(valid_crons) >= MIN_SCHEDULES, report
     assert sum(counts[c] for c in WEBHOOKS) >= len(webhooks) >= MIN_WEBHOOKS, report
     assert counts[WEBHOOK_VERIFIED] >= 1 and counts[WEBHOOK_UNVERIFIED] >= 1, report
+    assert counts[WEBHOOK_UNDELIVERABLE] >= 1, report
     timezones = {r.detail.split(" | ")[1] for r in rows if r.category == SCHEDULE}
     assert {Settings().schedule_timezone, "America/New_York"} <= timezones, report  # default, named
 
@@ -290,6 +336,31 @@ def one_trigger(**data: Any) -> dict[str, Any]:
         ({"triggerType": "webhook"}, WEBHOOK_GENERIC, "provider=None"),
         ({"triggerType": "WEBHOOK"}, WEBHOOK_GENERIC, "provider=None"),
         ({"triggerType": "webhook", "provider": "acme"}, WEBHOOK_UNVERIFIED, "warned on provider"),
+        (
+            {"triggerType": "webhook", "provider": "acme", "event": "order.paid"},
+            WEBHOOK_UNVERIFIED,
+            "event=order.paid, warned on provider",
+        ),
+        (
+            {"triggerType": "webhook", "provider": "discord", "event": "message"},
+            WEBHOOK_UNDELIVERABLE,
+            "warned on event",
+        ),
+        (
+            {"triggerType": "webhook", "provider": "discord", "event": "application_command.hi"},
+            WEBHOOK_VERIFIED,
+            "event=application_command.hi",
+        ),
+        (
+            {"triggerType": "webhook", "provider": "stripe", "event": "Invoice.Paid"},
+            WEBHOOK_UNDELIVERABLE,
+            "warned on event",
+        ),
+        (
+            {"triggerType": "webhook", "provider": "github", "event": "pull_request.opened"},
+            WEBHOOK_VERIFIED,
+            "event=pull_request.opened",
+        ),
         ({}, MANUAL, ""),
         ({"triggerType": "Schedule", "schedule": "0 9 * * 1"}, SCHEDULE, "0 9 * * 1 | UTC |"),
         ({"triggerType": "email", "event": "received"}, UNSUPPORTED, "warned on triggerType"),
@@ -306,3 +377,14 @@ def test_a_definition_rejected_for_another_error_rejects_its_trigger() -> None:
     definition["edges"].append({"id": "dangling", "source": "out", "target": "nowhere"})
     (placed,) = classify("synthetic", definition)
     assert (placed.category, placed.detail) == (REJECTED, "edge_missing_node"), placed
+
+
+def test_the_discord_bots_message_trigger_is_told_it_never_fires() -> None:
+    """Discord's interactions endpoint never carries a channel message: the corpus bot's
+    `event: "message"` is a warning naming the node and its `event` field, not a silent no-op."""
+    (row,) = classified("patterns/intermediate/discord-community-bot.json")
+    assert (row.node_id, row.category) == ("trigger-1", WEBHOOK_UNDELIVERABLE), row
+    definition = json.loads((CORPUS / row.file).read_text())
+    (said,) = [p for p in validate(definition) if p.code == "undeliverable_trigger_event"]
+    assert (said.severity, said.node_id, said.field) == ("warning", "trigger-1", "event")
+    assert "'message'" in said.message and "application_command" in said.message

@@ -27,7 +27,11 @@ from flowmaestro_dagster.control.hook_providers import (
 )
 from flowmaestro_dagster.errors import BadSignature, InvalidRequest
 from flowmaestro_dagster.settings import ConnectionSettings
-from flowmaestro_dagster.spec.providers import VERIFIED_HOOK_PROVIDERS
+from flowmaestro_dagster.spec.providers import (
+    DISCORD_INTERACTIONS,
+    VERIFIED_HOOK_PROVIDERS,
+    undeliverable_event,
+)
 from tests.builders import flow, node
 
 SECRET = "provider-secret"
@@ -193,6 +197,99 @@ def test_a_webhook_naming_an_unverified_provider_is_warned() -> None:
         if p.code == "unverified_hook_provider" and p.severity == "warning"
     }
     assert warned == {("d", "webhookProvider"), ("s", "provider")}
+
+
+def test_a_webhook_naming_an_unverified_provider_and_an_event_is_told_it_is_not_filtered() -> None:
+    definition = flow(
+        [
+            node("c", "trigger", triggerType="webhook", provider="circleci", event="job.failed"),
+            node("o", "output", outputName="x", value="1"),
+        ],
+        [("c", "o")],
+    )
+    (said,) = validate(definition)
+    assert (said.code, said.severity, said.node_id, said.field) == (
+        "unverified_hook_provider",
+        "warning",
+        "c",
+        "provider",
+    )
+    assert "'job.failed' is not filtered unless" in said.message
+    assert "X-FlowMaestro-Event" in said.message
+
+
+@pytest.mark.parametrize(
+    ("provider", "event", "why"),
+    [
+        ("discord", "message", "never delivers 'message'"),
+        ("Discord", "message_create", "never delivers 'message_create'"),
+        ("discord", "ping", "only to check the URL"),
+        ("slack", "url_verification", "only to check the URL"),
+        ("stripe", "Invoice.Paid", "lower case"),
+        ("github", "Pull Request", "lower case"),
+        ("shopify", "Orders/Create", "lower case"),
+    ],
+)
+def test_an_event_the_provider_never_delivers_is_warned_on_its_field(
+    provider: str, event: str, why: str
+) -> None:
+    definition = flow(
+        [
+            node("t", "trigger", triggerType="webhook", provider=provider, event=event),
+            node("o", "output", outputName="x", value="1"),
+        ],
+        [("t", "o")],
+    )
+    (said,) = validate(definition)
+    assert (said.code, said.severity, said.node_id, said.field) == (
+        "undeliverable_trigger_event",
+        "warning",
+        "t",
+        "event",
+    )
+    assert why in said.message and "never starts the workflow" in said.message
+
+
+@pytest.mark.parametrize(
+    ("provider", "event"),
+    [
+        ("discord", "application_command"),
+        ("discord", "application_command.hello"),
+        ("discord", "message_component.Approve Button"),  # a custom_id is the app's own
+        ("discord", "application_command_autocomplete.search"),
+        ("discord", "modal_submit"),
+        ("discord", "interaction_9"),
+        ("github", "pull_request.opened"),
+        ("stripe", "customer.subscription.created"),
+        ("slack", "app_mention"),
+        ("shopify", "orders/create"),
+        ("salesforce", "Opportunity.closed_won"),  # compared in any case
+        ("typeform", "form.submitted"),  # not filtered
+        ("telegram", "Message"),  # unverified: told so, not this
+    ],
+)
+def test_an_event_the_provider_can_deliver_is_not_warned(provider: str, event: str) -> None:
+    assert undeliverable_event(provider, event) is None
+
+
+def test_discord_event_heads_are_the_interaction_types_delivery_event_names() -> None:
+    for kind, name in DISCORD_INTERACTIONS.items():
+        named = delivery_event(
+            "discord", {}, {"type": kind, "data": {"name": "x", "custom_id": "x"}}
+        )
+        assert named is not None and named.split(".", 1)[0] == name
+        assert undeliverable_event("discord", named) is None or name == "ping"
+
+
+def test_providers_put_their_delivery_ids_in_the_body() -> None:
+    assert provider_delivery_id("stripe", {"id": "evt_1", "type": "invoice.paid"}) == "evt_1"
+    slack_event = {"type": "event_callback", "event_id": "Ev08MFMKH6", "event": {}}
+    assert provider_delivery_id("Slack", slack_event) == "Ev08MFMKH6"
+    assert provider_delivery_id("slack", {"command": "/weather", "text": "x"}) is None
+    typeform_body = {"event_id": "01EK4R5PFZZP6C8H14RTP4YW6C", "event_type": "form_response"}
+    assert provider_delivery_id("typeform", typeform_body) == "01EK4R5PFZZP6C8H14RTP4YW6C"
+    assert provider_delivery_id("stripe", {"id": 7}) is None  # not an id a provider sends
+    assert provider_delivery_id("github", {"id": "x"}) is None  # GitHub's is a header
 
 
 # -- Discord (Ed25519) --------------------------------------------------------------------------

@@ -138,8 +138,10 @@ async def deliver(
     "query"}`. Sign `"<t>.<body>"` (`X-FlowMaestro-Signature: t=<unix>,v1=<hex>`) or send
     `Authorization: Bearer <secret>`, or the trigger's provider's own verification (GitHub,
     Stripe, Slack, Shopify, Typeform, Discord, Salesforce `?token=`). A delivery id
-    (`Idempotency-Key`, `X-GitHub-Delivery`, `X-Request-Id`, a Salesforce notification id,
-    ...) seen before answers the first execution (200)."""
+    (`Idempotency-Key`, else the provider's own: a Stripe event's `id`, Slack's or Typeform's
+    `event_id`, `X-GitHub-Delivery`, `X-Shopify-Webhook-Id`, a Salesforce notification id, ...;
+    else `X-Request-Id`, ...) seen before answers the first execution (200). With the generic
+    scheme, `X-FlowMaestro-Event` names the event for the trigger's `event` filter."""
     settings: ApiSettings = request.app.state.settings
     sessions: sessionmaker[Session] = request.app.state.sessions
     limiter: HookRateLimiter = request.app.state.hook_limits
@@ -161,7 +163,7 @@ async def deliver(
             query=dict(request.query_params),
         )
         payload = service.parse_body(kind, body)
-        delivery = service.body_delivery_id(trigger, headers, payload) or delivery
+        delivery = service.delivery_id(headers, service.body_delivery_id(trigger, headers, payload))
         skipped = _skipped(trigger, headers, payload)
         if skipped is not None:
             reason, answer = skipped

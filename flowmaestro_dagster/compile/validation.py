@@ -60,7 +60,7 @@ from flowmaestro_dagster.spec.node_types import (
 from flowmaestro_dagster.spec.parse import parse_workflow
 from flowmaestro_dagster.spec.policies import parse_retry_defaults
 from flowmaestro_dagster.spec.problems import Problem, error, warning
-from flowmaestro_dagster.spec.providers import VERIFIED_HOOK_PROVIDERS
+from flowmaestro_dagster.spec.providers import VERIFIED_HOOK_PROVIDERS, undeliverable_event
 
 # Top-level keys a node type's output has when it has no outputVariable.
 STANDARD_OUTPUT_KEYS: dict[str, frozenset[str]] = {
@@ -351,7 +351,8 @@ def unknown_timezone(name: str) -> bool:
 def _trigger_problems(node: NodeSpec, config: TriggerConfig) -> Iterator[Problem]:
     """A schedule trigger becomes a Dagster schedule on deploy: its cron string, timezone and
     overlap policy must be ones that schedule can take (docs/triggers.md). A webhook naming a
-    provider whose signature is not verified is told the generic scheme applies."""
+    provider whose signature is not verified is told the generic scheme applies, and one whose
+    `event` its provider never delivers is told so."""
     if config.kind is None:
         yield warning(
             "unknown_trigger_type",
@@ -363,15 +364,8 @@ def _trigger_problems(node: NodeSpec, config: TriggerConfig) -> Iterator[Problem
         )
         return
     if config.kind != "schedule":
-        provider = (config.provider or "").strip().lower()
-        if config.kind == "webhook" and provider and provider not in VERIFIED_HOOK_PROVIDERS:
-            yield warning(
-                "unverified_hook_provider",
-                f"{config.provider} signatures are not verified: its deliveries must use "
-                "X-FlowMaestro-Signature or a bearer secret (docs/webhooks.md)",
-                node_id=node.id,
-                field=_spelled(node, "provider", "webhookProvider"),
-            )
+        if config.kind == "webhook":
+            yield from _hook_provider_problems(node, config)
         return
     cron_field = _spelled(node, "schedule", "cron", "cronExpression")
     if not config.schedule or not config.schedule.strip():
@@ -398,6 +392,40 @@ def _trigger_problems(node: NodeSpec, config: TriggerConfig) -> Iterator[Problem
             f"missed-tick policy '{config.missed}' is not one of {', '.join(MISSED_TICK_POLICIES)}",
             node_id=node.id,
             field=_spelled(node, "missedTicks", "missed"),
+        )
+
+
+def _hook_provider_problems(node: NodeSpec, config: TriggerConfig) -> Iterator[Problem]:
+    """A provider nothing verifies (its `event` then filters only what the sender names in
+    `X-FlowMaestro-Event`), or an `event` the verified provider never delivers. Warnings, like
+    `unknown_trigger_type`: the builder saves such triggers (the upstream pattern library ships
+    a Discord trigger on `message`), and the workflow still runs through the API."""
+    provider = (config.provider or "").strip().lower()
+    event = (config.event or "").strip()
+    if not provider:
+        return
+    if provider not in VERIFIED_HOOK_PROVIDERS:
+        unfiltered = (
+            f"; its event '{event}' is not filtered unless the sender names it in "
+            f"X-FlowMaestro-Event ({config.provider}'s own deliveries do not: each starts the "
+            "workflow)"
+            if event
+            else ""
+        )
+        yield warning(
+            "unverified_hook_provider",
+            f"{config.provider} signatures are not verified: its deliveries must use "
+            f"X-FlowMaestro-Signature or a bearer secret{unfiltered} (docs/triggers.md)",
+            node_id=node.id,
+            field=_spelled(node, "provider", "webhookProvider"),
+        )
+    elif event and (why := undeliverable_event(provider, event)) is not None:
+        yield warning(
+            "undeliverable_trigger_event",
+            f"{why}: the event filter would ignore every {config.provider} event delivered, "
+            "so the trigger never starts the workflow on one (docs/triggers.md)",
+            node_id=node.id,
+            field="event",
         )
 
 

@@ -7,7 +7,7 @@ provider sends (its signature header; for Salesforce, an XML body); otherwise th
 scheme of `hooks.verify` applies. The HMAC providers (GitHub, Stripe, Slack, Shopify, Typeform)
 are keyed by a shared secret, Discord by its application's Ed25519 public key; Salesforce signs
 nothing, so its outbound messages carry the hook's secret in the URL (`?token=`) and are held to
-the organization configured on the connection. docs/webhooks.md has the table.
+the organization configured on the connection. docs/triggers.md has the table.
 """
 
 import base64
@@ -24,6 +24,7 @@ from defusedxml import ElementTree
 from flowmaestro_dagster.control.waitpoints import verify_signature
 from flowmaestro_dagster.errors import BadSignature, InvalidRequest
 from flowmaestro_dagster.settings import ConnectionSettings
+from flowmaestro_dagster.spec.providers import DISCORD_INTERACTIONS
 
 # Slack documents a five-minute window, whatever the platform's callback tolerance is.
 SLACK_TOLERANCE_SECONDS = 300.0
@@ -282,21 +283,17 @@ def _interaction_type(payload: Any) -> int | None:
     return kind if isinstance(kind, int) and not isinstance(kind, bool) else None
 
 
-# Discord interaction types, named as its docs do, and the `data` field that names the event.
-_INTERACTIONS: dict[int, tuple[str, str | None]] = {
-    1: ("ping", None),
-    2: ("application_command", "name"),
-    3: ("message_component", "custom_id"),
-    4: ("application_command_autocomplete", "name"),
-    5: ("modal_submit", "custom_id"),
-}
+# The `data` field that names a Discord interaction's event after its type
+# (`spec.providers.DISCORD_INTERACTIONS`, which validation checks a trigger's `event` against).
+_INTERACTION_DETAIL: dict[int, str] = {2: "name", 3: "custom_id", 4: "name", 5: "custom_id"}
 
 
 def _discord_event(payload: Any) -> str | None:
     kind = _interaction_type(payload)
     if kind is None:
         return None
-    name, key = _INTERACTIONS.get(kind, (f"interaction_{kind}", None))
+    name = DISCORD_INTERACTIONS.get(kind, f"interaction_{kind}")
+    key = _INTERACTION_DETAIL.get(kind)
     detail = _field(payload, "data", key) if key else None
     return f"{name}.{detail}" if detail else name
 
@@ -376,10 +373,19 @@ def interaction_answer(provider: str | None, payload: Any) -> dict[str, Any] | N
     return None
 
 
+# Where a provider puts its delivery id in the body (a redelivery repeats it): a Stripe event's
+# `id` (`evt_…`), a Slack Events API envelope's `event_id` (slash commands and interactivity
+# carry none), a Typeform webhook's `event_id`.
+_BODY_ID_FIELDS = {"stripe": "id", "slack": "event_id", "typeform": "event_id"}
+
+
 def provider_delivery_id(provider: str | None, payload: Any) -> str | None:
-    """The delivery id a provider puts in the body: Salesforce's notification ids (sorted; a
-    redelivery repeats them), a Discord interaction's `id`; else None."""
+    """The delivery id a provider puts in the body: a Stripe event's `id`, Slack's and
+    Typeform's `event_id`, Salesforce's notification ids (sorted; a redelivery repeats them), a
+    Discord interaction's `id`; else None."""
     name = (provider or "").strip().lower()
+    if name in _BODY_ID_FIELDS:
+        return _field(payload, _BODY_ID_FIELDS[name])
     if name == "discord" and _interaction_type(payload) is not None:
         return _field(payload, "id")
     ids = payload.get("notificationIds") if isinstance(payload, dict) else None

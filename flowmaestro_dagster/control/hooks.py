@@ -61,11 +61,17 @@ from flowmaestro_dagster.store.models import (
 )
 
 SIGNATURE_HEADER = "x-flowmaestro-signature"
-# Where a delivery's id is looked for, in order; none of them: every delivery is new.
+# The event a delivery verified by the generic scheme names, for the trigger's `event` filter
+# (a provider's own deliveries name theirs as hook_providers.delivery_event reads them).
+EVENT_HEADER = "x-flowmaestro-event"
+IDEMPOTENCY_HEADER = "idempotency-key"
+# Where a delivery's id is looked for, in order, after `Idempotency-Key` and the id a verified
+# provider puts in its body (`delivery_id`); none of them: every delivery is new.
 DELIVERY_ID_HEADERS = (
-    "idempotency-key",
+    IDEMPOTENCY_HEADER,
     "x-github-delivery",
     "x-gitlab-event-uuid",
+    "x-shopify-webhook-id",
     "x-request-id",
     "x-delivery-id",
     "x-webhook-id",
@@ -202,12 +208,27 @@ def verify_delivery(
     )
 
 
+def provider_verified(trigger: Trigger, headers: Mapping[str, str]) -> bool:
+    """Whether the trigger's provider's own verifier takes this delivery (`verify_delivery`)."""
+    provider = provider_of(trigger.provider)
+    return provider is not None and provider.selects(headers)
+
+
 def unwanted_event(trigger: Trigger, headers: Mapping[str, str], payload: Any) -> str | None:
-    """Why a verified delivery is not for this trigger (its event is another), or None."""
+    """Why a verified delivery is not for this trigger (its event is another), or None.
+
+    The event is the one the provider's delivery names (`delivery_event`) when its verifier
+    took it; for the generic scheme, the `X-FlowMaestro-Event` header if sent (compared as
+    written: equal, or `<event>.<anything>`), else what the provider's naming reads, if any. A
+    delivery that names no event is not filtered."""
     if not trigger.event:
         return None
-    got = delivery_event(trigger.provider, headers, payload)
-    if got is None or event_matches(trigger.event, got, trigger.provider):
+    named = "" if provider_verified(trigger, headers) else headers.get(EVENT_HEADER, "").strip()
+    got: str | None = named
+    provider = None
+    if not named:
+        got, provider = delivery_event(trigger.provider, headers, payload), trigger.provider
+    if got is None or event_matches(trigger.event, got, provider):
         return None
     return f"event {got} is not {trigger.event}"
 
@@ -267,8 +288,13 @@ def safe_headers(headers: Sequence[tuple[str, str]]) -> dict[str, str]:
     return kept
 
 
-def delivery_id(headers: Mapping[str, str]) -> str | None:
-    """The delivery's id from the first of `DELIVERY_ID_HEADERS` present (lower-case names)."""
+def delivery_id(headers: Mapping[str, str], provided: str | None = None) -> str | None:
+    """The delivery's id: `Idempotency-Key` if sent (the caller's own word wins), else
+    `provided` (the id a verified provider put in the body: `body_delivery_id`), else the first
+    of the other `DELIVERY_ID_HEADERS` present (lower-case names)."""
+    key = headers.get(IDEMPOTENCY_HEADER, "").strip()
+    if key or provided:
+        return key or provided
     for name in DELIVERY_ID_HEADERS:
         value = headers.get(name, "").strip()
         if value:
@@ -277,11 +303,11 @@ def delivery_id(headers: Mapping[str, str]) -> str | None:
 
 
 def body_delivery_id(trigger: Trigger, headers: Mapping[str, str], payload: Any) -> str | None:
-    """The delivery id the provider puts in the body (Salesforce's notification ids, a Discord
-    interaction's id), when its own verifier took the delivery; it wins over the headers', which
-    a proxy may add (`X-Request-Id`)."""
-    provider = provider_of(trigger.provider)
-    if provider is None or not provider.selects(headers):
+    """The delivery id the provider puts in the body (a Stripe event's `id`, Slack's and
+    Typeform's `event_id`, Salesforce's notification ids, a Discord interaction's id), when its
+    own verifier took the delivery; it wins over the other headers, which a proxy may add
+    (`X-Request-Id`)."""
+    if not provider_verified(trigger, headers):
         return None
     return provider_delivery_id(trigger.provider, payload)
 

@@ -34,6 +34,7 @@ from tests.test_hook_providers import (
     shopify,
     slack,
     stripe,
+    typeform,
 )
 
 HOOKED = flow(
@@ -341,9 +342,18 @@ PROVIDED = flow(
         node("pay", "trigger", triggerType="webhook", provider="stripe", event="invoice.paid"),
         node("chat", "trigger", triggerType="webhook", provider="slack", event="message"),
         node("shop", "trigger", triggerType="webhook", webhookProvider="shopify"),
+        node("form", "trigger", triggerType="webhook", provider="typeform", event="form.submitted"),
+        node("acme", "trigger", triggerType="webhook", provider="acme", event="order.paid"),
         node("out", "output", outputName="ok", value="1"),
     ],
-    [("gh", "out"), ("pay", "out"), ("chat", "out"), ("shop", "out")],
+    [
+        ("gh", "out"),
+        ("pay", "out"),
+        ("chat", "out"),
+        ("shop", "out"),
+        ("form", "out"),
+        ("acme", "out"),
+    ],
     name="Provided",
 )
 STRIPE_SECRET = "whsec_from_the_stripe_dashboard"
@@ -468,6 +478,116 @@ def test_shopify_signs_the_body_and_its_hmac_header_is_not_an_input(
     assert inputs["headers"]["x-shopify-topic"] == "orders/create"
     assert "x-shopify-hmac-sha256" not in inputs["headers"]
     assert provider_post(client, shop, order, shopify, "nope", headers=topic).status_code == 401
+
+
+# Each provider's redelivery as the provider sends it: the same body (and its own id), signed
+# afresh, maybe through a proxy that adds its own X-Request-Id. (trigger, signer, the
+# connection's secret or None for the hook's, payload, the provider's headers)
+REDELIVERED = {
+    "github": (
+        "gh",
+        github,
+        None,
+        {"action": "opened", "number": 1},
+        {"X-GitHub-Event": "pull_request", "X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab"},
+    ),
+    "stripe": (
+        "pay",
+        stripe,
+        STRIPE_SECRET,
+        {"id": "evt_1NG8Du2eZvKYlo2CUI79vXWy", "object": "event", "type": "invoice.paid"},
+        {},
+    ),
+    "slack": (
+        "chat",
+        slack,
+        SLACK_SECRET,
+        {
+            "type": "event_callback",
+            "event_id": "Ev08MFMKH6",
+            "event": {"type": "message", "text": "hi"},
+        },
+        {},
+    ),
+    "shopify": (
+        "shop",
+        shopify,
+        None,
+        {"id": 820982911946154508},
+        {"X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": "b54557e4-bdd9-4b37-8a5f"},
+    ),
+    "typeform": (
+        "form",
+        typeform,
+        None,
+        {"event_id": "01EK4R5PFZZP6C8H14RTP4YW6C", "event_type": "form_response"},
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("provider", sorted(REDELIVERED))
+def test_a_providers_redelivery_is_a_duplicate_by_its_own_delivery_id(
+    provider: str,
+    provided: tuple[TestClient, dict[str, dict[str, Any]]],
+    auth: dict[str, str],
+    database_url: str,
+) -> None:
+    client, hooks = provided
+    hook_id, signer, secret, payload, own = REDELIVERED[provider]
+    hook = hooks[hook_id]
+    key = secret or hook["secret"]
+    first = provider_post(client, hook, payload, signer, key, headers={**own, "X-Request-Id": "a"})
+    assert first.status_code == 202, first.text
+    execution_id = first.json()["execution_id"]
+    # The provider's retry: signed again a little later, another proxy request id, a retry
+    # header; no Idempotency-Key.
+    retry = {**own, "X-Request-Id": "b", "X-Slack-Retry-Num": "1"}
+    again = provider_post(client, hook, payload, signer, key, at=time.time() - 5, headers=retry)
+    assert again.status_code == 200, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == {"status": "duplicate", "execution_id": execution_id}
+    # Idempotency-Key, when sent, still wins over the provider's id.
+    keyed = {**own, "Idempotency-Key": f"{provider}-k"}
+    assert provider_post(client, hook, payload, signer, key, headers=keyed).status_code == 202
+    assert row_counts(database_url)["executions"] == 2
+    rows = deliveries(client, auth, hook)
+    assert [r["outcome"] for r in rows] == ["accepted", "duplicate", "accepted"]
+    assert rows[1]["delivery_id"] == rows[2]["delivery_id"] != "a"
+    assert rows[0]["delivery_id"] == f"{provider}-k"
+
+
+def test_the_generic_scheme_names_its_event_in_x_flowmaestro_event(
+    provided: tuple[TestClient, dict[str, dict[str, Any]]],
+    auth: dict[str, str],
+    database_url: str,
+) -> None:
+    client, hooks = provided
+    acme, gh = hooks["acme"], hooks["gh"]  # acme: no verifier, event order.paid
+    paid = signed(client, acme, {"n": 1}, headers={"X-FlowMaestro-Event": "order.paid"})
+    assert paid.status_code == 202, paid.text
+    eu = signed(client, acme, {"n": 2}, headers={"X-FlowMaestro-Event": "order.paid.eu"})
+    assert eu.status_code == 202, eu.text
+    refunded = signed(client, acme, {"n": 3}, headers={"X-FlowMaestro-Event": "order.refunded"})
+    assert refunded.status_code == 200
+    assert refunded.json() == {
+        "status": "ignored",
+        "reason": "event order.refunded is not order.paid",
+    }
+    # A body's own `type` or `event` is not read: senders put anything there.
+    assert signed(client, acme, {"type": "order.refunded", "event": "x"}).status_code == 202
+    # The header never overrides what a provider's own signed delivery names.
+    push = provider_post(
+        client,
+        gh,
+        {},
+        github,
+        gh["secret"],
+        headers={"X-GitHub-Event": "push", "X-FlowMaestro-Event": "pull_request"},
+    )
+    assert push.status_code == 200 and push.json()["status"] == "ignored"
+    assert row_counts(database_url)["executions"] == 3
+    assert deliveries(client, auth, acme)[1]["reason"] == "event order.refunded is not order.paid"
 
 
 # -- Discord (Ed25519) and Salesforce (SOAP outbound messages) ---------------------------------
