@@ -121,7 +121,9 @@ class CodeSettings(BaseModel):
         default=16, ge=1, description="processes and threads a snippet has at once (RLIMIT_NPROC)"
     )
     python_bwrap: str = Field(
-        default="bwrap", description="bubblewrap command or path (docs/sandbox.md); empty: none"
+        default="bwrap",
+        description="bubblewrap command or path for Python and JavaScript code nodes "
+        "(docs/sandbox.md); empty: none",
     )
     python_uid_base: int = Field(
         default=0x70000000,
@@ -285,9 +287,10 @@ class Settings(BaseSettings):
     code: CodeSettings = Field(default_factory=CodeSettings)
     python_isolation: Literal["auto", "none"] = Field(
         default="auto",
-        description="Python code nodes: 'auto' runs them in every isolation layer the host has "
-        "and refuses them where files, network or processes would be unguarded; 'none' runs "
-        "them with resource limits only, with a warning (docs/sandbox.md)",
+        description="Python and JavaScript code nodes: 'auto' runs them in every isolation "
+        "layer the host has and refuses them where files, network or processes would be "
+        "unguarded; 'none' runs them with resource limits only, with a warning "
+        "(docs/sandbox.md)",
     )
     databases: dict[str, DatabaseConnection] = Field(
         default_factory=dict, description="named SQLAlchemy URLs for database nodes"

@@ -1,5 +1,5 @@
-"""code nodes: JavaScript in an embedded V8 isolate, Python in an isolated child process
-(docs/sandbox.md).
+"""code nodes: JavaScript in an embedded V8 isolate and Python in an interpreter, each in an
+isolated child process (docs/sandbox.md).
 
 What a snippet sees (both languages, see docs/node-types.md):
 
@@ -28,7 +28,7 @@ from flowmaestro_dagster.lang.expressions import Unresolved
 from flowmaestro_dagster.lang.state import ExecutionState
 from flowmaestro_dagster.nodes.base import Executor, NodeContext, NodeResult, wrap_output
 from flowmaestro_dagster.nodes.sandbox import SnippetInputs, SnippetResult
-from flowmaestro_dagster.nodes.sandbox.javascript import run_javascript
+from flowmaestro_dagster.nodes.sandbox.javascript import JavaScriptLimits, run_javascript
 from flowmaestro_dagster.nodes.sandbox.python import PythonLimits, run_python
 from flowmaestro_dagster.settings import CodeSettings
 from flowmaestro_dagster.spec.configs import CodeConfig
@@ -148,10 +148,16 @@ def execute_code(ctx: NodeContext) -> NodeResult:
         result = run_javascript(
             code,
             inputs,
-            timeout_s=timeout_ms / 1000,
-            memory_mb=memory_mb,
-            max_output_chars=limits.max_output_chars,
-            max_result_chars=limits.max_result_chars,
+            JavaScriptLimits(
+                timeout_s=timeout_ms / 1000,
+                memory_mb=memory_mb,
+                max_output_chars=limits.max_output_chars,
+                max_result_chars=limits.max_result_chars,
+                isolation=ctx.settings.python_isolation,
+                bwrap=limits.python_bwrap,
+                uid_base=limits.python_uid_base,
+            ),
+            scratch_root=str(limits.scratch_dir) if limits.scratch_dir else None,
         )
     metadata = {
         "language": config.language,

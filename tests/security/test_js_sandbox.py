@@ -9,6 +9,12 @@ in `lang/js.py`'s `V8Isolate`; docs/sandbox.md ("JavaScript").
 Each attack runs in a helper thread, so a regression fails the test instead of hanging it, and
 afterwards the process must be quiet: no CPU time spent for a second (a spinning V8 thread
 burns one core), no `flowmaestro-v8` thread, no more native threads than before.
+
+The code node's isolate runs in a sandboxed child process (issue 15, "untrusted code runs
+isolated"; transforms stay in the worker). The last section fails if a snippet ran in the
+worker: its CPU time must show up as a child's, the child must be seen while it runs and be
+gone, process group and all, when the node ends or the worker's deadline kills it; memory V8's
+heap limit does not see (parser memory) is stopped by the child's RLIMIT_DATA.
 """
 
 import os
@@ -26,7 +32,9 @@ from flowmaestro_dagster.lang.js import run_js
 from flowmaestro_dagster.lang.state import ExecutionState
 from flowmaestro_dagster.nodes import NodeContext, get_executor
 from flowmaestro_dagster.nodes.code import execute_code
-from flowmaestro_dagster.settings import Settings
+from flowmaestro_dagster.nodes.sandbox import SnippetInputs
+from flowmaestro_dagster.nodes.sandbox.javascript import JavaScriptLimits, run_javascript
+from flowmaestro_dagster.settings import CodeSettings, Settings
 from flowmaestro_dagster.spec.configs import CodeConfig, normalise_config
 
 TRANSFORM_TIMEOUT_S = 5.0  # lang/js.py DEFAULT_TIMEOUT_S, what a transform node gets
@@ -35,14 +43,14 @@ RSS_BOUND_MB = 300
 STATE = ExecutionState.start({"items": [1, 2, 3]})
 
 
-def _code(code: str, **config: Any) -> Any:
+def _code(code: str, settings: Settings | None = None, **config: Any) -> Any:
     ctx = NodeContext(
         node_id="code-1",
         node_type="code",
         label="Code",
         config=CodeConfig(language="javascript", code=code, **config),
         state=STATE,
-        services={"settings": Settings()},
+        services={"settings": settings or Settings()},
     )
     return execute_code(ctx).output
 
@@ -254,3 +262,134 @@ def test_normal_javascript_still_works_without_the_removed_globals() -> None:
     mapped = _transform(operation="map", inputData="{{items}}", expression="n => n * 10")
     assert mapped == {"result": [10, 20, 30]}
     assert run_js("typeof Uint8Array + ' ' + typeof WebAssembly", {}) == "undefined undefined"
+
+
+# -- the code node runs in a child process, killed whole --------------------------------------
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (field 22 of its stat), None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        for task in Path(f"/proc/{pending.pop()}/task").glob("*"):
+            try:
+                children = {int(c) for c in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            pending.extend(children - found)
+            found |= children
+    return found
+
+
+class _Watch:
+    """Every descendant of this process (pid, start time, process group) while a run lasts."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, str], int] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._done.wait(0.01):
+            for pid in _descendants(os.getpid()):
+                started = _start_time(pid)
+                try:
+                    group = os.getpgid(pid)
+                except OSError:
+                    continue
+                if started is not None:
+                    self.seen[(pid, started)] = group
+
+    def __enter__(self) -> "_Watch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def assert_all_gone(self) -> None:
+        assert self.seen, "no child process ran the snippet"
+        survivors = [pid for pid, started in self.seen if _start_time(pid) == started]
+        assert survivors == []
+        for group in set(self.seen.values()) - {os.getpgid(0)}:
+            with pytest.raises(ProcessLookupError):
+                os.killpg(group, 0)
+
+
+def _child_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@pytest.mark.timeout(30)
+def test_code_node_spins_in_a_child_process_that_is_gone_after_its_timeout() -> None:
+    own, children = _cpu_s(), _child_cpu_s()
+    with _Watch() as watch:
+        error, elapsed, _ = _attack(lambda: _code("while (true) {}", timeout_ms=1000), 10)
+    assert isinstance(error, NodeExecutionError), error
+    assert "timed out after 1000 ms" in str(error)
+    assert elapsed < 1.0 + MARGIN_S
+    # The second of spinning was a child's CPU time, not the worker's (generous bounds: the
+    # machine may be busy, and this process polls /proc meanwhile).
+    spun, polled = _child_cpu_s() - children, _cpu_s() - own
+    assert spun > 0.25 and polled < 0.5, (spun, polled)
+    watch.assert_all_gone()
+
+
+@pytest.mark.timeout(30)
+def test_the_worker_kills_the_whole_sandbox_at_its_deadline() -> None:
+    """V8's own timeout (30 s) comes too late: the worker's deadline kills pid 1, its namespace
+    and its process group, and nothing is left."""
+    limits = JavaScriptLimits(timeout_s=30, memory_mb=64, wall_s=1.0)
+    inputs = SnippetInputs(names={}, shared={}, globals=())
+    with _Watch() as watch:
+        started = time.monotonic()
+        result = run_javascript("const a = [1]; while (true) { a[0]++; }", inputs, limits)
+        elapsed = time.monotonic() - started
+    assert result.error is not None and result.error.kind == "timeout", result.error
+    assert elapsed < 1.0 + MARGIN_S
+    watch.assert_all_gone()
+    assert len({group for group in watch.seen.values()}) >= 1
+
+
+@pytest.mark.timeout(30)
+def test_memory_outside_the_heap_is_bounded_by_the_child_data_limit() -> None:
+    """Compiling a 20 MB source takes about 1.2 GB of parser memory that the heap limit never
+    sees; in the worker it grew the process by that much. The child's RLIMIT_DATA stops it."""
+    code = "const source = '1+'.repeat(1e7) + '1';\nreturn new Function('return ' + source)()"
+    error, _, growth = _attack(lambda: _code(code, memory_mb=64), 20)
+    assert isinstance(error, NodeExecutionError), error
+    assert "exceeded its memory limit (64 MB)" in str(error)
+    assert growth < 100, f"the worker grew by {growth} MB"
+    assert _code("return 2")["output"] == 2
+
+
+def test_the_child_reports_its_layers() -> None:
+    sandbox = _code("return 1")["metadata"]["sandbox"]
+    assert sandbox["engine"] == "v8" and sandbox["heap_limit_mb"] == 128
+    assert sandbox["pid_namespace"] and sandbox["network_namespace"]  # this host has them all
+    assert sandbox["landlock_abi"] >= 1 and sandbox["seccomp"]
+    assert sandbox["capabilities_dropped"] and sandbox["process_limit"] == 16
+    assert sandbox["data_limit_mb"] > 2 * 128
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a non-root worker has bubblewrap-less layers")
+def test_without_a_barrier_the_javascript_node_is_refused() -> None:
+    """As root without bubblewrap, nothing gives the run a uid of its own: RLIMIT_NPROC would
+    not hold, so mode `auto` refuses the snippet instead of running it."""
+    settings = Settings(python_isolation="auto", code=CodeSettings(python_bwrap=""))
+    with pytest.raises(NodeConfigurationError, match="JavaScript code nodes cannot be isolated"):
+        _code("return 1", settings)
+    none = Settings(python_isolation="none", code=CodeSettings(python_bwrap=""))
+    output = _code("return 1", none)
+    assert output["output"] == 1 and output["metadata"]["sandbox"]["mode"] == "none"

@@ -7,6 +7,7 @@ resource limits (docs/sandbox.md). A host without Landlock or `unshare` is made 
 helper process installs a seccomp filter that fails those calls, and runs the node under it.
 """
 
+import errno
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from flowmaestro_dagster.lang.state import ExecutionState
 from flowmaestro_dagster.nodes.base import NodeContext
 from flowmaestro_dagster.nodes.code import execute_code
 from flowmaestro_dagster.nodes.sandbox import python as python_sandbox
-from flowmaestro_dagster.settings import CodeSettings, Settings
+from flowmaestro_dagster.settings import CodeSettings, Settings, get_settings
 from flowmaestro_dagster.spec.configs import CodeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,33 @@ except Exception as exc:
     details = getattr(exc, "details", {})
     print(json.dumps({"error": str(exc), "type": type(exc).__name__,
                       "stdout": details.get("stdout", "")}, default=str))
+"""
+# Landlock alone: the child's own `_landlock` in a plain process (no bubblewrap, no namespace,
+# no audit hook); the child's source comes on stdin, so what runs is what the sandbox runs.
+LANDLOCK_ALONE = r"""
+import json, os, sys, types
+child = types.ModuleType("python_child")
+exec(compile(sys.stdin.read(), "python_child.py", "exec"), child.__dict__)
+secret, scratch = sys.argv[1:3]
+def attempt(action):
+    try:
+        action()
+        return "allowed"
+    except OSError as exc:
+        return type(exc).__name__
+before = open(secret).read()  # readable until Landlock is on
+os.chdir(scratch)
+abi = child._landlock([p for p in sys.path if p and os.path.isdir(p)], [], [scratch])
+found = {
+    "read": attempt(lambda: open(secret).read()),
+    "list": attempt(lambda: os.listdir(os.path.dirname(secret))),
+    "append": attempt(lambda: open(secret, "a").write("x")),
+    "create beside": attempt(lambda: open(secret + ".new", "w").close()),
+    "through a symlink": attempt(lambda: (os.symlink(secret, "link"), open("link").read())),
+    "scratch": attempt(lambda: open("own.txt", "w").write("mine")),
+    "stdlib": attempt(lambda: open(os.__file__).read(1)),
+}
+print(json.dumps({"abi": abi, "before": before, "found": found}))
 """
 LANDLOCK_SYSCALLS = [444, 445, 446]  # the same number on every architecture
 UNSHARE_SYSCALL = {"x86_64": 272, "aarch64": 97}
@@ -387,6 +415,191 @@ def test_network_is_unreachable_with_the_audit_hook_off(
     assert output["output"]["connect"] != "connected" and accepted == []
 
 
+# -- one test per kernel layer, each observed from inside the snippet -----------------------
+
+
+def test_seccomp_refuses_namespaces_ptrace_and_network_sockets() -> None:
+    """Each call below is harmless or succeeds without the filter; with it: its errno."""
+    output = _run(
+        BYPASS
+        + "import ctypes, socket\n"
+        + "libc = ctypes.CDLL(None, use_errno=True)\n"
+        + "found = {}\n"
+        + "def call(name, *args):\n"
+        + "    ctypes.set_errno(0)\n"
+        + "    found[name] = [getattr(libc, name)(*args), ctypes.get_errno()]\n"
+        + "call('unshare', 0)\n"  # no flag at all: refused as a whole
+        + "call('ptrace', 0, 0, 0, 0)\n"  # PTRACE_TRACEME
+        + "call('personality', 0xFFFFFFFF)\n"  # only reads the persona
+        + "call('syscall', 435, 0, 0)\n"  # clone3 (the same number everywhere)
+        + "for family in ('AF_INET', 'AF_INET6', 'AF_NETLINK', 'AF_UNIX'):\n"
+        + "    try:\n"
+        + "        socket.socket(getattr(socket, family), socket.SOCK_RAW if family == "
+        + "'AF_NETLINK' else socket.SOCK_DGRAM).close()\n"
+        + "        found[family] = 'created'\n"
+        + "    except OSError as exc:\n"
+        + "        found[family] = exc.errno\n"
+        + "return found"
+    )
+    assert "audit hook off: 1" in output["stdout"]
+    found = output["output"]
+    assert found["unshare"] == [-1, errno.EPERM]
+    assert found["ptrace"] == [-1, errno.EPERM]
+    assert found["personality"] == [-1, errno.EPERM]
+    assert found["syscall"] == [-1, errno.ENOSYS]  # clone3: libc falls back to clone
+    assert found["AF_INET"] == found["AF_INET6"] == found["AF_NETLINK"] == errno.EACCES
+    assert found["AF_UNIX"] == "created"
+    assert output["metadata"]["sandbox"]["seccomp"]
+
+
+def test_no_capability_is_left_in_any_set() -> None:
+    """capget and the bounding set (Landlock keeps /proc/self/status unreadable)."""
+    output = _run(
+        BYPASS
+        + "import ctypes, os\n"
+        + "libc = ctypes.CDLL(None, use_errno=True)\n"
+        + "class Header(ctypes.Structure):\n"
+        + "    _fields_ = [('version', ctypes.c_uint32), ('pid', ctypes.c_int)]\n"
+        + "header, data = Header(0x20080522, 0), (ctypes.c_uint32 * 6)()\n"
+        + "assert libc.capget(ctypes.byref(header), data) == 0\n"
+        + "try:\n"
+        + "    os.setuid(0)\n"
+        + "    setuid = 'root again'\n"
+        + "except OSError as exc:\n"
+        + "    setuid = exc.errno\n"
+        + "return {\n"
+        + "    'uid': os.getuid(),\n"
+        + "    'effective, permitted, inheritable': list(data),\n"
+        + "    'bounding': [c for c in range(64) if libc.prctl(23, c, 0, 0, 0) == 1],\n"
+        + "    'ambient': [c for c in range(64) if libc.prctl(47, 1, c, 0, 0) == 1],\n"
+        + "    'no_new_privs': libc.prctl(39, 0, 0, 0, 0),\n"
+        + "    'setuid(0)': setuid,\n"
+        + "}"
+    )
+    found = output["output"]
+    assert found["effective, permitted, inheritable"] == [0] * 6
+    assert found["bounding"] == [] and found["ambient"] == []
+    assert found["no_new_privs"] == 1
+    assert found["setuid(0)"] == errno.EPERM and found["uid"] != 0
+    assert output["metadata"]["sandbox"]["capabilities_dropped"]
+
+
+def test_file_size_limit_stops_a_write_with_efbig() -> None:
+    one_mb = Settings(python_isolation="auto", code=CodeSettings(python_max_file_mb=1))
+    output = _run(
+        BYPASS
+        + "import os\n"
+        + "fd = os.open('big', os.O_WRONLY | os.O_CREAT)\n"
+        + "written, refused = 0, None\n"
+        + "try:\n"
+        + "    while written < 4 << 20:\n"
+        + "        written += os.write(fd, bytes(1 << 16))\n"
+        + "except OSError as exc:\n"
+        + "    refused = exc.errno\n"
+        + "return {'written': written, 'refused': refused, 'size': os.fstat(fd).st_size}",
+        settings=one_mb,
+    )
+    assert output["output"] == {"written": 1 << 20, "refused": errno.EFBIG, "size": 1 << 20}
+
+
+def test_open_file_limit_stops_at_64_with_emfile() -> None:
+    output = _run(
+        BYPASS
+        + "import os, resource\n"
+        + "fds, refused = [], None\n"
+        + "try:\n"
+        + "    while len(fds) < 1000:\n"
+        + "        fds.append(os.open('.', os.O_RDONLY))\n"
+        + "except OSError as exc:\n"
+        + "    refused = exc.errno\n"
+        + "return {'refused': refused, 'highest': max(fds),\n"
+        + "        'limit': resource.getrlimit(resource.RLIMIT_NOFILE)}"
+    )
+    limit = python_sandbox.PythonLimits(timeout_s=1, memory_mb=1).max_open_files
+    assert output["output"] == {"refused": errno.EMFILE, "highest": limit - 1, "limit": [limit] * 2}
+
+
+def test_cpu_limit_kills_a_spin_before_the_wall_clock_timeout() -> None:
+    """A 1000 ms node gets 1 CPU second, then SIGKILL (pid 1 of a PID namespace ignores
+    SIGXCPU); its wall-clock deadline is 2 s. Two threads hashing outside the GIL burn CPU
+    faster than the wall clock; a run starved by a loaded machine (the deadline came before
+    1 CPU second) proves nothing and is tried again."""
+    code = BYPASS + (
+        "import hashlib, resource, threading, time\n"
+        "print('cpu limit', resource.getrlimit(resource.RLIMIT_CPU), flush=True)\n"
+        "data = bytes(1 << 20)\n"
+        "def burn():\n"
+        "    while True:\n"
+        "        hashlib.sha256(data).digest()\n"
+        "for _ in range(2):\n"
+        "    threading.Thread(target=burn, daemon=True).start()\n"
+        "while True:\n"
+        "    time.sleep(0.1)\n"
+        "    print('cpu', time.process_time(), flush=True)\n"
+    )
+    for _attempt in range(3):
+        failure = _fails(code, timeout_ms=1000)
+        stdout = failure.details["stdout"]
+        assert "cpu limit (1, 1)" in stdout
+        if "exceeded its CPU time limit (1000 ms)" in str(failure):
+            return
+        assert "timed out after 1000 ms" in str(failure), failure
+        used = [float(line.split()[1]) for line in stdout.splitlines() if line.startswith("cpu ")]
+        assert max(used, default=0.0) < 1.05, f"ran on past its CPU limit: {used}"
+    pytest.fail("the machine was too busy: three runs reached their wall-clock deadline first")
+
+
+def test_landlock_alone_keeps_files_outside_its_rules_unreadable(
+    secret_files: tuple[str, list[Path]], tmp_path: Path
+) -> None:
+    """No bubblewrap, namespace or audit hook: only the child's Landlock ruleset."""
+    token, files = secret_files
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", LANDLOCK_ALONE, str(files[2]), str(scratch)],
+        input=python_sandbox.CHILD_SOURCE,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    report = json.loads(done.stdout)
+    assert report["before"] == token  # readable before: what follows is Landlock's doing
+    found = report["found"]
+    assert found["scratch"] == found["stdlib"] == "allowed"
+    assert {k: v for k, v in found.items() if k not in ("scratch", "stdlib")} == {
+        "read": "PermissionError",
+        "list": "PermissionError",
+        "append": "PermissionError",
+        "create beside": "PermissionError",
+        "through a symlink": "PermissionError",
+    }
+    assert files[2].read_text() == token and not Path(f"{files[2]}.new").exists()
+    assert report["abi"] >= 1
+
+
+def test_landlock_refuses_proc_and_dev_that_the_mount_namespace_shows() -> None:
+    """bubblewrap mounts a private /proc and /dev; only Landlock keeps them closed."""
+    output = _run(
+        BYPASS
+        + "import os\n"
+        + "found = {}\n"
+        + "for path in ('/proc/self/status', '/proc/self/environ', '/proc/1/mem', '/dev/null'):\n"
+        + "    os.stat(path)  # it is there\n"
+        + "    for mode in ('rb', 'wb'):\n"
+        + "        try:\n"
+        + "            open(path, mode, buffering=0).close()\n"
+        + "            found[f'{mode} {path}'] = 'opened'\n"
+        + "        except OSError as exc:\n"
+        + "            found[f'{mode} {path}'] = type(exc).__name__\n"
+        + "return found"
+    )
+    assert "audit hook off: 1" in output["stdout"]
+    found = output["output"]
+    assert len(found) == 8 and set(found.values()) == {"PermissionError"}, found
+
+
 # -- the operator's explicit opt-out ---------------------------------------------------------
 
 
@@ -403,3 +616,27 @@ def test_isolation_none_runs_and_warns(
     sandbox = output["metadata"]["sandbox"]
     assert sandbox["mode"] == "none" and not sandbox["bubblewrap"] and not sandbox["landlock_abi"]
     assert any("FLOWMAESTRO_PYTHON_ISOLATION=none" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("isolation", ["none", "auto"])
+def test_loading_the_platform_definitions_warns_when_isolation_is_none(
+    isolation: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """`platform_defs` (the sensors' code location) says so at startup, before any node runs."""
+    from flowmaestro_dagster.definitions import platform_defs
+
+    monkeypatch.setenv("FLOWMAESTRO_PYTHON_ISOLATION", isolation)
+    monkeypatch.setenv("FLOWMAESTRO_DATABASE_URL", f"sqlite:///{tmp_path / 'platform.db'}")
+    monkeypatch.setattr(python_sandbox, "_warned", set())
+    get_settings.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="flowmaestro.sandbox"):
+            definitions = platform_defs()
+    finally:
+        get_settings.cache_clear()  # the next test reads the environment again
+    assert definitions.sensors
+    warned = [r for r in caplog.records if "FLOWMAESTRO_PYTHON_ISOLATION=none" in r.getMessage()]
+    assert len(warned) == (1 if isolation == "none" else 0)

@@ -15,6 +15,9 @@ process group and the audit hook only, and logs a warning.
 
 The parent waits for the sandbox's exit or the deadline, kills its pid 1 and waits until the
 kernel has emptied the namespace, kills the process group, and removes the directory.
+
+`run_child` is that launcher without the Python snippet's request: the JavaScript code sandbox
+(`javascript.py`) starts its own child program through it, inside the same layers.
 """
 
 import contextlib
@@ -107,6 +110,20 @@ class _Launch:
     bubblewrap_error: str | None = None
 
 
+@dataclass(frozen=True)
+class ChildRun:
+    """What a sandboxed child left behind: its result (None: none, or not JSON), its output
+    files, how it ended (a death by signal N as -N) and whether the deadline ended it."""
+
+    envelope: dict[str, Any] | None
+    stdout: str
+    stderr: str
+    truncated: bool
+    returncode: int
+    timed_out: bool
+    duration_ms: float
+
+
 def run_python(
     code: str,
     inputs: SnippetInputs,
@@ -118,35 +135,6 @@ def run_python(
     """Run a snippet in a child interpreter; failures come back in `SnippetResult.error`."""
     if limits.isolation == "none":
         warn_unisolated()
-    work = tempfile.mkdtemp(prefix="flowmaestro-py-", dir=scratch_root)
-    try:
-        return _run(code, inputs, limits, Path(work), executable or sys.executable)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def warn_unisolated() -> None:
-    """Log, once per process, that Python snippets run without kernel isolation."""
-    if "none" in _warned:
-        return
-    _warned.add("none")
-    _log.warning(
-        "FLOWMAESTRO_PYTHON_ISOLATION=none: Python code nodes run without kernel isolation "
-        "(resource limits, a process group and an audit hook only): a snippet can read every "
-        "file and reach every address the worker can, and outlive its node (docs/sandbox.md)"
-    )
-
-
-def bubblewrap_status(command: str = "bwrap", executable: str | None = None) -> str | None:
-    """Why bubblewrap cannot sandbox `executable` here (None: it can)."""
-    return _bubblewrap(command, os.path.realpath(executable or sys.executable))[1]
-
-
-def _run(
-    code: str, inputs: SnippetInputs, limits: PythonLimits, work: Path, executable: str
-) -> SnippetResult:
-    scratch = work / "scratch"
-    scratch.mkdir(mode=0o700)
     data = json.dumps(
         {
             "inputs": inputs.names,
@@ -155,14 +143,124 @@ def _run(
         },
         default=str,
     )
-    info_read, info_write = os.pipe() if limits.isolation != "none" else (None, None)
+    request = {
+        "code": code,
+        "data": data,
+        "cpu_seconds": math.ceil(limits.timeout_s),
+        "memory_bytes": limits.memory_mb * 1024 * 1024,
+        "max_file_bytes": limits.max_file_bytes,
+        "max_files": limits.max_files,
+        "max_open_files": limits.max_open_files,
+        "max_processes": limits.max_processes,
+    }
+    run = run_child(
+        CHILD_SOURCE,
+        request,
+        isolation=limits.isolation,
+        bwrap=limits.bwrap,
+        uid_base=limits.uid_base,
+        wall_s=limits.timeout_s + STARTUP_GRACE_S,
+        max_output_chars=limits.max_output_chars,
+        scratch_root=scratch_root,
+        executable=executable,
+    )
+    envelope = run.envelope
+    error = _error(envelope, run.returncode, run.timed_out, limits, run.stderr)
+    return SnippetResult(
+        output=envelope.get("output") if envelope and error is None else None,
+        stdout=run.stdout,
+        stderr=run.stderr,
+        error=error,
+        duration_ms=run.duration_ms,
+        truncated=run.truncated,
+        isolation=envelope.get("isolation", {}) if envelope else {},
+    )
+
+
+def warn_unisolated() -> None:
+    """Log, once per process, that code snippets run without kernel isolation."""
+    if "none" in _warned:
+        return
+    _warned.add("none")
+    _log.warning(
+        "FLOWMAESTRO_PYTHON_ISOLATION=none: Python and JavaScript code nodes run without kernel "
+        "isolation (resource limits, a process group and, for Python, an audit hook only): a "
+        "snippet that escapes its interpreter can read every file and reach every address the "
+        "worker can, and outlive its node (docs/sandbox.md)"
+    )
+
+
+def bubblewrap_status(command: str = "bwrap", executable: str | None = None) -> str | None:
+    """Why bubblewrap cannot sandbox `executable` here (None: it can)."""
+    return _bubblewrap(command, os.path.realpath(executable or sys.executable))[1]
+
+
+def run_child(
+    source: str,
+    request: dict[str, Any],
+    *,
+    isolation: IsolationMode,
+    bwrap: str,
+    uid_base: int,
+    wall_s: float,
+    max_output_chars: int,
+    read_only: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    scratch_root: str | None = None,
+    executable: str | None = None,
+) -> ChildRun:
+    """Run `source` (a program for `python -I -S`, e.g. `python_child.py`) in the sandbox.
+
+    It gets `request` on stdin, with `scratch`, `result_fd`, `info_fd`, `isolation`, `layers`,
+    `uid` and `bubblewrap_error` added; under bubblewrap, the host paths `read_only` are
+    mirrored read-only besides the interpreter's own files. Its environment is the sandbox's
+    own (`PATH`, `HOME`, `TMPDIR`, `MALLOC_ARENA_MAX`) plus `env`. After `wall_s` the sandbox
+    is killed whole. Each run has its own temporary directory, removed afterwards.
+    """
+    work = tempfile.mkdtemp(prefix="flowmaestro-py-", dir=scratch_root)
+    try:
+        return _run(
+            source,
+            request,
+            isolation,
+            bwrap,
+            uid_base,
+            wall_s,
+            max_output_chars,
+            read_only,
+            env or {},
+            Path(work),
+            executable or sys.executable,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(
+    source: str,
+    request: dict[str, Any],
+    isolation: IsolationMode,
+    bwrap: str,
+    uid_base: int,
+    wall_s: float,
+    max_output_chars: int,
+    read_only: tuple[str, ...],
+    env: dict[str, str],
+    work: Path,
+    executable: str,
+) -> ChildRun:
+    scratch = work / "scratch"
+    scratch.mkdir(mode=0o700)
+    info_read, info_write = os.pipe() if isolation != "none" else (None, None)
     with (
         open(work / "stdout", "w+b") as stdout,
         open(work / "stderr", "w+b") as stderr,
         open(work / "result", "w+b") as result,
     ):
         try:
-            launch = _launch(limits, executable, str(scratch), info_write)
+            launch = _launch(
+                isolation, bwrap, executable, str(scratch), info_write, source, read_only, env
+            )
             started = time.monotonic()
             process = subprocess.Popen(
                 launch.argv,
@@ -185,7 +283,7 @@ def _run(
         if launch.layers.get("bubblewrap") and os.geteuid() == 0:
             # A uid of its own: RLIMIT_NPROC counts this run alone, and the host's root-only
             # files stay closed to it even where a view of them leaked into the sandbox.
-            uid = limits.uid_base + process.pid
+            uid = uid_base + process.pid
             try:
                 os.chown(scratch, uid, uid)
             except OSError:
@@ -195,57 +293,55 @@ def _run(
                     os.close(info_read)
                 raise
         request = {
-            "code": code,
-            "data": data,
+            **request,
             "scratch": launch.scratch,
             "result_fd": result.fileno(),
             "info_fd": launch.info_fd,
-            "cpu_seconds": math.ceil(limits.timeout_s),
-            "memory_bytes": limits.memory_mb * 1024 * 1024,
-            "max_file_bytes": limits.max_file_bytes,
-            "max_files": limits.max_files,
-            "max_open_files": limits.max_open_files,
-            "max_processes": limits.max_processes,
-            "isolation": limits.isolation,
+            "isolation": isolation,
             "layers": launch.layers,
             "uid": uid,
             "bubblewrap_error": launch.bubblewrap_error,
         }
-        timed_out = _feed_and_wait(
-            process, json.dumps(request).encode(), limits.timeout_s + STARTUP_GRACE_S, info_read
-        )
+        timed_out = _feed_and_wait(process, json.dumps(request).encode(), wall_s, info_read)
         duration_ms = (time.monotonic() - started) * 1000
-        out_text, out_cut = _read(stdout, limits.max_output_chars)
-        err_text, err_cut = _read(stderr, limits.max_output_chars)
+        out_text, out_cut = _read(stdout, max_output_chars)
+        err_text, err_cut = _read(stderr, max_output_chars)
         result.seek(0)
         raw = result.read()
-    envelope = _parse(raw)
-    isolation = envelope.get("isolation", {}) if envelope else {}
     returncode = process.returncode
-    if returncode > 128 and limits.isolation != "none":
+    if returncode > 128 and isolation != "none":
         returncode = 128 - returncode  # pid 1's death by signal N, relayed as 128 + N
-    error = _error(envelope, returncode, timed_out, limits, err_text)
-    return SnippetResult(
-        output=envelope.get("output") if envelope and error is None else None,
+    return ChildRun(
+        envelope=_parse(raw),
         stdout=out_text,
         stderr=err_text,
-        error=error,
-        duration_ms=round(duration_ms, 1),
         truncated=out_cut or err_cut,
-        isolation=isolation,
+        returncode=returncode,
+        timed_out=timed_out,
+        duration_ms=round(duration_ms, 1),
     )
 
 
-def _launch(limits: PythonLimits, executable: str, scratch: str, info_fd: int | None) -> _Launch:
+def _launch(
+    isolation: IsolationMode,
+    bwrap_command: str,
+    executable: str,
+    scratch: str,
+    info_fd: int | None,
+    source: str,
+    read_only: tuple[str, ...],
+    extra_env: dict[str, str],
+) -> _Launch:
     """The command line: bubblewrap around the child when mode `auto` has it, else the child."""
-    child = ["-I", "-S", "-B", "-u", "-X", "utf8", "-c", CHILD_SOURCE]
+    child = ["-I", "-S", "-B", "-u", "-X", "utf8", "-c", source]
     # One malloc arena: glibc reserves 64 MB of address space per thread arena otherwise, and
     # RLIMIT_AS would count those reservations against the snippet's memory.
     env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "MALLOC_ARENA_MAX": "1"}
-    if limits.isolation == "none":
+    env.update(extra_env)
+    if isolation == "none":
         return _Launch([executable, *child], scratch, scratch, env, [])
     real = os.path.realpath(executable)
-    bwrap, why = _bubblewrap(limits.bwrap, real)
+    bwrap, why = _bubblewrap(bwrap_command, real)
     if bwrap is None:
         assert info_fd is not None
         # The child makes its own namespaces and reports its pid 1 on the info pipe.
@@ -254,7 +350,8 @@ def _launch(limits: PythonLimits, executable: str, scratch: str, info_fd: int | 
         return launch
     assert info_fd is not None
     layout = _layout(real)
-    argv = [*_bwrap_argv(bwrap, layout, scratch, info_fd), layout.executable, *child]
+    argv = _bwrap_argv(bwrap, layout, scratch, info_fd, read_only, extra_env)
+    argv += [layout.executable, *child]
     layers = {
         "bubblewrap": True,
         "mount_namespace": True,
@@ -265,7 +362,14 @@ def _launch(limits: PythonLimits, executable: str, scratch: str, info_fd: int | 
     return _Launch(argv, SCRATCH, "/", {}, [info_fd], layers)
 
 
-def _bwrap_argv(bwrap: str, layout: _Layout, scratch: str, info_fd: int | None) -> list[str]:
+def _bwrap_argv(
+    bwrap: str,
+    layout: _Layout,
+    scratch: str,
+    info_fd: int | None,
+    read_only: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> list[str]:
     argv = [
         bwrap,
         "--unshare-pid",
@@ -281,23 +385,28 @@ def _bwrap_argv(bwrap: str, layout: _Layout, scratch: str, info_fd: int | None) 
     ]
     if os.geteuid() == 0:
         # No user namespace (it would map to uid 0, which RLIMIT_NPROC ignores): the child
-        # keeps only what it needs to switch to the run's own uid, then has no capability.
+        # keeps only what it needs to empty its bounding set (bubblewrap leaves the host's) and
+        # switch to the run's own uid, then has no capability.
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        argv += ["--cap-add", "CAP_SETPCAP"]
     else:
         argv += ["--unshare-user", "--disable-userns"]
-    argv += _filesystem(layout)
+    argv += _filesystem(layout, read_only)
     argv += ["--bind", scratch, SCRATCH, "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/"]
     argv += ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin"]
     argv += ["--setenv", "HOME", SCRATCH, "--setenv", "TMPDIR", SCRATCH]
     argv += ["--setenv", "MALLOC_ARENA_MAX", "1"]
+    for name, value in (env or {}).items():
+        argv += ["--setenv", name, value]
     if info_fd is not None:
         argv += ["--info-fd", str(info_fd)]
     return [*argv, "--"]
 
 
-def _filesystem(layout: _Layout) -> list[str]:
+def _filesystem(layout: _Layout, read_only: tuple[str, ...] = ()) -> list[str]:
     """bubblewrap arguments for a read-only view of the interpreter, its standard library, the
-    shared libraries and time zones, each at its host path; site-packages hidden."""
+    shared libraries and time zones, each at its host path; site-packages hidden; then the
+    `read_only` paths (files or directories) the child also needs, at their host paths."""
     binds = {layout.executable, *layout.path}
     if layout.libpython and os.path.exists(layout.libpython):
         binds.add(layout.libpython)
@@ -323,9 +432,29 @@ def _filesystem(layout: _Layout) -> list[str]:
         argv += ["--perms", "0755", "--dir", path]  # bubblewrap would make them 0700
     for path in sorted(binds, key=lambda p: (p.count("/"), p)):
         argv += ["--ro-bind", os.path.realpath(path), path]
-    for site in layout.site:
-        if inside(site, binds) and os.path.isdir(site):
-            argv += ["--tmpfs", site, "--remount-ro", site]
+    hidden = {site for site in layout.site if inside(site, binds) and os.path.isdir(site)}
+    for site in sorted(hidden):
+        argv += ["--tmpfs", site]
+    made = dirs | hidden  # directories made so far; besides them, the mirrored trees exist
+
+    def present(path: str) -> bool:
+        under_hidden = any(path == site or inside(path, {site}) for site in hidden)
+        return path in made or ((path in binds or inside(path, binds)) and not under_hidden)
+
+    for path in sorted(set(read_only), key=lambda p: (p.count("/"), p)):
+        missing = []
+        parent = os.path.dirname(path)
+        while parent not in ("/", "") and not present(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        for directory in reversed(missing):
+            argv += ["--perms", "0755", "--dir", directory]
+            made.add(directory)
+        argv += ["--ro-bind", os.path.realpath(path), path]
+        if os.path.isdir(path):
+            made.add(path)
+    for site in sorted(hidden):
+        argv += ["--remount-ro", site]
     for target, path in symlinks:
         argv += ["--symlink", target, path]
     return argv
@@ -480,6 +609,26 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def no_result_error(language: str, returncode: int, stderr: str) -> SnippetError:
+    """Why a sandbox process ended without a result: bubblewrap failed, or how it died."""
+    tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
+    if tail and tail[0].startswith("bwrap:"):
+        return SnippetError(
+            "unavailable",
+            f"bubblewrap could not start the {language} sandbox ({tail[0]}); see "
+            "FLOWMAESTRO_PYTHON_ISOLATION in docs/sandbox.md",
+        )
+    if returncode < 0:
+        try:
+            what = f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            what = f"was killed by signal {-returncode}"
+    else:
+        what = f"exited with status {returncode}"
+    detail = f": {tail[0]}" if tail else ""
+    return SnippetError("crash", f"the {language} sandbox process {what} without a result{detail}")
+
+
 def _error(
     envelope: dict[str, Any] | None,
     returncode: int,
@@ -495,20 +644,7 @@ def _error(
             "timeout", f"the Python snippet exceeded its CPU time limit ({limit_ms} ms)"
         )
     if envelope is None:
-        tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
-        if tail and tail[0].startswith("bwrap:"):
-            return SnippetError(
-                "unavailable",
-                f"bubblewrap could not start the Python sandbox ({tail[0]}); see "
-                "FLOWMAESTRO_PYTHON_ISOLATION in docs/sandbox.md",
-            )
-        if returncode < 0:
-            name = signal.Signals(-returncode).name
-            what = f"was killed by {name}"
-        else:
-            what = f"exited with status {returncode}"
-        detail = f": {tail[0]}" if tail else ""
-        return SnippetError("crash", f"the Python sandbox process {what} without a result{detail}")
+        return no_result_error("Python", returncode, stderr)
     if envelope.get("ok"):
         return None
     error = envelope.get("error") or {}
@@ -537,9 +673,12 @@ def _error(
 
 
 __all__ = [
+    "ChildRun",
     "IsolationMode",
     "PythonLimits",
     "bubblewrap_status",
+    "no_result_error",
+    "run_child",
     "run_python",
     "warn_unisolated",
 ]

@@ -108,6 +108,7 @@ _CLONE_NEWPID = 0x20000000
 _CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG = 1
 _PR_SET_SECCOMP = 22
+_PR_CAPBSET_READ = 23
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
 _SECCOMP_MODE_FILTER = 2
@@ -249,7 +250,10 @@ def _enter_pid_namespace(info_fd: int | None) -> None:
 
 
 def _become(uid: int) -> None:
-    """Root under bubblewrap: this run's own uid and gid (capabilities go with root)."""
+    """Root under bubblewrap: this run's own uid and gid (capabilities go with root). First the
+    bounding set is emptied, while CAP_SETPCAP (kept by bubblewrap for this) still allows it:
+    bubblewrap leaves the host's, and no capability can drop it after the switch."""
+    _drop_bounding_set(_libc())
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
@@ -347,8 +351,7 @@ def _drop_capabilities() -> bool:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        for cap in range(64):
-            libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the last capability
+        bounding_empty = _drop_bounding_set(libc)
 
         class Header(ctypes.Structure):
             _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -362,9 +365,18 @@ def _drop_capabilities() -> bool:
 
         header = Header(_LINUX_CAPABILITY_VERSION_3, 0)
         data = (Data * 2)()
-        return bool(libc.capset(ctypes.byref(header), data) == 0)
+        return bool(libc.capset(ctypes.byref(header), data) == 0) and bounding_empty
     except (OSError, AttributeError):
         return False
+
+
+def _drop_bounding_set(libc: object) -> bool:
+    """Empty the capability bounding set (needs CAP_SETPCAP); whether it is empty now."""
+    prctl = libc.prctl  # type: ignore[attr-defined]
+    for cap in range(64):
+        if prctl(_PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
+            prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)
+    return all(prctl(_PR_CAPBSET_READ, cap, 0, 0, 0) != 1 for cap in range(64))
 
 
 def _seccomp() -> bool:
@@ -424,9 +436,12 @@ def _seccomp() -> bool:
         return False
 
 
-def _set_limits(request: dict, status: int, processes: int | None) -> None:
+def _set_limits(
+    request: dict, status: int, processes: int | None, address_space: bool = True
+) -> None:
     """`status` is an open descriptor of /proc/self/status (opened before Landlock);
-    `processes` is RLIMIT_NPROC, set only where it counts this run alone."""
+    `processes` is RLIMIT_NPROC, set only where it counts this run alone; `address_space`:
+    RLIMIT_AS too (the JavaScript child bounds memory with RLIMIT_DATA instead)."""
     import resource
 
     def limit(which: int, value: int, hard: int | None = None) -> None:
@@ -437,21 +452,25 @@ def _set_limits(request: dict, status: int, processes: int | None) -> None:
             wanted_hard = min(wanted_hard, current_hard)
         resource.setrlimit(which, (value, wanted_hard))
 
+    # SIGKILL at the limit itself: the snippet runs as pid 1 of its PID namespace, and the
+    # kernel drops SIGXCPU (the soft limit's signal) for a namespace's init.
     cpu = max(int(request["cpu_seconds"]), 1)
-    limit(resource.RLIMIT_CPU, cpu, cpu + 1)
+    limit(resource.RLIMIT_CPU, cpu, cpu)
     limit(resource.RLIMIT_FSIZE, int(request["max_file_bytes"]))
     limit(resource.RLIMIT_NOFILE, int(request["max_open_files"]))
     limit(resource.RLIMIT_CORE, 0)
     if processes is not None:
         limit(resource.RLIMIT_NPROC, processes)
-    # The address space the interpreter has now, plus what the snippet may allocate.
-    limit(resource.RLIMIT_AS, _vm_size(status) + int(request["memory_bytes"]))
+    if address_space:
+        # The address space the interpreter has now, plus what the snippet may allocate.
+        limit(resource.RLIMIT_AS, _vm_size(status) + int(request["memory_bytes"]))
 
 
-def _vm_size(status: int) -> int:
+def _vm_size(status: int, field: str = "VmSize") -> int:
+    """A size from /proc/self/status (`VmSize`, `VmData`, ...), in bytes."""
     text = os.pread(status, 8192, 0).decode("ascii", errors="replace")
     for line in text.splitlines():
-        if line.startswith("VmSize:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -633,11 +652,12 @@ def _isolate(request: dict) -> dict:
         _become(int(uid))
     os.chdir(request["scratch"])
     read_dirs = [p for p in (*sys.path, *_DATA_DIRS) if p and os.path.isdir(p)]
+    extra = [p for p in request.get("read_dirs") or () if os.path.isdir(p)]  # the JS child's V8
     landlock = 0
     seccomp = capabilities = False
     if contained:
         landlock = _landlock(
-            read_dirs + [p for p in _SYSTEM_LIBRARY_DIRS if os.path.isdir(p)],
+            read_dirs + extra + [p for p in _SYSTEM_LIBRARY_DIRS if os.path.isdir(p)],
             [p for p in _SYSTEM_FILES if os.path.isfile(p)],
             [request["scratch"]],
         )
@@ -680,6 +700,17 @@ def _missing_barriers(isolation: dict) -> list[str]:
     return missing
 
 
+def refusal(language: str, missing: list[str], why: str | None) -> str:
+    """Why mode `auto` refuses to run a snippet here, and what the operator can do."""
+    return (
+        f"{language} code nodes cannot be isolated on this host: nothing guards "
+        + ", ".join(missing)
+        + (f"; {why}" if why else "")
+        + ". Install bubblewrap (scripts/system-deps.sh), or set "
+        "FLOWMAESTRO_PYTHON_ISOLATION=none to run them without isolation (docs/sandbox.md)"
+    )
+
+
 def main() -> None:
     request = json.loads(sys.stdin.buffer.read())
     result_fd = int(request["result_fd"])
@@ -694,14 +725,9 @@ def main() -> None:
     sys.modules.pop("_ctypes", None)
     missing = _missing_barriers(isolation)
     if isolation["mode"] == "auto" and missing:
-        why = request.get("bubblewrap_error")
         envelope["error"] = {
             "type": "SandboxUnavailable",
-            "message": "Python code nodes cannot be isolated on this host: nothing guards "
-            + ", ".join(missing)
-            + (f"; {why}" if why else "")
-            + ". Install bubblewrap (scripts/system-deps.sh), or set "
-            "FLOWMAESTRO_PYTHON_ISOLATION=none to run them without isolation (docs/sandbox.md)",
+            "message": refusal("Python", missing, request.get("bubblewrap_error")),
         }
         _write(result_fd, envelope)
         return
