@@ -328,6 +328,41 @@ def queued_executions(url: str, like: str, count: int) -> list[str]:
     return ids
 
 
+async def feed_figures(http: httpx.AsyncClient) -> dict[str, float]:
+    """The API's live-feed figures from its /metrics (`flowmaestro_event_*`)."""
+    text = (await http.get("/metrics")).text
+    wanted = {
+        "flowmaestro_event_subscribers": "subscribers",
+        "flowmaestro_event_feed_followed_executions": "followed",
+        "flowmaestro_event_feed_joining": "joining",
+        "flowmaestro_event_feed_tick_seconds_total": "tick_seconds",
+    }
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            found[wanted[name]] = float(value)
+    return found
+
+
+async def taken_in(
+    http: httpx.AsyncClient, subscribers: int, executions: int, timeout_s: float = 300
+) -> float:
+    """Seconds until the feed has taken every opened stream in (`subscribers` subscribed, none
+    joining, `executions` followed): what comes after is the feed at rest, not still loading its subscribers."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        figures = await feed_figures(http)
+        if (
+            figures.get("subscribers", 0) >= subscribers
+            and figures.get("joining") == 0
+            and figures.get("followed", 0) >= executions
+        ):
+            return time.perf_counter() - started
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the feed took its subscribers in for {timeout_s} s")
+
+
 async def variant(
     base: str,
     pid: int,
@@ -342,9 +377,12 @@ async def variant(
     executions `idle_on(http, chain workflow, a finished chain execution)` names."""
     limits = httpx.Limits(max_connections=IDLE + 20, max_keepalive_connections=20)
     timeout = httpx.Timeout(60.0, read=None)  # idle streams read a ping every 15 s
-    async with httpx.AsyncClient(
-        base_url=base, headers=auth, limits=limits, timeout=timeout
-    ) as http:
+    # The idle streams have a client of their own: on the measuring one, each request would
+    # also pay httpx's pool bookkeeping over 1,000 open connections (the client's cost).
+    async with (
+        httpx.AsyncClient(base_url=base, headers=auth, timeout=timeout) as http,
+        httpx.AsyncClient(base_url=base, headers=auth, limits=limits, timeout=timeout) as streams,
+    ):
         chain = await deploy(http, chain_flow())
         # Warm-up: the job loaded, the paths taken once; its execution is the one GET reads.
         sample = await submit(http, chain)
@@ -364,13 +402,19 @@ async def variant(
         targets = await idle_on(http, chain, sample)
         idle = Idle()
         try:
-            opened_s = await idle.open(http, [f"/executions/{e}/events" for e in targets])
-            await asyncio.sleep(2)  # the feed's ticks take the joiners in
+            opened_s = await idle.open(streams, [f"/executions/{e}/events" for e in targets])
+            taken_s = await taken_in(http, idle.opened, len(set(targets)))
             print(f"[events] {base}: {idle.opened} idle subscribers open", flush=True)
             rss_after = rss_kib(pid)
+            ticks_before = await feed_figures(http)
+            cpu_at_rest = await cpu_share(pid, quiet_s)
+            ticks_after = await feed_figures(http)
             found["with_idle"] = {
                 "rss_kib": rss_after,
-                "cpu_share": await cpu_share(pid, quiet_s),
+                "cpu_share": cpu_at_rest,
+                "feed_tick_share": round(
+                    (ticks_after["tick_seconds"] - ticks_before["tick_seconds"]) / quiet_s, 3
+                ),
                 "requests": await request_latency(http, paths, requests),
                 "latency": await event_latency(http, chain, executions),
             }
@@ -380,6 +424,7 @@ async def variant(
                 "opened": idle.opened,
                 "failed": dict(idle.failed),
                 "open_s": round(opened_s, 2),
+                "taken_in_s": round(taken_s, 2),
                 "events_read": idle.events,
                 "still_open": idle.opened - idle.ended,
             }

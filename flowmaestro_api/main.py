@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from flowmaestro_api.errors import register_error_handlers
 from flowmaestro_api.ratelimit import HookRateLimiter
 from flowmaestro_api.request_guard import RequestBodyGuard
-from flowmaestro_api.routes import approvals, executions, health, hooks, queues, workflows
+from flowmaestro_api.routes import alerts, approvals, executions, health, hooks, queues, workflows
 from flowmaestro_api.routes.observability import router as observability_router
 from flowmaestro_api.services.events import EventFeed
 from flowmaestro_api.services.metrics import metrics_registry
@@ -29,7 +29,7 @@ def create_app(
     migrate(settings.database_url)
     engine = get_engine(settings.database_url)
     client = dagster or DagsterClient(
-        settings.dagster_graphql_url, timeout=settings.graphql_timeout_seconds
+        settings.dagster_graphql_url, timeout=settings.graphql_timeout_seconds, long_lived=True
     )
     launcher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
 
@@ -68,7 +68,9 @@ def create_app(
             f"{settings.public_api_url.rstrip('/')}/approvals/{waitpoint_id}"
         ),
     )
-    app.state.metrics_registry = metrics_registry(sessions=app.state.sessions, client=client)
+    app.state.metrics_registry = metrics_registry(
+        sessions=app.state.sessions, client=client, feed=app.state.events
+    )
     app.state.hook_limits = HookRateLimiter(
         settings.hook_rate_limit, settings.hook_rate_limit_storage
     )
@@ -81,4 +83,5 @@ def create_app(
     app.include_router(approvals.router)
     app.include_router(hooks.router)
     app.include_router(observability_router)
+    app.include_router(alerts.router)
     return app

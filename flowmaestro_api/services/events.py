@@ -69,6 +69,9 @@ HEARTBEAT_SECONDS = 15.0
 ACTIVE_RUN = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "MANAGED", "STARTED", "CANCELING"})
 READ_LIMIT = 500
 UPDATE_SLACK = timedelta(seconds=2)  # runs changed this long before the last look: read again
+# How often executions without a run are checked for having ended without one (launch given
+# up, cancelled, deleted): one query for all of them, but not on every tick.
+SETTLED_CHECK = timedelta(seconds=1)
 SUBSCRIBER_BACKLOG = 10_000  # events queued for one slow subscriber before it is cut off
 _ID = re.compile(r"^([0-9a-f-]{1,8})\.(\d{1,6})\.(\d{1,18})$")
 
@@ -237,9 +240,12 @@ class EventFeed:
         self.subscribers: dict[int, Subscriber] = {}
         self.joining: list[Subscriber] = []
         self.since: datetime | None = None
+        self.settled_checked = datetime.min.replace(tzinfo=UTC)
         self.task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
         self.ticks = 0
+        self.tick_seconds = 0.0  # summed over the ticks: the feed's cost, for /metrics
+        self.taking_in = 0  # joiners the running tick is taking in
 
     # -- subscribers ----------------------------------------------------------------------
 
@@ -292,7 +298,9 @@ class EventFeed:
     async def _run(self) -> None:
         while self.followed or self.joining:
             joining, self.joining = self.joining, []
+            self.taking_in = len(joining)
             followed = dict(self.followed)
+            began = anyio.current_time()
             try:
                 delivered = await to_thread.run_sync(self._tick, followed, joining)
             except Exception:
@@ -310,7 +318,9 @@ class EventFeed:
                 subscriber = self.subscribers.get(subscriber_id)
                 if subscriber is not None:
                     self._deliver(subscriber, events)
+            self.taking_in = 0
             self.ticks += 1
+            self.tick_seconds += anyio.current_time() - began
             self.wake.clear()
             with anyio.move_on_after(self.poll_seconds):
                 await self.wake.wait()
@@ -336,10 +346,19 @@ class EventFeed:
         started = datetime.now(UTC)
         with session_scope(self.sessions) as session:
             changed = self._changed_runs(followed) if followed else {}
-            settled = _settled_without_runs(
-                session, [e for e, st in followed.items() if not st.runs]
-            )
+            settled: set[str] = set()
+            if joining or started - self.settled_checked >= SETTLED_CHECK:
+                settled = _settled_without_runs(
+                    session, [e for e, st in followed.items() if not st.runs]
+                )
+                self.settled_checked = started
             for execution_id, state in followed.items():
+                if (
+                    execution_id not in changed
+                    and execution_id not in settled
+                    and not any(run.status in ACTIVE_RUN for run in state.runs)
+                ):
+                    continue  # parked, finished or not launched, and nothing moved: no read
                 events = self._advance(session, state, changed.get(execution_id, []))
                 moved = bool(events) or execution_id in changed or execution_id in settled
                 end = self._end(session, state, moved)
@@ -349,19 +368,30 @@ class EventFeed:
                     state.done = True
                 if batch:
                     out.extend((sid, batch) for sid in list(state.subscribers))
+            # Joiners of one execution from one place share its load and replay: a thousand
+            # opening one stream at once cost one read of its log, not a thousand.
+            taken: dict[str, Followed] = {}
+            shared: dict[tuple[str, EventKey | None], list[ServerSentEvent | None]] = {}
             for subscriber in joining:
-                found = followed.get(subscriber.execution_id)
-                if found is None or found.done:
-                    found = self._load(subscriber.execution_id, subscriber.node_ids)
-                    followed[subscriber.execution_id] = found
+                execution_id = subscriber.execution_id
+                found = taken.get(execution_id)
+                if found is None:
+                    found = followed.get(execution_id)
+                    if found is None or found.done:
+                        found = self._load(execution_id, subscriber.node_ids)
+                        followed[execution_id] = found
+                    taken[execution_id] = found
                 found.subscribers.add(id(subscriber))
-                replay = self._replay(session, found, subscriber.after)
-                batch = [e.to_sse(found.execution_id) for e in replay]
-                end = self._end(session, found, True)
-                if end is not None:
-                    batch += [end, None]
-                    found.done = True
-                out.append((id(subscriber), batch))
+                replayed = shared.get((execution_id, subscriber.after))
+                if replayed is None:
+                    replay = self._replay(session, found, subscriber.after)
+                    replayed = [e.to_sse(execution_id) for e in replay]
+                    end = self._end(session, found, True)
+                    if end is not None:
+                        replayed += [end, None]
+                        found.done = True
+                    shared[(execution_id, subscriber.after)] = replayed
+                out.append((id(subscriber), replayed))
         self.since = started
         return out
 

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import ColumnElement, and_, case, extract, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from flowmaestro_api.services.events import EventFeed
 from flowmaestro_api.services.timeline import FINISHED
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.store.db import session_scope
@@ -343,19 +344,56 @@ class DagsterCollector(Collector):
         )
 
 
+class EventFeedCollector(Collector):
+    """This API process's live-event feed: who listens, what it follows, what its ticks cost
+    (a feed falling behind shows as tick seconds growing as fast as the clock)."""
+
+    def __init__(self, feed: EventFeed) -> None:
+        self.feed = feed
+
+    def collect(self) -> Iterator[Metric]:
+        feed = self.feed
+        yield GaugeMetricFamily(
+            "flowmaestro_event_subscribers",
+            "Open event streams (GET /executions/{id}/events) on this API process.",
+            value=len(feed.subscribers),
+        )
+        yield GaugeMetricFamily(
+            "flowmaestro_event_feed_followed_executions",
+            "Executions the feed follows for them.",
+            value=len(feed.followed),
+        )
+        yield GaugeMetricFamily(
+            "flowmaestro_event_feed_joining",
+            "Streams opened but not yet taken in by a tick of the feed.",
+            value=len(feed.joining) + feed.taking_in,
+        )
+        yield CounterMetricFamily(
+            "flowmaestro_event_feed_ticks", "Ticks of the feed.", value=feed.ticks
+        )
+        yield CounterMetricFamily(
+            "flowmaestro_event_feed_tick_seconds",
+            "Time spent in the feed's ticks.",
+            value=round(feed.tick_seconds, 6),
+        )
+
+
 def metrics_registry(
-    *, sessions: sessionmaker[Session], client: DagsterClient
+    *, sessions: sessionmaker[Session], client: DagsterClient, feed: EventFeed | None = None
 ) -> CollectorRegistry:
     """A registry of the platform's collectors, one per app (never the global default)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PlatformCollector(sessions))
     registry.register(DagsterCollector(client, NodeDurationHistogram()))
+    if feed is not None:
+        registry.register(EventFeedCollector(feed))
     return registry
 
 
 __all__ = [
     "BUCKETS",
     "DagsterCollector",
+    "EventFeedCollector",
     "NodeDurationHistogram",
     "PlatformCollector",
     "metrics_registry",
