@@ -18,5 +18,6 @@ mypy
 echo "== pytest"
 # Three workers on two cores, a whole test file each: end-to-end files share one Dagster stack per
 # file and spend most of their time waiting on it (a schedule's first tick alone is 1-2 minutes),
-# so a third worker overlaps those waits with the unit tests.
-pytest -n "${FLOWMAESTRO_TEST_WORKERS:-3}" --dist loadfile "$@"
+# so a third worker overlaps those waits with the unit tests. Files go out longest first
+# (tests/conftest.py orders them; xdist's own reorder would send the few-test end-to-end files last).
+pytest -n "${FLOWMAESTRO_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"

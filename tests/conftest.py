@@ -25,8 +25,31 @@ CYCLIC = {
     "patterns/basic/quality-reviewer.json",
 }
 
+# Started before everything else: a file that mostly waits on the wall clock (a schedule's
+# minute-aligned tick) and one long test that starts no stack (a ~1 min fuzz pass).
+LONG_FIRST = ("test_schedules_e2e.py", "test_openapi_fuzz.py")
+
 warnings.filterwarnings("ignore", module="dagster")
 logging.getLogger("dagster").setLevel(logging.WARNING)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest files first: the test command runs whole files on pytest-xdist workers
+    (`--dist loadfile --no-loadscope-reorder`) in this order, so the end-to-end files (marked
+    slow, each with its own Dagster stack) start at once and the many short unit files fill
+    in behind them, instead of a two-minute file starting last and ending the run alone."""
+    files: dict[str, list[int]] = {}  # file -> [slow tests, tests]
+    for item in items:
+        counts = files.setdefault(item.nodeid.split("::", 1)[0], [0, 0])
+        counts[0] += item.get_closest_marker("slow") is not None
+        counts[1] += 1
+
+    def weight(item: pytest.Item) -> tuple[bool, int, int]:
+        path = item.nodeid.split("::", 1)[0]
+        slow, total = files[path]
+        return (not path.endswith(LONG_FIRST), -slow, -total)
+
+    items.sort(key=weight)
 
 
 def corpus_files() -> list[Path]:
