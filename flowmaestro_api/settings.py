@@ -13,6 +13,19 @@ class ApiSettings(Settings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    api_threads: int = Field(
+        default=8,
+        ge=1,
+        description="threads of one API worker process serving requests at once (more wait "
+        "their turn on the event loop): with Python's one interpreter lock, more threads "
+        "contending cost more CPU per request, not more throughput (docs/deployment.md)",
+    )
+    api_dagster_threads: int = Field(
+        default=8,
+        ge=1,
+        description="threads of one API worker process that wait on Dagster's code-location "
+        "reloads (deploy, archive): apart from the request threads, so deploys cannot take them",
+    )
     hook_rate_limit: str = Field(
         default="20/second;600/minute",
         description="deliveries one webhook trigger accepts ('limits' notation, windows "

@@ -2,9 +2,13 @@
 
 import logging
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Path, Query, Response, status
+from anyio import to_thread
+from fastapi import APIRouter, Path, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SettingsDep
 from flowmaestro_api.errors import PlatformError
@@ -23,6 +27,7 @@ from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.spec.problems import Problem, warning
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 MAX_OFFSET = 1_000_000
@@ -120,18 +125,30 @@ def update_workflow(
 
 
 @router.delete("/{workflow_id}", status_code=status.HTTP_204_NO_CONTENT)
-def archive_workflow(
+async def archive_workflow(
     workflow_id: str,
+    request: Request,
     session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
     dagster: DagsterDep,
 ) -> Response:
     """Archive (soft-delete): no new executions; running ones finish; its schedule stops."""
-    service.archive_workflow(session, user=user, workflow_id=workflow_id)
-    session.commit()
-    _reload_soon(dagster, service.location_for(workflow_id, settings.code_location_shards))
+
+    def archive() -> None:
+        service.archive_workflow(session, user=user, workflow_id=workflow_id)
+        session.commit()
+
+    await run_in_threadpool(archive)
+    location = service.location_for(workflow_id, settings.code_location_shards)
+    await on_dagster_threads(request, partial(_reload_soon, dagster, location))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def on_dagster_threads(request: Request, call: Callable[[], T]) -> T:
+    """Run a call that waits on Dagster (a reload: seconds) on the app's own threads for that,
+    not on a request thread (`FLOWMAESTRO_API_DAGSTER_THREADS`)."""
+    return await to_thread.run_sync(call, limiter=request.app.state.dagster_limiter)
 
 
 def _reload_soon(dagster: DagsterClient, location: str) -> None:
@@ -165,9 +182,10 @@ def get_version(
 
 
 @router.post("/{workflow_id}/versions/{version}/deploy", response_model=Deployment)
-def deploy_version(
+async def deploy_version(
     workflow_id: str,
     version: VersionNumber,
+    request: Request,
     session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
@@ -178,16 +196,32 @@ def deploy_version(
     The version's code location is reloaded (only that one); `runnable` says whether the job
     was visible in Dagster when this answered.
     """
-    row = service.mark_deployed(session, user=user, workflow_id=workflow_id, version=version)
-    session.commit()
-    problem = _apply_limits(
-        dagster, service.get_workflow(session, user=user, workflow_id=workflow_id)
+
+    def mark() -> tuple[str, Any]:
+        row = service.mark_deployed(session, user=user, workflow_id=workflow_id, version=version)
+        session.commit()
+        return row.job_name, service.get_workflow(session, user=user, workflow_id=workflow_id)
+
+    job_name, workflow = await run_in_threadpool(mark)
+    deployment = Deployment(
+        workflow_id=workflow_id,
+        version=version,
+        job_name=job_name,
+        location=service.location_for(workflow_id, settings.code_location_shards),
+        runnable=False,
     )
-    location = service.location_for(workflow_id, settings.code_location_shards)
+    return await on_dagster_threads(
+        request, partial(_deploy_in_dagster, dagster, workflow, deployment)
+    )
+
+
+def _deploy_in_dagster(dagster: DagsterClient, workflow: Any, deployment: Deployment) -> Deployment:
+    """Dagster's part of a deploy: the workflow's limits, the location's reload, the job."""
+    problem = _apply_limits(dagster, workflow)
     started = time.monotonic()
     try:
-        dagster.reload_location(location)
-        runnable = dagster.wait_for_job(location, row.job_name, timeout=30)
+        dagster.reload_location(deployment.location)
+        runnable = dagster.wait_for_job(deployment.location, deployment.job_name, timeout=30)
         detail = None if runnable else "the code location reloaded but the job is not visible yet"
     except PlatformError as exc:
         runnable, detail = (
@@ -196,14 +230,12 @@ def deploy_version(
         )
     if problem is not None:
         detail = "; ".join(d for d in (detail, problem.message) if d)
-    return Deployment(
-        workflow_id=workflow_id,
-        version=version,
-        job_name=row.job_name,
-        location=location,
-        runnable=runnable,
-        reload_seconds=round(time.monotonic() - started, 3),
-        detail=detail,
+    return deployment.model_copy(
+        update={
+            "runnable": runnable,
+            "reload_seconds": round(time.monotonic() - started, 3),
+            "detail": detail,
+        }
     )
 
 
