@@ -44,8 +44,10 @@ SECTIONS = [
     Section("waitpoints", "Waitpoints", "bench.waitpoints:run", 3, 2),
     Section("webhooks", "Webhook deliveries", "bench.webhooks:run", 12, 8),
     Section("queues", "Run queues", "bench.queues:run", 5, 3),
+    Section("fairness", "Fair scheduling between users", "bench.fairness:run", 12, 3),
     Section("deploy", "Deploy → runnable", "bench.deploy:run", 12, 4),
     Section("events", "Live events", "bench.events:run", 15, 4),
+    Section("metrics", "Metrics scrape", "bench.metrics:run", 12, 3),
 ]
 BY_NAME = {s.name: s for s in SECTIONS}
 

@@ -10,6 +10,7 @@ from flowmaestro_api.security import authenticate
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.executions import get_execution
+from flowmaestro_dagster.errors import Forbidden
 from flowmaestro_dagster.store.db import session_scope
 from flowmaestro_dagster.store.models import Execution, User
 
@@ -48,6 +49,16 @@ def current_user(
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def current_operator(user: CurrentUser, settings: SettingsDep) -> User:
+    """The caller, if their email is in FLOWMAESTRO_OPERATOR_EMAILS (403 otherwise)."""
+    if not settings.is_operator(user.email):
+        raise Forbidden("operators only: the key's user is not in FLOWMAESTRO_OPERATOR_EMAILS")
+    return user
+
+
+Operator = Annotated[User, Depends(current_operator)]
 
 
 def get_own_execution(execution_id: str, session: SessionDep, user: CurrentUser) -> Execution:

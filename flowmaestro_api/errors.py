@@ -14,7 +14,8 @@ PlatformError (flowmaestro_dagster.errors)   500 (never raised on purpose)
 ├── Unprocessable                422 valid JSON, invalid content (carries validation problems)
 │   ├── InvalidWorkflow          the definition has errors
 │   ├── InvalidInputs            inputs do not match the workflow's input nodes
-│   └── IdempotencyKeyReused     the key was used with a different request
+│   ├── IdempotencyKeyReused     the key was used with a different request
+│   └── InvalidAlertRule         an alert rule's workflow or channel does not exist
 ├── DagsterUnavailable           503 the Dagster webserver did not answer
 └── ApiError                     (this module)
     ├── Unauthenticated          401 missing or unknown API key

@@ -1,6 +1,7 @@
 """Request and response schemas (XCreate / XUpdate / XPublic / XList).
 
-`ExecutionCreate` and `WorkflowSettingsIn` are the control plane's (control/requests.py).
+`ExecutionCreate` and `WorkflowSettingsIn` are the control plane's (control/requests.py), and so
+are `AlertRuleCreate` / `AlertRuleUpdate` (control/alerts.py).
 """
 
 from datetime import datetime
@@ -349,3 +350,50 @@ class NodeDetail(BaseModel):
     execution_id: str
     node_id: str
     attempts: list[NodeAttemptPublic]
+
+
+# -- alerts (docs/observability.md#alerts) --------------------------------------------------------
+
+
+class AlertRulePublic(_Schema):
+    id: str
+    name: str
+    metric: str
+    workflow_id: str | None = Field(description="None: every workflow of the owner")
+    window_seconds: int
+    threshold: float | None = Field(description="failure_rate: the failed fraction that fires")
+    min_executions: int | None = Field(description="failure_rate: finished ones before it may")
+    state: str | None = Field(description="execution_stuck: the state")
+    channel: dict[str, Any] = Field(description="{type: email|slack|webhook, connection, to}")
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class AlertRuleList(BaseModel):
+    items: list[AlertRulePublic]
+
+
+class AlertPublic(BaseModel):
+    id: str
+    rule_id: str
+    rule: str = Field(description="the rule's name")
+    metric: str
+    subject: str = Field(description="workflow:<id> or queue:<name>")
+    label: str
+    workflow_id: str | None
+    status: Literal["firing", "resolved"]
+    value: float | None = Field(description="the failed fraction, or the oldest age in seconds")
+    summary: str
+    details: dict[str, Any]
+    fired_at: datetime
+    resolved_at: datetime | None
+    evaluated_at: datetime
+    notified_status: str | None = Field(description="the status the channel was last told of")
+    notified_at: datetime | None
+    notify_attempts: int
+    notify_error: str | None
+
+
+class AlertList(BaseModel):
+    items: list[AlertPublic]

@@ -2,9 +2,12 @@
 only the API process uses. All from `FLOWMAESTRO_*` environment variables (see .env.example).
 """
 
+import json
 from functools import lru_cache
+from typing import Annotated
 
 from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from flowmaestro_dagster.settings import Settings
 
@@ -36,6 +39,26 @@ class ApiSettings(Settings):
         description="where hook rate limits count: memory:// (this API process) or "
         "redis://host:port/db (shared by every API process)",
     )
+
+    operator_emails: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="emails of the users whose API keys may run operator actions (pause and "
+        "resume a queue, set a user's run limit or the priority of a user's queued executions); "
+        "comma-separated or a JSON list",
+    )
+
+    @field_validator("operator_emails", mode="before")
+    @classmethod
+    def _emails(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def is_operator(self, email: str) -> bool:
+        return email.lower() in {e.lower() for e in self.operator_emails}
 
     @field_validator("hook_rate_limit")
     @classmethod

@@ -18,7 +18,8 @@ FlowMaestroError
 │   ├── InvalidRequest 400, Forbidden 403, NotFound 404, Conflict 409, Gone 410
 │   ├── BadSignature 401          a webhook delivery is not signed with the hook's secret
 │   ├── UnsupportedMediaType 415  a webhook body that is not JSON, a form or text
-│   ├── Unprocessable 422         (InvalidWorkflow, InvalidInputs, IdempotencyKeyReused)
+│   ├── Unprocessable 422         (InvalidWorkflow, InvalidInputs, IdempotencyKeyReused,
+│   │                             InvalidAlertRule)
 │   └── DagsterUnavailable 503    the Dagster webserver did not answer
 └── CeleryError                   a node step could not be run on a Celery worker
     ├── CeleryUnavailableError    the broker is unreachable or no worker consumes the queue
@@ -230,6 +231,10 @@ class InvalidInputs(Unprocessable, code="invalid_inputs"):
 
 class IdempotencyKeyReused(Unprocessable, code="idempotency_key_reused"):
     """The Idempotency-Key was already used with a different request."""
+
+
+class InvalidAlertRule(Unprocessable, code="invalid_alert_rule"):
+    """The alert rule cannot work (names the field: a workflow, a channel nobody configured)."""
 
 
 class DagsterUnavailable(PlatformError, status=503, code="dagster_unavailable"):

@@ -348,6 +348,31 @@ class Settings(BaseSettings):
     )
     wait_sleep_threshold_seconds: float = Field(default=30.0, ge=0)
     waitpoint_interval_seconds: int = Field(default=5, ge=1)
+    alert_interval_seconds: int = Field(
+        default=30, ge=1, description="how often the alert sensor evaluates the alert rules"
+    )
+    # Traces out (docs/observability.md#traces): off by default; the OTLP endpoint, protocol
+    # and headers are the standard OTEL_EXPORTER_OTLP_* variables, read by the exporter.
+    otel_enabled: bool = Field(
+        default=False, description="export each finished execution as an OpenTelemetry trace"
+    )
+    otel_export_interval_seconds: int = Field(default=10, ge=1)
+    # Run history retention (docs/operations.md): both rules off by default; either one set
+    # deletes finished executions with their Dagster runs, event logs and platform rows.
+    retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="delete finished executions that finished more than this many days ago",
+    )
+    retention_keep_per_workflow: int | None = Field(
+        default=None,
+        ge=1,
+        description="delete finished executions beyond the newest N of each workflow",
+    )
+    retention_batch_size: int = Field(
+        default=100, ge=1, le=10_000, description="executions the retention sensor deletes a tick"
+    )
+    retention_interval_seconds: int = Field(default=60, ge=1)
 
     # -- what one definition may ask (docs/security.md): checked in workers and the API ---------
     expression_max_steps: int = Field(

@@ -29,6 +29,9 @@ PRIORITY_TAG = "dagster/priority"
 QUEUE_TAG = f"{PREFIX}/queue"
 USER_WORKFLOW_TAG = f"{HIDDEN_PREFIX}/user_workflow"  # one run at a time per user and workflow
 CONCURRENCY_KEY_TAG = f"{PREFIX}/concurrency_key"  # a queueConfig node's concurrencyKey
+QUEUE_PAUSED_TAG = f"{PREFIX}/queue_paused"  # "true" on queued runs of a paused queue (limit 0)
+# + n: the user's own limit of n runs (POST /queues/users/{id}/limit); value: the user id
+USER_LIMIT_TAG_PREFIX = f"{HIDDEN_PREFIX}/user_limit/"
 
 # -- run tags: lifecycle --------------------------------------------------------------------------
 WAITING_TAG = f"{PREFIX}/waiting"  # approval | datetime | callback | child, until resumed
@@ -77,6 +80,11 @@ DEFAULT_QUEUE = "default"  # the queue of executions that name none
 def workflow_pool(workflow_id: str) -> str:
     """The pool every op of a deployed workflow is in: its concurrency limit is the pool's."""
     return f"{WORKFLOW_POOL_PREFIX}{workflow_id}"
+
+
+def user_limit_tag(limit: int) -> str:
+    """The run tag whose per-unique-value rule limits a user to `limit` runs at once."""
+    return f"{USER_LIMIT_TAG_PREFIX}{limit}"
 
 
 def pool_op_tags(workflow_id: str) -> dict[str, str]:

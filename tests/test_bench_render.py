@@ -358,6 +358,35 @@ RESULTS: dict[str, Any] = {
                 "backlog_over_empty_start_p50": 1.2,
             },
         },
+        "fairness": {
+            "seconds": 600.0,
+            "result": {
+                "settings": {"max_concurrent_runs": 10, "user_run_limit": 3},
+                "shape": {"flood": 1000, "light": 10},
+                "idle": {
+                    "runs": 10,
+                    "enqueued_to_dequeued_s": {**q(1.0), "mean": 1.1},
+                    "enqueued_to_started_s": {**q(5.0), "mean": 5.5},
+                    "makespan_s": 20.0,
+                },
+                "flood_submit_s": 200.0,
+                "flood_queued_at_burst": 900,
+                "flooded": {
+                    "runs": 10,
+                    "enqueued_to_dequeued_s": {**q(1.2), "mean": 1.3},
+                    "enqueued_to_started_s": {**q(6.0), "mean": 6.6},
+                    "makespan_s": 24.0,
+                },
+                "flood_still_queued_after": 870,
+                "throughput_runs_per_s": 0.5,
+                "fifo_estimate_first_wait_s": 1800.0,
+                "enqueued_to_dequeued_s_p50_ratio": 1.2,
+                "enqueued_to_dequeued_s_mean_ratio": 1.18,
+                "enqueued_to_started_s_p50_ratio": 1.2,
+                "enqueued_to_started_s_mean_ratio": 1.2,
+                "makespan_ratio": 1.2,
+            },
+        },
         "deploy": {
             "seconds": 300.0,
             "result": {
@@ -389,6 +418,30 @@ RESULTS: dict[str, Any] = {
                         "goals": {"runnable_s_at_1000_max": 3.0, "met": True},
                     },
                 ]
+            },
+        },
+        "metrics": {
+            "seconds": 600.0,
+            "result": {
+                "backends": {
+                    backend: {
+                        "executions": 10000,
+                        "node_attempts": 47500,
+                        "dagster_runs": 9750,
+                        "histogram_reads_runs": backend == "postgres",
+                        "seed_s": 100.0,
+                        "response_bytes": 7300,
+                        "samples": 200,
+                        "cold_scrapes": 5,
+                        "cold_first_ms": 4000.0,
+                        "cold_total_s": 15.5,
+                        "p50_ms": p50,
+                        "p99_ms": 60.0,
+                        "max_ms": 80.0,
+                    }
+                    for backend, p50 in (("sqlite", 40.0), ("postgres", 30.0))
+                },
+                "shape": {"workflows": 20, "users": 10},
             },
         },
         "events": {
@@ -428,10 +481,16 @@ def test_render_shows_every_section_with_its_figures_and_goals() -> None:
         in text
     )
     assert "| approval → resumed, p50 | 3.1 s | ≤ 6.0 s | yes |" in text
+    assert (
+        "| a light user's queue wait with a flood queued / idle (worst of p50, mean) | 1.2 | "
+        "≤ 3 | yes |" in text
+    )
     assert "Code-location shards: **1** (the default" in text
     assert "Code-location shards: **32** (not the default" in text
     assert "At 1000 workflows, 32 shards / 1 shard: **0.5** of the deploy time" in text
     assert "**Not measured: no Celery executor exposed yet.**" in text
+    assert "| warm scrape p50 / p99 / max | 40 / 60 / 80 ms | 30 / 60 / 80 ms |" in text
+    assert "| cold: scrapes, first, total | not measured (see below) | 5, 4000 ms, 15.5 s |" in text
     assert (
         "| one each on 1,000 queued executions | 0.3 / 0.5 s [0.1, 0.5] | 0.3 / 0.9 s [0.1, 0.9] "
         "| 3 / 8 ms → 3 / 10 ms | 3 / 8 ms → 3 / 10 ms | 100 → 130 MiB (30.7 KiB) | 0.01 → 0.01 "

@@ -77,6 +77,15 @@ def test_dagster_reads_back_the_default_run_queue(instance: DagsterInstance) -> 
         },
         {"key": "flowmaestro/queue", "value": "ai-workflows", "limit": 3},
         {"key": "flowmaestro/queue", "value": "data-processing", "limit": 5},
+        {"key": "flowmaestro/queue_paused", "value": "true", "limit": 0},  # a paused queue
+        *(  # the per-user limits an operator can set live: below the instance's (3)
+            {
+                "key": f".dagster/flowmaestro/user_limit/{n}",
+                "value": {"applyLimitPerUniqueValue": True},
+                "limit": n,
+            }
+            for n in range(3)
+        ),
     ]
     assert config.pool_config.pool_granularity is not None
     assert config.pool_config.pool_granularity.value == "run"

@@ -23,9 +23,9 @@ from flowmaestro_api.services.timeline import (
     RunTrace,
     build_spans,
     chain_status,
+    node_index,
     read_trace,
 )
-from flowmaestro_dagster.compile.compiler import CompiledWorkflow
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.store.models import Execution, Workflow, WorkflowVersion
 from flowmaestro_dagster.tags import (
@@ -44,18 +44,6 @@ def percentile(values: Sequence[float], p: float) -> float | None:
     ordered = sorted(values)
     rank = max(math.ceil(p / 100 * len(ordered)), 1)
     return ordered[rank - 1]
-
-
-def node_index(compiled: CompiledWorkflow | None) -> dict[str, NodeInfo]:
-    """Op alias -> node id, label and type of a compiled version."""
-    if compiled is None:
-        return {}
-    return {
-        alias: NodeInfo(
-            node_id, compiled.spec.nodes[node_id].label, compiled.spec.nodes[node_id].source_type
-        )
-        for node_id, alias in compiled.aliases.items()
-    }
 
 
 # -- analytics -------------------------------------------------------------------------------------

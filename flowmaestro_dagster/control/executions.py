@@ -440,12 +440,14 @@ def _launch_loading_if_needed(client: DagsterClient, execution: Execution) -> st
     """Launch; if the job is not loaded yet (a deploy whose reload failed), reload and retry."""
 
     def launch() -> str:
-        return client.launch(
+        run_id = client.launch(
             location=execution.location_name,
             job=execution.job_name,
             run_config=launch_config(execution.inputs),
             tags=run_tags(execution),
         )
+        _settle_queue_pause(client, execution, run_id)
+        return run_id
 
     try:
         return launch()
@@ -453,6 +455,19 @@ def _launch_loading_if_needed(client: DagsterClient, execution: Execution) -> st
         client.reload_location(execution.location_name)
         client.wait_for_job(execution.location_name, execution.job_name, timeout=30)
         return launch()
+
+
+def _settle_queue_pause(client: DagsterClient, execution: Execution, run_id: str) -> None:
+    """A queue paused or resumed while this run was being launched: fix its mark (queues.py)."""
+    from flowmaestro_dagster.control.queues import settle_launched_run
+
+    session = object_session(execution)
+    if session is None:
+        return
+    try:
+        settle_launched_run(client.instance, session, run_id)
+    except Exception as exc:  # noqa: BLE001 - the launch stands; the pause re-tags on its next call
+        log.warning("cannot check the queue pause of run %s: %s", run_id, exc)
 
 
 def pending_launches(

@@ -2,8 +2,9 @@
 per-workflow limits; the queue overview (GET /queues); and "why is this execution queued".
 
 Dagster's QueuedRunCoordinator does all the queueing (see docs/queues.md). This module
-only (1) tags runs and sets pool slot counts so that Dagster enforces our limits, and
-(2) reads the queue back and replays the daemon's dequeue pass over it, which says where a
+only (1) tags runs and sets pool slot counts so that Dagster enforces our limits, (2) changes
+those tags at runtime for the queue controls (pause a queue, priorities, a user's own limit),
+and (3) reads the queue back and replays the daemon's dequeue pass over it, which says where a
 queued run stands and which limit holds it back. Nothing here holds or counts a slot: a
 run that parked at a waitpoint has ended, so Dagster no longer counts it anywhere.
 """
@@ -18,20 +19,31 @@ from functools import lru_cache
 from typing import Any
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, QueuedRunCoordinator, RunsFilter
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, object_session
 
-from flowmaestro_dagster.control.client import DagsterClient, RunInfo
-from flowmaestro_dagster.errors import PlatformError
+from flowmaestro_dagster.control.client import DagsterClient, RunInfo, delete_run_tags
+from flowmaestro_dagster.errors import Conflict, NotFound, PlatformError, Unprocessable
 from flowmaestro_dagster.settings import Settings
-from flowmaestro_dagster.store.models import Execution, User, Workflow
+from flowmaestro_dagster.store.models import (
+    Execution,
+    PausedQueue,
+    User,
+    UserRunLimit,
+    Workflow,
+    utcnow,
+)
 from flowmaestro_dagster.tags import (
     DEFAULT_QUEUE,
+    EXECUTION_TAG,
     PRIORITY_TAG,
+    QUEUE_PAUSED_TAG,
     QUEUE_TAG,
+    USER_LIMIT_TAG_PREFIX,
     USER_TAG,
     USER_WORKFLOW_TAG,
     WORKFLOW_POOL_PREFIX,
+    user_limit_tag,
     workflow_pool,
 )
 from flowmaestro_dagster.tags import WORKFLOW_ID_TAG as WORKFLOW_TAG
@@ -54,12 +66,21 @@ def user_workflow_value(workflow_id: str, user_id: str) -> str:
 
 
 def queue_tags(execution: Execution) -> dict[str, str]:
-    """The queue a run waits in, and the one-at-a-time-per-user tag if the workflow asks."""
-    tags = {QUEUE_TAG: execution.queue or DEFAULT_QUEUE}
+    """The queue a run waits in, the one-at-a-time-per-user tag if the workflow asks, the
+    paused mark if an operator paused the queue, and the user's own limit if they have one."""
+    queue = execution.queue or DEFAULT_QUEUE
+    tags = {QUEUE_TAG: queue}
     session = object_session(execution)
-    workflow = session.get(Workflow, execution.workflow_id) if session is not None else None
+    if session is None:
+        return tags
+    workflow = session.get(Workflow, execution.workflow_id)
     if workflow is not None and workflow.one_at_a_time_per_user:
         tags[USER_WORKFLOW_TAG] = user_workflow_value(execution.workflow_id, execution.user_id)
+    if session.get(PausedQueue, queue) is not None:
+        tags[QUEUE_PAUSED_TAG] = "true"
+    own = session.get(UserRunLimit, execution.user_id)
+    if own is not None:
+        tags[user_limit_tag(own.run_limit)] = execution.user_id
     return tags
 
 
@@ -92,6 +113,228 @@ def apply_workflow_limits(instance: DagsterInstance, workflow: Workflow) -> None
             wanted = None if current is None else f"off:{run.run_id}"
         if wanted is not None and wanted != current:
             instance.add_run_tags(run.run_id, {USER_WORKFLOW_TAG: wanted})
+
+
+# -- operator controls: pause a queue, change priorities, a user's own limit ------------------
+#
+# Each writes the platform database first (so the next launch tags its run the same way, see
+# `queue_tags`), then re-tags the runs already in Dagster's queue; the daemon reads run tags
+# at every dequeue pass, so a change takes effect at the next pass, without a restart.
+
+PRIORITY_RANGE = (-1000, 1000)  # as `queue_priority` (spec/configs.py)
+
+
+def user_limit_ceiling(settings: Settings) -> int:
+    """Per-user limits an operator can set live are 0 .. this - 1: below the instance's
+    per-user limit (the rule every run is under), else below `max_concurrent_runs`. Each has a
+    rule rendered into dagster.yaml (`instance_config.tag_concurrency_limits`)."""
+    if settings.user_run_limit is not None:
+        return settings.user_run_limit
+    return max(settings.max_concurrent_runs, 0)
+
+
+def _untag(instance: DagsterInstance, run_id: str, key: str, neutral: str) -> None:
+    """Take a tag off a run; where the run storage cannot, give it a value no rule matches."""
+    if not delete_run_tags(instance, run_id, [key]):
+        instance.add_run_tags(run_id, {key: neutral})
+
+
+def is_known_queue(session: Session, settings: Settings, name: str) -> bool:
+    """A configured queue, `default`, a paused one, or one a workflow or execution names."""
+    if name == DEFAULT_QUEUE or name in settings.queue_limits:
+        return True
+    if session.get(PausedQueue, name) is not None:
+        return True
+    named = (
+        select(exists().where(Execution.queue == name)),
+        select(exists().where(Workflow.queue == name)),
+    )
+    return any(bool(session.scalar(query)) for query in named)
+
+
+def paused_queues(session: Session) -> dict[str, PausedQueue]:
+    return {row.name: row for row in session.scalars(select(PausedQueue))}
+
+
+def hold_queued_runs(instance: DagsterInstance, name: str) -> int:
+    """Tag the queue's queued runs paused (a limit of 0 keeps them queued); a run the daemon
+    dequeued meanwhile loses the mark again, so a retry of it does not inherit it."""
+    queued = instance.get_runs(
+        RunsFilter(tags={QUEUE_TAG: name}, statuses=[DagsterRunStatus.QUEUED])
+    )
+    for run in queued:
+        if run.tags.get(QUEUE_PAUSED_TAG) != "true":
+            instance.add_run_tags(run.run_id, {QUEUE_PAUSED_TAG: "true"})
+    tagged = [run.run_id for run in queued]
+    for run in instance.get_runs(RunsFilter(run_ids=tagged)) if tagged else ():
+        if run.status != DagsterRunStatus.QUEUED:
+            _untag(instance, run.run_id, QUEUE_PAUSED_TAG, "false")
+    return len(queued)
+
+
+def release_queued_runs(instance: DagsterInstance, name: str) -> int:
+    """Take the paused mark off the queue's queued runs: the next pass considers them again."""
+    held = instance.get_runs(
+        RunsFilter(
+            tags={QUEUE_TAG: name, QUEUE_PAUSED_TAG: "true"}, statuses=[DagsterRunStatus.QUEUED]
+        )
+    )
+    for run in held:
+        _untag(instance, run.run_id, QUEUE_PAUSED_TAG, "false")
+    return len(held)
+
+
+def pause_queue(
+    session: Session, instance: DagsterInstance, settings: Settings, *, name: str, by: str
+) -> int:
+    """Pause a queue: its queued runs stay queued (nothing is lost), running ones finish, new
+    ones queue behind the pause. Idempotent. How many queued runs it holds."""
+    if not is_known_queue(session, settings, name):
+        raise NotFound(f"no queue named {name!r}")
+    if session.get(PausedQueue, name) is None:
+        session.add(PausedQueue(name=name, paused_by=by))
+    session.commit()  # before the re-tagging: a launch from now on reads the pause
+    return hold_queued_runs(instance, name)
+
+
+def resume_queue(
+    session: Session, instance: DagsterInstance, settings: Settings, *, name: str
+) -> int:
+    """Resume a queue: its held runs go at the next dequeue pass, in their priority and FIFO
+    order. Idempotent. How many queued runs it released."""
+    if not is_known_queue(session, settings, name):
+        raise NotFound(f"no queue named {name!r}")
+    row = session.get(PausedQueue, name)
+    if row is not None:
+        session.delete(row)
+    session.commit()
+    return release_queued_runs(instance, name)
+
+
+def settle_launched_run(instance: DagsterInstance, session: Session, run_id: str) -> None:
+    """After a launch: if the run's queue was paused or resumed between reading its tags and
+    Dagster storing the run (the pause's re-tagging could not see it), fix its mark now. Reads
+    the committed pause state on a connection of its own (not the launch's transaction)."""
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.status != DagsterRunStatus.QUEUED:
+        return
+    queue = run.tags.get(QUEUE_TAG, DEFAULT_QUEUE)
+    with session.get_bind().connect() as connection:  # type: ignore[union-attr]
+        paused = connection.scalar(
+            select(func.count()).select_from(PausedQueue).where(PausedQueue.name == queue)
+        )
+    marked = run.tags.get(QUEUE_PAUSED_TAG) == "true"
+    if paused and not marked:
+        instance.add_run_tags(run_id, {QUEUE_PAUSED_TAG: "true"})
+    elif marked and not paused:
+        _untag(instance, run_id, QUEUE_PAUSED_TAG, "false")
+
+
+def set_priority(
+    session: Session,
+    instance: DagsterInstance,
+    *,
+    priority: int,
+    execution: Execution | None = None,
+    workflow_id: str | None = None,
+    user_id: str | None = None,
+) -> tuple[list[str], int]:
+    """Change the priority of queued executions: one, all of a workflow's, or all of a user's.
+
+    Queued means its run waits in Dagster's queue (re-tagged `dagster/priority`, which the
+    daemon sorts by at each pass) or it is not handed to Dagster yet (launched with the new
+    value). The execution row keeps the new priority for its later runs (a resume).
+    (execution ids changed, runs re-tagged)."""
+    low, high = PRIORITY_RANGE
+    if not low <= priority <= high:
+        raise Unprocessable(
+            f"priority must be between {low} and {high}",
+            problems=[{"field": "priority", "message": f"must be between {low} and {high}"}],
+        )
+    if execution is not None:
+        column, tag, value = Execution.id, EXECUTION_TAG, execution.id
+    elif workflow_id is not None:
+        column, tag, value = Execution.workflow_id, WORKFLOW_TAG, workflow_id
+    elif user_id is not None:
+        column, tag, value = Execution.user_id, USER_TAG, user_id
+    else:
+        raise ValueError("name an execution, a workflow or a user")
+    if execution is not None and execution.status in ("succeeded", "failed", "cancelled"):
+        raise Conflict(f"execution {execution.id} has {execution.status}: nothing waits to start")
+    runs = instance.get_runs(RunsFilter(tags={tag: value}, statuses=[DagsterRunStatus.QUEUED]))
+    queued_ids = {run.tags[EXECUTION_TAG] for run in runs if EXECUTION_TAG in run.tags}
+    rows = list(
+        session.scalars(
+            select(Execution).where(
+                column == value,
+                Execution.id.in_(queued_ids)
+                | ((Execution.status == "queued") & Execution.launched_at.is_(None)),
+            )
+        )
+    )
+    if execution is not None and execution not in rows:
+        rows.append(execution)  # waiting or paused: its next run gets the new priority
+    for row in rows:
+        row.priority = priority
+    session.commit()
+    for run in runs:
+        instance.add_run_tags(run.run_id, {PRIORITY_TAG: str(priority)})
+    return sorted(row.id for row in rows), len(runs)
+
+
+def user_limit(session: Session, settings: Settings, user_id: str) -> int | None:
+    """The runs a user may have in progress: their own limit, else the instance's."""
+    own = session.get(UserRunLimit, user_id)
+    return own.run_limit if own is not None else settings.user_run_limit
+
+
+def set_user_limit(
+    session: Session,
+    instance: DagsterInstance,
+    settings: Settings,
+    *,
+    user_id: str,
+    limit: int | None,
+    by: str,
+) -> int | None:
+    """Give a user a limit of their own (None: back to the instance's per-user limit), at once:
+    their queued and running runs are re-tagged, so running ones count against it. The new
+    effective limit."""
+    if session.get(User, user_id) is None:
+        raise NotFound(f"no user {user_id}")
+    ceiling = user_limit_ceiling(settings)
+    if limit is not None and not 0 <= limit < ceiling:
+        message = (
+            f"must be between 0 and {ceiling - 1} (below the instance's per-user limit; "
+            "raise FLOWMAESTRO_USER_RUN_LIMIT and restart Dagster for more)"
+            if ceiling
+            else "no per-user limit can be set: the instance has no per-user or instance limit"
+        )
+        raise Unprocessable(f"limit {message}", problems=[{"field": "limit", "message": message}])
+    row = session.get(UserRunLimit, user_id)
+    if limit is None and row is not None:
+        session.delete(row)
+    elif limit is not None and row is None:
+        session.add(UserRunLimit(user_id=user_id, run_limit=limit, updated_by=by))
+    elif row is not None and limit is not None:
+        row.run_limit, row.updated_by, row.updated_at = limit, by, utcnow()
+    session.commit()
+    apply_user_limit(instance, user_id, limit)
+    return limit if limit is not None else settings.user_run_limit
+
+
+def apply_user_limit(instance: DagsterInstance, user_id: str, limit: int | None) -> int:
+    """Re-tag a user's queued and running runs with their limit's tag (and off any other)."""
+    wanted = user_limit_tag(limit) if limit is not None else None
+    runs = instance.get_runs(
+        RunsFilter(tags={USER_TAG: user_id}, statuses=[DagsterRunStatus.QUEUED, *ACTIVE_STATUSES])
+    )
+    for run in runs:
+        for key in [k for k in run.tags if k.startswith(USER_LIMIT_TAG_PREFIX) and k != wanted]:
+            _untag(instance, run.run_id, key, f"off:{run.run_id}")
+        if wanted is not None and run.tags.get(wanted) != user_id:
+            instance.add_run_tags(run.run_id, {wanted: user_id})
+    return len(runs)
 
 
 # -- the queue as the daemon sees it ----------------------------------------------------------
@@ -267,9 +510,15 @@ def priority_sort(runs: Iterable[RunView]) -> list[RunView]:
 
 
 def _tag_kind(key: str) -> str:
-    return {USER_TAG: "user", USER_WORKFLOW_TAG: "user_workflow", QUEUE_TAG: "queue"}.get(
-        key, "tag"
-    )
+    if key.startswith(USER_LIMIT_TAG_PREFIX):
+        return "user"  # the user's own limit
+    kinds = {
+        USER_TAG: "user",
+        USER_WORKFLOW_TAG: "user_workflow",
+        QUEUE_TAG: "queue",
+        QUEUE_PAUSED_TAG: "queue",
+    }
+    return kinds.get(key, "tag")
 
 
 class _TagCounter:
@@ -307,6 +556,8 @@ class _TagCounter:
         for slot, limit in self._slots(run):
             if self.running[slot] + self.ahead[slot] >= limit:
                 key, value = slot
+                if key == QUEUE_PAUSED_TAG:  # name the queue, not the mark
+                    value = run.tags.get(QUEUE_TAG, DEFAULT_QUEUE)
                 blocked.append(
                     Hold(_tag_kind(key), key, value, limit, self.running[slot], self.ahead[slot])
                 )
@@ -543,9 +794,15 @@ def overview(session: Session, instance: DagsterInstance, user: User) -> QueueOv
         None,
     )
     per_queue = _count(snapshot, QUEUE_TAG)
+    paused = paused_queues(session)
     queues = [
-        {"name": name, "limit": queue_limits.get(name), **vars(per_queue.get(name, Counts()))}
-        for name in sorted(set(queue_limits) | set(per_queue) | {DEFAULT_QUEUE})
+        {
+            "name": name,
+            "limit": queue_limits.get(name),
+            "paused": name in paused,
+            **vars(per_queue.get(name, Counts())),
+        }
+        for name in sorted(set(queue_limits) | set(per_queue) | set(paused) | {DEFAULT_QUEUE})
     ]
     mine = _count(snapshot, USER_TAG).get(user.id, Counts())
     waiting: dict[str, int] = {
@@ -563,10 +820,11 @@ def overview(session: Session, instance: DagsterInstance, user: User) -> QueueOv
             Execution.launched_at.is_(None),
         )
     )
+    own = session.get(UserRunLimit, user.id)
     users = [
         {
             "user_id": user.id,
-            "limit": user_limit,
+            "limit": own.run_limit if own is not None else user_limit,
             **vars(mine),
             "waiting": sum(waiting.values()),
             "pending_launch": int(pending or 0),

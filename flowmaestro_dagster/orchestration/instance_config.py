@@ -19,7 +19,9 @@ The run queue (see docs/queues.md):
   (`USER_TAG`, the hidden `.dagster/flowmaestro/user`: the user's id, per unique value), one for
   "one at a time per user" workflows (`USER_WORKFLOW_TAG`, hidden, per unique value, limit 1),
   one per named queue
-  (`flowmaestro/queue`);
+  (`flowmaestro/queue`), a limit of 0 on `flowmaestro/queue_paused: true` (a paused queue's
+  runs), and one per-unique-value rule per per-user limit an operator may set live
+  (`.dagster/flowmaestro/user_limit/<n>`, n below the per-user limit);
 * `concurrency: pools:` — per-workflow limits are pools (one per workflow, on every op) whose
   slot counts the API sets at runtime; `granularity: run` makes a slot a run, not an op.
 
@@ -38,12 +40,15 @@ from typing import Any
 import sqlalchemy as sa
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; Dagster depends on it
 
+from flowmaestro_dagster.control.queues import user_limit_ceiling
 from flowmaestro_dagster.settings import Settings
 from flowmaestro_dagster.tags import (
     CONCURRENCY_KEY_TAG,
+    QUEUE_PAUSED_TAG,
     QUEUE_TAG,
     USER_TAG,
     USER_WORKFLOW_TAG,
+    user_limit_tag,
 )
 
 Section = Callable[[Settings], Mapping[str, Any]]
@@ -96,6 +101,18 @@ def tag_concurrency_limits(settings: Settings) -> list[dict[str, Any]]:
     )
     for name, limit in sorted(settings.queue_limits.items()):
         limits.append({"key": QUEUE_TAG, "value": name, "limit": limit})
+    # A paused queue's queued runs carry this tag (POST /queues/{name}/pause): a limit of 0.
+    limits.append({"key": QUEUE_PAUSED_TAG, "value": "true", "limit": 0})
+    # One rule per per-user limit an operator can set live (PUT /queues/users/{id}/limit): a
+    # user with their own limit n has their runs tagged `user_limit_tag(n)` = their id.
+    for limit in range(user_limit_ceiling(settings)):
+        limits.append(
+            {
+                "key": user_limit_tag(limit),
+                "value": {"applyLimitPerUniqueValue": True},
+                "limit": limit,
+            }
+        )
     return limits
 
 

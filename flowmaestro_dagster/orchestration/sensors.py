@@ -20,10 +20,12 @@ from dagster import (
 )
 from sqlalchemy.orm import Session
 
+from flowmaestro_dagster.control.alerts import tick as evaluate_alerts
 from flowmaestro_dagster.control.checkpoints import purge_expired_checkpoints
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.executions import purge_expired_keys, reconcile_launches, refresh
 from flowmaestro_dagster.control.hooks import purge_old_deliveries
+from flowmaestro_dagster.control.retention import RetentionPolicy, apply_retention
 from flowmaestro_dagster.control.waitpoints import tick
 from flowmaestro_dagster.settings import Settings, get_settings
 from flowmaestro_dagster.store.db import get_engine, session_scope
@@ -140,6 +142,58 @@ def make_waitpoint_sensor(
     )
 
 
+def make_retention_sensor(
+    minimum_interval_seconds: int = 60,
+    *,
+    settings: Settings | None = None,
+    client_factory: ClientFactory | None = None,
+) -> SensorDefinition:
+    """Deletes finished executions past FLOWMAESTRO_RETENTION_DAYS / _KEEP_PER_WORKFLOW with
+    their Dagster runs, event logs and platform rows, FLOWMAESTRO_RETENTION_BATCH_SIZE a tick
+    (control/retention.py); a tick with both rules unset does nothing."""
+
+    def retain(session: Session, client: DagsterClient, current: Settings) -> str:
+        return apply_retention(
+            session,
+            client.instance,
+            policy=RetentionPolicy.from_settings(current),
+            batch_size=current.retention_batch_size,
+            lease_seconds=current.launch_lease_seconds,
+        ).summary()
+
+    return _session_sensor(
+        "run_history_retention",
+        "Deletes old finished executions with their runs, event logs and platform rows.",
+        minimum_interval_seconds,
+        settings,
+        client_factory,
+        retain,
+    )
+
+
+def make_alert_sensor(
+    minimum_interval_seconds: int = 30,
+    *,
+    settings: Settings | None = None,
+    client_factory: ClientFactory | None = None,
+) -> SensorDefinition:
+    """Evaluates the alert rules (control/alerts.py): records what fires and resolves, and
+    sends each firing and each resolve once through the rule's channel."""
+
+    def alert(session: Session, client: DagsterClient, current: Settings) -> str:
+        counts = evaluate_alerts(session, client, current)
+        return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+    return _session_sensor(
+        "alert_evaluator",
+        "Evaluates alert rules and notifies their channels when an alert fires or resolves.",
+        minimum_interval_seconds,
+        settings,
+        client_factory,
+        alert,
+    )
+
+
 def make_execution_status_sensor(
     status: DagsterRunStatus,
     *,
@@ -169,9 +223,14 @@ def make_execution_status_sensor(
 
 
 def platform_sensors() -> list[SensorDefinition]:
+    from flowmaestro_dagster.orchestration.tracing import make_trace_export_sensor  # uses for_tick
+
     return [
         make_launch_reconciler_sensor(get_settings().reconciler_interval_seconds),
+        make_trace_export_sensor(get_settings().otel_export_interval_seconds),
         make_waitpoint_sensor(get_settings().waitpoint_interval_seconds),
+        make_alert_sensor(get_settings().alert_interval_seconds),
+        make_retention_sensor(get_settings().retention_interval_seconds),
         *(
             make_execution_status_sensor(status)
             for status in (

@@ -343,3 +343,92 @@ class NodeAttempt(Base):
     retry_delay_seconds: Mapped[float | None] = mapped_column(Float, default=None)
     max_attempts: Mapped[int | None] = mapped_column(Integer, default=None)
     handled_by: Mapped[str | None] = mapped_column(String(20), default=None)
+
+
+class AlertRule(Base):
+    """An alerting rule (docs/observability.md#alerts): a metric over the owner's workflows
+    (or one of them), its limit, and the channel that hears when it fires and resolves."""
+
+    __tablename__ = "alert_rules"
+    __table_args__ = (
+        CheckConstraint(
+            "metric IN ('failure_rate', 'execution_stuck', 'queue_age', 'approval_wait')",
+            name="ck_alert_rule_metric",
+        ),
+        CheckConstraint("window_seconds > 0", name="ck_alert_rule_window"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # None: every workflow of the owner.
+    workflow_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workflows.id", ondelete="CASCADE"), default=None, index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    metric: Mapped[str] = mapped_column(String(30))
+    # failure_rate: the window the rate is computed over; the others: how long is too long.
+    window_seconds: Mapped[int] = mapped_column(Integer)
+    threshold: Mapped[float | None] = mapped_column(Float, default=None)  # failure_rate
+    min_executions: Mapped[int | None] = mapped_column(Integer, default=None)  # failure_rate
+    state: Mapped[str | None] = mapped_column(String(20), default=None)  # execution_stuck
+    channel: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AlertState(Base):
+    """What a rule found about one subject (a workflow, a queue): firing or resolved, and which
+    of those its channel has heard. One row per (rule, subject): a state changes only by a
+    conditional UPDATE, and a notification is due while `notified_status` lags `status`."""
+
+    __tablename__ = "alert_states"
+    __table_args__ = (
+        UniqueConstraint("rule_id", "subject", name="uq_alert_state_subject"),
+        CheckConstraint("status IN ('firing', 'resolved')", name="ck_alert_state_status"),
+        Index("ix_alert_states_status", "status", "notified_status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    rule_id: Mapped[str] = mapped_column(ForeignKey("alert_rules.id", ondelete="CASCADE"))
+    subject: Mapped[str] = mapped_column(String(300))  # workflow:<id> | queue:<name>
+    workflow_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    status: Mapped[str] = mapped_column(String(20))
+    value: Mapped[float | None] = mapped_column(Float, default=None)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    fired_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    evaluated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The last status the channel was told of (None: never told), when, and the last failure.
+    notified_status: Mapped[str | None] = mapped_column(String(20), default=None)
+    notified_at: Mapped[datetime | None] = mapped_column(default=None)
+    notify_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    notify_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # A tick sending this notification holds it until then (two ticks never send it twice).
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class PausedQueue(Base):
+    """A run queue an operator paused (POST /queues/{name}/pause): its queued runs carry
+    `flowmaestro/queue_paused: true`, which a limit of 0 keeps in Dagster's queue."""
+
+    __tablename__ = "paused_queues"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paused_by: Mapped[str] = mapped_column(String(320), default="")  # the operator's email
+
+
+class UserRunLimit(Base):
+    """A user's own limit on runs in progress (PUT /queues/users/{id}/limit), below the
+    instance's per-user limit; their runs carry the matching `user_limit` tag."""
+
+    __tablename__ = "user_run_limits"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    run_limit: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(320), default="")

@@ -125,7 +125,13 @@ def test_get_queues_counts_queued_runs_per_queue_user_and_workflow(
     overview = client.get("/queues", headers=auth).json()
     assert (overview["max_concurrent_runs"], overview["queued"], overview["running"]) == (10, 2, 0)
     queues = {q["name"]: q for q in overview["queues"]}
-    assert queues["default"] == {"name": "default", "limit": None, "queued": 2, "running": 0}
+    assert queues["default"] == {
+        "name": "default",
+        "limit": None,
+        "paused": False,
+        "queued": 2,
+        "running": 0,
+    }
     assert queues["ai-workflows"]["limit"] == 3
     assert overview["users"] == [
         {
