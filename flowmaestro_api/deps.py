@@ -1,9 +1,12 @@
 """Request dependencies: the session, the settings, Dagster, and the user behind the API key."""
 
-from collections.abc import Iterator
-from typing import Annotated
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
 from flowmaestro_api.security import authenticate
@@ -13,6 +16,38 @@ from flowmaestro_dagster.control.executions import get_execution
 from flowmaestro_dagster.errors import Forbidden
 from flowmaestro_dagster.store.db import session_scope
 from flowmaestro_dagster.store.models import Execution, User
+
+
+class SessionRoute(APIRoute):
+    """A route whose sync endpoint ends its database transaction as it returns, in its own
+    thread: the request's session then holds no connection while the response is validated
+    (FastAPI does that on another request thread) or while it waits to be closed. With a few
+    request threads (FLOWMAESTRO_API_THREADS), requests holding connections would otherwise
+    wait for threads held by requests waiting for connections."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not inspect.iscoroutinefunction(endpoint) and (
+            "session" in inspect.signature(endpoint).parameters
+        ):
+            endpoint = _ending_its_transaction(endpoint)
+        super().__init__(path, endpoint, **kwargs)
+
+
+def _ending_its_transaction(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        session: Session | None = kwargs.get("session")
+        try:
+            result = endpoint(*args, **kwargs)
+        except BaseException:
+            if session is not None:
+                session.rollback()
+            raise
+        if session is not None:
+            session.commit()
+        return result
+
+    return call
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -62,8 +97,14 @@ Operator = Annotated[User, Depends(current_operator)]
 
 
 def get_own_execution(execution_id: str, session: SessionDep, user: CurrentUser) -> Execution:
-    """The execution named in the path, if it is the caller's (404 otherwise)."""
-    return get_execution(session, user=user, execution_id=execution_id)
+    """The execution named in the path, if it is the caller's (404 otherwise).
+
+    The read's transaction ends here, as `current_user`'s does: a request waiting for a
+    request thread (FLOWMAESTRO_API_THREADS) must not hold a database connection meanwhile, or
+    requests holding connections wait for threads held by requests waiting for connections."""
+    execution = get_execution(session, user=user, execution_id=execution_id)
+    session.commit()
+    return execution
 
 
 OwnExecution = Annotated[Execution, Depends(get_own_execution)]

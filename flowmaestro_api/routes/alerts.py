@@ -9,13 +9,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from flowmaestro_api.deps import CurrentUser, SessionDep, SettingsDep
+from flowmaestro_api.deps import CurrentUser, SessionDep, SessionRoute, SettingsDep
 from flowmaestro_api.schemas import AlertList, AlertPublic, AlertRuleList, AlertRulePublic
 from flowmaestro_dagster.control import alerts as service
 from flowmaestro_dagster.control.alerts import AlertRuleCreate, AlertRuleUpdate
 from flowmaestro_dagster.store.models import AlertRule, AlertState
 
-router = APIRouter(prefix="/alerts", tags=["alerts"])
+router = APIRouter(route_class=SessionRoute, prefix="/alerts", tags=["alerts"])
 
 
 @router.post("/rules", status_code=status.HTTP_201_CREATED, response_model=AlertRulePublic)

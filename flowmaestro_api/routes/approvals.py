@@ -13,13 +13,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from flowmaestro_api.deps import CurrentUser, SessionDep, SettingsDep
+from flowmaestro_api.deps import CurrentUser, SessionDep, SessionRoute, SettingsDep
 from flowmaestro_api.errors import Forbidden, NotFound, PlatformError, Unauthenticated
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control import waitpoints as service
 from flowmaestro_dagster.store.models import Waitpoint
 
-router = APIRouter(tags=["approvals"])
+router = APIRouter(route_class=SessionRoute, tags=["approvals"])
 
 
 class ApprovalPublic(BaseModel):

@@ -10,7 +10,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
-from flowmaestro_api.deps import CurrentUser, DagsterDep, OwnExecution, SessionDep, SettingsDep
+from flowmaestro_api.deps import (
+    CurrentUser,
+    DagsterDep,
+    OwnExecution,
+    SessionDep,
+    SessionRoute,
+    SettingsDep,
+)
 from flowmaestro_api.errors import ApiError, InvalidLastEventId, NotFound
 from flowmaestro_api.schemas import (
     CheckpointDetail,
@@ -45,7 +52,7 @@ from flowmaestro_dagster.control.requests import ExecutionCreate
 from flowmaestro_dagster.store.attempts import full_output, node_attempts
 from flowmaestro_dagster.store.models import Execution, User, Waitpoint
 
-router = APIRouter(tags=["executions"])
+router = APIRouter(route_class=SessionRoute, tags=["executions"])
 MAX_OFFSET = 1_000_000
 
 

@@ -5,9 +5,9 @@ from typing import Any
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from flowmaestro_api.deps import SessionDep
+from flowmaestro_api.deps import SessionDep, SessionRoute
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=SessionRoute, tags=["health"])
 
 
 @router.get("/health")

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from flowmaestro_api.deps import CurrentUser, SessionDep, SettingsDep
+from flowmaestro_api.deps import CurrentUser, SessionDep, SessionRoute, SettingsDep
 from flowmaestro_api.errors import PayloadTooLarge, PlatformError
 from flowmaestro_api.ratelimit import HookRateLimiter
 from flowmaestro_api.routes.executions import answer_submitted
@@ -32,7 +32,7 @@ from flowmaestro_dagster.control.hook_providers import (
 from flowmaestro_dagster.control.schedules import listed_schedule
 from flowmaestro_dagster.store.db import session_scope
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(route_class=SessionRoute, tags=["webhooks"])
 
 
 @router.get("/workflows/{workflow_id}/triggers", response_model=TriggerList)

@@ -16,14 +16,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep
+from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SessionRoute
 from flowmaestro_api.errors import DagsterUnavailable, Unauthenticated, Unprocessable
 from flowmaestro_api.services.analytics import node_index, workflow_analytics
 from flowmaestro_api.services.timeline import RunTrace, execution_traces, timeline
 from flowmaestro_dagster.control import executions as executions_service
 from flowmaestro_dagster.control.workflows import get_workflow
 
-router = APIRouter(tags=["observability"])
+router = APIRouter(route_class=SessionRoute, tags=["observability"])
 log = logging.getLogger("flowmaestro.api.observability")
 MAX_RANGE_DAYS = 366
 

@@ -14,6 +14,7 @@ from flowmaestro_api.deps import (
     Operator,
     OwnExecution,
     SessionDep,
+    SessionRoute,
     SettingsDep,
 )
 from flowmaestro_dagster.control import queues as service
@@ -22,7 +23,7 @@ from flowmaestro_dagster.control.workflows import get_workflow
 from flowmaestro_dagster.errors import Forbidden
 from flowmaestro_dagster.store.models import PausedQueue
 
-router = APIRouter(tags=["queues"])
+router = APIRouter(route_class=SessionRoute, tags=["queues"])
 
 
 class QueueCounts(BaseModel):

@@ -10,7 +10,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SettingsDep
+from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SessionRoute, SettingsDep
 from flowmaestro_api.errors import PlatformError
 from flowmaestro_api.schemas import (
     Deployment,
@@ -29,7 +29,7 @@ from flowmaestro_dagster.spec.problems import Problem, warning
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-router = APIRouter(prefix="/workflows", tags=["workflows"])
+router = APIRouter(route_class=SessionRoute, prefix="/workflows", tags=["workflows"])
 MAX_OFFSET = 1_000_000
 MAX_VERSION = 1_000_000
 VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION)]
@@ -200,7 +200,9 @@ async def deploy_version(
     def mark() -> tuple[str, Any]:
         row = service.mark_deployed(session, user=user, workflow_id=workflow_id, version=version)
         session.commit()
-        return row.job_name, service.get_workflow(session, user=user, workflow_id=workflow_id)
+        workflow = service.get_workflow(session, user=user, workflow_id=workflow_id)
+        session.commit()  # no connection held while the deploy waits on Dagster
+        return row.job_name, workflow
 
     job_name, workflow = await run_in_threadpool(mark)
     deployment = Deployment(

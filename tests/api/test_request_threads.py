@@ -1,10 +1,13 @@
 """Request threads: few (FLOWMAESTRO_API_THREADS), and a deploy's wait on Dagster's reload
 runs on threads of its own (FLOWMAESTRO_API_DAGSTER_THREADS), so it cannot take them all."""
 
+import asyncio
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 from anyio import to_thread
 from fastapi.testclient import TestClient
 
@@ -12,6 +15,8 @@ from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
 from tests.api.conftest import UNREACHABLE_DAGSTER
+from tests.api.e2e import serving
+from tests.api.test_event_stream import ScriptedDagster, started
 from tests.builders import flow
 
 
@@ -83,3 +88,32 @@ def test_a_deploy_waiting_on_dagster_holds_no_request_thread(
     assert body["runnable"] is True and body["version"] == 1
     # The pool limits could not be applied without an instance: the deploy says so.
     assert "concurrency settings are stored" in (body["detail"] or "")
+
+
+def test_requests_waiting_for_a_thread_hold_no_database_connection(
+    database_url: str, auth: dict[str, str]
+) -> None:
+    """One request thread, 100 requests at once, each loading the caller's execution in one
+    thread hop and answering in the next: none holds a database connection while it waits for
+    the thread, so none waits for a connection a waiting request holds (the pool has 30; before,
+    they ran out and requests answered 503 after its 30 s timeout)."""
+    settings = ApiSettings(
+        database_url=database_url,
+        dagster_graphql_url=UNREACHABLE_DAGSTER,
+        api_threads=1,
+        launch_on_submit=False,
+    )
+    app, execution_id = started(settings, auth, ScriptedDagster("STARTED"))
+
+    async def many(base: str) -> Counter[int]:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(
+            base_url=base, headers=auth, timeout=120, limits=limits
+        ) as client:
+            path = f"/executions/{execution_id}/checkpoints"
+            answers = await asyncio.gather(*(client.get(path) for _ in range(100)))
+        return Counter(answer.status_code for answer in answers)
+
+    with serving(app) as base:
+        statuses = asyncio.run(many(base))
+    assert statuses == Counter({200: 100})
