@@ -26,6 +26,7 @@ import asyncio
 import json
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -328,6 +329,70 @@ def queued_executions(url: str, like: str, count: int) -> list[str]:
     return ids
 
 
+@dataclass
+class Held:
+    opened: int
+    failed: dict[str, int]
+    open_s: float
+
+
+class Holder:
+    """The idle subscribers in a process of their own (`python -m bench.events --hold`): in
+    the measuring process, their 1,000 streams would share its event loop (and httpx's pool
+    bookkeeping) with the requests it times, and the client's cost would pass for the API's."""
+
+    def __init__(self, base: str, auth: dict[str, str], paths: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.events", "--hold"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"base": base, "auth": auth, "paths": paths}) + "\n")
+        self.process.stdin.flush()
+
+    def open(self) -> Held:
+        """Blocks until the holder says how many streams it opened."""
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the subscriber holder exited before opening its streams")
+        return Held(**json.loads(line))
+
+    def close(self) -> dict[str, Any]:
+        """Close the streams; what they read meanwhile."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.close()
+        line = self.process.stdout.readline()
+        self.process.wait(timeout=60)
+        found: dict[str, Any] = json.loads(line) if line else {}
+        return found
+
+
+async def hold_main() -> None:
+    """The holder process: open the streams named on stdin, say so, hold them until stdin
+    closes, then say what they read."""
+    spec = json.loads(await asyncio.to_thread(sys.stdin.readline))
+    paths: list[str] = spec["paths"]
+    limits = httpx.Limits(max_connections=len(paths) + 20, max_keepalive_connections=20)
+    timeout = httpx.Timeout(60.0, read=None)  # idle streams read a ping every 15 s
+    idle = Idle()
+    async with httpx.AsyncClient(
+        base_url=spec["base"], headers=spec["auth"], limits=limits, timeout=timeout
+    ) as client:
+        open_s = await idle.open(client, paths)
+        print(
+            json.dumps({"opened": idle.opened, "failed": dict(idle.failed), "open_s": open_s}),
+            flush=True,
+        )
+        await asyncio.to_thread(sys.stdin.read)  # until the parent closes it
+        events, ended = idle.events, idle.ended
+        await idle.close()
+    print(json.dumps({"events_read": events, "still_open": idle.opened - ended}), flush=True)
+
+
 async def feed_figures(http: httpx.AsyncClient) -> dict[str, float]:
     """The API's live-feed figures from its /metrics (`flowmaestro_event_*`)."""
     text = (await http.get("/metrics")).text
@@ -375,14 +440,8 @@ async def variant(
 ) -> dict[str, Any]:
     """Baseline (no subscriber but the measuring one), then with IDLE idle subscribers on the
     executions `idle_on(http, chain workflow, a finished chain execution)` names."""
-    limits = httpx.Limits(max_connections=IDLE + 20, max_keepalive_connections=20)
-    timeout = httpx.Timeout(60.0, read=None)  # idle streams read a ping every 15 s
-    # The idle streams have a client of their own: on the measuring one, each request would
-    # also pay httpx's pool bookkeeping over 1,000 open connections (the client's cost).
-    async with (
-        httpx.AsyncClient(base_url=base, headers=auth, timeout=timeout) as http,
-        httpx.AsyncClient(base_url=base, headers=auth, limits=limits, timeout=timeout) as streams,
-    ):
+    timeout = httpx.Timeout(60.0, read=None)
+    async with httpx.AsyncClient(base_url=base, headers=auth, timeout=timeout) as http:
         chain = await deploy(http, chain_flow())
         # Warm-up: the job loaded, the paths taken once; its execution is the one GET reads.
         sample = await submit(http, chain)
@@ -400,9 +459,10 @@ async def variant(
         }
         print(f"[events] {base}: baseline measured", flush=True)
         targets = await idle_on(http, chain, sample)
-        idle = Idle()
+        holder = Holder(base, auth, [f"/executions/{e}/events" for e in targets])
         try:
-            opened_s = await idle.open(streams, [f"/executions/{e}/events" for e in targets])
+            idle = await asyncio.to_thread(holder.open)
+            opened_s = idle.open_s
             taken_s = await taken_in(http, idle.opened, len(set(targets)))
             print(f"[events] {base}: {idle.opened} idle subscribers open", flush=True)
             rss_after = rss_kib(pid)
@@ -425,11 +485,10 @@ async def variant(
                 "failed": dict(idle.failed),
                 "open_s": round(opened_s, 2),
                 "taken_in_s": round(taken_s, 2),
-                "events_read": idle.events,
-                "still_open": idle.opened - idle.ended,
             }
         finally:
-            await idle.close()
+            held = await asyncio.to_thread(holder.close)
+            found.setdefault("idle", {}).update(held)
         found["rss_per_subscriber_kib"] = round((rss_after - rss_before) / len(targets), 1)
         found["requests_p99_ratio"] = {
             label: round(
@@ -537,4 +596,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run("--quick" in sys.argv), indent=2))
+    if "--hold" in sys.argv:
+        asyncio.run(hold_main())
+    else:
+        print(json.dumps(run("--quick" in sys.argv), indent=2))
