@@ -1,12 +1,14 @@
 import json
 import logging
 import os
+import socket
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from dagster import DagsterInstance, instance_for_test
 
 from flowmaestro_dagster.engines.results import WorkflowRunResult
@@ -109,3 +111,29 @@ def platform_db(tmp_path: Path) -> Iterator[str]:
     migrate(url)
     yield url
     dispose_engines()
+
+
+class SmtpInbox:
+    """What the `smtp` fixture's server received: recipients and raw message, per message."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append({"to": list(envelope.rcpt_tos), "data": envelope.content.decode()})
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[SmtpInbox, int]]:
+    """A real SMTP server on 127.0.0.1 (no auth, no TLS): its inbox and port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    inbox = SmtpInbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()

@@ -9,14 +9,12 @@ sensor as in production, and the alert sensor ticks between them.
 """
 
 import json
-import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from dagster import (
     DagsterEventType,
     DagsterInstance,
@@ -66,6 +64,7 @@ from flowmaestro_dagster.tags import EXECUTION_TAG
 from flowmaestro_dagster.testing import EchoServer
 from flowmaestro_dagster.testing.recording_client import RecordingDagsterClient
 from tests.builders import chain, node
+from tests.conftest import SmtpInbox
 from tests.deploy import deploy, fresh_user
 from tests.services import database_from, migrated_template
 
@@ -417,31 +416,8 @@ def test_a_failed_send_is_retried_on_later_ticks_then_given_up(
     assert state.notify_error == "the connection's URL answered 503"
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(envelope.content.decode())
-        return "250 Message accepted"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
-
-
 def test_an_email_channel_mails_the_firing_and_the_resolve(
-    database_url: str, smtp: tuple[Inbox, int]
+    database_url: str, smtp: tuple[SmtpInbox, int]
 ) -> None:
     inbox, port = smtp
     email = {
@@ -461,7 +437,7 @@ def test_an_email_channel_mails_the_firing_and_the_resolve(
         platform.record(rule_id, found, now=utcnow())
         with session_scope(platform.engine) as session:
             assert notify_alerts(session, platform.settings, now=utcnow()) == (1, 0)
-    firing, resolved = inbox.messages
+    firing, resolved = (message["data"] for message in inbox.messages)
     assert "Subject: [FlowMaestro] FIRING: Parser failing: workflow 'W'" in firing
     assert "To: ops@corp.eu" in firing
     assert "Subject: [FlowMaestro] RESOLVED: Parser failing: workflow 'W'" in resolved

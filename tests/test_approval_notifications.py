@@ -10,8 +10,6 @@ real Dagster stack: tests/api/test_waitpoints_e2e.py.
 
 import json
 import re
-import socket
-from collections.abc import Iterator
 from datetime import timedelta
 from email import message_from_string, policy
 from email.message import EmailMessage
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from dagster import DagsterEventType, DagsterInstance
 from sqlalchemy import select, update
 
@@ -47,35 +44,12 @@ from flowmaestro_dagster.tags import EVENT_DATA_METADATA, EVENT_KIND_METADATA
 from flowmaestro_dagster.testing import EchoServer
 from flowmaestro_dagster.testing.recording_client import RecordingDagsterClient
 from tests.builders import chain, node
+from tests.conftest import SmtpInbox
 from tests.deploy import deploy
 
 SECRET = "notify-test-secret-0123456789"
 APPROVER = "boss@corp.eu"
 LINK = re.compile(r"https://flows\.corp\.eu/approve/([\w.-]+)")
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append({"to": list(envelope.rcpt_tos), "data": envelope.content.decode()})
-        return "250 Message accepted"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    """A real SMTP server on 127.0.0.1 (no auth, no TLS)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
 
 
 def settings_for(platform_db: str, **connections: Any) -> Settings:
@@ -185,7 +159,7 @@ def test_the_tick_emails_the_signed_link_to_the_approvers_once(
     platform_db: str,
     instance: DagsterInstance,
     client: RecordingDagsterClient,
-    smtp: tuple[Inbox, int],
+    smtp: tuple[SmtpInbox, int],
 ) -> None:
     inbox, port = smtp
     settings = settings_for(platform_db, email=email_connection(port))
@@ -280,7 +254,7 @@ def test_the_link_is_not_emailed_to_someone_who_may_not_decide(
     platform_db: str,
     instance: DagsterInstance,
     client: RecordingDagsterClient,
-    smtp: tuple[Inbox, int],
+    smtp: tuple[SmtpInbox, int],
 ) -> None:
     inbox, port = smtp
     settings = settings_for(platform_db, email=email_connection(port))
@@ -417,7 +391,7 @@ def test_the_approval_example_emails_its_owner_the_link(
     platform_db: str,
     instance: DagsterInstance,
     client: RecordingDagsterClient,
-    smtp: tuple[Inbox, int],
+    smtp: tuple[SmtpInbox, int],
 ) -> None:
     inbox, port = smtp
     settings = settings_for(platform_db, email=email_connection(port))

@@ -34,7 +34,7 @@ from flowmaestro_dagster.adapter.resources import (
 )
 from flowmaestro_dagster.compile.compiler import CompiledWorkflow
 from flowmaestro_dagster.control.client import DagsterClient
-from flowmaestro_dagster.control.retention import RetentionPolicy, apply_retention
+from flowmaestro_dagster.control.retention import PER_EXECUTION, RetentionPolicy, apply_retention
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.local import execute_workflow, run_config_for
 from flowmaestro_dagster.orchestration.instance_config import (
@@ -66,7 +66,6 @@ from tests.services import create_pg_database, drop_pg_database, pg_url, require
 OLD = timedelta(days=40)
 RECENT = timedelta(days=1)
 MONTH = RetentionPolicy(days=30)
-PER_EXECUTION = (Checkpoint, IdempotencyKey, NodeAttempt, NodeOutput, Waitpoint, WebhookDelivery)
 
 
 def echo_flow(name: str = "Echo") -> dict[str, Any]:

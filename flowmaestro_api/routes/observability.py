@@ -19,8 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flowmaestro_api.deps import CurrentUser, DagsterDep, SessionDep, SessionRoute
 from flowmaestro_api.errors import DagsterUnavailable, Unauthenticated, Unprocessable
 from flowmaestro_api.services.analytics import node_index, workflow_analytics
-from flowmaestro_api.services.timeline import RunTrace, execution_traces, timeline
 from flowmaestro_dagster.control import executions as executions_service
+from flowmaestro_dagster.control.timeline import RunTrace, execution_traces, timeline
 from flowmaestro_dagster.control.workflows import get_workflow
 
 router = APIRouter(route_class=SessionRoute, tags=["observability"])

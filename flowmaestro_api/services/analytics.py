@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from flowmaestro_api.services.timeline import (
+from flowmaestro_dagster.control.client import DagsterClient, RunInfo
+from flowmaestro_dagster.control.timeline import (
     NodeInfo,
     RunTrace,
     build_spans,
@@ -26,7 +27,6 @@ from flowmaestro_api.services.timeline import (
     node_index,
     read_trace,
 )
-from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.store.models import Execution, Workflow, WorkflowVersion
 from flowmaestro_dagster.tags import (
     EXECUTION_TAG,

@@ -25,8 +25,8 @@ from sqlalchemy import ColumnElement, and_, case, extract, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from flowmaestro_api.services.events import EventFeed
-from flowmaestro_api.services.timeline import FINISHED
 from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.control.timeline import FINISHED
 from flowmaestro_dagster.store.db import session_scope
 from flowmaestro_dagster.store.models import Decision, Execution, NodeAttempt, Waitpoint
 from flowmaestro_dagster.tags import DEFAULT_QUEUE

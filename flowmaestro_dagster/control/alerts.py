@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
-from flowmaestro_dagster.control.executions import TERMINAL, execution_status
+from flowmaestro_dagster.control.executions import execution_status
 from flowmaestro_dagster.errors import InvalidAlertRule, NotFound
 from flowmaestro_dagster.lang.state import ExecutionState
 from flowmaestro_dagster.nodes.base import NodeContext
@@ -523,7 +523,7 @@ def _stuck(
     wanted = "queued" if rule.metric == "queue_age" else (rule.state or DEFAULT_STUCK_STATE)
     # Candidates by their rows (no execution is in a state longer than it exists); the row of
     # a running one still says queued, so their runs decide.
-    statuses = ("queued",) if wanted == "queued" else tuple(s for s in STUCK_STATES)
+    statuses = ("queued",) if wanted == "queued" else tuple(STUCK_STATES)
     rows = session.execute(
         select(Execution, Workflow.name)
         .join(Workflow, Workflow.id == Execution.workflow_id)
@@ -554,7 +554,7 @@ def _stuck(
     for execution, name in rows:
         mine = runs.get(execution.id, []) if runs is not None else None
         state, since = live_state(execution, mine, parked.get(execution.id))
-        if state != wanted or state in TERMINAL or since is None or now - since < limit:
+        if state != wanted or since is None or now - since < limit:
             continue
         if rule.metric == "queue_age":
             queue = execution.queue or DEFAULT_QUEUE

@@ -282,12 +282,6 @@ def set_priority(
     return sorted(row.id for row in rows), len(runs)
 
 
-def user_limit(session: Session, settings: Settings, user_id: str) -> int | None:
-    """The runs a user may have in progress: their own limit, else the instance's."""
-    own = session.get(UserRunLimit, user_id)
-    return own.run_limit if own is not None else settings.user_run_limit
-
-
 def set_user_limit(
     session: Session,
     instance: DagsterInstance,

@@ -211,6 +211,18 @@ def _delete_dagster_runs(instance: DagsterInstance, run_ids: Sequence[str]) -> N
             log.debug("captured logs of run %s left: %s", run_id, exc)
 
 
+# The platform tables that hold an execution's rows, deleted with it (decisions go with their
+# waitpoints, the execution row last); tests/test_retention.py checks no such table is missing.
+PER_EXECUTION: tuple[Any, ...] = (
+    Waitpoint,
+    Checkpoint,
+    NodeAttempt,
+    NodeOutput,
+    IdempotencyKey,
+    WebhookDelivery,
+)
+
+
 def _delete_rows(
     session: Session, ids: Sequence[str], run_ids: Sequence[str], token: str
 ) -> dict[str, int]:
@@ -224,22 +236,13 @@ def _delete_rows(
     outputs: ColumnElement[bool] = NodeOutput.execution_id.in_(ids)
     if run_ids:
         outputs = or_(outputs, NodeOutput.run_id.in_(run_ids))
-    rows = {
-        "decisions": gone(delete(Decision).where(Decision.waitpoint_id.in_(waitpoints))),
-        "waitpoints": gone(delete(Waitpoint).where(Waitpoint.execution_id.in_(ids))),
-        "checkpoints": gone(delete(Checkpoint).where(Checkpoint.execution_id.in_(ids))),
-        "node_attempts": gone(delete(NodeAttempt).where(NodeAttempt.execution_id.in_(ids))),
-        "node_outputs": gone(delete(NodeOutput).where(outputs)),
-        "idempotency_keys": gone(
-            delete(IdempotencyKey).where(IdempotencyKey.execution_id.in_(ids))
-        ),
-        "webhook_deliveries": gone(
-            delete(WebhookDelivery).where(WebhookDelivery.execution_id.in_(ids))
-        ),
-        "executions": gone(
-            delete(Execution).where(and_(Execution.id.in_(ids), Execution.launch_token == token))
-        ),
-    }
+    rows = {"decisions": gone(delete(Decision).where(Decision.waitpoint_id.in_(waitpoints)))}
+    for model in PER_EXECUTION:
+        where = outputs if model is NodeOutput else model.execution_id.in_(ids)
+        rows[model.__tablename__] = gone(delete(model).where(where))
+    rows["executions"] = gone(
+        delete(Execution).where(and_(Execution.id.in_(ids), Execution.launch_token == token))
+    )
     return rows
 
 

@@ -42,7 +42,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flowmaestro_dagster.control.client import DagsterClient
-from flowmaestro_dagster.control.executions import RUN_STATUS, compiled_for, version_row
+from flowmaestro_dagster.control.executions import (
+    RUN_STATUS,
+    TERMINAL,
+    compiled_for,
+    version_row,
+)
 from flowmaestro_dagster.control.timeline import (
     NodeInfo,
     RunTrace,
@@ -59,7 +64,6 @@ from flowmaestro_dagster.tags import HIDDEN_PREFIX, PARKED_TAG
 log = logging.getLogger("flowmaestro.traces")
 
 TRACED_TAG = f"{HIDDEN_PREFIX}/traced"  # on an exported run: the export's execution finish time
-TERMINAL = ("succeeded", "failed", "cancelled")
 LOOKBACK_SECONDS = 600.0  # how late a finish may be written and still be found
 SCOPE = InstrumentationScope("flowmaestro", None)
 PROTOCOLS = ("http/protobuf", "grpc")
@@ -538,7 +542,7 @@ def export_finished(
     query = (
         select(Execution)
         .where(
-            Execution.status.in_(TERMINAL),
+            Execution.status.in_(sorted(TERMINAL)),
             Execution.finished_at.is_not(None),
             Execution.latest_run_id.is_not(None),
         )

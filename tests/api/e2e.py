@@ -27,6 +27,7 @@ from bench.common import wait_until
 from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.client import DagsterClient
+from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.tags import WAIT_KINDS, WAITING_TAG
 from flowmaestro_dagster.testing.stack import DagsterStack, free_port
 from tests.api.conftest import make_key
@@ -272,3 +273,21 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def rendered_instance(home: Path, settings: ApiSettings) -> DagsterInstance:
+    """A Dagster instance in `home` configured as the platform renders it for `settings` (its
+    queues, tag limits and pools); the caller disposes of it."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(render_instance_yaml(settings))
+    return DagsterInstance.from_config(str(home))
+
+
+@contextmanager
+def api_on(settings: ApiSettings, instance: DagsterInstance) -> Iterator[TestClient]:
+    """The API reading Dagster's storage from `instance` (GraphQL unreachable)."""
+    app = create_app(
+        settings, dagster=DagsterClient(settings.dagster_graphql_url, instance=instance)
+    )
+    with TestClient(app) as client:
+        yield client

@@ -21,7 +21,7 @@ from sqlalchemy import update
 
 from flowmaestro_api.services.analytics import ExecutionFacts, percentile, summarize
 from flowmaestro_api.services.metrics import NodeDurationHistogram, op_type
-from flowmaestro_api.services.timeline import NodeInfo, RunTrace, StepEvent, build_spans
+from flowmaestro_dagster.control.timeline import NodeInfo, RunTrace, StepEvent, build_spans
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.local import execute_workflow
 from flowmaestro_dagster.store.db import get_engine, session_scope

@@ -14,11 +14,8 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
 )
 from fastapi.testclient import TestClient
 
-from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.queues import read_snapshot, simulate
-from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.tags import (
     EXECUTION_TAG,
     QUEUE_PAUSED_TAG,
@@ -27,6 +24,7 @@ from flowmaestro_dagster.tags import (
     user_limit_tag,
 )
 from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, make_key
+from tests.api.e2e import api_on, rendered_instance
 from tests.api.test_queues_support import store_run
 
 OPERATOR = "ops@example.com"
@@ -52,18 +50,15 @@ def settings(database_url: str) -> ApiSettings:
 
 @pytest.fixture
 def instance(tmp_path: Path, settings: ApiSettings) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(render_instance_yaml(settings))
-    configured = DagsterInstance.from_config(str(home))
+    """A Dagster instance configured as the API renders it (its queues and limits)."""
+    configured = rendered_instance(tmp_path / "dagster", settings)
     yield configured
     configured.dispose()
 
 
 @pytest.fixture
 def client(settings: ApiSettings, instance: DagsterInstance) -> Iterator[TestClient]:
-    app = create_app(settings, dagster=DagsterClient(UNREACHABLE_DAGSTER, instance=instance))
-    with TestClient(app) as test_client:
+    with api_on(settings, instance) as test_client:
         yield test_client
 
 

@@ -10,12 +10,10 @@ import pytest
 from dagster import DagsterInstance
 from fastapi.testclient import TestClient
 
-from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
-from flowmaestro_dagster.control.client import DagsterClient
-from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.tags import USER_TAG, USER_WORKFLOW_TAG, WORKFLOW_ID_TAG, workflow_pool
 from tests.api.conftest import GREETER, UNREACHABLE_DAGSTER, patch_settings
+from tests.api.e2e import api_on, rendered_instance
 from tests.api.test_queues_support import store_run
 
 
@@ -39,18 +37,14 @@ def settings(database_url: str) -> ApiSettings:
 @pytest.fixture
 def instance(tmp_path: Path, settings: ApiSettings) -> Iterator[DagsterInstance]:
     """A Dagster instance configured as the API renders it (its queues and limits)."""
-    home = tmp_path / "dagster"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(render_instance_yaml(settings))
-    configured = DagsterInstance.from_config(str(home))
+    configured = rendered_instance(tmp_path / "dagster", settings)
     yield configured
     configured.dispose()
 
 
 @pytest.fixture
 def client(settings: ApiSettings, instance: DagsterInstance) -> Iterator[TestClient]:
-    app = create_app(settings, dagster=DagsterClient(UNREACHABLE_DAGSTER, instance=instance))
-    with TestClient(app) as test_client:
+    with api_on(settings, instance) as test_client:
         yield test_client
 
 

@@ -19,8 +19,8 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
 
 from flowmaestro_api.settings import ApiSettings
 from flowmaestro_dagster.control.queues import read_snapshot, simulate
-from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.tags import USER_TAG, USER_WORKFLOW_TAG, WORKFLOW_ID_TAG, workflow_pool
+from tests.api.e2e import rendered_instance
 from tests.api.test_queues_support import store_run
 
 
@@ -29,11 +29,8 @@ def make_instance(tmp_path: Path) -> Iterator[Any]:
     opened: list[DagsterInstance] = []
 
     def make(**values: Any) -> DagsterInstance:
-        home = tmp_path / f"home-{len(opened)}"
-        home.mkdir()
         settings = ApiSettings(_env_file=None, **values)  # type: ignore[call-arg]
-        (home / "dagster.yaml").write_text(render_instance_yaml(settings))
-        instance = DagsterInstance.from_config(str(home))
+        instance = rendered_instance(tmp_path / f"home-{len(opened)}", settings)
         opened.append(instance)
         return instance
 
