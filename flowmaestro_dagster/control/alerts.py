@@ -41,17 +41,17 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.control.executions import execution_status
+from flowmaestro_dagster.control.notifications import (
+    NOTIFY_TIMEOUT_S,
+    failure_reason,
+    platform_send,
+)
 from flowmaestro_dagster.errors import InvalidAlertRule, NotFound
-from flowmaestro_dagster.lang.state import ExecutionState
-from flowmaestro_dagster.nodes.base import NodeContext
 from flowmaestro_dagster.nodes.connectors import (
-    ConnectorRequest,
     default_registry,
     resolve_connection,
 )
-from flowmaestro_dagster.nodes.integration import redact_secrets
 from flowmaestro_dagster.settings import Settings
-from flowmaestro_dagster.spec.configs import MediaConfig
 from flowmaestro_dagster.store.models import (
     AlertRule,
     AlertState,
@@ -73,8 +73,6 @@ DEFAULT_STUCK_STATE = "running"
 MAX_WINDOW_SECONDS = 30 * 86_400
 MAX_NOTIFY_ATTEMPTS = 5
 """Ticks that try a due notification before it is given up (the error stays on the alert)."""
-NOTIFY_TIMEOUT_S = 10.0
-"""Longest one send may take: the sensor tick waits for it."""
 CLAIM_SECONDS = 60
 """How long a tick holds a notification it is sending (a tick that dies frees it then)."""
 CANDIDATES = 500
@@ -805,12 +803,6 @@ def send_notification(settings: Settings, rule: AlertRule, row: AlertState) -> s
     if problems or not provider:
         return problems[0]["message"] if problems else f"unknown channel {channel!r}"
     name, connection = resolve_connection(settings, channel.get("connection"), provider)
-    assert connection is not None  # channel_problems said so
-    served_by = connection.connector or provider
-    spec = default_registry().find(served_by, "send")
-    assert spec is not None
-    if connection.timeout_s > NOTIFY_TIMEOUT_S:
-        connection = connection.model_copy(update={"timeout_s": NOTIFY_TIMEOUT_S})
     said = message(settings, rule, row)
     parameters: dict[str, Any]
     if provider == "email":
@@ -823,28 +815,23 @@ def send_notification(settings: Settings, rule: AlertRule, row: AlertState) -> s
         parameters = {"text": said["text"]}
     else:
         parameters = {"body": said["payload"], "timeout": NOTIFY_TIMEOUT_S}
-    node = NodeContext(
+    prepared = platform_send(
+        settings,
+        provider,
+        name,
+        connection,
+        parameters,
         node_id=f"alert-{rule.id}",
         node_type="alert",
         label=rule.name,
-        config=MediaConfig.model_validate({}),
-        state=ExecutionState.start({}),
-        services={"settings": settings},
     )
-    request = ConnectorRequest(
-        provider=served_by,
-        operation="send",
-        parameters=parameters,
-        connection=connection,
-        connection_name=name,
-        settings=settings,
-        node=node,
-    )
+    if isinstance(prepared, str):
+        return prepared
+    spec, request = prepared
     try:
         spec.run(request)
     except Exception as exc:  # noqa: BLE001 - recorded on the alert; a connector may raise anything
-        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-        return redact_secrets(str(reason), connection)
+        return failure_reason(exc, request.connection)
     return None
 
 

@@ -199,39 +199,27 @@ def _send(
     if connection_name and connection is None:
         message = f"no connection named '{connection_name}' is configured (FLOWMAESTRO_CONNECTIONS)"
         return [_record(channel, to, 1, message)]
-    served_by = connection.connector if connection is not None and connection.connector else None
-    spec = default_registry().find(served_by or provider, "send")
-    if spec is None:
-        return [_record(channel, to, 1, f"no connector configured for {served_by or provider}")]
-    if connection is not None and connection.timeout_s > NOTIFY_TIMEOUT_S:
-        connection = connection.model_copy(update={"timeout_s": NOTIFY_TIMEOUT_S})
-    node = NodeContext(
+    prepared = platform_send(
+        settings,
+        provider,
+        name,
+        connection,
+        parameters,
         node_id=row.node_id,
         node_type="humanReview",
         label=str(row.spec.get("label") or row.node_id),
-        config=MediaConfig.model_validate({}),
-        state=ExecutionState.start({}),
-        services={"settings": settings},
         execution_id=row.execution_id,
         run_id=row.run_id,
     )
-    request = ConnectorRequest(
-        provider=served_by or provider,
-        operation="send",
-        parameters=parameters,
-        connection=connection,
-        connection_name=name,
-        settings=settings,
-        node=node,
-    )
+    if isinstance(prepared, str):
+        return [_record(channel, to, 1, prepared)]
+    spec, request = prepared
     records = []
     for attempt in range(1, NOTIFY_RETRY.max_attempts + 1):
         try:
             spec.run(request)
         except Exception as exc:  # noqa: BLE001 - recorded; a deployment's connector may raise anything
-            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-            error = redact_secrets(str(reason), connection)
-            records.append(_record(channel, to, attempt, error))
+            records.append(_record(channel, to, attempt, failure_reason(exc, request.connection)))
             transient = isinstance(exc, TransientNodeError | TimeoutError | ConnectionError)
             if not transient or attempt == NOTIFY_RETRY.max_attempts:
                 break
@@ -240,6 +228,58 @@ def _send(
         records.append(_record(channel, to, attempt, None))
         break
     return records
+
+
+def platform_send(
+    settings: Settings,
+    provider: str,
+    connection_name: str | None,
+    connection: Any,
+    parameters: dict[str, Any],
+    *,
+    node_id: str,
+    node_type: str,
+    label: str,
+    execution_id: str | None = None,
+    run_id: str | None = None,
+) -> tuple[Any, ConnectorRequest] | str:
+    """The connector and request that send one of the platform's own messages (an approval
+    link, an alert) through `provider`'s `send` (or the connection's own connector), with the
+    connection's timeout capped at NOTIFY_TIMEOUT_S; else why it cannot be sent."""
+    served_by = (
+        connection.connector if connection is not None and connection.connector else provider
+    )
+    spec = default_registry().find(served_by, "send")
+    if spec is None:
+        return f"no connector configured for {served_by}"
+    if connection is not None and connection.timeout_s > NOTIFY_TIMEOUT_S:
+        connection = connection.model_copy(update={"timeout_s": NOTIFY_TIMEOUT_S})
+    node = NodeContext(
+        node_id=node_id,
+        node_type=node_type,
+        label=label,
+        config=MediaConfig.model_validate({}),
+        state=ExecutionState.start({}),
+        services={"settings": settings},
+        execution_id=execution_id,
+        run_id=run_id,
+    )
+    request = ConnectorRequest(
+        provider=served_by,
+        operation="send",
+        parameters=parameters,
+        connection=connection,
+        connection_name=connection_name,
+        settings=settings,
+        node=node,
+    )
+    return spec, request
+
+
+def failure_reason(exc: Exception, connection: Any) -> str:
+    """What a failed send says, without the connection's secrets."""
+    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    return redact_secrets(str(reason), connection)
 
 
 class _Refused(Exception):
