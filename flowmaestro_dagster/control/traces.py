@@ -522,6 +522,19 @@ class ExportTick:
     watermark: datetime | None  # the latest finish time looked at (the sensor's cursor)
 
 
+def _traced_marks(client: DagsterClient, run_ids: Sequence[str]) -> dict[str, str | None]:
+    """Each existing run's `TRACED_TAG` (None: not exported yet), read in pages of 500 runs
+    instead of a lookup per candidate."""
+    from dagster import RunsFilter
+
+    marks: dict[str, str | None] = {}
+    for start in range(0, len(run_ids), 500):
+        page = list(run_ids[start : start + 500])
+        for run in client.instance.get_runs(filters=RunsFilter(run_ids=page)):
+            marks[run.run_id] = run.tags.get(TRACED_TAG)
+    return marks
+
+
 def export_finished(
     session: Session,
     client: DagsterClient,
@@ -535,7 +548,7 @@ def export_finished(
 
     An execution counts as exported when its last run carries its finish time in `TRACED_TAG`;
     the candidates start `lookback_seconds` before `after`, so a status written late with an
-    earlier finish time is still found (the ones already marked cost a run lookup each). An
+    earlier finish time is still found (their runs' marks are read in pages, one query each). An
     execution retried after it failed finishes again later: its new runs are exported then.
     The watermark stops before the first execution not exported (the collector was down, or
     `limit` was reached), so the next tick starts there."""
@@ -554,12 +567,14 @@ def export_finished(
         query = query.where(Execution.finished_at >= since)
     exported = spans = failed = 0
     watermark = after
-    for execution in session.scalars(query):
-        if execution.finished_at is None or execution.latest_run_id is None:
-            continue
-        finished = _utc(execution.finished_at)
-        latest = client.instance.get_run_by_id(execution.latest_run_id)
-        if latest is not None and latest.tags.get(TRACED_TAG) != finished.isoformat():
+    candidates = [
+        (execution, _utc(execution.finished_at), execution.latest_run_id)
+        for execution in session.scalars(query)
+        if execution.finished_at is not None and execution.latest_run_id is not None
+    ]
+    marks = _traced_marks(client, [run_id for _, _, run_id in candidates])
+    for execution, finished, run_id in candidates:
+        if run_id in marks and marks[run_id] != finished.isoformat():
             if exported >= limit:
                 break
             try:
