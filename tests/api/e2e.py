@@ -11,6 +11,7 @@ A module whose stack needs other fixtures (a fake LLM's URL in its environment) 
 `stack` fixture around `running_stack`.
 """
 
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -291,3 +292,30 @@ def api_on(settings: ApiSettings, instance: DagsterInstance) -> Iterator[TestCli
     )
     with TestClient(app) as client:
         yield client
+
+
+@contextmanager
+def chromium_page(**options: Any) -> Iterator[Any]:
+    """A page of Debian's chromium driven by playwright, headless (the browser closed after)."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is required (scripts/system-deps.sh installs it)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield browser.new_page(**options)
+        finally:
+            browser.close()

@@ -235,15 +235,9 @@ def test_the_page_in_a_real_browser_lays_out_and_enforces_a_required_yes_no(
 ) -> None:
     """Headless Chromium (Debian's, driven by Playwright): each option on its own line with a
     clickable label, Approve held back until a required answer is chosen, Reject never."""
-    import shutil
 
-    from playwright.sync_api import sync_playwright
+    from tests.api.e2e import chromium_page, serving
 
-    from tests.api.e2e import serving
-
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is required (scripts/system-deps.sh installs it)")
     link = approval_link(
         client, auth, database_url, input_type="boolean", required=True, prompt="Ship?"
     )
@@ -255,30 +249,22 @@ def test_the_page_in_a_real_browser_lays_out_and_enforces_a_required_yes_no(
     )
     with serving(create_app(settings)) as base:
         url = f"{base}{link}"
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=chromium,
-                args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"],
-            )
-            try:
-                page = browser.new_page()
-                page.goto(url)
-                assert page.text_content("legend") == "Response (required)"
-                yes, no = page.locator("#value-true"), page.locator("#value-false")
-                yes_box, no_box = yes.bounding_box(), no.bounding_box()
-                assert yes_box is not None and no_box is not None
-                assert no_box["y"] >= yes_box["y"] + yes_box["height"]  # one line each
-                assert abs(no_box["x"] - yes_box["x"]) < 1
-                page.click("#approve")  # nothing chosen: the browser keeps the form
-                assert page.url == url and page.locator("#result").count() == 0
-                assert decision_of(database_url, link) is None
-                page.click("label[for=value-true]")  # the label picks its option
-                assert yes.is_checked() and not no.is_checked()
-                page.click("#approve")
-                page.wait_for_selector("#result")
-                assert page.text_content("#result") == "Recorded: approved."
-            finally:
-                browser.close()
+        with chromium_page() as page:
+            page.goto(url)
+            assert page.text_content("legend") == "Response (required)"
+            yes, no = page.locator("#value-true"), page.locator("#value-false")
+            yes_box, no_box = yes.bounding_box(), no.bounding_box()
+            assert yes_box is not None and no_box is not None
+            assert no_box["y"] >= yes_box["y"] + yes_box["height"]  # one line each
+            assert abs(no_box["x"] - yes_box["x"]) < 1
+            page.click("#approve")  # nothing chosen: the browser keeps the form
+            assert page.url == url and page.locator("#result").count() == 0
+            assert decision_of(database_url, link) is None
+            page.click("label[for=value-true]")  # the label picks its option
+            assert yes.is_checked() and not no.is_checked()
+            page.click("#approve")
+            page.wait_for_selector("#result")
+            assert page.text_content("#result") == "Recorded: approved."
     resolution = decision_of(database_url, link)
     assert resolution is not None and (resolution["decision"], resolution["value"]) == (
         "approve",

@@ -9,7 +9,6 @@ no longer lists it and the resumed run is in the parked run's group.
 
 import contextlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,16 @@ from flowmaestro_dagster.tags import (
 )
 from flowmaestro_dagster.testing.stack import DagsterStack
 from tests.api import e2e
-from tests.api.e2e import approvals_of, decide, deploy, finished, start, status_is, wait_for
+from tests.api.e2e import (
+    approvals_of,
+    chromium_page,
+    decide,
+    deploy,
+    finished,
+    start,
+    status_is,
+    wait_for,
+)
 from tests.builders import chain, node
 
 pytestmark = pytest.mark.slow
@@ -78,11 +86,7 @@ def test_a_waiting_run_is_listed_by_the_waiting_filter_until_it_is_approved(
     stack: DagsterStack, client: TestClient, auth: dict[str, str]
 ) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import sync_playwright
 
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is required (scripts/system-deps.sh installs it)")
     definition = chain(
         node("in", "input", inputName="post"),
         node("review", "humanReview", label="Editor sign-off", reviewPrompt="Publish {{post}}?"),
@@ -106,53 +110,37 @@ def test_a_waiting_run_is_listed_by_the_waiting_filter_until_it_is_approved(
     assert len(listed) <= 10, listed  # readable: what an operator filters by
 
     waiting_page = f"{stack.ui_url}/runs?q[]=tag:{WAITING_TAG}=approval"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
+    with chromium_page(viewport={"width": 1280, "height": 800}) as page:
+        page.goto(waiting_page)
+        row = page.get_by_text(run_id[:8], exact=True)
+        row.first.wait_for(timeout=60_000)
+        skip = page.get_by_role("button", name="Skip")  # the UI's one-time newsletter offer
+        with contextlib.suppress(PlaywrightTimeout):
+            skip.wait_for(timeout=5_000)
+            skip.click()
+        assert page.get_by_text(email).count() >= 1  # launched by the email, not a UUID
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+        page.get_by_text("View all tags").first.click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_text(WAITING_NODE_TAG).first.wait_for(timeout=30_000)
+        shown = dialog.inner_text()
+        assert WAITING_TAG in shown and "Editor sign-off" in shown and "approval" in shown
+        assert ".dagster/" not in shown and ".flowmaestro/" not in shown
+        page.wait_for_timeout(1_000)  # the dialog fades in
+        page.screenshot(path=str(TAGS_SCREENSHOT))
+        page.keyboard.press("Escape")
+
+        decide(client, auth, approval["id"], decision="approve")
+        done = finished(client, auth, execution_id)
+        assert done["status"] == "succeeded", done
+
+        assert run_id not in filtered_runs(stack, WAITING_TAG, "approval")
+        page.goto(waiting_page)
+        page.get_by_text("No runs found").or_(page.get_by_text("No matching runs")).first.wait_for(
+            timeout=60_000
         )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(waiting_page)
-            row = page.get_by_text(run_id[:8], exact=True)
-            row.first.wait_for(timeout=60_000)
-            skip = page.get_by_role("button", name="Skip")  # the UI's one-time newsletter offer
-            with contextlib.suppress(PlaywrightTimeout):
-                skip.wait_for(timeout=5_000)
-                skip.click()
-            assert page.get_by_text(email).count() >= 1  # launched by the email, not a UUID
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT))
-            page.get_by_text("View all tags").first.click()
-            dialog = page.get_by_role("dialog")
-            dialog.get_by_text(WAITING_NODE_TAG).first.wait_for(timeout=30_000)
-            shown = dialog.inner_text()
-            assert WAITING_TAG in shown and "Editor sign-off" in shown and "approval" in shown
-            assert ".dagster/" not in shown and ".flowmaestro/" not in shown
-            page.wait_for_timeout(1_000)  # the dialog fades in
-            page.screenshot(path=str(TAGS_SCREENSHOT))
-            page.keyboard.press("Escape")
-
-            decide(client, auth, approval["id"], decision="approve")
-            done = finished(client, auth, execution_id)
-            assert done["status"] == "succeeded", done
-
-            assert run_id not in filtered_runs(stack, WAITING_TAG, "approval")
-            page.goto(waiting_page)
-            page.get_by_text("No runs found").or_(
-                page.get_by_text("No matching runs")
-            ).first.wait_for(timeout=60_000)
-            assert row.count() == 0
-        finally:
-            browser.close()
+        assert row.count() == 0
 
     resumed = done["runs"][-1]["run_id"]
     assert resumed != run_id

@@ -22,6 +22,7 @@ from flowmaestro_dagster.testing.stack import DagsterStack
 from tests.api import e2e
 from tests.api.e2e import (
     approvals_of,
+    chromium_page,
     decide,
     deploy,
     execution,
@@ -304,17 +305,12 @@ def test_each_loop_item_gets_its_own_approval(client: TestClient, auth: dict[str
 def test_approval_page_works_in_a_real_browser(
     stack: DagsterStack, settings: ApiSettings, auth: dict[str, str], client: TestClient
 ) -> None:
-    import shutil
     import threading
 
     import uvicorn
-    from playwright.sync_api import sync_playwright
 
     from flowmaestro_dagster.testing.stack import free_port
 
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is required (scripts/system-deps.sh installs it)")
     port = free_port()
     page_settings = settings.model_copy(update={"public_api_url": f"http://127.0.0.1:{port}"})
     dagster = DagsterClient(settings.dagster_graphql_url, instance=stack.instance())
@@ -341,34 +337,18 @@ def test_approval_page_works_in_a_real_browser(
         link = httpx_post_json(f"http://127.0.0.1:{port}/approvals/{approval['id']}/link", auth)[
             "url"
         ]
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=chromium,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                ],
-            )
-            try:
-                page = browser.new_page()
-                page.goto(link)
-                assert (
-                    page.text_content("#prompt") == "Publish the <b>launch</b> post?"
-                )  # escaped, not HTML
-                page.fill("#value", "ship it")  # the review's response is required
-                page.fill("#comment", "looks good")
-                page.click("#approve")
-                page.wait_for_selector("#result")
-                assert page.text_content("#result") == "Recorded: approved."
-                page.goto(link)  # one-time: the link does not decide twice
-                assert "already decided" in (page.text_content("#result") or "")
-            finally:
-                browser.close()
+        with chromium_page() as page:
+            page.goto(link)
+            assert (
+                page.text_content("#prompt") == "Publish the <b>launch</b> post?"
+            )  # escaped, not HTML
+            page.fill("#value", "ship it")  # the review's response is required
+            page.fill("#comment", "looks good")
+            page.click("#approve")
+            page.wait_for_selector("#result")
+            assert page.text_content("#result") == "Recorded: approved."
+            page.goto(link)  # one-time: the link does not decide twice
+            assert "already decided" in (page.text_content("#result") or "")
         done = status_is(client, auth, execution_id, "succeeded", "failed")
         assert done["outputs"] == {"result": "approved prepared launch"}
     finally:
