@@ -12,6 +12,10 @@ from flowmaestro_api.errors import register_error_handlers
 from flowmaestro_api.ratelimit import HookRateLimiter
 from flowmaestro_api.request_guard import RequestBodyGuard
 from flowmaestro_api.routes import alerts, approvals, executions, health, hooks, queues, workflows
+from flowmaestro_api.routes.connections import router as connections_router
+from flowmaestro_api.routes.files import UPLOAD_PATH, upload_body_limit
+from flowmaestro_api.routes.files import router as files_router
+from flowmaestro_api.routes.knowledge_bases import router as knowledge_bases_router
 from flowmaestro_api.routes.observability import router as observability_router
 from flowmaestro_api.services.events import EventFeed
 from flowmaestro_api.services.metrics import metrics_registry
@@ -80,7 +84,12 @@ def create_app(
     app.state.hook_limits = HookRateLimiter(
         settings.hook_rate_limit, settings.hook_rate_limit_storage
     )
-    app.add_middleware(RequestBodyGuard, limit=settings.max_request_bytes)
+    app.add_middleware(
+        RequestBodyGuard,
+        limit=settings.max_request_bytes,
+        # file uploads stream to the file store, capped by FLOWMAESTRO_FILES__MAX_UPLOAD_MB
+        larger=[("POST", UPLOAD_PATH, upload_body_limit(settings))],
+    )
     register_error_handlers(app)
     app.include_router(health.router)
     app.include_router(workflows.router)
@@ -90,4 +99,7 @@ def create_app(
     app.include_router(hooks.router)
     app.include_router(observability_router)
     app.include_router(alerts.router)
+    app.include_router(connections_router)
+    app.include_router(knowledge_bases_router)
+    app.include_router(files_router)
     return app

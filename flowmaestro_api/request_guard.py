@@ -9,6 +9,7 @@ character, a lone UTF-16 surrogate) is refused with a 422 naming where (docs/sec
 import json
 import math
 import re
+from collections.abc import Sequence
 from email.message import Message as MediaType
 from typing import Any, NoReturn
 
@@ -46,21 +47,40 @@ class RequestBodyGuard:
     refused (422) when it nests deeper than `MAX_JSON_DEPTH` or holds NaN/Infinity: Python's
     json reads both, and no database column or Dagster run config can hold them. Malformed JSON
     passes: the route answers it (errors.py names line and column; webhooks record it).
+    `larger` lets named routes take more (a file upload: FLOWMAESTRO_FILES__MAX_UPLOAD_MB),
+    counted the same way.
     """
 
-    def __init__(self, app: ASGIApp, *, limit: int, max_depth: int = MAX_JSON_DEPTH) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit: int,
+        max_depth: int = MAX_JSON_DEPTH,
+        larger: Sequence[tuple[str, str, int]] = (),
+    ) -> None:
         self.app = app
         self.limit = limit
         self.max_depth = max_depth
+        # (method, path pattern, limit): routes that take larger bodies (file uploads)
+        self.larger = [(m.upper(), re.compile(p), n) for m, p, n in larger]
+
+    def limit_for(self, scope: Scope) -> int:
+        """The body limit of a request: a larger route's own, else the global one."""
+        for method, pattern, limit in self.larger:
+            if scope.get("method") == method and pattern.fullmatch(scope.get("path", "")):
+                return max(limit, self.limit)
+        return self.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        limit = self.limit_for(scope)
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.limit:
-            await self._answer(scope, send, self._too_large())
+        if declared.isdigit() and int(declared) > limit:
+            await self._answer(scope, send, self._too_large(limit))
             return
         received = 0
         started = cut = answered = delivered = False
@@ -78,8 +98,8 @@ class RequestBodyGuard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    await refuse(self._too_large())
+                if received > limit:
+                    await refuse(self._too_large(limit))
             return message
 
         async def whole_json() -> Message:
@@ -117,8 +137,8 @@ class RequestBodyGuard:
                 raise
             # the app failed because the guard cut its body off (and answered, unless it had)
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"the request body is larger than {self.limit} bytes")
+    def _too_large(self, limit: int | None = None) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body is larger than {limit or self.limit} bytes")
 
     async def _answer(self, scope: Scope, send: Send, error: PlatformError) -> None:
         await render(error, Request(scope))(scope, _nothing_to_receive, send)

@@ -202,6 +202,61 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_runnable(args: argparse.Namespace) -> int:
+    """Per workflow: the nodes this deployment cannot run, and what it lacks for the rest."""
+    from flowmaestro_dagster.control.runnable import check_definition
+
+    paths = [Path(p) for p in args.paths]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        print(f"flowmaestro runnable: no such file or folder: {missing[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    files = workflow_files(paths)
+    if not files:
+        print("flowmaestro runnable: no .json files found", file=sys.stderr)
+        return EXIT_USAGE
+    settings = get_settings()
+    runnable = 0
+    for path in files:
+        report = check_definition(str(path), path.read_bytes(), settings)
+        runnable += report.runnable
+        if args.json:
+            print(json.dumps(report.to_dict(), ensure_ascii=False), flush=True)
+            continue
+        print(f"{'ok' if report.runnable else 'no':<5} {path}")
+        for error in report.errors:
+            print(f"        invalid: {error}")
+        for blocker in report.blockers:
+            where = f"node '{blocker.node_id}' ({blocker.node_type})"
+            print(f"        cannot run: {where}: {blocker.reason}")
+        for need in report.needs:
+            print(f"        needs {need.kind} {need.name!r} (node '{need.node_id}'): {need.how}")
+    if not args.json:
+        print(f"{runnable} of {len(files)} workflow(s) can run on this deployment")
+    return EXIT_OK if runnable == len(files) else EXIT_FAILED
+
+
+def cmd_connections_rotate_keys(args: argparse.Namespace) -> int:
+    """Re-encrypt every stored connection with the first of FLOWMAESTRO_CONNECTIONS_KEYS
+    (docs/security.md#connections: the key rotation procedure)."""
+    from flowmaestro_dagster.store.connections import ConnectionCipher, rotate_keys
+
+    settings = get_settings()
+    counts = rotate_keys(settings.database_url, ConnectionCipher.from_settings(settings))
+    print(
+        f"re-encrypted {counts['rotated']} connection(s) with the first key; "
+        f"{counts['current']} already were; {counts['unreadable']} unreadable"
+    )
+    if counts["unreadable"]:
+        print(
+            "unreadable connections were encrypted with a key no longer in "
+            "FLOWMAESTRO_CONNECTIONS_KEYS: put it back (after the first) and run this again",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _redacted_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -220,6 +275,13 @@ def build_parser(
     validate.add_argument("--json", action="store_true", help="one JSON object per file")
     validate.add_argument("-v", "--verbose", action="store_true", help="also list warnings")
     validate.set_defaults(handler=cmd_validate)
+
+    runnable = commands.add_parser(
+        "runnable", help="report the nodes this deployment cannot run, and what it lacks"
+    )
+    runnable.add_argument("paths", nargs="+", help="workflow JSON files or folders")
+    runnable.add_argument("--json", action="store_true", help="one JSON object per file")
+    runnable.set_defaults(handler=cmd_runnable)
 
     run = commands.add_parser("run", help="run a workflow on the local Dagster instance")
     run.add_argument("file", help="workflow JSON file")
@@ -240,6 +302,13 @@ def build_parser(
         "migrate", help="create/upgrade the API and Dagster tables, write dagster.yaml"
     )
     migrate.set_defaults(handler=cmd_migrate)
+
+    connections = commands.add_parser("connections", help="manage stored provider connections")
+    connection_commands = connections.add_subparsers(dest="connections_command", required=True)
+    rotate_keys = connection_commands.add_parser(
+        "rotate-keys", help="re-encrypt every connection with the first connections key"
+    )
+    rotate_keys.set_defaults(handler=cmd_connections_rotate_keys)
 
     if more is not None:
         more(commands)

@@ -136,6 +136,22 @@ class CodeSettings(BaseModel):
     )
 
 
+class FileSettings(BaseModel):
+    """The file store (docs/nodes.md#files): where node files and uploads live, and their caps.
+
+    `url` is a local directory or any fsspec URL (`s3://bucket/prefix`, `gcs://...`; install the
+    fsspec backend, e.g. s3fs); empty means `<dagster_home>/files`.
+    """
+
+    url: str | None = Field(default=None, description="local path or fsspec URL of the store")
+    max_file_mb: int = Field(default=100, gt=0, description="largest file a node writes or reads")
+    max_upload_mb: int = Field(default=50, gt=0, description="largest file the API accepts")
+    signed_url_ttl_s: int = Field(
+        default=3600, gt=0, description="lifetime of a download URL (GET /files/download)"
+    )
+    max_signed_url_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+
+
 def _check_database_url(url: str) -> str:
     scheme = url.split("://", 1)[0].lower()
     if scheme.startswith("postgres") and scheme != "postgresql+psycopg2":
@@ -262,6 +278,188 @@ class ConnectionSettings(BaseModel):
         return None
 
 
+class OAuthClientSettings(BaseModel):
+    """An OAuth2 client registered with a provider, for connections made by authorization
+    (`POST /connections/oauth/{provider}/authorize`): `FLOWMAESTRO_OAUTH__<PROVIDER>__CLIENT_ID`
+    and `__CLIENT_SECRET` (or `__CLIENT_SECRET_ENV`). The endpoints and scopes come from the
+    provider's catalogue entry; the `*_url` and `scopes` fields override them (a proxy, a
+    provider's regional endpoint, a local fake in tests). Its redirect URI is
+    `FLOWMAESTRO_PUBLIC_API_URL` + `/connections/oauth/callback`.
+    """
+
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_env: str | None = Field(default=None, description="env var holding it")
+    authorize_url: str | None = Field(default=None, description="overrides the catalogue's")
+    token_url: str | None = Field(default=None, description="overrides the catalogue's")
+    revoke_url: str | None = Field(default=None, description="overrides the catalogue's")
+    scopes: list[str] | None = Field(default=None, description="overrides the catalogue's")
+    token_auth: Literal["basic", "post"] | None = Field(
+        default=None,
+        description="how the client authenticates at the token endpoint: HTTP Basic or "
+        "client_id/client_secret in the form (default: the catalogue's, else Basic)",
+    )
+    pkce: bool | None = Field(
+        default=None,
+        description="send a PKCE S256 challenge (default: the catalogue's, else on)",
+    )
+
+    def resolved_client_secret(self) -> str | None:
+        if self.client_secret is not None and self.client_secret.get_secret_value():
+            return self.client_secret.get_secret_value()
+        if self.client_secret_env:
+            return os.environ.get(self.client_secret_env) or None
+        return None
+
+
+class KnowledgeSettings(BaseModel):
+    """Knowledge bases (docs/nodes.md#knowledgebasequery): how documents are chunked, their caps,
+    and the optional embeddings endpoint that turns full-text search into hybrid search.
+
+    `embeddings_provider` names one of `FLOWMAESTRO_LLM__PROVIDERS__<NAME>`; unset, search is
+    full-text only (SQLite FTS5 / PostgreSQL tsvector) and needs no model.
+    """
+
+    chunk_chars: int = Field(default=800, ge=100, le=20_000, description="largest chunk")
+    chunk_overlap_chars: int = Field(
+        default=100, ge=0, description="text a chunk repeats from the one before it"
+    )
+    max_document_bytes: int = Field(
+        default=10 * 1024 * 1024, gt=0, description="largest PDF upload or fetched page"
+    )
+    max_document_chars: int = Field(
+        default=1_000_000, gt=0, description="most text one document may hold once extracted"
+    )
+    max_chunks_per_document: int = Field(default=2_000, gt=0)
+    max_documents_per_knowledge_base: int = Field(default=1_000, gt=0)
+    max_pdf_pages: int = Field(default=500, gt=0, description="pages of a PDF read at most")
+    extract_timeout_s: float = Field(
+        default=60.0, gt=0, description="time to fetch a URL or read a PDF's text, in all"
+    )
+    embeddings_provider: str | None = Field(
+        default=None, description="LLM provider serving /embeddings; unset: full-text only"
+    )
+    embeddings_model: str | None = Field(
+        default=None, description="embeddings model (default: the provider's default_model)"
+    )
+    embeddings_batch_size: int = Field(default=64, ge=1, le=2048, description="texts a request")
+    rrf_k: int = Field(default=60, ge=1, description="reciprocal-rank fusion constant (hybrid)")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "KnowledgeSettings":
+        if self.chunk_overlap_chars >= self.chunk_chars:
+            raise ValueError("chunk_overlap_chars must be smaller than chunk_chars")
+        return self
+
+
+class SheetSettings(BaseModel):
+    """Caps of spreadsheetGeneration (docs/nodes.md#spreadsheetgeneration): a sheet larger than
+    these is refused with a node error naming the data field, never cut short silently."""
+
+    max_rows: int = Field(default=100_000, ge=1, le=1_048_575, description="data rows a sheet")
+    max_columns: int = Field(default=1_000, ge=1, le=16_384, description="columns a sheet")
+    max_cell_chars: int = Field(
+        default=32_767, ge=1, le=32_767, description="characters a cell (Excel's own limit)"
+    )
+
+
+class ChartSettings(BaseModel):
+    """Caps of chartGeneration (docs/nodes.md#chartgeneration); width and height are checked
+    against fixed bounds (50 to 4,000 px) at deploy time."""
+
+    max_points: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="data points a chart (its spec keeps them)"
+    )
+
+
+class WebSearchSettings(BaseModel):
+    """webSearch nodes (docs/nodes.md#websearch): which provider serves a node that names none,
+    and how many results a node gets. A provider's key and API root are a connection:
+    `FLOWMAESTRO_CONNECTIONS__BRAVE__API_KEY`, `FLOWMAESTRO_CONNECTIONS__SEARXNG__BASE_URL`.
+    """
+
+    provider: str | None = Field(
+        default=None,
+        description="connection (or adapter: searxng, brave, tavily, serper) for nodes that "
+        "name no provider",
+    )
+    default_results: int = Field(default=5, ge=1, le=100, description="when maxResults is unset")
+    max_results: int = Field(default=20, ge=1, le=100, description="cap on a node's maxResults")
+
+
+class BrowserSettings(BaseModel):
+    """screenshotCapture (docs/nodes.md#screenshotcapture): the Chromium that Playwright drives
+    (Debian's; Playwright's own browser download is never used) and its budgets."""
+
+    executable: str = Field(default="chromium", description="a path, or a name looked up on PATH")
+    timeout_s: float = Field(default=30.0, gt=0, description="a capture's whole time budget")
+    max_timeout_s: float = Field(default=120.0, gt=0, description="cap on a node's timeout")
+    max_requests: int = Field(default=300, ge=1, description="requests a page may make")
+    max_page_bytes: int = Field(
+        default=50 * 1024 * 1024, gt=0, description="bytes a page may load, in all"
+    )
+    max_height: int = Field(default=16_384, ge=240, description="pixels of a full-page capture")
+
+
+class DocumentSettings(BaseModel):
+    """pdfGeneration, pdfExtract and ocrExtraction (docs/nodes.md#pdfgeneration): the operator's
+    PDF templates and the caps every document input has (text, pages, pixels, time)."""
+
+    templates_dir: Path | None = Field(
+        default=None,
+        description="folder of Jinja2 PDF templates (<name>.html) that add to or replace the "
+        "shipped ones",
+    )
+    max_content_chars: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="characters a PDF is made from, or text pdfExtract/ocrExtraction return",
+    )
+    max_pdf_pages: int = Field(
+        default=500, gt=0, description="pages a generated PDF may have, or pdfExtract reads"
+    )
+    extract_timeout_s: float = Field(
+        default=120.0, gt=0, description="time pdfExtract spends reading text, in all"
+    )
+    ocr_dpi: int = Field(default=300, ge=72, le=600, description="scanned PDF pages for OCR")
+    ocr_max_pages: int = Field(default=20, gt=0, description="pages (or frames) one OCR reads")
+    ocr_timeout_s: float = Field(default=60.0, gt=0, description="Tesseract's time for a page")
+    max_image_pixels: int = Field(
+        default=50_000_000, gt=0, description="pixels of an image (or rendered page) for OCR"
+    )
+
+
+class MediaAISettings(BaseModel):
+    """Generative media nodes (docs/nodes.md#audiotranscription): audioTranscription, audioOutput
+    / audio, imageGeneration and videoGeneration on OpenAI-compatible providers. Inputs over a
+    cap are refused with a node error naming the field, never cut short; a video job is polled
+    from a durable waitpoint (no worker waits while it renders) with these intervals."""
+
+    max_transcription_mb: int = Field(
+        default=25, gt=0, description="largest audio file a transcription uploads (OpenAI: 25)"
+    )
+    max_speech_chars: int = Field(
+        default=4096, gt=0, description="characters one text-to-speech call reads (OpenAI: 4096)"
+    )
+    max_image_mb: int = Field(
+        default=25, gt=0, description="largest image uploaded (edits) or generated image stored"
+    )
+    max_video_mb: int = Field(default=500, gt=0, description="largest generated video stored")
+    video_poll_initial_s: float = Field(
+        default=5.0, gt=0, description="first wait between a video job's submit and its poll"
+    )
+    video_poll_factor: float = Field(default=2.0, ge=1, description="each next wait: times this")
+    video_poll_max_s: float = Field(default=60.0, gt=0, description="longest wait between polls")
+    video_deadline_s: float = Field(
+        default=3600.0, gt=0, description="a video job not done this long after submit fails"
+    )
+    video_local_wait_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="runs outside the platform (no waitpoints) poll in process this long at most",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLOWMAESTRO_",
@@ -285,6 +483,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     code: CodeSettings = Field(default_factory=CodeSettings)
+    files: FileSettings = Field(default_factory=FileSettings)
     python_isolation: Literal["auto", "none"] = Field(
         default="auto",
         description="Python and JavaScript code nodes: 'auto' runs them in every isolation "
@@ -297,6 +496,36 @@ class Settings(BaseSettings):
     )
     connections: dict[str, ConnectionSettings] = Field(
         default_factory=dict, description="named connector connections (Slack, SMTP, ...)"
+    )
+    # Connections store (docs/security.md#connections): users' connections live encrypted in
+    # the platform database; `connections` above stays the operators' bootstrap source.
+    connections_keys: SecretStr | None = Field(
+        default=None,
+        description="comma-separated Fernet keys: the first encrypts connection secrets, every "
+        "one decrypts (key rotation); unset: one generated once in DAGSTER_HOME (development)",
+    )
+    oauth: dict[str, OAuthClientSettings] = Field(
+        default_factory=dict, description="OAuth2 clients per provider (connections by consent)"
+    )
+    knowledge: KnowledgeSettings = Field(
+        default_factory=KnowledgeSettings, description="knowledge bases: chunking, caps, embeddings"
+    )
+    web_search: WebSearchSettings = Field(
+        default_factory=WebSearchSettings, description="webSearch: default provider, result caps"
+    )
+    browser: BrowserSettings = Field(
+        default_factory=BrowserSettings, description="screenshotCapture: Chromium and budgets"
+    )
+    sheets: SheetSettings = Field(
+        default_factory=SheetSettings, description="spreadsheetGeneration caps"
+    )
+    charts: ChartSettings = Field(default_factory=ChartSettings, description="chartGeneration caps")
+    documents: DocumentSettings = Field(
+        default_factory=DocumentSettings, description="pdfGeneration, pdfExtract, ocrExtraction"
+    )
+    media_ai: MediaAISettings = Field(
+        default_factory=MediaAISettings,
+        description="audioTranscription, audioOutput, imageGeneration, videoGeneration caps",
     )
 
     # -- the platform: database, Dagster, waitpoints, run queue, scale-out ------------------------

@@ -121,7 +121,7 @@ def test_registry_finds_by_provider_and_operation() -> None:
     assert registry.find("Slack", "postmessage") is not None  # case-insensitive
     assert registry.find("slack", "getChannelHistory") is None  # needs the Web API
     assert registry.find("webhook", "anything") is not None
-    assert registry.find("hubspot", "updateContact") is None
+    assert registry.find("salesforce", "createLead") is None  # hubspot is catalogued now
     assert {"email", "http", "slack", "smtp", "webhook"} <= set(registry.providers())
 
 
@@ -374,7 +374,7 @@ def test_email_refuses_header_injection_and_bad_credentials(smtp: tuple[_Inbox, 
 def test_unconfigured_providers_and_media_types_fail_precisely() -> None:
     with pytest.raises(
         ConnectorNotConfiguredError,
-        match=r"no connector configured for provider hubspot \(operation updateContact\)",
+        match=r"no connection for provider hubspot \(operation updateContact\)",
     ):
         execute_integration(_ctx(Settings(), provider="hubspot", operation="updateContact"))
     ctx = NodeContext(
@@ -401,20 +401,20 @@ def test_validate_lists_required_connectors_as_warnings() -> None:
             node("in", "input", inputName="x"),
             node("crm", "hubspot", operation="updateContact"),
             node("say", "integration", provider="slack", operation="sendMessage", text="hi"),
-            node("ocr", "ocrExtraction"),
+            node("ocr", "ocrExtraction", image="{{x}}"),  # the platform runs it: no warning
             node("tpl", "templateOutput", template="x"),
         ],
         [("in", "crm"), ("in", "say"), ("in", "ocr"), ("in", "tpl")],
     )
     warnings = {p.node_id: p for p in validate(definition) if p.code == "connector_required"}
-    assert set(warnings) == {"crm", "ocr"}
+    assert set(warnings) == {"crm"}
     assert "provider hubspot (operation updateContact)" in warnings["crm"].message
     spec, _ = parse_workflow(definition)
     assert spec is not None
     served = Settings(
         connections={"hubspot": {"connector": "webhook", "url": "https://example.com"}}
     )
-    assert [p.node_id for p in connector_problems(spec, settings=served)] == ["ocr"]
+    assert [p.node_id for p in connector_problems(spec, settings=served)] == []
 
 
 def test_template_output_renders_variables_and_html() -> None:

@@ -122,11 +122,9 @@ def test_switch_and_conditional_choose_branches() -> None:
 
 
 def test_node_types_without_executor_fail_naming_the_connector() -> None:
-    with pytest.raises(
-        ConnectorNotConfiguredError, match="no connector configured for provider hubspot"
-    ):
+    with pytest.raises(ConnectorNotConfiguredError, match="no connection for provider hubspot"):
         execute("integration", {"provider": "hubspot", "operation": "createContact"}, STATE)
-    with pytest.raises(ConnectorNotConfiguredError, match="node type 'webSearch'"):
+    with pytest.raises(ConnectorNotConfiguredError, match="no web search provider is configured"):
         execute("webSearch", {"query": "x"}, STATE)
 
 

@@ -19,6 +19,7 @@ from flowmaestro_dagster.lang import expressions
 from flowmaestro_dagster.lang.patterns import pattern_problem, wildcard
 from flowmaestro_dagster.lang.state import INPUT_ALIAS
 from flowmaestro_dagster.lang.templates import find_references
+from flowmaestro_dagster.nodes import CONFIG_CHECKS
 from flowmaestro_dagster.nodes.connectors import connector_problems
 from flowmaestro_dagster.nodes.transform import jsonata_pattern_problem, looks_like_js
 from flowmaestro_dagster.settings import get_settings
@@ -246,6 +247,8 @@ def _node_config_problems(node: NodeSpec) -> Iterator[Problem]:
         yield _missing(node, "key", f"shared-memory {config.operation} needs a key")
     elif isinstance(config, WaitConfig):
         yield from _wait_problems(node, config)
+    if (check := CONFIG_CHECKS.get(node.type)) is not None:
+        yield from check(node)
 
 
 def _size_problems(

@@ -3,15 +3,23 @@
 from collections.abc import Mapping
 
 from flowmaestro_dagster.nodes import (
+    charts,
     checkpoint,
     code,
     database,
+    documents,
+    file_nodes,
+    generative,
     http,
     integration,
+    knowledge,
     llm,
+    sheets,
     waitpoints,
+    web,
 )
 from flowmaestro_dagster.nodes.base import (
+    ConfigCheck,
     Executor,
     MemoryOp,
     NodeContext,
@@ -32,6 +40,7 @@ from flowmaestro_dagster.nodes.transform import execute_transform
 from flowmaestro_dagster.nodes.unavailable import execute_unavailable
 
 __all__ = [
+    "CONFIG_CHECKS",
     "EXECUTORS",
     "Executor",
     "MemoryOp",
@@ -57,9 +66,29 @@ EXECUTORS: Mapping[str, Executor] = {
     **http.EXECUTORS,
     **code.EXECUTORS,
     **database.EXECUTORS,
-    **integration.EXECUTORS,
     **waitpoints.EXECUTORS,
     **checkpoint.EXECUTORS,
+    **integration.EXECUTORS,  # integration, templateOutput; media types: a plug-in's connector
+    # Media node types the platform runs itself (after integration's plug-in fallback):
+    **file_nodes.EXECUTORS,  # fileRead, fileWrite, audioInput
+    **web.EXECUTORS,  # url, webBrowse, fileDownload, webSearch, screenshotCapture
+    **documents.EXECUTORS,  # pdfGeneration, pdfExtract, ocrExtraction
+    **sheets.EXECUTORS,  # spreadsheetGeneration
+    **charts.EXECUTORS,  # chartGeneration
+    **generative.EXECUTORS,  # audioTranscription, audioOutput, audio, imageGeneration, video
+    **knowledge.EXECUTORS,  # knowledgeBaseQuery
+}
+
+
+# Deploy-time checks of node types whose executors know their fields (media nodes).
+CONFIG_CHECKS: Mapping[str, ConfigCheck] = {
+    **file_nodes.CONFIG_CHECKS,
+    **web.CONFIG_CHECKS,
+    **documents.CONFIG_CHECKS,
+    **sheets.CONFIG_CHECKS,
+    **charts.CONFIG_CHECKS,
+    **generative.CONFIG_CHECKS,
+    **knowledge.CONFIG_CHECKS,
 }
 
 

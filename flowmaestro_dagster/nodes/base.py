@@ -6,11 +6,11 @@ executors into ops; tests call them as functions.
 """
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowmaestro_dagster.errors import NodeConfigurationError, NodeExecutionError
 from flowmaestro_dagster.lang import templates
@@ -18,6 +18,10 @@ from flowmaestro_dagster.lang.expressions import Budget, Limits
 from flowmaestro_dagster.lang.state import ExecutionState
 from flowmaestro_dagster.settings import Settings, get_settings
 from flowmaestro_dagster.spec.configs import NodeConfig
+
+if TYPE_CHECKING:
+    from flowmaestro_dagster.spec.models import NodeSpec
+    from flowmaestro_dagster.spec.problems import Problem
 
 ConfigT = TypeVar("ConfigT", bound=NodeConfig)
 _log = logging.getLogger("flowmaestro.executors")
@@ -135,3 +139,6 @@ def wrap_output(value: Any, output_variable: str | None, default_key: str = "res
 
 
 Executor = Callable[[NodeContext], NodeResult]
+ConfigCheck = Callable[["NodeSpec"], Iterable["Problem"]]
+"""A node type's deploy-time checks (compile/validation.py calls them): what can be known
+before the node runs (an unknown chart type) is a problem naming the node and field."""

@@ -8,9 +8,10 @@ permanent failure. Every field is interpolated with `{{...}}`.
 """
 
 import base64
+import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -463,6 +464,24 @@ def send(
     settings: HttpSettings, parts: RequestParts, *, timeout: float, follow_redirects: bool
 ) -> tuple[int, dict[str, str], bytes, int]:
     """(status, headers, body, elapsed ms); redirects are followed hop by hop, each guarded."""
+    opened = open_response(settings, parts, timeout=timeout, follow_redirects=follow_redirects)
+    with opened as (response, started):
+        body = _read_capped(response, settings.max_response_bytes, started + timeout)
+    headers = {name.lower(): value for name, value in response.headers.items()}
+    elapsed_ms = round((time.perf_counter() - started) * 1000)
+    return response.status_code, headers, body, elapsed_ms
+
+
+@contextlib.contextmanager
+def open_response(
+    settings: HttpSettings, parts: RequestParts, *, timeout: float, follow_redirects: bool
+) -> Iterator[tuple[httpx.Response, float]]:
+    """The final response with its body unread, and when sending started (perf_counter).
+
+    For callers that stream the body (`iter_body`: fileDownload writes it to the file store
+    chunk by chunk) as well as `send`. Redirects are followed hop by hop, each hop connecting
+    through the guarded transport (so re-checked), credentials dropped across origins.
+    """
     started = time.perf_counter()
     with guarded_client(settings, timeout=timeout, headers={"User-Agent": USER_AGENT}) as client:
         request = client.build_request(parts.method, parts.url, headers=parts.headers, **parts.body)
@@ -486,12 +505,9 @@ def send(
                         del next_request.headers[name]
             request = next_request
         try:
-            body = _read_capped(response, settings.max_response_bytes, started + timeout)
+            yield response, started
         finally:
             response.close()
-    headers = {name.lower(): value for name, value in response.headers.items()}
-    elapsed_ms = round((time.perf_counter() - started) * 1000)
-    return response.status_code, headers, body, elapsed_ms
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
@@ -501,10 +517,15 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
 def _read_capped(response: httpx.Response, limit: int, deadline: float) -> bytes:
     """The body, up to `limit` bytes and until `deadline` (httpx's timeouts are per read, so
     a server that trickles bytes would otherwise hold the node for ever)."""
+    return b"".join(iter_body(response, limit=limit, deadline=deadline))
+
+
+def iter_body(response: httpx.Response, *, limit: int, deadline: float) -> Iterator[bytes]:
+    """The body chunk by chunk, refused past `limit` bytes (a declared Content-Length over it
+    before reading anything) or past `deadline` (perf_counter): `_TooLarge` / ReadTimeout."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _TooLarge()
-    chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():  # decoded, so a compressed bomb is capped too
         size += len(chunk)
@@ -512,8 +533,7 @@ def _read_capped(response: httpx.Response, limit: int, deadline: float) -> bytes
             raise _TooLarge()
         if time.perf_counter() > deadline:
             raise httpx.ReadTimeout("the response took longer than the timeout")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
 
 
 def parse_body(body: bytes, headers: Mapping[str, str]) -> Any:

@@ -3,21 +3,28 @@ templateOutput.
 
 An integration node calls the connector registered for its provider and operation (see
 `flowmaestro_dagster.nodes.connectors`); a node whose connector is missing fails with
-"no connector configured for provider X (operation Y)". Media node types without an executor
-of their own (audio*, pdf*, ocr*, image*, chart*, spreadsheet*, webSearch, ...) look up a
-connector registered under the node type, so a deployment can add one through the entry-point
-group; without one they fail with "no connector configured for <type>". templateOutput renders
-its template here (no connector involved).
+"no connector configured for provider X (operation Y)". `execute_media` is the fallback of
+media node types (and operations, like imageGeneration's `upscale`) that the platform does not
+run itself: it looks up a connector registered under the node type, so a deployment can add
+one through the entry-point group; without one they fail with "no connector configured for
+<type>". Every builder media type has an executor of its own today (nodes/__init__.py).
+templateOutput renders its template here (no connector involved).
+
+The node's connection comes from the `connections` service first (the connections store: the
+run user's connection named by `connectionId`, an id or a name, else their default for the
+provider, OAuth2 tokens refreshed), then from the operators' FLOWMAESTRO_CONNECTIONS. A
+`connectionId` found in neither (another user's included) fails the node.
 """
 
 import copy
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 from flowmaestro_dagster.errors import (
     ConnectorNotConfiguredError,
     NodeConfigurationError,
     NodeExecutionError,
+    TransientNodeError,
 )
 from flowmaestro_dagster.lang import templates
 from flowmaestro_dagster.lang.expressions import Layered
@@ -35,6 +42,7 @@ from flowmaestro_dagster.nodes.connectors import (
 from flowmaestro_dagster.settings import ConnectionSettings
 from flowmaestro_dagster.spec.configs import IntegrationConfig
 from flowmaestro_dagster.spec.node_types import MEDIA_TYPES
+from flowmaestro_dagster.tags import USER_TAG
 
 _SECRET_FIELDS = ("url", "password", "signing_secret", "token", "api_key")
 
@@ -76,14 +84,8 @@ def _call(
     media: bool = False,
 ) -> Any:
     settings = ctx.settings
-    connection_name, connection = resolve_connection(
-        settings, str(connection_id) if connection_id else None, provider
-    )
-    if connection_id and connection is None:
-        raise ctx.error(
-            f"no connection named '{connection_id}' is configured (FLOWMAESTRO_CONNECTIONS)",
-            ConnectorNotConfiguredError,
-        )
+    wanted = str(connection_id) if connection_id else None
+    connection_name, connection, refresh = _connection(ctx, wanted, provider)
     served_by = connection.connector if connection is not None and connection.connector else None
     spec = _registry(ctx).find(served_by or provider, operation)
     if spec is None:
@@ -92,6 +94,7 @@ def _call(
         if media_provider:
             what += f" (provider {media_provider})"
         raise ctx.error(f"no connector configured for {what}", ConnectorNotConfiguredError)
+    secrets = _secrets(connection)
     request = ConnectorRequest(
         provider=served_by or provider or ctx.node_type,
         operation=operation,
@@ -100,15 +103,101 @@ def _call(
         connection_name=connection_name,
         settings=settings,
         node=ctx,
+        refresh=_redacting(refresh, secrets) if refresh is not None else None,
     )
-    secrets = _secrets(connection)
     try:
         return spec.run(request)
+    except ConnectorNotConfiguredError as exc:
+        if connection is None and "POST /connections" not in str(exc):
+            exc = _with_hint(exc, provider or ctx.node_type)
+        raise _redacted(exc, secrets) from exc.__cause__
     except NodeExecutionError as exc:
         raise _redacted(exc, secrets) from exc.__cause__
     except Exception as exc:  # noqa: BLE001  (a deployment's connector may raise anything)
         message = _redact(f"{type(exc).__name__}: {exc}", secrets)
         raise ctx.error(f"connector {spec.provider} failed: {message}") from None
+
+
+class ResolvedConnection(Protocol):
+    """What the `connections` service resolves (store/connections.py ResolvedConnection)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def settings(self) -> ConnectionSettings | None: ...
+    @property
+    def refresh(self) -> Callable[[], ConnectionSettings | None] | None: ...
+    @property
+    def problem(self) -> str | None: ...
+    @property
+    def transient(self) -> bool: ...
+
+
+class ConnectionResolver(Protocol):
+    """The `connections` service: the run owner's connections (the platform database)."""
+
+    def resolve(
+        self, owner_id: str | None, connection_id: str | None, provider: str
+    ) -> ResolvedConnection | None: ...
+
+
+def _connection(
+    ctx: NodeContext, connection_id: str | None, provider: str | None
+) -> tuple[str | None, ConnectionSettings | None, Callable[[], ConnectionSettings | None] | None]:
+    """The node's connection: the run owner's in the connections store (by id or name, else
+    their default for the provider), else the operators' FLOWMAESTRO_CONNECTIONS. A named
+    connection found in neither fails the node, worded alike whether it is someone else's
+    or nobody's."""
+    store = ctx.services.get("connections")
+    if store is not None and (connection_id or provider):
+        owner = ctx.run_tags.get(USER_TAG)
+        found = cast(ConnectionResolver, store).resolve(owner, connection_id, provider or "")
+        if found is not None:
+            if found.problem is not None or found.settings is None:
+                cls = TransientNodeError if found.transient else ConnectorNotConfiguredError
+                raise ctx.error(found.problem or f"connection {found.name!r} is unusable", cls)
+            return found.name, found.settings, found.refresh
+    name, connection = resolve_connection(ctx.settings, connection_id, provider)
+    if connection_id and connection is None:
+        raise ctx.error(
+            f"no connection named '{connection_id}' of yours: "
+            f"{_how_to_add(provider or ctx.node_type)}",
+            ConnectorNotConfiguredError,
+            details={"field": "connectionId"},
+        )
+    return name, connection, None
+
+
+def _how_to_add(provider: str) -> str:
+    variable = provider.upper().replace("-", "_")
+    return (
+        f"add one with POST /connections (provider {provider}) or "
+        f"FLOWMAESTRO_CONNECTIONS__{variable}__..."
+    )
+
+
+def _with_hint(exc: ConnectorNotConfiguredError, provider: str) -> ConnectorNotConfiguredError:
+    """A connector's "not configured" failure, with where users add connections now."""
+    hinted = copy.copy(exc)
+    hinted.reason = f"{exc.reason} (or {_how_to_add(provider)})"
+    hinted.args = (f"{exc.args[0] if exc.args else ''} (or {_how_to_add(provider)})",)
+    return hinted
+
+
+def _redacting(
+    refresh: Callable[[], ConnectionSettings | None], secrets: list[str]
+) -> Callable[[], ConnectionSettings | None]:
+    """`refresh`, adding the new token to what error messages are scrubbed of."""
+
+    def refreshed() -> ConnectionSettings | None:
+        fresh = refresh()
+        for value in _secrets(fresh):
+            if value not in secrets:
+                secrets.append(value)
+        secrets.sort(key=len, reverse=True)
+        return fresh
+
+    return refreshed
 
 
 def _secrets(connection: ConnectionSettings | None) -> list[str]:

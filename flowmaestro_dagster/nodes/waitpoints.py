@@ -43,6 +43,7 @@ class WaitpointRecord:
     status: str
     resolution: Mapping[str, Any] | None = None
     due_at: datetime | None = None
+    spec: Mapping[str, Any] | None = None  # what the node parked with (a video job's id)
 
 
 class WaitpointStore(Protocol):

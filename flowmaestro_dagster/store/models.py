@@ -432,3 +432,113 @@ class UserRunLimit(Base):
     run_limit: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(320), default="")
+
+
+class ProviderConnection(Base):
+    """A user's connection to a provider (docs/security.md#connections): its secrets encrypted
+    with the connections key (`key_id` names which), what is not secret in the clear. The
+    owner's names are unique, and an owner has at most one default connection per provider
+    (the one a node that names none uses): both are constraints."""
+
+    __tablename__ = "connections"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "name", name="uq_connection_name"),
+        CheckConstraint("auth_type IN ('credentials', 'oauth2')", name="ck_connection_auth_type"),
+        CheckConstraint("status IN ('active', 'needs_reauth')", name="ck_connection_status"),
+        Index("ix_connections_owner_provider", "owner_id", "provider"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(100))
+    auth_type: Mapped[str] = mapped_column(String(20), default="credentials")
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A Fernet token of the credentials' JSON; `key_id` fingerprints the key that made it.
+    encrypted_credentials: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str] = mapped_column(String(16))
+    credential_keys: Mapped[Any] = mapped_column(JsonType, default=list)  # names, not values
+    base_url: Mapped[str | None] = mapped_column(String(2048), default=None)
+    scopes: Mapped[Any] = mapped_column(JsonType, default=list)
+    account_label: Mapped[str | None] = mapped_column(String(200), default=None)
+    token_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    refreshed_at: Mapped[datetime | None] = mapped_column(default=None)
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+Index(
+    "uq_connection_default",
+    ProviderConnection.owner_id,
+    ProviderConnection.provider,
+    unique=True,
+    sqlite_where=ProviderConnection.is_default,
+    postgresql_where=ProviderConnection.is_default,
+)
+
+
+# -- knowledge bases (issue 18): documents cut into chunks that knowledgeBaseQuery nodes search --
+# The search indexes live beside these tables, made by migration 0013 (not models: they are
+# dialect-specific): SQLite's FTS5 table `kb_chunks_fts` (kept by triggers) and vector table
+# `kb_chunk_vectors`, PostgreSQL's GIN index on to_tsvector('english', text) and the pgvector
+# table the store makes when the extension is there (flowmaestro_dagster/store/knowledge.py).
+
+
+class KnowledgeBase(Base):
+    """A user's knowledge base. `embedding_model` and `embedding_dimensions` are recorded when
+    its first vectors are written: vectors of another model are not comparable, so a query
+    embeds with that model or searches full text only."""
+
+    __tablename__ = "knowledge_bases"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    embedding_model: Mapped[str | None] = mapped_column(String(300), default=None)
+    embedding_dimensions: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class KnowledgeDocument(Base):
+    """A document of a knowledge base: pasted text, an uploaded PDF or a fetched web page
+    (`source`: the file name or URL). Written with all its chunks in one transaction."""
+
+    __tablename__ = "kb_documents"
+    __table_args__ = (
+        CheckConstraint("source_kind IN ('text', 'pdf', 'url')", name="ck_kb_document_kind"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    knowledge_base_id: Mapped[str] = mapped_column(
+        ForeignKey("knowledge_bases.id", ondelete="CASCADE"), index=True
+    )
+    title: Mapped[str] = mapped_column(String(500))
+    source_kind: Mapped[str] = mapped_column(String(10))
+    source: Mapped[str | None] = mapped_column(Text, default=None)
+    # `metadata` is the declarative base's own attribute: the column keeps the name, not this.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
+    char_count: Mapped[int] = mapped_column(Integer, default=0)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KnowledgeChunk(Base):
+    """One chunk of a document, in document order (`ordinal`). The id is an integer: SQLite's
+    FTS5 index refers to chunks by rowid, and an INTEGER PRIMARY KEY is the rowid itself (a
+    VACUUM may renumber any other)."""
+
+    __tablename__ = "kb_chunks"
+    __table_args__ = (UniqueConstraint("document_id", "ordinal", name="uq_kb_chunk_ordinal"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    document_id: Mapped[str] = mapped_column(ForeignKey("kb_documents.id", ondelete="CASCADE"))
+    knowledge_base_id: Mapped[str] = mapped_column(
+        ForeignKey("knowledge_bases.id", ondelete="CASCADE"), index=True
+    )
+    ordinal: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    char_count: Mapped[int] = mapped_column(Integer)
+    token_count: Mapped[int] = mapped_column(Integer)  # words, as the full-text index counts them

@@ -20,7 +20,12 @@ from flowmaestro_dagster.store.models import Waitpoint
 
 def _record(row: Waitpoint) -> WaitpointRecord:
     return WaitpointRecord(
-        id=row.id, kind=row.kind, status=row.status, resolution=row.resolution, due_at=row.due_at
+        id=row.id,
+        kind=row.kind,
+        status=row.status,
+        resolution=row.resolution,
+        due_at=row.due_at,
+        spec=row.spec,
     )
 
 
@@ -89,6 +94,14 @@ class DatabaseWaitpointStore:
                 found = find_waitpoint(session, execution_id, node_id, iteration)
                 assert found is not None
                 return _record(found)
+
+    def find(self, *, execution_id: str, node_id: str, iteration: str) -> WaitpointRecord | None:
+        """The waitpoint of this node and iteration key if it parked there, else None: a node
+        that parks again and again (videoGeneration's polls, one key each) finds its last one
+        without creating it."""
+        with session_scope(get_engine(self.database_url)) as session:
+            row = find_waitpoint(session, execution_id, node_id, iteration)
+            return _record(row) if row is not None else None
 
 
 def find_waitpoint(

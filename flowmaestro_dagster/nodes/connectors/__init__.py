@@ -3,7 +3,9 @@
 A connector is a plain function of a `ConnectorRequest` returning the node's value. The
 registry keys connectors by provider and operation (`slack` + `sendMessage`); a connector may
 take any operation of its provider. Built-in connectors need no vendor account: `webhook`
-(alias `http`), `slack` (incoming webhooks) and `smtp` (alias `email`).
+(alias `http`), `slack` (incoming webhooks) and `smtp` (alias `email`). Vendor APIs (Notion,
+HubSpot, Airtable, Google Sheets, Gmail, ...) are data: `catalog/<provider>.yaml`, run by the
+one executor in `declarative.py` (docs/providers.md).
 
 A deployment adds connectors without forking through the entry-point group
 `flowmaestro.connectors`. An entry point names either a function that takes the registry and
@@ -56,6 +58,8 @@ class ConnectorRequest:
     connection_name: str | None
     settings: Settings
     node: "NodeContext"
+    refresh: Callable[[], ConnectionSettings | None] | None = None
+    """A fresh connection after a 401 (OAuth2: the store refreshes the token); None: none."""
 
     def param(self, *names: str, default: Any = None) -> Any:
         """The first of `names` present (and not None) in the parameters."""
@@ -213,11 +217,13 @@ def load_entry_points(registry: ConnectorRegistry, group: str = ENTRY_POINT_GROU
 
 
 def builtin_registry() -> ConnectorRegistry:
-    """The connectors that ship with the platform (no vendor account needed)."""
-    from flowmaestro_dagster.nodes.connectors import email, slack, webhook
+    """The connectors that ship with the platform: the hand-written ones (no vendor account
+    needed), then the declarative catalogue (`declarative.py`, `catalog/*.yaml`); entry
+    points are registered after these and so win."""
+    from flowmaestro_dagster.nodes.connectors import declarative, email, slack, webhook
 
     registry = ConnectorRegistry()
-    for module in (webhook, slack, email):
+    for module in (webhook, slack, email, declarative):
         module.register(registry)
     return registry
 
@@ -263,9 +269,13 @@ def connector_problems(
     registry: ConnectorRegistry | None = None,
     settings: Settings | None = None,
 ) -> list["Problem"]:
-    """A `connector_required` warning per node whose connector this deployment lacks."""
+    """A `connector_required` warning per node whose connector (or connection) this
+    deployment lacks; for declarative providers also an unknown operation or a missing
+    required parameter (`declarative.node_problems`); an unknown provider is an error."""
+    from flowmaestro_dagster.nodes.connectors import declarative
     from flowmaestro_dagster.spec.node_types import MEDIA_TYPES
-    from flowmaestro_dagster.spec.problems import warning
+    from flowmaestro_dagster.spec.problems import error, warning
+    from flowmaestro_dagster.spec.providers import PROVIDER_IDS
 
     registry = registry or default_registry()
     if settings is None:
@@ -275,23 +285,70 @@ def connector_problems(
             settings = get_settings()
         except ValueError:  # unreadable settings: judge by the registry alone
             settings = None
+    catalogue = declarative.catalogue()
     problems = []
     for node in spec.nodes.values():
         if node.type == "integration":
             provider = getattr(node.config, "provider", None)
             operation = getattr(node.config, "operation", None)
-        elif node.type in MEDIA_TYPES and node.type not in NATIVE_MEDIA_TYPES:
+        elif node.type in MEDIA_TYPES and _served_by_plug_ins_only(node.type):
             provider, operation = node.type, getattr(node.config, "operation", None)
         else:
             continue
         served_by = provider
+        connection = None
+        connection_id = getattr(node.config, "connection_id", None)
         if settings is not None and node.type == "integration":
-            _, connection = resolve_connection(
-                settings, getattr(node.config, "connection_id", None), provider
-            )
+            _, connection = resolve_connection(settings, connection_id, provider)
             if connection is not None and connection.connector:
                 served_by = connection.connector
-        if registry.find(served_by, operation) is not None:
+        found = registry.find(served_by, operation)
+        provider_spec = catalogue.get(_key(served_by)) if served_by else None
+        if found is None and node.type == "integration" and served_by:
+            if provider_spec is not None:
+                problems.append(
+                    declarative.unknown_operation_problem(node.id, provider_spec, operation)
+                )
+                continue
+            # A node naming a connection may be served by that connection's `connector`,
+            # which only the run knows (the user's connections store): not certain here.
+            if not connection_id and _key(served_by) not in PROVIDER_IDS | set(
+                registry.providers()
+            ):
+                problems.append(
+                    error(
+                        "unknown_provider",
+                        f"no provider '{served_by}': neither the builder nor this deployment "
+                        "knows it (a connector plug-in adds providers)",
+                        node_id=node.id,
+                        field="provider",
+                    )
+                )
+                continue
+        if found is not None and isinstance(found.run, declarative.DeclarativeConnector):
+            bound = connection is not None or bool(connection_id)
+            parameters = getattr(node.config, "parameters", None)
+            problems += declarative.node_problems(
+                node.id,
+                found.run.provider,
+                operation,
+                parameters if isinstance(parameters, dict) else {},
+                strict=bound,
+            )
+            if bound or found.run.provider.auth.scheme == "none":
+                continue
+            what = describe(provider, operation, node.type)
+            how = declarative.how_to_connect(found.run.provider.id)
+            problems.append(
+                warning(
+                    "connector_required",
+                    f"needs a connection: {what}; {how} (the node fails when it runs without one)",
+                    node_id=node.id,
+                    field="connectionId",
+                )
+            )
+            continue
+        if found is not None:
             continue
         what = describe(provider, operation, node.type)
         problems.append(
@@ -306,7 +363,16 @@ def connector_problems(
 
 
 NATIVE_MEDIA_TYPES = frozenset({"templateOutput"})
-"""Media node types the platform runs itself (no connector involved)."""
+"""Media node types integration.py runs itself (no connector involved)."""
+
+
+def _served_by_plug_ins_only(node_type: str) -> bool:
+    """A media type with no executor of its own: only a connector registered under the type
+    (an entry-point plug-in) runs it."""
+    from flowmaestro_dagster.nodes import EXECUTORS
+    from flowmaestro_dagster.nodes.integration import execute_media
+
+    return EXECUTORS.get(node_type) is execute_media
 
 
 def describe(provider: str | None, operation: str | None, node_type: str = "integration") -> str:
