@@ -52,7 +52,7 @@ def article(size: int = PAGE_BYTES) -> bytes:
         + "</table></article><footer>Copyright, imprint, cookie settings</footer>"
         "<script>window.analytics = {track: function () {}};</script></body></html>"
     )
-    paragraphs = []
+    paragraphs: list[str] = []
     i = 0
     while len(head) + len(tail) + sum(len(p) for p in paragraphs) < size:
         paragraphs.append(

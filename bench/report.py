@@ -802,6 +802,51 @@ def metrics_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     return lines, []
 
 
+def media_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    lines: Lines = [
+        "Each node type on a typical input, called in its own spawned process after one warm-up "
+        "call (libraries loaded); the AI nodes against a local fake OpenAI-compatible server, so "
+        "their figure is the platform's own overhead (upload streaming, storing the answer).",
+        "",
+        "| node | input | per call (median) | first call | Python peak | process peak RSS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        peak = row.get("python_peak_mb", row.get("peak_traced_mb"))
+        first = row.get("first_call_ms")
+        lines.append(
+            f"| {row['node']} | {row.get('input', '')} | {num(row['median_ms'])} ms | "
+            f"{num(first) + ' ms' if first is not None else '—'} | "
+            f"{num(peak) + ' MB' if peak is not None else '—'} | "
+            f"{num(row.get('max_rss_mb')) + ' MB' if row.get('max_rss_mb') is not None else '—'} |"
+        )
+    for family, error in r.get("errors", {}).items():
+        lines.append(f"\n**{family} failed:** {error}")
+    kb = r["knowledge"]
+    goals = kb["goals"]
+    chunks = kb.get("indexed", {}).get("chunks", "?")
+    lines += [
+        "",
+        f"Knowledge base query, {num(chunks)} chunks, full text on SQLite: p50 "
+        f"{num(kb['query_ms']['p50'])} ms, p95 {num(kb['query_ms']['p95'])} ms; peak Python "
+        f"memory while querying {num(kb['memory_mb']['query_peak_python'])} MB.",
+    ]
+    return lines, [
+        (
+            "knowledge base query p95",
+            f"{num(kb['query_ms']['p95'])} ms",
+            f"≤ {num(goals['query_p95_ms_max'])} ms",
+            goals["query_met"],
+        ),
+        (
+            "knowledge base query, peak Python memory",
+            f"{num(kb['memory_mb']['query_peak_python'])} MB",
+            f"≤ {num(goals['query_peak_mb_max'])} MB",
+            goals["memory_met"],
+        ),
+    ]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[Lines, list[Goal]]]] = {
     "compile": compile_section,
     "overhead": overhead_section,
@@ -812,6 +857,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[Lines, list[Goal]]]] = {
     "webhooks": webhooks_section,
     "queues": queues_section,
     "fairness": fairness_section,
+    "media": media_section,
     "deploy": deploy_section,
     "events": events_section,
     "metrics": metrics_section,

@@ -48,6 +48,7 @@ SECTIONS = [
     Section("deploy", "Deploy → runnable", "bench.deploy:run", 12, 4),
     Section("events", "Live events", "bench.events:run", 15, 4),
     Section("metrics", "Metrics scrape", "bench.metrics:run", 12, 3),
+    Section("media", "Media nodes", "bench.media:run", 3, 2),
 ]
 BY_NAME = {s.name: s for s in SECTIONS}
 
