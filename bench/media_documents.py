@@ -4,24 +4,22 @@ numbers, the meeting-notes template), the same 20-page PDF read back, and one sc
 by Tesseract, as a PNG (A4 at 200 dpi, 30 lines of text) and as a one-page scanned PDF
 (rasterised by pdfium at 300 dpi first).
 
-Each case runs in a fresh child process (spawned), so its figures are its own: the first call
-(imports, fonts, Tesseract's language data), then the median and max of a few calls; the peak of
-Python allocations during one call (tracemalloc: pango's and Tesseract's native memory is not
-seen there; Tesseract runs as a child process) and the child's peak resident set (getrusage).
-Inputs are made in the child and files go to a temporary file store, as a run's would.
+Each case runs in a fresh child process (spawned), with the figures every media row has
+(bench/media_common.py): the first call (library imports, fonts, Tesseract's language data),
+the median, min and max of a few calls, the peak of Python allocations during one call (pango's
+and Tesseract's native memory is not seen there; Tesseract runs as a child process) and the
+child's peak resident set. Inputs are made in the child and files go to a temporary file
+store, as a run's would.
 
 `python -m bench.media_documents` prints the result as JSON; `run()` returns it.
 """
 
 import io
 import json
-import multiprocessing
-import resource
-import statistics
 import tempfile
-import time
-import tracemalloc
 from typing import Any
+
+from bench.media_common import WORKFLOW, file_store, node_call, run_in_children, time_calls
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 SECTIONS = 24  # sections of the report: 20 A4 pages with the default template
@@ -105,69 +103,28 @@ CASES: dict[str, tuple[str, dict[str, Any], str, int]] = {
 
 def _measure(case: str) -> dict[str, Any]:
     """In the child: time and memory of one node type on its input."""
-    from flowmaestro_dagster.lang.state import ExecutionState
-    from flowmaestro_dagster.nodes import NodeContext, get_executor
-    from flowmaestro_dagster.nodes.filestore import FileStore
-    from flowmaestro_dagster.settings import Settings
-    from flowmaestro_dagster.spec.configs import normalise_config
-    from flowmaestro_dagster.tags import WORKFLOW_ID_TAG
-
     node_type, raw, shape, repeats = CASES[case]
     with tempfile.TemporaryDirectory() as tmp:
-        files = FileStore(tmp, max_bytes=1 << 30)
-
-        def context(node_id: str, kind: str, config: dict[str, Any], inputs: dict[str, Any]) -> Any:
-            node_config, _ = normalise_config(
-                kind, {**config, "outputVariable": "out"}, node_id=node_id
-            )
-            return NodeContext(
-                node_id=node_id,
-                node_type=kind,
-                label=node_id,
-                config=node_config,
-                state=ExecutionState.start(inputs),
-                services={"settings": Settings(), "files": files},
-                run_tags={WORKFLOW_ID_TAG: "bench"},
-                execution_id="bench",
-            )
-
+        files = file_store(tmp)
         inputs: dict[str, Any] = {"report": _report_markdown()}
         if node_type == "pdfExtract":  # its input: the generated report, made before timing
-            generate = context(
-                "setup", "pdfGeneration", CASES["pdf_generation_20_pages"][1], inputs
-            )
-            inputs["pdf"] = get_executor("pdfGeneration")(generate).output["out"]["file"]
+            generate = CASES["pdf_generation_20_pages"][1]
+            made = node_call("pdfGeneration", generate, inputs, files, node_id="setup")()
+            inputs["pdf"] = made["file"]
         if node_type == "ocrExtraction":
             png = _scan_png()
-            area = files.area("bench")
+            area = files.area(WORKFLOW)
             inputs["png"] = area.write("/uploads/scan.png", png).to_value()
             inputs["scan"] = area.write("/uploads/scan.pdf", _scan_pdf(png)).to_value()
 
-        ctx = context("bench", node_type, raw, inputs)
-        executor = get_executor(node_type)
-        started = time.perf_counter()
-        output = executor(ctx).output["out"]
-        first = time.perf_counter() - started
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            executor(ctx)
-            times.append(time.perf_counter() - t0)
-        tracemalloc.start()
-        executor(ctx)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        output, figures = time_calls(node_call(node_type, raw, inputs, files), repeats)
     pages = output["pageCount"] if node_type == "pdfExtract" else output["pages"]
     return {
         "case": case,
         "node": node_type,
         "input": shape,
         "pages": pages,
-        "first_call_ms": round(first * 1000, 1),
-        "median_ms": round(statistics.median(times) * 1000, 1),
-        "max_ms": round(max(times) * 1000, 1),
-        "python_peak_mb": round(peak / (1 << 20), 1),
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **figures,
         **({"output_bytes": output["file"]["size"]} if node_type == "pdfGeneration" else {}),
         **({"text_chars": len(output["text"])} if node_type != "pdfGeneration" else {}),
         **({"confidence": output["confidence"]} if node_type == "ocrExtraction" else {}),
@@ -176,12 +133,7 @@ def _measure(case: str) -> dict[str, Any]:
 
 def run() -> list[dict[str, Any]]:
     """One row a case, each measured in its own spawned process."""
-    context = multiprocessing.get_context("spawn")
-    results = []
-    for case in CASES:
-        with context.Pool(1) as pool:
-            results.append(pool.apply(_measure, (case,)))
-    return results
+    return run_in_children(_measure, CASES)
 
 
 if __name__ == "__main__":

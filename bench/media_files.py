@@ -5,25 +5,22 @@ do), fileWrite copying a 50 MB file given by reference, fileRead of a 50 MB bina
 reference: hashed, no content) and of a 50 MB text file (content: its first MiB), and
 audioInput of a 50 MB WAV (content sniffed, duration from its header).
 
-Each case runs in a fresh spawned child on a temporary local store, so its figures are its
-own: the first call, then the median and max of `REPEATS` calls; the peak of Python
-allocations during one call (tracemalloc) and the child's peak resident set (getrusage).
-Memory is the point: no case may hold the file (50 MB) in memory.
+Each case runs in a fresh spawned child on a temporary local store, with the figures every
+media row has (bench/media_common.py: first call, median / min / max of `REPEATS` calls, Python
+peak, peak RSS) and the throughput. Memory is the point: no case may hold the file (50 MB) in
+memory.
 
 `python -m bench.media_files` prints the result as JSON; `run()` returns it.
 """
 
 import json
-import multiprocessing
 import os
-import resource
-import statistics
 import tempfile
-import time
-import tracemalloc
 import wave
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from bench.media_common import MB, WORKFLOW, file_store, node_call, run_in_children, time_calls
 
 REPEATS = 3
 SIZE = 50 * 1024 * 1024
@@ -58,17 +55,10 @@ def _wav(path: str) -> None:
 
 def _measure(case: str) -> dict[str, Any]:
     """In the child: time and memory of one case."""
-    from flowmaestro_dagster.lang.state import ExecutionState
-    from flowmaestro_dagster.nodes import NodeContext, get_executor
-    from flowmaestro_dagster.nodes.filestore import FileStore
-    from flowmaestro_dagster.settings import Settings
-    from flowmaestro_dagster.spec.configs import normalise_config
-    from flowmaestro_dagster.tags import WORKFLOW_ID_TAG
-
     node, shape = CASES[case]
     with tempfile.TemporaryDirectory() as tmp:
-        store = FileStore(tmp, max_bytes=1 << 30)
-        area = store.area("bench")
+        store = file_store(tmp)
+        area = store.area(WORKFLOW)
         block = os.urandom(CHUNK)
         source = area.write("/in/data.bin", _chunks(block))
         area.write("/in/text.txt", _chunks(b"lorem ipsum dolor sit amet\n" * (CHUNK // 27)))
@@ -78,46 +68,24 @@ def _measure(case: str) -> dict[str, Any]:
             with open(wav_path, "rb") as handle:
                 wav = area.write("/in/voice.wav", iter(lambda: handle.read(CHUNK), b""))
 
-        def node_call(node_type: str, raw: dict[str, Any], inputs: dict[str, Any]) -> Any:
-            config, _ = normalise_config(node_type, raw, node_id="bench")
-            ctx = NodeContext(
-                node_id="bench",
-                node_type=node_type,
-                label="bench",
-                config=config,
-                state=ExecutionState.start(inputs),
-                services={"settings": Settings(), "files": store},
-                run_tags={WORKFLOW_ID_TAG: "bench"},
-                execution_id="bench",
-            )
-            return lambda: get_executor(node_type)(ctx).output
-
         calls: dict[str, Callable[[], Any]] = {
             "store_write_50mb": lambda: area.write("/out/stream.bin", _chunks(block)),
             "file_write_copy_50mb": node_call(
-                "fileWrite", {"path": "/out/copy.bin", "content": "{{f}}"}, {"f": source.to_value()}
+                "fileWrite",
+                {"path": "/out/copy.bin", "content": "{{f}}"},
+                {"f": source.to_value()},
+                store,
             ),
-            "file_read_binary_50mb": node_call("fileRead", {"path": "/in/data.bin"}, {}),
-            "file_read_text_50mb": node_call("fileRead", {"path": "/in/text.txt"}, {}),
+            "file_read_binary_50mb": node_call("fileRead", {"path": "/in/data.bin"}, {}, store),
+            "file_read_text_50mb": node_call("fileRead", {"path": "/in/text.txt"}, {}, store),
             "audio_input_wav_50mb": node_call(
                 "audioInput",
                 {"acceptedFormats": ["wav"], "inputVariable": "voice"},
                 {"voice": wav.to_value()},
+                store,
             ),
         }
-        call = calls[case]
-        started = time.perf_counter()
-        output = call()
-        first = time.perf_counter() - started
-        times = []
-        for _ in range(REPEATS):
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-        tracemalloc.start()
-        call()
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        output, figures = time_calls(calls[case], REPEATS)
     extra: dict[str, Any] = {}
     if isinstance(output, dict) and "durationSeconds" in output:
         extra["duration_s"] = output["durationSeconds"]
@@ -127,24 +95,15 @@ def _measure(case: str) -> dict[str, Any]:
         "case": case,
         "node": node,
         "input": shape,
-        "first_call_ms": round(first * 1000, 1),
-        "median_ms": round(statistics.median(times) * 1000, 1),
-        "max_ms": round(max(times) * 1000, 1),
-        "mb_per_s": round(SIZE / (1 << 20) / statistics.median(times), 1),
-        "python_peak_mb": round(peak / (1 << 20), 2),
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **figures,
+        "mb_per_s": round(SIZE / MB / (figures["median_ms"] / 1000), 1),
         **extra,
     }
 
 
 def run() -> list[dict[str, Any]]:
     """One row a case, each measured in its own spawned process."""
-    context = multiprocessing.get_context("spawn")
-    results = []
-    for case in CASES:
-        with context.Pool(1) as pool:
-            results.append(pool.apply(_measure, (case,)))
-    return results
+    return run_in_children(_measure, CASES)
 
 
 if __name__ == "__main__":

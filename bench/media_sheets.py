@@ -2,25 +2,22 @@
 sheet (8 columns: ints, floats, text, ISO dates, booleans; striped, bold header) as xlsx and as
 csv, and one bar chart (12 categories x 2 series, 800 x 600, PNG and SVG).
 
-Each case runs in a fresh child process (spawned), so its figures are its own: the first call
-(imports, and for charts vl-convert starting its JavaScript engine), then the median and max of
-`REPEATS` calls; the peak of Python allocations during one call (tracemalloc: vl-convert's
-engine is native memory it does not see) and the child's peak resident set (getrusage). The
-files go to a temporary file store, as a run's would.
+Each case runs in a fresh child process (spawned), with the figures every media row has
+(bench/media_common.py): the first call (library imports, and for charts vl-convert starting
+its JavaScript engine), the median, min and max of `REPEATS` calls, the peak of Python
+allocations during one call (vl-convert's engine is native memory tracemalloc does not see) and
+the child's peak resident set. The files go to a temporary file store, as a run's would.
 
 `python -m bench.media_sheets [--large]` prints the result as JSON; `run()` returns it
 (`--large` / `run(large=True)` adds a 100,000-row xlsx: the default row cap, streamed).
 """
 
 import json
-import multiprocessing
-import resource
-import statistics
 import sys
 import tempfile
-import time
-import tracemalloc
 from typing import Any
+
+from bench.media_common import file_store, node_call, run_in_children, time_calls
 
 REPEATS = 10
 
@@ -87,51 +84,17 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
 
 def _measure(case: str) -> dict[str, Any]:
     """In the child: time and memory of one node type on its input."""
-    started = time.perf_counter()
-    from flowmaestro_dagster.lang.state import ExecutionState
-    from flowmaestro_dagster.nodes import NodeContext, get_executor
-    from flowmaestro_dagster.nodes.filestore import FileStore
-    from flowmaestro_dagster.settings import Settings
-    from flowmaestro_dagster.spec.configs import normalise_config
-    from flowmaestro_dagster.tags import WORKFLOW_ID_TAG
-
     node_type, raw, shape = CASES[case]
     rows = 100_000 if case == "xlsx_100000" else 1_000
     inputs = {"rows": _rows(rows), "chart": _chart_data()}
-    config, _ = normalise_config(node_type, {**raw, "outputVariable": "out"}, node_id="bench")
-    executor = get_executor(node_type)
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = NodeContext(
-            node_id="bench",
-            node_type=node_type,
-            label="bench",
-            config=config,
-            state=ExecutionState.start(inputs),
-            services={"settings": Settings(), "files": FileStore(tmp, max_bytes=1 << 30)},
-            run_tags={WORKFLOW_ID_TAG: "bench"},
-            execution_id="bench",
-        )
-        output = executor(ctx).output["out"]
-        first = time.perf_counter() - started
-        repeats = 2 if rows > 1_000 else REPEATS
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            executor(ctx)
-            times.append(time.perf_counter() - t0)
-        tracemalloc.start()
-        executor(ctx)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        call = node_call(node_type, raw, inputs, file_store(tmp))
+        output, figures = time_calls(call, 2 if rows > 1_000 else REPEATS)
     return {
         "case": case,
         "node": node_type,
         "input": shape,
-        "first_call_ms": round(first * 1000, 1),
-        "median_ms": round(statistics.median(times) * 1000, 1),
-        "max_ms": round(max(times) * 1000, 1),
-        "python_peak_mb": round(peak / (1 << 20), 1),
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **figures,
         "output_bytes": output["file"]["size"],
     }
 
@@ -139,12 +102,7 @@ def _measure(case: str) -> dict[str, Any]:
 def run(large: bool = False) -> list[dict[str, Any]]:
     """One row a case, each measured in its own spawned process."""
     cases = ["xlsx_1000", "csv_1000", "bar_chart", *(["xlsx_100000"] if large else [])]
-    context = multiprocessing.get_context("spawn")
-    results = []
-    for case in cases:
-        with context.Pool(1) as pool:
-            results.append(pool.apply(_measure, (case,)))
-    return results
+    return run_in_children(_measure, cases)
 
 
 if __name__ == "__main__":

@@ -4,27 +4,28 @@ fileDownload streamed into the file store, one webSearch against a local SearXNG
 and one 1280 x 720 screenshotCapture of the article page (Playwright driving Debian's chromium,
 every request of the page fetched through the SSRF guard).
 
-Each case runs in a fresh child process (spawned) with its own local server, so its figures
-are its own: the first call (imports; for the screenshot, nothing is reused between calls
-anyway: every capture starts its browser), then the median and max of the repeated calls; the
-peak of Python allocations during one call (tracemalloc), the child's peak resident set, and
-for the screenshot the largest peak resident set among the processes it started (the
-Playwright driver and Chromium's, getrusage RUSAGE_CHILDREN): `browser_max_rss_mb`.
+Each case runs in a fresh child process (spawned) with its own local server, with the figures
+every media row has (bench/media_common.py): the first call (library imports; for the
+screenshot, nothing is reused between calls anyway: every capture starts its browser), the
+median, min and max of the repeated calls, the peak of Python allocations during one call and
+the child's peak resident set; and for the screenshot the largest peak resident set among the
+processes it started (the Playwright driver and Chromium's, getrusage RUSAGE_CHILDREN):
+`browser_max_rss_mb`.
 
 `python -m bench.media_web` prints the result as JSON; `run()` returns it.
 """
 
 import json
-import multiprocessing
 import resource
-import statistics
 import sys
 import tempfile
-import time
-import tracemalloc
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from bench.media_common import file_store, node_call, run_in_children, time_calls
+from flowmaestro_dagster.settings import ConnectionSettings, HttpSettings, Settings
+from flowmaestro_dagster.testing.local_server import LocalHTTPServer
 
 PAGE_BYTES = 200 * 1024
 DOWNLOAD_BYTES = 20 * 1024 * 1024
@@ -100,6 +101,11 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet."""
 
 
+class _Server(LocalHTTPServer):
+    handler = _Handler
+    name = "bench web server"
+
+
 def _chunks(size: int) -> Iterator[bytes]:
     block = bytes(range(256)) * 256  # 64 KiB
     sent = 0
@@ -126,7 +132,11 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
         {"url": "{{base}}/article", "extractType": "links"},
         "200 KB article page",
     ),
-    "fileDownload_20mb": ("fileDownload", {"url": "{{base}}/download"}, "20 MB body, streamed"),
+    "fileDownload_20mb": (
+        "fileDownload",
+        {"url": "{{base}}/download"},
+        "20 MB body, streamed",
+    ),
     "webSearch": (
         "webSearch",
         {"query": "widget market", "provider": "searxng", "maxResults": 10},
@@ -142,21 +152,8 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
 
 def _measure(case: str) -> dict[str, Any]:
     """In the child: time and memory of one node type on its input."""
-    started = time.perf_counter()
-    from flowmaestro_dagster.lang.state import ExecutionState
-    from flowmaestro_dagster.nodes import NodeContext, get_executor
-    from flowmaestro_dagster.nodes.filestore import FileStore
-    from flowmaestro_dagster.settings import ConnectionSettings, HttpSettings, Settings
-    from flowmaestro_dagster.spec.configs import normalise_config
-    from flowmaestro_dagster.tags import WORKFLOW_ID_TAG
-    from flowmaestro_dagster.testing.local_server import LocalHTTPServer
-
-    class Server(LocalHTTPServer):
-        handler = _Handler
-        name = "bench web server"
-
     node_type, raw, shape = CASES[case]
-    with Server() as server, tempfile.TemporaryDirectory() as tmp:
+    with _Server() as server, tempfile.TemporaryDirectory() as tmp:
         base = f"http://127.0.0.1:{server.port}"
         settings = Settings().model_copy(
             update={
@@ -164,41 +161,16 @@ def _measure(case: str) -> dict[str, Any]:
                 "connections": {"searxng": ConnectionSettings(base_url=base)},
             }
         )
-        config, _ = normalise_config(node_type, {**raw, "outputVariable": "out"}, node_id="bench")
-        executor = get_executor(node_type)
-        ctx = NodeContext(
-            node_id="bench",
-            node_type=node_type,
-            label="bench",
-            config=config,
-            state=ExecutionState.start({"base": base}),
-            services={"settings": settings, "files": FileStore(tmp, max_bytes=1 << 30)},
-            run_tags={WORKFLOW_ID_TAG: "bench"},
-            execution_id="bench",
-        )
-        output = executor(ctx).output["out"]
-        first = time.perf_counter() - started
+        call = node_call(node_type, raw, {"base": base}, file_store(tmp), settings)
         repeats = SCREENSHOT_REPEATS if node_type == "screenshotCapture" else REPEATS
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            executor(ctx)
-            times.append(time.perf_counter() - t0)
-        tracemalloc.start()
-        executor(ctx)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        output, figures = time_calls(call, repeats)
     size = output["file"]["size"] if "file" in output else len(json.dumps(output))
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {
         "case": case,
         "node": node_type,
         "input": shape,
-        "first_call_ms": round(first * 1000, 1),
-        "median_ms": round(statistics.median(times) * 1000, 1),
-        "max_ms": round(max(times) * 1000, 1),
-        "python_peak_mb": round(peak / (1 << 20), 1),
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **figures,
         "output_bytes": size,
         **({"browser_max_rss_mb": round(children, 1)} if node_type == "screenshotCapture" else {}),
     }
@@ -206,12 +178,7 @@ def _measure(case: str) -> dict[str, Any]:
 
 def run() -> list[dict[str, Any]]:
     """One row a case, each measured in its own spawned process."""
-    context = multiprocessing.get_context("spawn")
-    results = []
-    for case in CASES:
-        with context.Pool(1) as pool:
-            results.append(pool.apply(_measure, (case,)))
-    return results
+    return run_in_children(_measure, CASES)
 
 
 if __name__ == "__main__":

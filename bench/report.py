@@ -811,14 +811,16 @@ def media_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
         "| node | input | per call (median) | first call | Python peak | process peak RSS |",
         "|---|---|---|---|---|---|",
     ]
+
+    def figure(row: dict[str, Any], key: str, unit: str) -> str:
+        """A row's figure (bench/media_common.py's keys), `—` where a results file lacks it."""
+        return "—" if row.get(key) is None else f"{num(row[key])} {unit}"
+
     for row in r["rows"]:
-        peak = row.get("python_peak_mb", row.get("peak_traced_mb"))
-        first = row.get("first_call_ms")
         lines.append(
             f"| {row['node']} | {row.get('input', '')} | {num(row['median_ms'])} ms | "
-            f"{num(first) + ' ms' if first is not None else '—'} | "
-            f"{num(peak) + ' MB' if peak is not None else '—'} | "
-            f"{num(row.get('max_rss_mb')) + ' MB' if row.get('max_rss_mb') is not None else '—'} |"
+            f"{figure(row, 'first_call_ms', 'ms')} | {figure(row, 'python_peak_mb', 'MB')} | "
+            f"{figure(row, 'max_rss_mb', 'MB')} |"
         )
     for family, error in r.get("errors", {}).items():
         lines.append(f"\n**{family} failed:** {error}")

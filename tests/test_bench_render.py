@@ -444,6 +444,35 @@ RESULTS: dict[str, Any] = {
                 "shape": {"workflows": 20, "users": 10},
             },
         },
+        "media": {
+            "seconds": 150.0,
+            "result": {
+                "rows": [
+                    {
+                        "family": "documents",
+                        "case": "pdf_generate",
+                        "node": "pdfGeneration",
+                        "input": "Markdown report (~20 A4 pages)",
+                        "first_call_ms": 1377.3,
+                        "median_ms": 926.5,
+                        "python_peak_mb": 20.6,
+                        "max_rss_mb": 146.1,
+                    }
+                ],
+                "errors": {"web": "RuntimeError: no chromium"},
+                "knowledge": {
+                    "indexed": {"chunks": 10031},
+                    "query_ms": {"p50": 3.5, "p95": 8.9},
+                    "memory_mb": {"query_peak_python": 0.2, "process_peak_rss": 152.0},
+                    "goals": {
+                        "query_p95_ms_max": 50.0,
+                        "query_peak_mb_max": 50.0,
+                        "query_met": True,
+                        "memory_met": True,
+                    },
+                },
+            },
+        },
         "events": {
             "seconds": 400.0,
             "result": {
@@ -533,6 +562,16 @@ def test_render_shows_every_section_with_its_figures_and_goals() -> None:
         "| webhook delivery → first node running, p50 (worse of SQLite, PostgreSQL) | 1.4 s | "
         "≤ 2 s | yes |" in text
     )
+
+
+def test_media_rows_and_the_knowledge_base_goal_render() -> None:
+    text = render(RESULTS)
+    assert (
+        "| pdfGeneration | Markdown report (~20 A4 pages) | 926.5 ms | 1377.3 ms | 20.6 MB | "
+        "146.1 MB |" in text
+    )
+    assert "**web failed:** RuntimeError: no chromium" in text
+    assert "| knowledge base query p95 | 8.9 ms | ≤ 50 ms | yes |" in text
 
 
 def test_a_failed_section_is_reported_and_the_others_still_render() -> None:

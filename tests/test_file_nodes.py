@@ -17,7 +17,6 @@ import pytest
 
 from flowmaestro_dagster.compile.validation import validate
 from flowmaestro_dagster.errors import NodeConfigurationError, NodeExecutionError
-from flowmaestro_dagster.lang.state import ExecutionState
 from flowmaestro_dagster.nodes import CONFIG_CHECKS, NodeContext, NodeResult, get_executor
 from flowmaestro_dagster.nodes.file_nodes import TEXT_LIMIT
 from flowmaestro_dagster.nodes.filestore import (
@@ -30,6 +29,7 @@ from flowmaestro_dagster.settings import Settings
 from flowmaestro_dagster.spec.configs import normalise_config
 from flowmaestro_dagster.spec.models import NodeSpec
 from flowmaestro_dagster.tags import WORKFLOW_ID_TAG
+from tests.builders import node_context
 from tests.conftest import corpus_files, corpus_id
 
 MB = 1024 * 1024
@@ -51,20 +51,12 @@ def run(
     services: dict[str, Any] | None = None,
 ) -> NodeResult:
     """One node as a plain function, in workflow `workflow`'s file area."""
-    config, problems = normalise_config(node_type, raw, node_id="n")
-    assert problems == []
-    state = ExecutionState.start(inputs or {})
-    for rank, (node_id, output) in enumerate((upstream or {}).items()):
-        state = state.with_output(node_id, rank, output)
-    ctx = NodeContext(
-        node_id="n",
-        node_type=node_type,
-        label="n",
-        config=config,
-        state=state,
-        rank=len(upstream or {}),
-        upstream=tuple(upstream or {}),
-        services={"settings": Settings(), "files": store, **(services or {})},
+    ctx = node_context(
+        node_type,
+        raw,
+        {"settings": Settings(), "files": store, **(services or {})},
+        inputs=inputs,
+        upstream=upstream,
         execution_id="ex-1",
         run_tags={WORKFLOW_ID_TAG: workflow},
     )

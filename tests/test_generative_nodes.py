@@ -25,19 +25,17 @@ from flowmaestro_dagster.errors import (
     NodeExecutionError,
     TransientNodeError,
 )
-from flowmaestro_dagster.lang.state import ExecutionState
 from flowmaestro_dagster.nodes import CONFIG_CHECKS, NodeContext, NodeResult, get_executor
 from flowmaestro_dagster.nodes.filestore import FileRef, FileStore, FileTooLargeError
 from flowmaestro_dagster.nodes.generative import poll_delay, poll_key
 from flowmaestro_dagster.settings import HttpSettings, MediaAISettings, Settings
-from flowmaestro_dagster.spec.configs import normalise_config
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import Waitpoint, utcnow
 from flowmaestro_dagster.store.waitpoints import DatabaseWaitpointStore
 from flowmaestro_dagster.tags import WORKFLOW_ID_TAG
 from flowmaestro_dagster.testing import run_workflow
 from flowmaestro_dagster.testing.fake_media import API_KEY, TINY_MP4, FakeMediaServer
-from tests.builders import chain, node
+from tests.builders import chain, node, node_context
 from tests.conftest import corpus_files, corpus_id
 from tests.deploy import deploy, fresh_user
 
@@ -75,15 +73,11 @@ def context(
     run_id: str = "run-1",
     execution_id: str = "exec-1",
 ) -> NodeContext:
-    config, problems = normalise_config(node_type, raw, node_id="n")
-    assert problems == []
-    return NodeContext(
-        node_id="n",
-        node_type=node_type,
-        label="n",
-        config=config,
-        state=ExecutionState.start(inputs or {}),
-        services={"settings": settings, "files": files, **(services or {})},
+    return node_context(
+        node_type,
+        raw,
+        {"settings": settings, "files": files, **(services or {})},
+        inputs=inputs,
         run_id=run_id,
         execution_id=execution_id,
         run_tags={WORKFLOW_ID_TAG: "wf-1"},

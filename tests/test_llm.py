@@ -14,13 +14,11 @@ from flowmaestro_dagster.errors import (
     NodeExecutionError,
     TransientNodeError,
 )
-from flowmaestro_dagster.lang.state import ExecutionState
-from flowmaestro_dagster.nodes import NodeContext, NodeResult, get_executor
+from flowmaestro_dagster.nodes import NodeResult, get_executor
 from flowmaestro_dagster.settings import LLMProvider, LLMSettings, Settings
-from flowmaestro_dagster.spec.configs import normalise_config
 from flowmaestro_dagster.testing import FakeLLMServer, FakeReply, run_workflow
 from flowmaestro_dagster.testing.fake_llm import API_KEY
-from tests.builders import chain, flow, node
+from tests.builders import chain, flow, node, node_context
 
 
 def run_node(
@@ -31,21 +29,7 @@ def run_node(
     upstream: dict[str, Any] | None = None,
 ) -> NodeResult:
     """Run one node as a plain function; `upstream` maps predecessor ids to their outputs."""
-    config, problems = normalise_config(node_type, raw, node_id="n")
-    assert problems == []
-    state = ExecutionState.start(inputs or {})
-    for rank, (node_id, output) in enumerate((upstream or {}).items()):
-        state = state.with_output(node_id, rank, output)
-    ctx = NodeContext(
-        node_id="n",
-        node_type=node_type,
-        label="n",
-        config=config,
-        state=state,
-        rank=len(upstream or {}),
-        upstream=tuple(upstream or {}),
-        services={"settings": settings},
-    )
+    ctx = node_context(node_type, raw, {"settings": settings}, inputs=inputs, upstream=upstream)
     return get_executor(node_type)(ctx)
 
 

@@ -86,6 +86,9 @@ class FilePublic(BaseModel):
 
     type: Literal["file"] = "file"
     name: str
+    filename: str = Field(
+        description="the same as name: the spelling builder templates read ({{inputDoc.filename}})"
+    )
     mediaType: str
     size: int
     sha256: str

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
@@ -130,7 +130,31 @@ def _content_text(content: Any) -> str:
 Responder = Callable[[RecordedRequest], "FakeReply | str | None"]
 
 
-class FakeLLMServer(LocalHTTPServer):
+class OpenAICompatibleServer(LocalHTTPServer):
+    """A fake speaking the OpenAI API under `/v1`, and the providers and settings that point
+    the nodes at it (what FakeLLMServer and FakeMediaServer share); `api_key` is the key they
+    send."""
+
+    api_key: ClassVar[str] = API_KEY
+
+    @property
+    def url(self) -> str:
+        """The OpenAI-compatible base URL (`.../v1`)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def provider(self, **overrides: Any) -> LLMProvider:
+        values: dict[str, Any] = {"base_url": self.url, "api_key": SecretStr(self.api_key)}
+        values.update(overrides)
+        return LLMProvider(**values)
+
+    def settings(self, *names: str, base: Settings | None = None, **overrides: Any) -> Settings:
+        """Settings whose providers `names` (default: openai) all point at this server."""
+        providers = {name: self.provider(**overrides) for name in (names or ("openai",))}
+        base = base or Settings()
+        return base.model_copy(update={"llm": LLMSettings(providers=providers)})
+
+
+class FakeLLMServer(OpenAICompatibleServer):
     """An OpenAI-compatible endpoint on 127.0.0.1 (a free port), served from a thread."""
 
     name = "fake LLM server"
@@ -150,24 +174,6 @@ class FakeLLMServer(LocalHTTPServer):
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         super().__init__()
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """The OpenAI-compatible base URL (`.../v1`)."""
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def provider(self, **overrides: Any) -> LLMProvider:
-        values: dict[str, Any] = {"base_url": self.url, "api_key": SecretStr(API_KEY)}
-        values.update(overrides)
-        return LLMProvider(**values)
-
-    def settings(self, *names: str, base: Settings | None = None, **overrides: Any) -> Settings:
-        """Settings whose providers `names` (default: openai) all point at this server."""
-        providers = {name: self.provider(**overrides) for name in (names or ("openai",))}
-        base = base or Settings()
-        return base.model_copy(update={"llm": LLMSettings(providers=providers)})
 
     # -- script and record ---------------------------------------------------------------------
 

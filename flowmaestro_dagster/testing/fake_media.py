@@ -16,6 +16,11 @@ Endpoints (under `/v1`): `POST /audio/transcriptions`, `POST /audio/translations
 and `GET /files/{name}` (outside `/v1`) serves `files[name]`, for image URLs.
 `fail(path_suffix, status, message)` scripts an error answer for the next request to a path;
 `video_statuses` scripts what successive `GET /videos/{id}` answer.
+
+One provider often serves chat and media alike (`provider: openai` on an llm node and on an
+audio node): `FakeMediaServer(chat=FakeLLMServer(...))` answers `/chat/completions`,
+`/embeddings` and `/models` from that server's script, which records them in its own
+`requests` (it need not be started itself).
 """
 
 import base64
@@ -31,10 +36,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from pydantic import SecretStr
-
-from flowmaestro_dagster.settings import LLMProvider, LLMSettings, Settings
-from flowmaestro_dagster.testing.local_server import LocalHTTPServer
+from flowmaestro_dagster.testing.fake_llm import (
+    FakeLLMServer,
+    OpenAICompatibleServer,
+    RecordedRequest,
+)
 
 API_KEY = "fake-media-key"
 # The smallest valid PNG (1x1, transparent): what generated images are unless set otherwise.
@@ -43,6 +49,8 @@ TINY_PNG = base64.b64decode(
 )
 # The first box of an MP4 file (`ftyp`), padded: enough for content sniffing.
 TINY_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 1000
+# What a composed chat server (`chat=`) answers: the OpenAI-compatible LLM routes.
+CHAT_ROUTES = ("/chat/completions", "/embeddings", "/models")
 
 
 @dataclass(frozen=True)
@@ -87,14 +95,16 @@ class _Failure:
     headers: Mapping[str, str]
 
 
-class FakeMediaServer(LocalHTTPServer):
+class FakeMediaServer(OpenAICompatibleServer):
     """An OpenAI-compatible media endpoint on 127.0.0.1 (a free port), served from a thread."""
 
     name = "fake media server"
+    api_key = API_KEY
 
-    def __init__(self, *, keep_uploads: bool = True) -> None:
+    def __init__(self, *, keep_uploads: bool = True, chat: FakeLLMServer | None = None) -> None:
         super().__init__()
         self.keep_uploads = keep_uploads  # False: record sizes and digests only (benchmarks)
+        self.chat = chat  # answers the chat routes (CHAT_ROUTES), records them too
         self.requests: list[MediaRequest] = []
         self.transcript = "hello from the fake transcriber"
         self.language = "english"
@@ -110,21 +120,6 @@ class FakeMediaServer(LocalHTTPServer):
         self._failures: dict[str, deque[_Failure]] = {}
         self._lock = threading.Lock()
         self._videos = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def provider(self, **overrides: Any) -> LLMProvider:
-        values: dict[str, Any] = {"base_url": self.url, "api_key": SecretStr(API_KEY)}
-        values.update(overrides)
-        return LLMProvider(**values)
-
-    def settings(self, *names: str, base: Settings | None = None, **overrides: Any) -> Settings:
-        """Settings whose providers `names` (default: openai) all point at this server."""
-        providers = {name: self.provider(**overrides) for name in (names or ("openai",))}
-        base = base or Settings()
-        return base.model_copy(update={"llm": LLMSettings(providers=providers)})
 
     # -- script and record ---------------------------------------------------------------------
 
@@ -164,6 +159,8 @@ class FakeMediaServer(LocalHTTPServer):
             if data is None:
                 return _json(404, {"error": {"message": "no such file"}})
             return 200, {"Content-Type": "application/octet-stream"}, data
+        if self.chat is not None and route.rstrip("/").endswith(CHAT_ROUTES):
+            return self._chat(request)
         self._record(request)
         failure = self._failure(route)
         if failure is not None:
@@ -183,6 +180,14 @@ class FakeMediaServer(LocalHTTPServer):
         if route.startswith("/videos/") and request.method == "GET":
             return self._video_status(route.removeprefix("/videos/"))
         return _json(404, {"error": {"message": f"no route {request.method} {route}"}})
+
+    def _chat(self, request: MediaRequest) -> tuple[int, dict[str, str], bytes]:
+        """The composed chat server's answer (it records the request in its own list)."""
+        assert self.chat is not None
+        raw = json.dumps(request.json).encode() if request.json is not None else b""
+        recorded = RecordedRequest(request.method, request.path, request.headers, request.json, raw)
+        status, headers, payload = self.chat.respond(recorded)
+        return status, {"Content-Type": "application/json", **headers}, json.dumps(payload).encode()
 
     def _transcription(self, request: MediaRequest) -> tuple[int, dict[str, str], bytes]:
         kind = request.fields.get("response_format", "json")
@@ -357,6 +362,7 @@ FakeMediaServer.handler = _Handler
 
 __all__ = [
     "API_KEY",
+    "CHAT_ROUTES",
     "TINY_MP4",
     "TINY_PNG",
     "FakeMediaServer",

@@ -133,6 +133,17 @@ def test_upload_answers_a_reference_with_the_sniffed_type_and_digest(
     assert on_disk.read_bytes() == PNG
 
 
+def test_upload_answers_the_reference_nodes_output(
+    client: TestClient, auth: dict[str, str], workflow_id: str, store_dir: Path
+) -> None:
+    """The same keys as a node's file output, `filename` too: a files node hands the upload on
+    as is, and builder templates read `{{inputDoc.filename}}` (the converter's router)."""
+    ref = upload(client, auth, workflow_id, b"%PDF-1.4 memo", name="memo.pdf").json()
+    assert ref["filename"] == ref["name"] == "memo.pdf"
+    stored = FileStore(str(store_dir), max_bytes=MB).area(workflow_id).stat(ref["path"])
+    assert ref == stored.to_value()
+
+
 def test_upload_to_a_path_and_a_folder(
     client: TestClient, auth: dict[str, str], workflow_id: str
 ) -> None:
