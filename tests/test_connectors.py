@@ -119,9 +119,10 @@ def test_registry_finds_by_provider_and_operation() -> None:
     registry = builtin_registry()
     assert registry.find("slack", "sendMessage") is not None
     assert registry.find("Slack", "postmessage") is not None  # case-insensitive
-    assert registry.find("slack", "getChannelHistory") is None  # needs the Web API
+    assert registry.find("slack", "uploadFile") is None  # not catalogued (files.uploadV2)
     assert registry.find("webhook", "anything") is not None
-    assert registry.find("salesforce", "createLead") is None  # hubspot is catalogued now
+    assert registry.find("salesforce", "noSuchOperation") is None  # a provider's own ops only
+    assert registry.find("nosuchprovider", "anything") is None
     assert {"email", "http", "slack", "smtp", "webhook"} <= set(registry.providers())
 
 

@@ -70,6 +70,26 @@ UPSTREAM_OPERATIONS: dict[str, list[str]] = {
         "modifyThread", "replyToMessage", "sendMessage", "trashMessage", "trashThread",
         "untrashMessage", "updateLabel",
     ],
+    # group comms (slack's sendMessage is served by the hand-written connector, see below)
+    "slack": ["listChannels", "sendMessage"],
+    "microsoft-teams": [
+        "createChannel", "getChannel", "getTeam", "listChannelMessages", "listChannels",
+        "listChatMembers", "listChatMessages", "listChats", "listJoinedTeams",
+        "replyToChannelMessage", "sendChannelMessage", "sendChatMessage",
+    ],
+    "google-calendar": [
+        "createCalendar", "createEvent", "deleteEvent", "getCalendar", "getEvent",
+        "getFreeBusy", "listCalendars", "listEvents", "quickAdd", "updateEvent",
+    ],
+    "google-drive": [
+        "copyFile", "createFolder", "deleteFile", "downloadFile", "exportDocument", "getFile",
+        "listFiles", "listPermissions", "moveFile", "revokePermission", "shareFile",
+        "trashFile", "updateFile", "uploadFile",
+    ],
+    "calendly": [
+        "cancelEvent", "getAvailability", "getCurrentUser", "getEventType",
+        "getScheduledEvent", "listEventInvitees", "listEventTypes", "listScheduledEvents",
+    ],
 }  # fmt: skip
 
 
@@ -164,8 +184,18 @@ def test_oauth_settings_for_the_connections_store() -> None:
 
 def test_upstream_operations_and_corpus_aliases_are_all_catalogued() -> None:
     providers = catalogue()
+    registry = builtin_registry()
+
+    def served(provider: str, operation: str) -> bool:
+        """Catalogued, or kept by a hand-written connector: Slack's webhook ids (`sendMessage`,
+        `postMessage`), which send through the catalogue's `chatPostMessage` for a bot token."""
+        if providers[provider].operation(operation) is not None:
+            return True
+        found = registry.find(provider, operation)
+        return found is not None and not isinstance(found.run, DeclarativeConnector)
+
     for provider, operations in UPSTREAM_OPERATIONS.items():
-        missing = [op for op in operations if providers[provider].operation(op) is None]
+        missing = [op for op in operations if not served(provider, op)]
         assert not missing, (provider, missing)
     used: set[tuple[str, str]] = set()
     for path in corpus_files():
@@ -183,7 +213,7 @@ def test_upstream_operations_and_corpus_aliases_are_all_catalogued() -> None:
             ):
                 used.add((named, operation))
     assert len(used) >= 30
-    unserved = sorted(p for p in used if providers[p[0]].operation(p[1]) is None)
+    unserved = sorted(p for p in used if not served(*p))
     assert not unserved
 
 
@@ -247,6 +277,10 @@ def _expect_request(
         from urllib.parse import parse_qs
 
         assert parse_qs(got.text) == {k: [str(v)] for k, v in expected.form.items()}, where
+    elif isinstance(expected.body, str) and not got.headers.get("content-type", "").startswith(
+        "application/json"
+    ):
+        assert got.text == expected.body, where  # a raw body: multipart (Drive's upload), text
     elif expected.body is not None:
         assert got.headers.get("content-type", "").startswith("application/json"), where
         assert json.loads(got.body) == expected.body, where

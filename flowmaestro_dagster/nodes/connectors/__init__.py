@@ -220,10 +220,16 @@ def builtin_registry() -> ConnectorRegistry:
     """The connectors that ship with the platform: the hand-written ones (no vendor account
     needed), then the declarative catalogue (`declarative.py`, `catalog/*.yaml`); entry
     points are registered after these and so win."""
-    from flowmaestro_dagster.nodes.connectors import declarative, email, slack, webhook
+    from flowmaestro_dagster.nodes.connectors import (
+        declarative,
+        email,
+        postgresql,
+        slack,
+        webhook,
+    )
 
     registry = ConnectorRegistry()
-    for module in (webhook, slack, email, declarative):
+    for module in (webhook, slack, email, postgresql, declarative):
         module.register(registry)
     return registry
 
