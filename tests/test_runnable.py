@@ -44,12 +44,12 @@ def test_an_llm_node_needs_its_provider_until_one_is_configured() -> None:
 def test_a_provider_without_a_connector_blocks_and_a_missing_connection_is_a_need() -> None:
     definition = chain(
         node("in", "input", inputName="x"),
-        node("a", "integration", provider="nosuchprovider", operation="doThing"),
+        node("a", "integration", provider="activecampaign", operation="doThing"),
         node("b", "integration", provider="slack", operation="sendMessage", parameters={}),
     )
     report = _report(definition, Settings(), builtin_registry())
     assert [(b.node_id, b.reason) for b in report.blockers] == [
-        ("a", "no connector for provider nosuchprovider (operation doThing)")
+        ("a", "no connector for provider activecampaign (operation doThing)")
     ]
     assert [(n.node_id, n.kind, n.name) for n in report.needs] == [("b", "connection", "slack")]
 
@@ -123,3 +123,22 @@ def test_cli_json_lines_and_exit_status(
     finally:
         get_settings.cache_clear()
     assert main(["runnable", str(tmp_path / "missing.json")]) == 2
+
+
+def test_a_required_parameter_left_empty_is_a_need() -> None:
+    definition = chain(
+        node("page", "integration", provider="notion", operation="createPage", parameters={}),
+        node(
+            "ok",
+            "integration",
+            provider="notion",
+            operation="createPage",
+            parameters={"databaseId": "{{db}}", "title": "x"},
+        ),
+    )
+    report = check_definition(
+        "wf.json", json.dumps(definition), Settings(), has_connection=lambda *_: True
+    )
+    needs = [(n.node_id, n.kind, n.name) for n in report.needs]
+    assert needs == [("page", "parameter", "parameters.parent_id")]
+    assert "parameters.databaseId" in report.needs[0].how  # the builder's spelling is named too

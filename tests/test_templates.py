@@ -45,3 +45,21 @@ def test_expressions_and_filters_inside_references() -> None:
     assert render("{{fetch.data.items.length}}", STATE) == 2
     now = render("{{$now}}", STATE)
     assert isinstance(now, str) and now.endswith("Z")
+
+
+def test_fields_of_an_llm_json_answer_are_readable() -> None:
+    from flowmaestro_dagster.lang.expressions import Evaluator, parse
+
+    answer = '```json\n{"winRate": {"SMB": 0.4}, "isValid": true, "text": "inner"}\n```'
+    reply = {"text": answer, "usage": {}, "model": "m", "provider": "p"}
+    state = ExecutionState.start({}).with_output("llm-1", 0, {"analysis": reply})
+    assert render("{{analysis.winRate}}", state) == {"SMB": 0.4}
+    assert render("{{analysis.text}}", state) == answer  # the reply's own keys come first
+    assert render("{{analysis.nope}}", state) == "{{analysis.nope}}"
+    assert Evaluator(state).evaluate(parse("analysis.isValid == true")) is True
+    prose = {"text": "no JSON here {", "model": "m"}
+    plain = ExecutionState.start({}).with_output("llm-1", 0, {"analysis": prose})
+    assert render("{{analysis.winRate}}", plain) == "{{analysis.winRate}}"
+    not_a_reply = {"text": '{"a": 1}'}  # no `model`: not an LLM reply, no reading
+    other = ExecutionState.start({}).with_output("n", 0, {"x": not_a_reply})
+    assert render("{{x.a}}", other) == "{{x.a}}"

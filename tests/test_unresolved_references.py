@@ -80,6 +80,18 @@ def test_input_reads_the_inputs_with_the_input_nodes_own_output_on_top() -> None
     assert templates.render("{{input.missing}}", alone) == "{{input.missing}}"
 
 
+def test_trigger_reads_the_trigger_payload_which_is_the_inputs() -> None:
+    # corpus/patterns/advanced/zendesk-ticket-intelligence.json: `{{trigger.ticketId}}` of a
+    # webhook trigger whose node id is `trigger-1`
+    state = ExecutionState.start({"ticketId": "4711"}).with_output(
+        "trigger-1", 0, {"ticketId": "4711"}
+    )
+    assert templates.render("Ticket {{trigger.ticketId}}", state) == "Ticket 4711"
+    assert templates.render("{{trigger.missing}}", state) == "{{trigger.missing}}"
+    named = ExecutionState.start({"a": 1}).with_output("trigger", 0, {"a": 2})
+    assert templates.render("{{trigger.a}}", named) == 2  # a node `trigger` is itself
+
+
 # -- the static data-flow check ------------------------------------------------------------------
 
 

@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from flowmaestro_dagster.compile.validation import validate_spec
 from flowmaestro_dagster.nodes import get_executor
 from flowmaestro_dagster.nodes.connectors import (
     ConnectorRegistry,
+    declarative,
     default_registry,
     describe,
     resolve_connection,
@@ -64,7 +66,7 @@ class Blocker:
 @dataclass(frozen=True)
 class Need:
     node_id: str
-    kind: str  # llm_provider | connection | database | search_provider | program | setting
+    kind: str  # llm_provider | connection | parameter | database | search_provider | program
     name: str
     how: str
 
@@ -105,6 +107,8 @@ def check_definition(
     document, problems = load_json(text)
     spec, more = (None, []) if document is None else parse_workflow(document)
     problems += more
+    if spec is not None and not any(p.severity == "error" for p in problems):
+        problems += validate_spec(spec)  # a cycle, a bad expression: nothing can run it
     errors = [p for p in problems if p.severity == "error"]
     if spec is None or errors:
         report.valid = False
@@ -134,6 +138,8 @@ def check_spec(
 def _blockers(node: NodeSpec, registry: ConnectorRegistry) -> Iterator[Blocker]:
     if node.type == "integration":
         provider, operation = _provider_operation(node)
+        if not provider:  # the author's to fill in (a need), not something we cannot run
+            return
         if registry.find(provider, operation) is None:
             reason = f"no connector for {describe(provider, operation)}"
             yield Blocker(node.id, node.source_type, reason)
@@ -181,9 +187,19 @@ def _needs(
             )
     if node.type == "integration":
         provider, operation = _provider_operation(node)
+        if not provider:
+            yield Need(
+                node.id,
+                "parameter",
+                "provider",
+                "the node names no provider (and no operation): choose one in the builder",
+            )
+            return
         spec = registry.find(provider, operation)
         if spec is not None and spec.needs_connection and provider:
             yield from _connection_need(node, provider, settings, has_connection)
+        if spec is not None and isinstance(spec.run, declarative.DeclarativeConnector):
+            yield from _parameter_needs(node, spec.run.provider, operation)
     if node.type == "webSearch":
         yield from _search_need(node, settings)
 
@@ -208,6 +224,18 @@ def _connection_need(
         f"add a {provider} connection (POST /connections, provider {provider}) or set "
         f"FLOWMAESTRO_CONNECTIONS__{name.upper().replace('-', '_')}__... (docs/providers.md)",
     )
+
+
+def _parameter_needs(
+    node: NodeSpec, provider: "declarative.ProviderSpec", operation: str | None
+) -> Iterator[Need]:
+    """Required parameters the node leaves empty: builder templates leave them for the user,
+    and the node would fail naming them when it runs."""
+    parameters = getattr(node.config, "parameters", None)
+    values = parameters if isinstance(parameters, dict) else {}
+    for problem in declarative.node_problems(node.id, provider, operation, values, strict=False):
+        if problem.code == "missing_parameter":
+            yield Need(node.id, "parameter", problem.field or "parameters", problem.message)
 
 
 def _search_need(node: NodeSpec, settings: Settings) -> Iterator[Need]:

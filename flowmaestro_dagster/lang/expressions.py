@@ -1312,9 +1312,50 @@ def _tick(budget: Budget, value: Any) -> Any:
 _INDEX = re.compile(r"0|[1-9][0-9]*")
 
 
+# An LLM node's reply (docs/semantics.md, "Fields of an LLM's JSON answer").
+REPLY_KEYS = frozenset({"text", "model"})
+MAX_REPLY_JSON_CHARS = 1_000_000
+_FENCE = re.compile(r"^```[A-Za-z0-9_-]*[ \t]*\n(.*?)\n?```\s*$", re.DOTALL)
+
+
+def reply_fields(target: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The JSON object an LLM reply's `text` holds, so `{{analysis.score}}` reads a reply
+    whose text is `{"score": 8}` (optionally in a ```json fence); None for anything else.
+
+    Prompts in real workflows ask for JSON and read its fields; the reply object keeps its own
+    keys (`text`, `usage`, `model`, `provider`) first."""
+    text = target.get("text")
+    if not isinstance(text, str) or not target.keys() >= REPLY_KEYS:
+        return None
+    if len(text) > MAX_REPLY_JSON_CHARS or "{" not in text:
+        return None
+    return _parsed_reply(text)
+
+
+@lru_cache(maxsize=64)
+def _parsed_reply(text: str) -> Mapping[str, Any] | None:
+    body = text.strip()
+    fenced = _FENCE.match(body)
+    if fenced:
+        body = fenced.group(1).strip()
+    if not body.startswith("{"):
+        start, end = body.find("{"), body.rfind("}")
+        if start < 0 or end <= start:
+            return None
+        body = body[start : end + 1]
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _get_member(target: Any, key: Any, budget: Budget) -> Any:
     if isinstance(target, dict):
-        return target.get(budget.text_of(key) if not isinstance(key, str) else key)
+        name = budget.text_of(key) if not isinstance(key, str) else key
+        if name not in target and (fields := reply_fields(target)) is not None:
+            return fields.get(name)
+        return target.get(name)
     if isinstance(target, list | str):
         if key == "length":
             return len(target)

@@ -24,6 +24,10 @@ STATE_VERSION = 1
 # it (`{{input.category}}` with inputs `{"category": ...}`), whatever its inputName: the name
 # reads as the inputs, with the node's own output (when there is one) on top.
 INPUT_ALIAS = "input"
+# The builder's triggers hand their payload on as `trigger` (`{{trigger.ticketId}}` of a
+# webhook); a trigger's payload is the execution's inputs, so with no node of that id the name
+# reads as the inputs, like `input`.
+TRIGGER_ALIAS = "trigger"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +203,7 @@ class ExecutionState:
         names = self._name_index()
         if name in names:
             return names[name]
-        if name in ("inputs", INPUT_ALIAS):
+        if name in ("inputs", INPUT_ALIAS, TRIGGER_ALIAS):
             return dict(self.inputs)
         raise Unresolved(name)
 

@@ -33,6 +33,7 @@ from flowmaestro_dagster.lang.expressions import (
     lookup_root,
     parse,
     path_of,
+    reply_fields,
     to_number,
 )
 
@@ -245,7 +246,11 @@ def walk(value: Any, parts: Sequence[str | int]) -> Any:
         if isinstance(value, dict):
             key = part if isinstance(part, str) else str(part)
             if key not in value:
-                return _MISSING
+                fields = reply_fields(value)  # an LLM reply's JSON answer
+                if fields is None or key not in fields:
+                    return _MISSING
+                value = fields[key]
+                continue
             value = value[key]
         elif isinstance(value, list | str):
             if part == "length":
