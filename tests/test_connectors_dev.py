@@ -404,12 +404,16 @@ def test_zendesk_errors_carry_its_error_and_description(server: ScriptedServer) 
 # -- Intercom --------------------------------------------------------------------------------
 
 
-def test_intercom_wants_a_contact_id_not_an_email(server: ScriptedServer) -> None:
-    with pytest.raises(NodeConfigurationError, match="not an email") as caught:
+def test_intercom_looks_a_contact_up_by_email_before_a_conversation(
+    server: ScriptedServer,
+) -> None:
+    server.answer(200, {"type": "list", "data": [], "total_count": 0})
+    with pytest.raises(NodeConfigurationError, match="no Intercom contact has the email") as caught:
         _call(
             server, "intercom", "createConversation", {"userId": "ann@example.com", "message": "hi"}
         )
-    assert caught.value.details["field"] == "parameters.from_id" and server.requests == []
+    assert caught.value.details["field"] == "parameters.from_id"
+    assert [r.path for r in server.requests] == ["/contacts/search"]  # nothing was sent
 
 
 def test_intercom_lists_follow_starting_after(server: ScriptedServer) -> None:

@@ -4,6 +4,7 @@ limits, provider errors, size cap, redaction and deploy-time checks behave.
 """
 
 import json
+import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -30,14 +31,17 @@ from flowmaestro_dagster.nodes.connectors import (
     load_entry_points,
 )
 from flowmaestro_dagster.nodes.connectors.declarative import (
+    AuthSpec,
     CatalogueError,
     DeclarativeConnector,
     ExampleRequest,
     OperationSpec,
     ProviderSpec,
+    auth_for,
     catalogue,
     load_provider,
 )
+from flowmaestro_dagster.nodes.filestore import FileStore
 from flowmaestro_dagster.nodes.integration import execute_integration
 from flowmaestro_dagster.settings import ConnectionSettings, HttpSettings, Settings
 from flowmaestro_dagster.spec.configs import IntegrationConfig
@@ -133,8 +137,8 @@ def _ctx(settings: Settings, **config: Any) -> NodeContext:
     )
 
 
-def _base_path(provider: ProviderSpec) -> str:
-    return httpx.URL(provider.base_url.replace("{", "").replace("}", "")).path.rstrip("/")
+def _base_path(provider: ProviderSpec, url: str | None = None) -> str:
+    return httpx.URL((url or provider.base_url).replace("{", "").replace("}", "")).path.rstrip("/")
 
 
 def _settings(provider: str, connection: dict[str, Any], **http: Any) -> Settings:
@@ -143,11 +147,21 @@ def _settings(provider: str, connection: dict[str, Any], **http: Any) -> Setting
     )
 
 
+def _connection(server: ScriptedServer, spec: ProviderSpec, **conn: Any) -> dict[str, Any]:
+    """A connection whose base URLs (the provider's, and each of its other hosts') are the
+    recording server's, at the same paths."""
+    hosts = {
+        f"{name}_base_url": server.url(_base_path(spec, url))
+        for name, url in spec.base_urls.items()
+    }
+    return {"base_url": server.url(_base_path(spec)), "access_token": TOKEN, **hosts, **conn}
+
+
 def _run(
     server: ScriptedServer, provider: str, operation: str, parameters: dict[str, Any], **conn: Any
 ) -> Any:
     spec = catalogue()[provider]
-    connection = {"base_url": server.url(_base_path(spec)), "access_token": TOKEN, **conn}
+    connection = _connection(server, spec, **conn)
     ctx = _ctx(
         _settings(provider, connection),
         provider=provider,
@@ -255,17 +269,67 @@ def _operations() -> list[tuple[ProviderSpec, OperationSpec]]:
     return [(spec, op) for spec in catalogue().values() for op in spec.operations]
 
 
+def parse_multipart(content_type: str, body: bytes) -> list[dict[str, Any]]:
+    """A multipart body's parts: {name, filename, content_type, body (bytes)}."""
+    boundary = content_type.split("boundary=", 1)[1].strip().strip('"').encode()
+    assert body.endswith(b"--" + boundary + b"--\r\n"), "the body does not close its parts"
+    parts = []
+    for chunk in body.split(b"--" + boundary)[1:-1]:
+        assert chunk.startswith(b"\r\n") and chunk.endswith(b"\r\n")
+        head, _, data = chunk[2:-2].partition(b"\r\n\r\n")
+        headers = dict(
+            (k.strip().lower(), v.strip())
+            for k, _, v in (line.partition(":") for line in head.decode().split("\r\n") if line)
+        )
+        disposition = headers.get("content-disposition", "")
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', disposition))
+        parts.append(
+            {
+                "name": fields.get("name"),
+                "filename": fields.get("filename"),
+                "content_type": headers.get("content-type"),
+                "body": data,
+            }
+        )
+    return parts
+
+
+def _expect_parts(expected: ExampleRequest, got: EchoRequest, where: str) -> None:
+    content_type = got.headers.get("content-type", "")
+    assert content_type.startswith(f"multipart/{expected.multipart or 'form-data'};"), where
+    assert int(got.headers["content-length"]) == len(got.body), where
+    parts = parse_multipart(content_type, got.body)
+    assert len(parts) == len(expected.parts or []), where
+    for want, part in zip(expected.parts or [], parts, strict=True):
+        assert (part["name"], part["filename"]) == (want.name, want.filename), where
+        if want.content_type is not None:
+            assert part["content_type"] == want.content_type, where
+        if isinstance(want.body, dict | list):
+            assert json.loads(part["body"]) == want.body, where
+        else:
+            assert part["body"].decode() == str(want.body), where
+
+
 def _expect_request(
-    provider: ProviderSpec, expected: ExampleRequest, got: EchoRequest, where: str
+    provider: ProviderSpec,
+    expected: ExampleRequest,
+    got: EchoRequest,
+    where: str,
+    auth: AuthSpec | None = None,
 ) -> None:
+    auth = auth or provider.auth
     assert got.method == expected.method, where
-    assert got.path == expected.path, where
+    if auth.location == "path":  # a credential in the path: `/bot{token}/sendMessage`
+        assert got.path == expected.path.replace("{" + auth.param_name + "}", TOKEN), where
+    else:
+        assert got.path == expected.path, where
     query = {k: v for k, v in got.query.items()}
-    auth = provider.auth
     if auth.location == "query" and auth.scheme not in ("basic", "none"):
         assert query.pop(auth.param_name) == [TOKEN], where
-    elif auth.scheme in ("oauth2", "bearer", "api_key"):
+    elif auth.scheme in ("oauth2", "bearer", "api_key") and auth.location == "header":
         assert got.headers[auth.param_name.lower()] == auth.value_prefix + TOKEN, where
+    elif auth.scheme == "none":  # an operation without the provider's credential
+        assert provider.auth.param_name.lower() not in got.headers, where
     wanted = {
         k: [str(i) for i in v] if isinstance(v, list) else [str(v)]
         for k, v in expected.query.items()
@@ -273,7 +337,9 @@ def _expect_request(
     assert query == wanted, where
     for name, value in expected.headers.items():
         assert got.headers.get(name.lower()) == value, where
-    if expected.form is not None:
+    if expected.parts is not None:
+        _expect_parts(expected, got, where)
+    elif expected.form is not None:
         from urllib.parse import parse_qs
 
         assert parse_qs(got.text) == {k: [str(v)] for k, v in expected.form.items()}, where
@@ -292,7 +358,11 @@ def _expect_request(
     ("provider", "op"), _operations(), ids=[f"{s.id}.{o.id}" for s, o in _operations()]
 )
 def test_operation_contract(
-    server: ScriptedServer, provider: ProviderSpec, op: OperationSpec
+    server: ScriptedServer,
+    provider: ProviderSpec,
+    op: OperationSpec,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The executor sends the documented request and maps the documented answer."""
     example = op.example
@@ -300,11 +370,18 @@ def test_operation_contract(
     for exchange in example.before:
         server.answer(exchange.response.status, exchange.response.body, **exchange.response.headers)
     server.answer(example.response.status, example.response.body, **example.response.headers)
+    if example.files:  # files the node's parameters refer to, in the workflow's file area
+        monkeypatch.setenv("FLOWMAESTRO_FILES__URL", str(tmp_path / "files"))
+        area = FileStore.from_settings(Settings()).area(None)
+        for path, text in example.files.items():
+            area.write(path, text.encode())
     output = _run(server, provider.id, op.id, example.parameters, **example.connection)
+    connection = ConnectionSettings(**_connection(server, provider, **example.connection))
+    auth = auth_for(provider, op, connection)
     expected = [*(e.request for e in example.before), example.request]
     assert len(server.requests) == len(expected)
     for index, (want, got) in enumerate(zip(expected, server.requests, strict=True)):
-        _expect_request(provider, want, got, f"{provider.id}.{op.id} request {index}")
+        _expect_request(provider, want, got, f"{provider.id}.{op.id} request {index}", auth)
     assert output == example.output
 
 

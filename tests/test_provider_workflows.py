@@ -231,12 +231,9 @@ CYCLIC = {
 # this list only shrinks; a pair missing from it fails the test).
 KNOWN_GAPS = frozenset(
     {
-        "box:uploadFile",
+        # MongoDB's Atlas Data API (document reads and writes over HTTP) was shut down on
+        # 2025-09-30; a driver connector needs a MongoDB server to be tested against.
         "mongodb:aggregate",
-        "tableau:refreshDataSource",
-        "telegram:sendMessage",
-        "youtube:getChannelAnalytics",
-        "youtube:uploadVideo",
     }
 )
 

@@ -19,7 +19,11 @@
 
 The client id and secret are the operator's (`FLOWMAESTRO_OAUTH__<PROVIDER>__CLIENT_ID`,
 `__CLIENT_SECRET`); endpoints and scopes come from the provider's catalogue entry
-(`nodes/connectors/declarative.py`) unless those settings override them. Token endpoints are
+(`nodes/connectors/declarative.py`) unless those settings override them. The entry may also
+rename the client id parameter (TikTok's `client_key`) and name what else a connection keeps:
+fields of the token answer (`token_fields`: Salesforce's `instance_url`) and of a metadata
+endpoint read with the new token (`metadata_url` + `metadata_fields`: Mailchimp's `dc`, Jira's
+`cloudid`); they are kept across refreshes. Token endpoints are
 the operator's or the catalogue's URLs, not users': they are called without the SSRF guard,
 but with a timeout and a cap on what is read.
 """
@@ -109,6 +113,12 @@ class OAuthProvider:
     token_auth: Literal["basic", "post"] = "basic"
     pkce: bool = True
     scope_separator: str = " "
+    client_id_param: str = "client_id"
+    token_fields: Mapping[str, str] = field(default_factory=dict)
+    """Connection credential name -> dotted path in the token answer, kept on the connection."""
+    metadata_url: str | None = None
+    metadata_fields: Mapping[str, str] = field(default_factory=dict)
+    metadata_prefix: str = "Bearer "
 
 
 def _variable(provider: str) -> str:
@@ -167,6 +177,11 @@ def oauth_provider(settings: Settings, provider: str) -> OAuthProvider:
     else:
         pkce = bool(getattr(auth, "pkce", False)) if catalogued else True
     extra = getattr(auth, "extra_authorize_params", None) if catalogued else None
+
+    def said_map(name: str) -> dict[str, str]:
+        value = getattr(auth, name, None) if catalogued else None
+        return {str(k): str(v) for k, v in (value or {}).items()}
+
     return OAuthProvider(
         provider=provider,
         client_id=client.client_id,
@@ -179,6 +194,15 @@ def oauth_provider(settings: Settings, provider: str) -> OAuthProvider:
         token_auth="post" if token_auth == "post" else "basic",
         pkce=bool(pkce),
         scope_separator=str(getattr(auth, "scope_separator", None) or " "),
+        client_id_param=str(
+            (getattr(auth, "client_id_param", None) if catalogued else None) or "client_id"
+        ),
+        token_fields=said_map("token_fields"),
+        metadata_url=(getattr(auth, "metadata_url", None) if catalogued else None),
+        metadata_fields=said_map("metadata_fields"),
+        metadata_prefix=str(
+            (getattr(auth, "metadata_prefix", None) if catalogued else None) or "Bearer "
+        ),
     )
 
 
@@ -255,7 +279,7 @@ def start_authorization(
     chosen = wanted_scopes if wanted_scopes is not None else list(oauth.scopes)
     params: dict[str, str] = {
         "response_type": "code",
-        "client_id": oauth.client_id,
+        oauth.client_id_param: oauth.client_id,
         "redirect_uri": redirect_uri(settings),
         "state": state,
     }
@@ -319,7 +343,11 @@ def complete_authorization(
         if exc.transient:
             raise ProviderUnavailable(str(exc)) from None
         raise InvalidRequest(f"{provider} refused the authorization code: {exc}") from None
-    credentials = _credentials(tokens, {})
+    credentials = _credentials(tokens, {}, oauth)
+    try:
+        credentials.update(_metadata(oauth, credentials["access_token"]))
+    except TokenError as exc:
+        raise ProviderUnavailable(str(exc)) from None
     granted = _granted_scopes(tokens, oauth, payload.get("scopes"))
     expires_at = _expiry(tokens)
     label = _account_label(tokens)
@@ -352,9 +380,12 @@ def complete_authorization(
     return existing
 
 
-def _credentials(tokens: Mapping[str, Any], previous: Mapping[str, str]) -> dict[str, str]:
+def _credentials(
+    tokens: Mapping[str, Any], previous: Mapping[str, str], oauth: OAuthProvider | None = None
+) -> dict[str, str]:
     """What is kept of a token response: the tokens (a refresh answer without a new refresh
-    token keeps the old one)."""
+    token keeps the old one) and the provider's declared extras (`token_fields`; the ones
+    the answer leaves out, and those from its metadata endpoint, are kept from before)."""
     credentials = {"access_token": str(tokens["access_token"])}
     refresh_token = tokens.get("refresh_token") or previous.get("refresh_token")
     if refresh_token:
@@ -362,7 +393,67 @@ def _credentials(tokens: Mapping[str, Any], previous: Mapping[str, str]) -> dict
     token_type = tokens.get("token_type") or previous.get("token_type")
     if token_type:
         credentials["token_type"] = str(token_type)
+    if oauth is None:
+        return credentials
+    for name in oauth.metadata_fields:
+        if previous.get(name):
+            credentials[name] = previous[name]
+    for name, path in oauth.token_fields.items():
+        value = _walk(tokens, path)
+        if isinstance(value, str | int | float) and not isinstance(value, bool) and value != "":
+            credentials[name] = str(value)
+        elif previous.get(name):
+            credentials[name] = previous[name]
     return credentials
+
+
+def _walk(data: Any, path: str) -> Any:
+    """`a.0.b` into JSON (None when a step is missing)."""
+    for part in path.split("."):
+        if isinstance(data, Mapping):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
+
+
+def _metadata(oauth: OAuthProvider, access_token: str) -> dict[str, str]:
+    """The declared fields of the provider's metadata endpoint, read with the new token
+    (Mailchimp's data center, Jira's cloud id); TokenError when it does not answer them."""
+    if not oauth.metadata_url or not oauth.metadata_fields:
+        return {}
+    headers = {"Accept": "application/json", "Authorization": oauth.metadata_prefix + access_token}
+    deadline = time.monotonic() + TOKEN_TIMEOUT_S
+    try:
+        with (
+            httpx.Client(timeout=TOKEN_TIMEOUT_S, follow_redirects=False) as client,
+            client.stream("GET", oauth.metadata_url, headers=headers) as response,
+        ):
+            body = _read_capped(response, deadline)
+            status = response.status_code
+    except httpx.HTTPError as exc:
+        raise TokenError(
+            f"{oauth.provider}'s metadata endpoint did not answer ({type(exc).__name__})",
+            transient=True,
+        ) from None
+    try:
+        data = json.loads(body.decode("utf-8", errors="replace"))
+    except ValueError:
+        data = None
+    found: dict[str, str] = {}
+    for name, path in oauth.metadata_fields.items():
+        value = _walk(data, path)
+        if isinstance(value, str | int | float) and not isinstance(value, bool) and value != "":
+            found[name] = str(value)
+    missing = sorted(set(oauth.metadata_fields) - set(found))
+    if status >= 400 or missing:
+        raise TokenError(
+            f"{oauth.provider}'s metadata endpoint answered HTTP {status} without "
+            f"{', '.join(missing) or 'what was asked'}"
+        )
+    return found
 
 
 def _granted_scopes(tokens: Mapping[str, Any], oauth: OAuthProvider, requested: Any) -> list[str]:
@@ -451,7 +542,7 @@ def refresh_connection(
                 transient=exc.transient,
             )
         else:
-            fresh = _credentials(tokens, credentials)
+            fresh = _credentials(tokens, credentials, oauth)
             store_credentials(
                 row, cipher=cipher, credentials=fresh, token_expires_at=_expiry(tokens)
             )
@@ -525,7 +616,7 @@ def _post_form(
         # RFC 6749 2.3.1: both form-encoded, then Basic.
         auth = httpx.BasicAuth(quote_plus(oauth.client_id), quote_plus(oauth.client_secret))
     else:
-        data["client_id"] = oauth.client_id
+        data[oauth.client_id_param] = oauth.client_id
         if oauth.client_secret is not None:
             data["client_secret"] = oauth.client_secret
     deadline = time.monotonic() + TOKEN_TIMEOUT_S

@@ -44,6 +44,7 @@ DEFAULT_PRELOAD: tuple[str, ...] = (
     "flowmaestro_dagster.definitions",
     "flowmaestro_dagster.adapter.io_manager",
     "flowmaestro_dagster.control.waitpoints",
+    "flowmaestro_dagster.nodes.connectors.preload",  # the parsed connector catalogue
 )
 
 

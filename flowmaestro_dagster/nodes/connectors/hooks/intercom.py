@@ -1,5 +1,5 @@
 """Intercom: a plain search text as a search query, contacts listed by email, and a
-conversation started only from a contact's Intercom id.
+conversation started from a contact's Intercom id (an email is looked up first).
 
 Intercom's search endpoints take a query object ({field, operator, value}, or {operator: AND,
 value: [...]}); builder templates give a text (`query: "{{incomingMessage.from}}"`): an email
@@ -67,12 +67,26 @@ def contacts_by_email(
 def conversation_from(
     prepared: PreparedRequest, params: Mapping[str, Any], api: HookApi
 ) -> PreparedRequest:
-    """createConversation: Intercom starts a conversation from a contact's id, not an email."""
-    contact = str(params.get("from_id") or "")
-    if "@" in contact:
+    """createConversation: Intercom starts a conversation from a contact's id; an email is
+    looked up first (POST /contacts/search), and the contact's role (user or lead) is the
+    sender's type."""
+    contact = str(params.get("from_id") or "").strip()
+    if "@" not in contact:
+        return prepared
+    query = {"field": "email", "operator": "=", "value": contact}
+    found = api.request(
+        "POST", "/contacts/search", json={"query": query, "pagination": {"per_page": 5}}
+    )
+    listed = found.get("data") if isinstance(found, Mapping) else None
+    match = next(
+        (c for c in listed or [] if isinstance(c, Mapping) and c.get("id")),
+        None,
+    )
+    if match is None:
         raise ParameterError(
             "from_id",
-            "Intercom starts a conversation from the contact's Intercom id, not an email "
-            f"({contact[:80]!r}): find the id with searchContacts",
+            f"no Intercom contact has the email {contact[:80]!r} (createContact adds one)",
         )
+    sender = {"type": str(match.get("role") or "user"), "id": str(match["id"])}
+    prepared.json = {**(prepared.json or {}), "from": sender}
     return prepared

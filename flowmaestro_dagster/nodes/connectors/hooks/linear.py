@@ -1,5 +1,6 @@
-"""Linear (GraphQL): a team named by id becomes the query's filter, and GraphQL errors, which
-Linear may answer with HTTP 200, become node errors carrying Linear's own code and message.
+"""Linear (GraphQL): a team named by id becomes the query's filter, label names become label
+ids (looked up first), and GraphQL errors, which Linear may answer with HTTP 200, become node
+errors carrying Linear's own code and message.
 
 The operations are one POST each to /graphql with a `query` and `variables` (the catalogue's
 body template); Linear reports a failed query in `errors` ({message, extensions: {code,
@@ -10,10 +11,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowmaestro_dagster.errors import NodeExecutionError, TransientNodeError
-from flowmaestro_dagster.nodes.connectors.declarative import HookApi, PreparedRequest
+from flowmaestro_dagster.nodes.connectors.declarative import (
+    HookApi,
+    ParameterError,
+    PreparedRequest,
+)
 
 _TRANSIENT_CODES = frozenset({"RATELIMITED", "INTERNAL_SERVER_ERROR"})
 _MESSAGE_CHARS = 300
+MAX_LABELS = 50
+LABELS_QUERY = (
+    "query Labels($filter: IssueLabelFilter) { issueLabels(filter: $filter, first: 250) "
+    "{ nodes { id name team { id } } } }"
+)
 
 
 def team_filter(
@@ -28,6 +38,50 @@ def team_filter(
     condition = dict(variables.get("filter") or {})
     condition.setdefault("team", {"id": {"eq": str(team)}})
     variables["filter"] = condition
+    body["variables"] = variables
+    prepared.json = body
+    return prepared
+
+
+def label_ids(
+    prepared: PreparedRequest, params: Mapping[str, Any], api: HookApi
+) -> PreparedRequest:
+    """createIssue with `labels` (names): their ids, the team's label before a workspace one
+    of the same name (any case), added to `labelIds`. Names the workspace does not have are
+    left out: the builder's templates name labels (`bug`) a workspace may not have, and the
+    issue matters more than its label."""
+    names = [str(n).strip() for n in params.get("labels") or [] if str(n).strip()]
+    if not names:
+        return prepared
+    if len(names) > MAX_LABELS:
+        raise ParameterError("labels", f"at most {MAX_LABELS} labels")
+    wanted = {"or": [{"name": {"eqIgnoreCase": n}} for n in names]}
+    answer = graphql_errors(
+        api.request(
+            "POST", "/graphql", json={"query": LABELS_QUERY, "variables": {"filter": wanted}}
+        ),
+        params,
+    )
+    found = (((answer or {}).get("data") or {}).get("issueLabels") or {}).get("nodes") or []
+    team = str(params.get("teamId") or "")
+    ids: dict[str, str] = {}
+    for label in found:
+        if not isinstance(label, Mapping) or not label.get("id"):
+            continue
+        key = str(label.get("name") or "").lower()
+        owner = label.get("team")
+        owner_id = owner.get("id") if isinstance(owner, Mapping) else None
+        if owner_id and owner_id != team:
+            continue  # another team's label
+        if key not in ids or owner_id == team:
+            ids[key] = str(label["id"])
+    body = dict(prepared.json or {})
+    variables = dict(body.get("variables") or {})
+    issue = dict(variables.get("input") or {})
+    chosen = [str(i) for i in issue.get("labelIds") or []]
+    chosen += [ids[n.lower()] for n in names if n.lower() in ids and ids[n.lower()] not in chosen]
+    issue["labelIds"] = chosen
+    variables["input"] = issue
     body["variables"] = variables
     prepared.json = body
     return prepared

@@ -86,6 +86,20 @@ def post_request(
     return prepared
 
 
+FEED_URL = "https://www.linkedin.com/feed/update/{urn}"
+"""A post's public address from its URN (`urn:li:share:...` or `urn:li:ugcPost:...`)."""
+
+
+def post_output(data: Any, params: Mapping[str, Any], headers: Mapping[str, str]) -> Any:
+    """createPost / createArticlePost: the new post's URN (`id`, from x-restli-id, merged by
+    the operation's `output.headers`) and its feed `url`."""
+    urn = data.get("id") if isinstance(data, Mapping) else None
+    urn = urn or headers.get("x-restli-id")
+    if not urn or not isinstance(data, Mapping):
+        return data
+    return {**data, "id": str(urn), "url": FEED_URL.format(urn=str(urn))}
+
+
 def _encode_after(prepared: PreparedRequest, segment: str, urn: str) -> None:
     """The path segment after `segment` becomes `urn`, URL-encoded whole."""
     parts = prepared.path.split("/")

@@ -1,5 +1,6 @@
-"""monday.com (GraphQL): create or update an item, with column values as the JSON text the
-API's `JSON` scalar takes, and GraphQL errors as node errors.
+"""monday.com (GraphQL): create or update an item (found by its id, else by its name on the
+board), with column values as the JSON text the API's `JSON` scalar takes, and GraphQL errors
+as node errors.
 
 Values always travel as GraphQL variables, never spliced into the query text.
 """
@@ -27,19 +28,43 @@ UPDATE_ITEM = (
     "$columnValues, create_labels_if_missing: $createLabels) { id name url board { id } } }"
 )
 
+FIND_ITEM = (
+    "query ($boardId: ID!, $itemName: String!) { items_page_by_column_values(board_id: "
+    '$boardId, limit: 1, columns: [{column_id: "name", column_values: [$itemName]}]) '
+    "{ items { id name } } }"
+)
+
+
+def _item_named(api: HookApi, board: str, name: str) -> str | None:
+    """The id of the board's item called `name` (monday matches names exactly), if any."""
+    answer = api.request(
+        "POST", "/v2", json={"query": FIND_ITEM, "variables": {"boardId": board, "itemName": name}}
+    )
+    if isinstance(answer, Mapping) and answer.get("errors"):
+        item_result(answer, {})  # raises monday's error
+    page = ((answer or {}).get("data") or {}).get("items_page_by_column_values") or {}
+    items = page.get("items") if isinstance(page, Mapping) else None
+    first = items[0] if isinstance(items, list) and items else None
+    return str(first["id"]) if isinstance(first, Mapping) and first.get("id") else None
+
 
 def item_request(
     prepared: PreparedRequest, params: Mapping[str, Any], api: HookApi
 ) -> PreparedRequest:
-    """createOrUpdateItem: create_item, or change_multiple_column_values with `itemId`."""
+    """createOrUpdateItem: change_multiple_column_values of the item with `itemId`, else of
+    the board's item named `itemName` (unless `matchByName` is false), else create_item."""
     columns = dict(params.get("columnValues") or {})
-    variables: dict[str, Any] = {"boardId": str(params["boardId"])}
-    if params.get("itemId"):
+    board = str(params["boardId"])
+    variables: dict[str, Any] = {"boardId": board}
+    item_id = params.get("itemId")
+    if not item_id and params.get("itemName") and params.get("matchByName", True):
+        item_id = _item_named(api, board, str(params["itemName"]))
+    if item_id:
         if params.get("itemName"):
             columns["name"] = params["itemName"]
         if not columns:
             raise ParameterError("columnValues", "an item update needs columnValues or itemName")
-        variables.update(itemId=str(params["itemId"]), columnValues=json.dumps(columns))
+        variables.update(itemId=str(item_id), columnValues=json.dumps(columns))
         query = UPDATE_ITEM
     else:
         if not params.get("itemName"):

@@ -1,12 +1,8 @@
-"""Salesforce: SOQL built from simple parameters (values quoted as SOQL literals), query results
-followed through `nextRecordsUrl`, SOSL or parameterized search, the sObject list filtered, and
-files attached as ContentVersion records.
+"""Salesforce: SOQL built from simple parameters (values quoted as SOQL literals), SOSL or
+parameterized search, the sObject list filtered, and files attached as ContentVersion records.
 
-`nextRecordsUrl` is a path from the host root (`/services/data/v60.0/query/01g...-2000`), which
-the catalogue's pagination styles cannot follow (they change the query, or read a Link header).
-So the request hook keeps the operation's `HookApi` in the parameters and the output hook reads
-the further pages through it: the same client, credentials, caps, 401 refresh and error mapping
-as the first page.
+Query results continue through `nextRecordsUrl` (a path from the host root), which the
+catalogue's `next_url` pagination follows: these hooks only build the first request.
 """
 
 import base64
@@ -17,18 +13,13 @@ from datetime import date, datetime
 from typing import Any
 
 from flowmaestro_dagster.nodes.connectors.declarative import (
-    HARD_MAX_PAGES,
     HookApi,
     ParameterError,
     PreparedRequest,
 )
 
-_API_KEY = "__salesforce_api__"
-"""Where the request hook leaves the HookApi for the output hook (no parameter has this name)."""
-_DEFAULT_PAGES_WITH_FETCH_ALL = 10
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2}))?")
-_NEXT_RECORDS = re.compile(r"/services/data/v\d+(\.\d+)?(/.+)")
 _SOQL_ESCAPES = {
     "\\": "\\\\",
     "'": "\\'",
@@ -101,17 +92,11 @@ def build_soql(params: Mapping[str, Any]) -> str:
     return soql
 
 
-def _keep_api(params: Mapping[str, Any], api: HookApi) -> None:
-    if isinstance(params, dict):
-        params[_API_KEY] = api
-
-
 def soql_request(
     prepared: PreparedRequest, params: Mapping[str, Any], api: HookApi
 ) -> PreparedRequest:
     """GET /query?q=<SOQL>, the SOQL given or built from the parameters."""
     prepared.query = [(k, v) for k, v in prepared.query if k != "q"] + [("q", build_soql(params))]
-    _keep_api(params, api)
     return prepared
 
 
@@ -127,41 +112,6 @@ def activities_request(
     if isinstance(params, dict):
         params["filters"] = filters
     return soql_request(prepared, params, api)
-
-
-def _pages_wanted(params: Mapping[str, Any]) -> int:
-    if params.get("maxPages") is not None:
-        wanted = int(params["maxPages"])
-    else:
-        wanted = _DEFAULT_PAGES_WITH_FETCH_ALL if params.get("fetchAll") else 1
-    return max(1, min(wanted, HARD_MAX_PAGES))
-
-
-def follow_records(data: Any, params: Mapping[str, Any]) -> Any:
-    """The first page's answer with the records of the following pages (up to `maxPages`, or
-    10 with `fetchAll`); `done` and `nextRecordsUrl` are the last page's, so a later run can
-    go on where this one stopped."""
-    api = params.get(_API_KEY)
-    pages = _pages_wanted(params)
-    if not isinstance(data, dict) or not isinstance(api, HookApi) or pages <= 1:
-        return data
-    records = list(data.get("records") or [])
-    last: dict[str, Any] = data
-    for _ in range(pages - 1):
-        following = last.get("nextRecordsUrl")
-        if last.get("done", True) or not isinstance(following, str):
-            break
-        match = _NEXT_RECORDS.fullmatch(following)
-        if match is None:
-            break
-        page = api.get(match.group(2))
-        if not isinstance(page, dict):
-            break
-        records.extend(page.get("records") or [])
-        last = page
-    merged = {**last, "records": records}
-    merged["totalSize"] = data.get("totalSize", len(records))
-    return merged
 
 
 def search_request(

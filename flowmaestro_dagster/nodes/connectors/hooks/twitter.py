@@ -1,12 +1,12 @@
 """X (Twitter) API v2: the authenticated user when a node names none, a post's permalink
 beside its id, and threads (X has no thread endpoint: each post replies to the one before).
 
-A thread's earlier posts are sent from the request hook, the last one by the executor. The
-hook API offers reads only, so those posts go through the executor's own sender (`_send`):
-the same client, credentials, size cap, 401 refresh and error mapping as every other request.
-A failure of a later post sent here is permanent and names the posts already made (a retry
-would repeat them). The last post is the executor's request: a 429 on it retries the node, and
-X then refuses the repeated first post as duplicate content (a permanent error).
+A thread's earlier posts are sent from the request hook (`api.request("POST", ...)`: the
+same client, credentials, size cap, 401 refresh and error mapping as every other request), the
+last one by the executor. A failure of a later post sent here is permanent and names the posts
+already made (a retry would repeat them). The last post is the executor's request: a 429 on it
+retries the node, and X then refuses the repeated first post as duplicate content (a permanent
+error).
 """
 
 import json
@@ -19,7 +19,6 @@ from flowmaestro_dagster.nodes.connectors.declarative import (
     HookApi,
     ParameterError,
     PreparedRequest,
-    _send,
 )
 
 PERMALINK = "https://x.com/i/web/status/{id}"
@@ -87,7 +86,7 @@ def _thread_texts(raw: Any) -> list[str]:
 
 
 def _stopped(
-    call: Any,
+    api: HookApi,
     posted: list[dict[str, Any]],
     index: int,
     total: int,
@@ -96,13 +95,11 @@ def _stopped(
 ) -> NodeExecutionError:
     """A permanent error for a thread broken off after some posts: it names them."""
     ids = [str(p["id"]) for p in posted]
-    error: NodeExecutionError = call.request.node.error(
+    return api.error(
         f"twitter createThread stopped at post {index + 1} of {total} "
         f"(already posted: {', '.join(ids) or 'none'}): {reason}",
-        NodeExecutionError,
         details={**details, "provider": "twitter", "posted": ids},
     )
-    return error
 
 
 def thread_request(
@@ -115,24 +112,21 @@ def thread_request(
         raise ParameterError("tweets", "parameters.tweets needs at least one post")
     if len(texts) > MAX_THREAD:
         raise ParameterError("tweets", f"a thread has at most {MAX_THREAD} posts")
-    call = api._call  # the executor's call: its sender, credentials and node
     posted: list[dict[str, Any]] = []
     previous = str(params.get("reply_to_tweet_id") or "") or None
-    headers = {k: v for k, v in prepared.headers.items()}
     for index, text in enumerate(texts[:-1]):
         body: dict[str, Any] = {"text": text}
         if previous:
             body["reply"] = {"in_reply_to_tweet_id": previous}
-        request = PreparedRequest("POST", prepared.path, headers=dict(headers), json=body)
         try:
-            answer = _send(call, request)
+            answer = api.request("POST", prepared.path, json=body, headers=prepared.headers)
         except NodeExecutionError as exc:
             if not posted:
                 raise
-            raise _stopped(call, posted, index, len(texts), exc.reason, exc.details) from None
+            raise _stopped(api, posted, index, len(texts), exc.reason, exc.details) from None
         post = answer.get("data") if isinstance(answer, Mapping) else None
         if not isinstance(post, Mapping) or not post.get("id"):
-            raise _stopped(call, posted, index, len(texts), "X answered without a post id", {})
+            raise _stopped(api, posted, index, len(texts), "X answered without a post id", {})
         posted.append(dict(post))
         previous = str(post["id"])
     last: dict[str, Any] = {"text": texts[-1]}
