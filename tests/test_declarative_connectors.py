@@ -655,7 +655,7 @@ def test_run_time_parameter_errors_name_the_field(server: ScriptedServer) -> Non
     ) as caught:
         _run(server, "notion", "getPage", {})
     assert caught.value.details["field"] == "parameters.page_id"
-    with pytest.raises(NodeConfigurationError, match=r"parameters\.maxRecords must be a integer"):
+    with pytest.raises(NodeConfigurationError, match=r"parameters\.maxRecords must be an integer"):
         _run(
             server, "airtable", "listRecords", {"baseId": "a", "tableId": "t", "maxRecords": "lots"}
         )

@@ -746,6 +746,10 @@ def is_set(raw: Mapping[str, Any], param: ParameterSpec) -> bool:
     return _lookup(raw, param) is not None
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def _coerce(param: ParameterSpec, value: Any) -> Any:
     """The value as the parameter's type; ValueError with the reason when it cannot be."""
     kind = param.type
@@ -766,11 +770,11 @@ def _coerce(param: ParameterSpec, value: Any) -> Any:
         raise ValueError("must be true or false")
     if kind in ("integer", "number"):
         if isinstance(value, bool):
-            raise ValueError(f"must be a {kind}")
+            raise ValueError(f"must be {_article(kind)} {kind}")
         try:
             number = float(value) if kind == "number" else int(str(value).strip())
         except ValueError:
-            raise ValueError(f"must be a {kind}") from None
+            raise ValueError(f"must be {_article(kind)} {kind}") from None
         return number
     if isinstance(value, str) and kind in ("object", "array", "rows"):
         try:
