@@ -195,23 +195,30 @@ def parallel_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     return lines, goals
 
 
+CELERY_STORAGE = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+
+
 def celery_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     lines = [
         "The parallel workload (W1, W2, W3 above) with every node on Celery workers "
         '(`runOn: "celery"` in the workflow settings), side by side with the same workflows '
-        "on the run's own threads. The section is a hook (`bench/celery_workers.py`): it "
-        "measures once `flowmaestro_dagster.engines` exposes a Celery executor and "
-        "`flowmaestro worker` exists, and never reports a figure it did not measure.",
+        "on the run's own threads (`bench/celery_workers.py`; it never reports a figure it did "
+        "not measure). A worker keeps its Dagster instance and its built jobs (by job and "
+        "definition hash) across steps; the task carries the step, the instance reference, "
+        "the job and its snapshot id (docs/deployment.md).",
         "",
     ]
     if not r.get("measured"):
         return [*lines, f"**Not measured: {r['reason']}.**"], []
+    concurrency = r.get("concurrency")
+    pool = f" of {concurrency} pool processes each" if concurrency else ""
     lines += [
-        f"Executor: `{r.get('executor', '?')}`; {r['workers']} `flowmaestro worker` processes, "
-        f"broker {r['broker']}; launched runs on a real `dagster dev` (SQLite), the two "
-        f"variants alternating, {r['repeats']} rounds after a warm-up; a figure is the run's "
-        "own duration (Dagster's run start to end), and every Celery run was checked for the "
-        "executor's engine event naming the steps it sent to the workers.",
+        f"Executor: `{r.get('executor', '?')}`; {r['workers']} `flowmaestro worker` "
+        f"processes{pool}, broker {r['broker']}; launched runs on a real `dagster dev` "
+        f"({CELERY_STORAGE.get(r.get('backend', 'sqlite'), '?')}), the two variants alternating, "
+        f"{r['repeats']} rounds after a warm-up; a "
+        "figure is the run's own duration (Dagster's run start to end), and every Celery run "
+        "was checked for the executor's engine event naming the steps it sent to the workers.",
         "",
         "| workload | on the run's threads | on Celery workers | Celery / threads |",
         "|---|---|---|---|",
@@ -221,7 +228,41 @@ def celery_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
             f"| {name} | {span(v['threads'])} | {span(v['celery'])} | "
             f"{r['celery_over_threads'][name]} |"
         )
-    return lines, []
+    per_step = r.get("per_step_overhead_ms")
+    if per_step:
+        lines += [
+            "",
+            "Per-step overhead (W1 chain: median time from one step's start to the next one's, "
+            f"less the node's own 10 ms): {per_step['celery']} ms on Celery workers, "
+            f"{per_step['threads']} ms on the run's threads.",
+        ]
+    jobs = r.get("worker_jobs")
+    if jobs:
+        lines += [
+            f"Steps whose job came from the worker's cache: {jobs.get('cached', 0)}; built: "
+            f"{jobs.get('built', 0)} (after the warm-up round)."
+        ]
+    load = r.get("load_average")
+    if load:
+        lines += [f"Load average before / after: {load['before'][0]:.2f} / {load['after'][0]:.2f}."]
+    g = r.get("goals")
+    if not g:
+        return lines, []
+    goals: list[Goal] = [
+        (
+            "Celery per-step overhead (W1 chain)",
+            f"{per_step['celery'] if per_step else '?'} ms",
+            f"≤ {g['per_step_overhead_ms_max']:g} ms",
+            g["per_step_met"],
+        ),
+        (
+            f"W3 on {r['workers']} Celery workers / threaded",
+            str(r["celery_over_threads"]["W3"]),
+            f"≤ {g['W3_celery_over_threads_max']}",
+            g["W3_met"],
+        ),
+    ]
+    return lines, goals
 
 
 def api_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
@@ -607,80 +648,123 @@ def fairness_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
 
 
 def deploy_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
-    """One table per shard count (1, the default, and many), side by side."""
+    """One table per configuration: the default (one shared code server, many locations) and
+    the previous one (a code server per location, restarted on each reload), for comparison."""
     variants = r.get("variants", [r])
-    lines: Lines = []
+    lines: Lines = [
+        "A real `dagster dev` and the API in process on SQLite; workflows deployed straight into "
+        "the database (the corpus definitions in turn), every location then reloaded once, "
+        "untimed (the steady state: each earlier workflow was loaded by its own deploy), then "
+        "one more deployed through the API per sample. Deploy → runnable: the deploy call, "
+        "which reloads the workflow's location and answers once the job is visible in GraphQL. "
+        "Deploy → launched: until a run of an execution submitted right after exists in "
+        "Dagster. Memory: resident set after the samples. Load: the machine's 1-minute load "
+        "average before and after the size (2 cores, shared).",
+        "",
+    ]
     goals: list[Goal] = []
     for variant in variants:
         more, goal = deploy_variant(variant)
         lines += more
         goals += goal
-    if len(variants) > 1:
-        first, last = variants[0], variants[-1]
-        size = list(first["sizes"])[-1]
-        one = first["sizes"][size]["deploy_to_runnable"]["median_s"]
-        many = last["sizes"].get(size, {}).get("deploy_to_runnable", {}).get("median_s")
-        if one and many:
+    default = next((v for v in variants if _deploy_is_default(v)), None)
+    previous = next((v for v in variants if not _deploy_is_default(v)), None)
+    if default and previous:
+        common = [size for size in previous["sizes"] if size in default["sizes"]]
+        if common:
+            size = common[-1]
+            new = default["sizes"][size]["deploy_to_runnable"]["median_s"]
+            old = previous["sizes"][size]["deploy_to_runnable"]["median_s"]
             lines += [
                 "",
-                f"At {size} workflows, {last['shards']} shards / 1 shard: "
-                f"**{round(many / one, 3)}** of the deploy time. Recommendation: about one "
-                "shard per 30 deployed workflows (`FLOWMAESTRO_CODE_LOCATION_SHARDS`); each "
-                "shard is a code server process (memory, and CPU when `dagster dev` starts).",
+                f"At {size} workflows, deploy → runnable: **{num(new)} s** with the default "
+                f"configuration, {num(old)} s with {_deploy_label(previous)}"
+                + (f" ({num(round(old / new, 1))} times as long)." if new else "."),
             ]
     return lines, goals
 
 
+def _deploy_is_default(r: dict[str, Any]) -> bool:
+    return bool(
+        r.get("code_server", "per_location") == r.get("code_server_default", "per_location")
+        and r["shards"] == r["shards_default"]
+    )
+
+
+def _deploy_label(r: dict[str, Any]) -> str:
+    where = (
+        "one shared code server"
+        if r.get("code_server") == "shared"
+        else "a code server per location, restarted on each reload"
+    )
+    return f"{r['shards']} location(s), {where}"
+
+
 def deploy_variant(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
-    default = "the default" if r["shards"] == r["shards_default"] else "not the default"
+    default = _deploy_is_default(r)
     lines = [
-        f"### {r['shards']} code-location shard(s)",
+        f"### {_deploy_label(r)}" + (" (the default)" if default else ""),
         "",
-        f"Code-location shards: **{r['shards']}** ({default}; "
-        "`FLOWMAESTRO_CODE_LOCATION_SHARDS`); with one shard every deployed workflow is in the "
-        "location a deploy reloads. A real `dagster dev` and the API in process "
-        f"on SQLite; workflows deployed straight into the database (the {r['corpus_definitions']}"
-        " compiling corpus definitions in turn), then one more deployed through the API per "
-        f"sample ({r['samples']} per size). Deploy → runnable: the deploy call, which reloads "
-        "the workflow's location and answers once the job is visible in GraphQL. Deploy → "
-        "launched: until a run of an execution submitted right after exists in Dagster. Shard "
-        "snapshot: building the shard's repository from the database and Dagster's snapshot of "
-        "every job in it, timed in the benchmark process: the part of a reload that grows with "
-        "the number of workflows (the rest is starting the code server process).",
+        f"`FLOWMAESTRO_CODE_SERVER={r.get('code_server', 'per_location')}`, "
+        f"`FLOWMAESTRO_CODE_LOCATION_SHARDS={r['shards']}`; {r['corpus_definitions']} corpus "
+        "definitions"
+        + ("" if r.get("schedules", True) else " (none with a schedule trigger)")
+        + f", {r['samples']} sample(s) per size.",
         "",
-        "| workflows deployed | deploy → runnable | of which reload + visible | deploy → "
-        "launched | shard snapshot in process |",
-        "|---|---|---|---|---|",
+        "| workflows deployed | jobs per location | deploy → runnable | of which reload + "
+        "visible | deploy → launched | memory: code server(s) / webserver / daemon | load |",
+        "|---|---|---|---|---|---|---|",
     ]
     for size, d in r["sizes"].items():
-        snapshot = d.get("shard_snapshot_s")
+        memory = d.get("memory_mb")
+        load = d.get("load")
         lines.append(
-            f"| {size} | {span(d['deploy_to_runnable'])} | {span(d['reload_and_visible'])} | "
-            f"{span(d['deploy_to_launched'])} | "
-            f"{'n/a' if snapshot is None else num(snapshot) + ' s'} |"
+            f"| {size} | {d.get('jobs_per_location', 'n/a')} | {span(d['deploy_to_runnable'])} | "
+            f"{span(d['reload_and_visible'])} | {span(d['deploy_to_launched'])} | "
+            + (
+                f"{memory['code_server']} / {memory['webserver']} / {memory['daemon']} MiB"
+                if memory
+                else "n/a"
+            )
+            + " | "
+            + (f"{load['before'][0]} → {load['after'][0]}" if load else "n/a")
+            + " |"
         )
     sizes = list(r["sizes"])
     last = r["sizes"][sizes[-1]]
     lines += [
         "",
         f"Deploy → runnable at {sizes[-1]} / at {sizes[0]} workflows: "
-        f"**{r['largest_over_smallest']}**. A reload rebuilds the snapshot of every job in the "
-        "location, so with one shard a deploy's time grows with all the deployed workflows "
-        f"(at {sizes[-1]}, the in-process snapshot alone is {num(last.get('shard_snapshot_s'))} s "
-        f"of the {num(last['reload_and_visible']['median_s'])} s reload); more shards divide "
-        "that part by about their number.",
+        f"**{r['largest_over_smallest']}**. Shard snapshot (building shard 0 from the database "
+        f"and snapshotting its jobs, cold, in the benchmark process) at {sizes[-1]}: "
+        f"{num(last.get('shard_snapshot_s'))} s: what a per-location code server redoes on "
+        "every reload, and the shared one only for versions it has not built yet.",
         "",
     ]
     g = r["goals"]
-    largest = r["sizes"][sizes[-1]]["deploy_to_runnable"]["median_s"]
-    goals = [
-        (
-            f"deploy → runnable at {sizes[-1]} workflows, {r['shards']} shard(s)",
-            f"{largest} s",
-            f"≤ {g['runnable_s_at_1000_max']} s at 1000",
-            g["met"],
+    goals: list[Goal] = []
+    for size, limit in g.get("runnable_s_max", {}).items():
+        if size not in r["sizes"]:
+            continue
+        median = r["sizes"][size]["deploy_to_runnable"]["median_s"]
+        goals.append(
+            (
+                f"deploy → runnable at {size} workflows, {_deploy_label(r)}",
+                f"{num(median)} s",
+                f"≤ {num(limit)} s at {size}" if default else "(for comparison)",
+                g.get("met_at", {}).get(size) if default else None,
+            )
         )
-    ]
+    memory = last.get("memory_mb")
+    if default and memory:
+        goals.append(
+            (
+                f"code-server memory at {sizes[-1]} workflows (all locations, one process)",
+                f"{memory['code_server']} MiB",
+                "stated, no per-workflow process",
+                None,
+            )
+        )
     return lines, goals
 
 
@@ -849,6 +933,61 @@ def media_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     ]
 
 
+def analytics_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    backends, shape, goals = r["backends"], r["shape"], r["goals"]
+    names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+    cols = [b for b in ("sqlite", "postgres") if b in backends]
+    first = backends[cols[0]]
+    lines = [
+        f"`GET /workflows/{{id}}/analytics` (flowmaestro_api/services/analytics.py) over "
+        f"{first['executions']:,} executions generated into the platform database "
+        f"(bench/analytics.py: {shape['workflows']} workflows with Zipf-skewed shares, "
+        f"{shape['history_days']} days of history, facts recorded as executions settle; the "
+        "last 10 minutes' executions still under way, counted from their node attempts). "
+        "The API in process, Dagster unreachable (analytics do not read it); "
+        f"{shape['queries']} requests per row after one warm-up, one at a time. SQLite runs "
+        "in the API's process, so its CPU time per request is what a request costs whatever "
+        "else the machine does.",
+        "",
+        "| workflow, range | executions in range (workflow's total) | "
+        + " | ".join(f"{names[b]} p50 / p99 / max" for b in cols)
+        + " | SQLite CPU per request, p50 | every execution counted |",
+        "|---|---|" + "---|" * len(cols) + "---|---|",
+    ]
+    for key, case in first["cases"].items():
+        cells = [
+            millis(*(backends[b]["cases"][key][k] for k in ("p50_ms", "p99_ms", "max_ms")))
+            for b in cols
+        ]
+        cpu = backends.get("sqlite", {}).get("cases", {}).get(key, {}).get("cpu_p50_ms")
+        cells.append("—" if cpu is None else f"{num(cpu)} ms")
+        counted = all(backends[b]["cases"][key]["all_counted"] for b in cols)
+        lines.append(
+            f"| {case['workflow']}, {case['range_days']} day(s) | {case['range_executions']:,} "
+            f"({case['workflow_executions']:,}) | " + " | ".join(cells) + f" | {met(counted)} |"
+        )
+    load = r.get("load", {})
+    lines += [
+        "",
+        "Seeding: "
+        + ", ".join(f"{names[b]} {num(backends[b]['seed_s'])} s" for b in cols)
+        + (
+            f". Load average (1 min) before → after: {num(round(load['before'][0], 1))} → "
+            f"{num(round(load['after'][0], 1))}."
+            if load
+            else "."
+        ),
+    ]
+    goal = (
+        f"analytics p99 at {first['executions']:,} executions (worst workflow and range, "
+        "worse of SQLite, PostgreSQL), every execution counted",
+        f"{num(goals['worst_p99_ms'])} ms",
+        f"≤ {num(goals['p99_ms_max'])} ms",
+        goals["met"],
+    )
+    return lines, [goal]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[Lines, list[Goal]]]] = {
     "compile": compile_section,
     "overhead": overhead_section,
@@ -863,6 +1002,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[Lines, list[Goal]]]] = {
     "deploy": deploy_section,
     "events": events_section,
     "metrics": metrics_section,
+    "analytics": analytics_section,
 }
 
 

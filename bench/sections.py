@@ -45,10 +45,11 @@ SECTIONS = [
     Section("webhooks", "Webhook deliveries", "bench.webhooks:run", 12, 8),
     Section("queues", "Run queues", "bench.queues:run", 5, 3),
     Section("fairness", "Fair scheduling between users", "bench.fairness:run", 12, 3),
-    Section("deploy", "Deploy → runnable", "bench.deploy:run", 12, 4),
+    Section("deploy", "Deploy → runnable", "bench.deploy:run", 40, 6),
     Section("events", "Live events", "bench.events:run", 15, 4),
     Section("metrics", "Metrics scrape", "bench.metrics:run", 12, 3),
     Section("media", "Media nodes", "bench.media:run", 3, 2),
+    Section("analytics", "Workflow analytics at scale", "bench.analytics:run", 8, 1),
 ]
 BY_NAME = {s.name: s for s in SECTIONS}
 

@@ -121,7 +121,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
         prepare_storage,
         write_instance_yaml,
     )
-    from flowmaestro_dagster.orchestration.workspace import write_workspace
+    from flowmaestro_dagster.orchestration.workspace import (
+        CodeServerAddress,
+        code_server_dir,
+        write_workspace,
+    )
 
     settings = api = get_api_settings()
     home = ensure_dagster_home()
@@ -133,7 +137,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env.setdefault("FLOWMAESTRO_DAGSTER_UI_URL", f"http://{host}:{port}")
     # Run workers print their events at the same level (the Dagster UI keeps them all).
     env.setdefault("FLOWMAESTRO_RUN_CONSOLE_LOG_LEVEL", log_level.upper())
-    workspace = write_workspace(home / "workspace.yaml", api.code_location_shards)
+    code_server = (
+        CodeServerAddress(socket_dir=code_server_dir(home / "code-server"))
+        if api.code_server == "shared"
+        else None
+    )
+    workspace = write_workspace(
+        home / "workspace.yaml", api.code_location_shards, code_server=code_server
+    )
     key = _dev_api_key(home)
     dagster_command, api_command = dev_commands(
         host=host,
@@ -173,6 +184,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         signal.signal(signum, signal.default_int_handler)
     print(f"Starting Dagster and the API (logs: {log_level} and above) ...", flush=True)
     try:
+        if code_server is not None:  # the shard locations answer before Dagster loads them
+            processes.append(_start_code_server(home, code_server, api.code_location_shards, env))
         for command in commands:
             # Its own process group: Ctrl-C reaches this process alone, which passes exactly
             # one SIGINT on (a second one makes uvicorn skip the app's shutdown and
@@ -200,6 +213,29 @@ def cmd_dev(args: argparse.Namespace) -> int:
             print("Stopping ...", flush=True)
         code = _stop_and_wait(processes)
     return code
+
+
+def _start_code_server(
+    home: Path, address: Any, shards: int, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """`flowmaestro code-server` (every deployed-workflow location in one process), waited
+    for until it answers; if it does not in time, Dagster shows its locations as errors."""
+    from flowmaestro_dagster.orchestration.code_server import (
+        code_server_command,
+        wait_until_ready,
+    )
+
+    ready = home / "code-server.ready"
+    ready.unlink(missing_ok=True)
+    command = code_server_command(
+        address, shards, ready, [str(Path(sys.executable).parent / "flowmaestro")]
+    )
+    process = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, process_group=0
+    )
+    if not wait_until_ready(ready, process, timeout=READY_TIMEOUT_SECONDS):
+        print("flowmaestro dev: the code server is not answering yet", file=sys.stderr)
+    return process
 
 
 def cmd_api(args: argparse.Namespace) -> int:

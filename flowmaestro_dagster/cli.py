@@ -141,8 +141,13 @@ def ensure_dagster_home() -> Path:
 def cmd_worker(args: argparse.Namespace) -> int:
     """A Celery worker for node steps (docs/deployment.md), in this process: SIGTERM is a warm
     shutdown (running steps finish), and the broker is always FLOWMAESTRO_CELERY_BROKER_URL,
-    never Celery's AMQP default."""
-    from flowmaestro_dagster.engines.celery import make_celery_app, worker_hostname
+    never Celery's AMQP default. Each pool process keeps its Dagster instance and up to
+    `--job-cache` built jobs across steps (engines/celery.py)."""
+    from flowmaestro_dagster.engines.celery import (
+        configure_worker,
+        make_celery_app,
+        worker_hostname,
+    )
     from flowmaestro_dagster.settings import get_settings
 
     api = get_settings()
@@ -153,8 +158,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if args.job_cache < 0:
+        print("flowmaestro worker: --job-cache must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
     app = make_celery_app(
-        broker_url=api.celery_broker_url, backend_url=api.celery_backend, queue=api.celery_queue
+        broker_url=api.celery_broker_url,
+        backend_url=api.celery_backend,
+        queue=api.celery_queue,
+        serve_earlier_releases=True,
     )
     argv = [
         "worker",
@@ -167,17 +178,66 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ]
     if args.concurrency:
         argv.append(f"--concurrency={args.concurrency}")
+    configure_worker(job_cache_size=args.job_cache)
     _preload_worker()
     app.worker_main(argv)
     return EXIT_OK
 
 
 def _preload_worker() -> None:
-    """Import what every step needs before the pool forks: a child's first step then starts
-    in about a second instead of paying several seconds of imports."""
-    import dagster_postgres  # noqa: F401 - the instance storage of a step's run
+    """Import what every step needs before the pool forks, and load the connector catalogue
+    once: a pool process's first step then skips seconds of imports and YAML parsing (the
+    forked processes share these pages)."""
+    import importlib
+    import logging
 
-    from flowmaestro_dagster.dagster_internals import execute_plan_iterator  # noqa: F401
+    for module in _WORKER_PRELOAD:
+        importlib.import_module(module)
+    from flowmaestro_dagster.nodes.connectors import default_registry
+
+    try:
+        default_registry()  # what compiling a job validates connector nodes against
+    except Exception as exc:  # noqa: BLE001 - a step that needs it reports the error itself
+        logging.getLogger(__name__).warning("connector catalogue not preloaded: %s", exc)
+
+
+# What a worker's step imports: the instance storage, Dagster's step execution, the code
+# locations a job is built from (a shard's repository reads versions and schedules) and the
+# node services and outputs its resources open.
+_WORKER_PRELOAD = (
+    "dagster_postgres",
+    "flowmaestro_dagster.dagster_internals",
+    "flowmaestro_dagster.definitions",
+    "flowmaestro_dagster.control.workflows",
+    "flowmaestro_dagster.control.schedules",
+    "flowmaestro_dagster.orchestration.schedules",
+    "flowmaestro_dagster.orchestration.resources",
+    "flowmaestro_dagster.adapter.io_manager",
+)
+
+
+def cmd_code_server(args: argparse.Namespace) -> int:
+    """Serve every deployed-workflow code location from this one process
+    (orchestration/code_server.py)."""
+    import logging
+
+    from flowmaestro_dagster.orchestration.code_server import serve_forever
+    from flowmaestro_dagster.orchestration.workspace import CodeServerAddress
+    from flowmaestro_dagster.settings import get_settings
+
+    logging.basicConfig(level=args.log_level.upper())
+    ensure_dagster_home()  # each location's servicer opens the instance (runs, schedules)
+    shards = args.shards if args.shards is not None else get_settings().code_location_shards
+    if shards < 1:
+        print("flowmaestro code-server: --shards must be 1 or more", file=sys.stderr)
+        return EXIT_USAGE
+    address = CodeServerAddress(
+        socket_dir=Path(args.socket_dir) if args.socket_dir else None,
+        host=args.host,
+        port=args.port,
+    )
+    ready = Path(args.ready_file) if args.ready_file else None
+    return serve_forever(address, shards, ready_file=ready)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -296,7 +356,28 @@ def build_parser(
     )
     worker.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument(
+        "--job-cache",
+        type=int,
+        default=64,
+        help="built jobs each pool process keeps, by job and definition hash (default: 64)",
+    )
     worker.set_defaults(handler=cmd_worker)
+
+    code_server = commands.add_parser(
+        "code-server", help="serve every deployed-workflow code location from one process"
+    )
+    code_server.add_argument(
+        "--shards", type=int, default=None, help="default: FLOWMAESTRO_CODE_LOCATION_SHARDS"
+    )
+    code_server.add_argument("--socket-dir", default=None, help="one unix socket per location")
+    code_server.add_argument("--host", default="127.0.0.1", help="without --socket-dir")
+    code_server.add_argument(
+        "--port", type=int, default=4100, help="location i on port + i (without --socket-dir)"
+    )
+    code_server.add_argument("--ready-file", default=None, help="written once all locations load")
+    code_server.add_argument("--log-level", default="warning")
+    code_server.set_defaults(handler=cmd_code_server)
 
     migrate = commands.add_parser(
         "migrate", help="create/upgrade the API and Dagster tables, write dagster.yaml"

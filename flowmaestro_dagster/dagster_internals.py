@@ -2,8 +2,9 @@
 
 Dagster's public API has no extension points for what the threaded executor (engines/threaded.py),
 the Celery step dispatch (engines/celery.py), the forkserver run launcher (engines/launcher.py),
-in-process runs on a chosen executor (engines/local.py) and the compiler's dynamic collect
-(compile/compiler.py) do: they are built on Dagster's own internals. One module makes a Dagster
+in-process runs on a chosen executor (engines/local.py), the compiler's dynamic collect
+(compile/compiler.py) and the shared code server (orchestration/code_server.py) do: they are
+built on Dagster's own internals. One module makes a Dagster
 upgrade a review of one file, each name saying why no public API serves; tests/test_architecture.py
 fails if another module imports a private Dagster module. Anything Dagster exports (`dagster.X`)
 is imported from `dagster` instead. Checked against Dagster 1.13.
@@ -30,10 +31,17 @@ from dagster._core.events import EngineEventData
 
 # threaded: runs a plan iterator inside the run's execution context, as Dagster's in-process
 # executor does. cli: `execute_plan_iterator` is what a Celery worker runs for a step (preloaded).
-from dagster._core.execution.api import ExecuteRunWithPlanIterable, execute_plan_iterator
+# celery worker: `create_execution_plan` builds the plan of the one step a task runs (Dagster
+# exports no plan builder).
+from dagster._core.execution.api import (
+    ExecuteRunWithPlanIterable,
+    create_execution_plan,
+    execute_plan_iterator,
+)
 
 # threaded: the key of the run's captured stdout/stderr, as Dagster's executors name it.
-from dagster._core.execution.compute_logs import create_compute_log_file_key
+# celery worker: `redirect_to_file` is Dagster's step capture without its `tail` mirror (below).
+from dagster._core.execution.compute_logs import create_compute_log_file_key, redirect_to_file
 
 # threaded, celery: the contexts an executor is handed and builds per step (`dagster.Executor`
 # is public, its `execute` arguments are not; only StepExecutionContext is exported).
@@ -66,6 +74,11 @@ from dagster._core.execution.plan.step import ExecutionStep, IExecutionStep
 # threaded, celery: an executor's `retries` config and mode (`Executor.retries` returns one).
 from dagster._core.execution.retries import RetryMode, get_retries_config
 
+# celery worker: the instance reference a task carries; a worker keeps one instance per reference
+# and swaps its compute-log manager (below) before opening it (`DagsterInstance.get_ref()`
+# returns one; the type is not exported).
+from dagster._core.instance.ref import InstanceRef
+
 # launcher: the base of a run launcher and what Dagster hands it (only DefaultRunLauncher, a
 # concrete launcher, is exported).
 from dagster._core.launcher import (
@@ -74,6 +87,12 @@ from dagster._core.launcher import (
     RunLauncher,
     WorkerStatus,
 )
+
+# celery worker: Dagster's local compute-log manager captures a step's stdout/stderr by starting
+# two `tail -F` and two Python watcher processes per step (`mirror_stream_to_file`), about a
+# third of a short step's time on a worker; the worker's subclass captures to the same files in
+# process. No public compute-log API exists (manager, IO types, file extensions, context).
+from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
 
 # control/client: a cursor at a storage id, so a live-event follower reads a run's log after the
 # last event it sent (`get_records_for_run` takes only Dagster's own cursor strings).
@@ -84,15 +103,42 @@ from dagster._core.storage.event_log.base import EventLogCursor
 # PostgreSQL, MySQL, in-memory) is a SqlRunStorage whose tags live in these two tables, and a
 # `storage:` section wraps it in a LegacyRunStorage.
 from dagster._core.storage.legacy_storage import LegacyRunStorage
+
+# celery worker: the local compute-log manager its own subclasses (why: compute_log_manager, above).
+from dagster._core.storage.local_compute_log_manager import (
+    IO_TYPE_EXTENSION,
+    LocalComputeLogManager,
+)
+
+# control/client: the run tables a tag delete writes (why: legacy_storage, above).
 from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
 from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 
-# celery: the arguments of dagster-celery's `execute_plan` task, which takes them packed.
+# code_server: where a shard location's definitions come from (module and attribute), as
+# `dagster api grpc -m ... -a ...` builds it for its servicer; Dagster exports no such type.
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+# code_server: the thread pool Dagster's gRPC server and its servicer share (not exported).
+from dagster._core.utils import FuturesAwareThreadPoolExecutor
+
+# code_server: the answers to the ReloadCode and ExternalJob calls (generated protobuf; not
+# exported): a job's snapshot is served from the server's cache.
+from dagster._grpc.__generated__.dagster_api_pb2 import ExternalJobReply, ReloadCodeReply
+
+# code_server: one process serving every deployed-workflow shard location, each reloaded in
+# process. Dagster's code server serves one location per process (`dagster api grpc`, whose
+# ReloadCode is a no-op; `dagster code-server start` restarts that subprocess on each reload):
+# `DagsterApiServer` is the servicer it runs, `LoadedRepositories` what the servicer loads,
+# `DagsterGrpcServer` the gRPC server around it. None is exported.
+from dagster._grpc.server import DagsterApiServer, DagsterGrpcServer, LoadedRepositories
+
+# celery: the step a task runs (run, step key, known state, retry mode, instance reference), as
+# dagster-celery's `execute_plan` task takes it; ours takes it as `dagster.serialize_value` text.
 from dagster._grpc.types import ExecuteStepArgs
 
 # launcher: how dagster.yaml instantiates a plug-in (`module:`, `class:`, `config:`).
-# celery: `pack_value` is the task's argument format (`dagster.serialize_value` is a string).
-from dagster._serdes import ConfigurableClass, ConfigurableClassData, pack_value
+# celery worker: the compute-log manager it swaps into an instance reference is one of those.
+from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 # threaded: the error of engine and step failure events.
 from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
@@ -106,10 +152,15 @@ from dagster._utils.interrupts import capture_interrupts
 from dagster._utils.schedules import cron_string_iterator
 
 __all__ = [
+    "IO_TYPE_EXTENSION",
     "ActiveExecution",
+    "CapturedLogContext",
     "CheckRunHealthResult",
+    "ComputeIOType",
     "ConfigurableClass",
     "ConfigurableClassData",
+    "DagsterApiServer",
+    "DagsterGrpcServer",
     "DynamicCollectDependencyDefinition",
     "EngineEventData",
     "ErrorSource",
@@ -118,16 +169,23 @@ __all__ = [
     "ExecuteStepArgs",
     "ExecutionPlan",
     "ExecutionStep",
+    "ExternalJobReply",
+    "FuturesAwareThreadPoolExecutor",
     "IExecutionStep",
     "InMemoryJob",
     "InstanceConcurrencyContext",
+    "InstanceRef",
     "KnownExecutionState",
     "LaunchRunContext",
     "LegacyRunStorage",
+    "LoadableTargetOrigin",
+    "LoadedRepositories",
+    "LocalComputeLogManager",
     "PlanExecutionContext",
     "PlanExecutionContextManager",
     "PlanOrchestrationContext",
     "ReconstructableJob",
+    "ReloadCodeReply",
     "RetryMode",
     "RunLauncher",
     "RunTagsTable",
@@ -139,12 +197,13 @@ __all__ = [
     "capture_interrupts",
     "core_execute_in_process",
     "create_compute_log_file_key",
+    "create_execution_plan",
     "cron_string_iterator",
     "dagster_event_sequence_for_step",
     "execute_plan_iterator",
     "execute_run_command_body",
     "get_retries_config",
-    "pack_value",
+    "redirect_to_file",
     "serializable_error_info_from_exc_info",
     "trigger_hook",
 ]

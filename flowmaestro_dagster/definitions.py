@@ -6,9 +6,12 @@
   `FLOWMAESTRO_CODE_LOCATION_SHARDS` locations so a deploy reloads only one
   (location `flowmaestro-workflows-<i>`). Jobs there are built lazily: a run worker compiles
   only its own job. A deployed version whose trigger is a schedule adds a schedule that
-  targets its job by name (docs/triggers.md).
+  targets its job by name (docs/triggers.md). A process that builds a shard again (the shared
+  code server reloading it, orchestration/code_server.py) reuses the jobs it already built.
 """
 
+import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +20,20 @@ import dagster as dg
 from flowmaestro_dagster.adapter.ops import INPUTS_RESOURCE, SERVICES_RESOURCE
 from flowmaestro_dagster.adapter.resources import default_resources, workflow_inputs_resource
 from flowmaestro_dagster.orchestration.catalog import load_catalog
+from flowmaestro_dagster.orchestration.workspace import shard_builds
 from flowmaestro_dagster.settings import get_settings
+
+# The jobs this process built for each shard: job name -> (definition digest, job). Building a
+# shard again compiles only new versions, and Dagster's snapshot of a job (cached on its
+# JobDefinition, ~8 ms each to compute) is computed once per process. A rebuild keeps only the
+# shard's current jobs, so versions that left the shard are dropped.
+_built_jobs: dict[int, dict[str, tuple[str, dg.JobDefinition]]] = {}
+
+
+def definition_digest(definition: dict[str, Any]) -> str:
+    """What identifies a definition's content (a version's never changes; this guards it)."""
+    encoded = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(encoded.encode(), digest_size=16).hexdigest()
 
 
 def node_resources(*, database_outputs: bool = False) -> dict[str, Any]:
@@ -87,20 +103,30 @@ def build_shard(shard: int) -> dg.RepositoryDefinition:
         migrate(settings.database_url)
         versions, schedules = load()
     resources = node_resources(database_outputs=True)
+    built = _built_jobs.setdefault(shard, {})
+    for gone in set(built) - {name for name, _, _ in versions}:
+        del built[gone]
 
     def loader(
         job_name: str, definition: dict[str, Any], workflow_id: str
     ) -> Callable[[], dg.JobDefinition]:
-        # Every op is in the workflow's pool: the API sets its slots to the workflow's
-        # concurrency limit (pool granularity `run`: a slot is a run; docs/queues.md).
-        return lambda: (
-            build_job(
+        def load() -> dg.JobDefinition:
+            digest = definition_digest(definition)
+            cached = built.get(job_name)
+            if cached is not None and cached[0] == digest:
+                return cached[1]
+            # Every op is in the workflow's pool: the API sets its slots to the workflow's
+            # concurrency limit (pool granularity `run`: a slot is a run; docs/queues.md).
+            job = build_job(
                 definition,
                 job_name=job_name,
                 resource_defs=resources,
                 op_tags=pool_op_tags(workflow_id),
             ).job
-        )
+            built[job_name] = (digest, job)
+            return job
+
+        return load
 
     jobs = {name: loader(name, definition, wid) for name, definition, wid in versions}
 
@@ -120,5 +146,11 @@ def build_shard(shard: int) -> dg.RepositoryDefinition:
 
 def __getattr__(name: str) -> Any:
     if name.startswith("shard_") and name.removeprefix("shard_").isdigit():
-        return build_shard(int(name.removeprefix("shard_")))
+        shard = int(name.removeprefix("shard_"))
+        builds = shard_builds()
+        if builds is None:
+            return build_shard(shard)
+        if shard not in builds:
+            builds[shard] = build_shard(shard)
+        return builds[shard]
     raise AttributeError(name)

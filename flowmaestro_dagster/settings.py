@@ -535,7 +535,20 @@ class Settings(BaseSettings):
     )
     dagster_graphql_url: str = "http://127.0.0.1:3000/graphql"
     dagster_ui_url: str = "http://127.0.0.1:3000"
-    code_location_shards: int = Field(default=1, ge=1, le=64)
+    code_location_shards: int = Field(
+        default=32,
+        ge=1,
+        le=256,
+        description="code locations the deployed workflows are spread over (a deploy reloads one; "
+        "the webserver fetches every job of that location again): ~300 jobs each at 10,000 "
+        "workflows; each location costs ~0.6% of a core, the webserver and daemon polling it",
+    )
+    code_server: Literal["shared", "per_location"] = Field(
+        default="shared",
+        description="'shared': one `flowmaestro code-server` process serves every shard location "
+        "and reloads a location in process (docs/deployment.md); 'per_location': `dagster dev` "
+        "starts a code server per location and restarts it on each reload",
+    )
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
     launch_lease_seconds: int = Field(default=60, ge=5)
     launch_max_attempts: int = Field(

@@ -139,14 +139,38 @@ def tick(seconds: float) -> dict[str, Any]:
     }
 
 
-def deploy_size(size: int, seconds: float) -> dict[str, Any]:
+def deploy_size(size: int, seconds: float, shards: int = 32) -> dict[str, Any]:
     return {
         "workflows": size,
+        "jobs_per_location": round(size / shards),
         "insert_s": 1.0,
+        "warm_s": 2.0,
         "deploy_to_runnable": mm(seconds, seconds, seconds, samples=3),
         "reload_and_visible": mm(seconds - 0.1, seconds - 0.1, seconds, samples=3),
         "deploy_to_launched": mm(seconds + 0.5, seconds + 0.4, seconds + 0.7, samples=3),
         "shard_snapshot_s": seconds / 2,
+        "memory_mb": {"code_server": size // 6 + 180, "webserver": 300, "daemon": 280},
+        "load": {"before": [1.5, 1.2, 1.0], "after": [2.5, 1.4, 1.1]},
+    }
+
+
+def deploy_variant(
+    code_server: str, shards: int, sizes: dict[int, float], met_at: dict[str, bool]
+) -> dict[str, Any]:
+    return {
+        "code_server": code_server,
+        "code_server_default": "shared",
+        "shards": shards,
+        "shards_default": 32,
+        "corpus_definitions": 220,
+        "samples": 3,
+        "sizes": {str(n): deploy_size(n, seconds, shards) for n, seconds in sizes.items()},
+        "largest_over_smallest": round(max(sizes.values()) / min(sizes.values()), 2),
+        "goals": {
+            "runnable_s_max": {"1000": 3.0, "10000": 5.0},
+            "met_at": met_at,
+            "met": all(met_at.values()),
+        },
     }
 
 
@@ -391,32 +415,15 @@ RESULTS: dict[str, Any] = {
             "seconds": 300.0,
             "result": {
                 "variants": [
-                    {
-                        "shards": 1,
-                        "shards_default": 1,
-                        "corpus_definitions": 220,
-                        "samples": 3,
-                        "sizes": {
-                            "10": deploy_size(10, 1.0),
-                            "200": deploy_size(200, 1.5),
-                            "1000": deploy_size(1000, 2.5),
-                        },
-                        "largest_over_smallest": 2.5,
-                        "goals": {"runnable_s_at_1000_max": 3.0, "met": True},
-                    },
-                    {
-                        "shards": 32,
-                        "shards_default": 1,
-                        "corpus_definitions": 220,
-                        "samples": 3,
-                        "sizes": {
-                            "10": deploy_size(10, 1.0),
-                            "200": deploy_size(200, 1.1),
-                            "1000": deploy_size(1000, 1.25),
-                        },
-                        "largest_over_smallest": 1.25,
-                        "goals": {"runnable_s_at_1000_max": 3.0, "met": True},
-                    },
+                    deploy_variant(
+                        "shared",
+                        32,
+                        {10: 0.2, 200: 0.25, 1000: 0.4, 10000: 2.5},
+                        {"1000": True, "10000": True},
+                    ),
+                    deploy_variant(
+                        "per_location", 1, {10: 2.0, 200: 10.0, 1000: 50.0}, {"1000": False}
+                    ),
                 ]
             },
         },
@@ -473,6 +480,43 @@ RESULTS: dict[str, Any] = {
                 },
             },
         },
+        "analytics": {
+            "seconds": 500.0,
+            "result": {
+                "backends": {
+                    backend: {
+                        "executions": 1_000_000,
+                        "seed_s": seed,
+                        "cases": {
+                            f"{which}_{days}d": {
+                                "workflow": which,
+                                "range_days": days,
+                                "workflow_executions": total,
+                                "range_executions": total * days // 90,
+                                "all_counted": True,
+                                "nodes": 6,
+                                "samples": 100,
+                                "p50_ms": p50,
+                                "p99_ms": p50 + 20,
+                                "max_ms": p50 + 25,
+                                "cpu_p50_ms": 60.0 * days / 30,
+                            }
+                            for which, total in (("busiest", 278000), ("median", 25000))
+                            for days in (1, 30)
+                        },
+                    }
+                    for backend, seed, p50 in (("sqlite", 180.0, 90.0), ("postgres", 90.0, 75.0))
+                },
+                "shape": {"workflows": 20, "history_days": 90, "queries": 100},
+                "load": {"before": [1.2, 1.0, 0.9], "after": [1.9, 1.2, 1.0]},
+                "goals": {
+                    "p99_ms_max": 200.0,
+                    "worst_p99_ms": 110.0,
+                    "all_counted": True,
+                    "met": True,
+                },
+            },
+        },
         "events": {
             "seconds": 400.0,
             "result": {
@@ -506,17 +550,30 @@ def test_render_shows_every_section_with_its_figures_and_goals() -> None:
     for section in SECTIONS:
         assert f"## {section.title}" in text
     assert (
-        "| deploy → runnable at 1000 workflows, 1 shard(s) | 2.5 s | ≤ 3.0 s at 1000 | yes |"
-        in text
+        "| deploy → runnable at 10000 workflows, 32 location(s), one shared code server | "
+        "2.5 s | ≤ 5 s at 10000 | yes |" in text
+    )
+    assert (
+        "| deploy → runnable at 1000 workflows, 1 location(s), a code server per location, "
+        "restarted on each reload | 50 s | (for comparison) | not judged |" in text
+    )
+    assert (
+        "| code-server memory at 10000 workflows (all locations, one process) | 1846 MiB | "
+        "stated, no per-workflow process | not judged |" in text
     )
     assert "| approval → resumed, p50 | 3.1 s | ≤ 6.0 s | yes |" in text
     assert (
         "| a light user's queue wait with a flood queued / idle (worst of p50, mean) | 1.2 | "
         "≤ 3 | yes |" in text
     )
-    assert "Code-location shards: **1** (the default" in text
-    assert "Code-location shards: **32** (not the default" in text
-    assert "At 1000 workflows, 32 shards / 1 shard: **0.5** of the deploy time" in text
+    assert "### 32 location(s), one shared code server (the default)" in text
+    assert "| 10000 | 312 | 2.5 s [2.5, 2.5] |" in text
+    assert "| 1846 / 300 / 280 MiB | 1.5 → 2.5 |" in text
+    assert (
+        "At 1000 workflows, deploy → runnable: **0.4 s** with the default configuration, 50 s "
+        "with 1 location(s), a code server per location, restarted on each reload (125 times "
+        "as long)." in text
+    )
     assert "**Not measured: no Celery executor exposed yet.**" in text
     assert "| warm scrape p50 / p99 / max | 40 / 60 / 80 ms | 30 / 60 / 80 ms |" in text
     assert "| cold: scrapes, first, total | not measured (see below) | 5, 4000 ms, 15.5 s |" in text
@@ -530,6 +587,14 @@ def test_render_shows_every_section_with_its_figures_and_goals() -> None:
         "≤ 1 s | yes |" in text
     )
     assert "| W3 | 0.6 s [0.55, 0.7] |" in text
+    assert (
+        "| busiest, 30 day(s) | 92,666 (278,000) | 90 / 110 / 115 ms | 75 / 95 / 100 ms | 60 ms "
+        "| yes |" in text
+    )
+    assert (
+        "| analytics p99 at 1,000,000 executions (worst workflow and range, worse of SQLite, "
+        "PostgreSQL), every execution counted | 110 ms | ≤ 200 ms | yes |" in text
+    )
     assert "| submissions per second, launch excluded | 60.0 | 90.0 | 1.5 |" in text
     assert "200 queued" in text
     assert "Prefect 3.9.1" in text
@@ -582,7 +647,7 @@ def test_a_failed_section_is_reported_and_the_others_still_render() -> None:
 
     assert "**Failed in this run** after 12.0 s: `RuntimeError: boom`." in text
     assert "| API submissions | failed |  | not judged |" in text
-    assert "## Deploy → runnable" in text and "| 1000 | 2.5 s [2.5, 2.5] |" in text
+    assert "## Deploy → runnable" in text and "| 10000 | 312 | 2.5 s [2.5, 2.5] |" in text
 
 
 def test_sections_not_run_and_quick_runs_say_so() -> None:
@@ -611,6 +676,44 @@ def test_measured_celery_figures_render_side_by_side() -> None:
     results["sections"]["celery"]["result"] = {
         "measured": True,
         "workers": 2,
+        "concurrency": 4,
+        "broker": "redis://127.0.0.1:6379/13",
+        "repeats": 5,
+        "workloads": {
+            "W1": {"threads": mm(0.6, 0.5, 0.7), "celery": mm(1.2, 1.1, 1.5)},
+            "W3": {"threads": mm(0.9, 0.8, 1.0), "celery": mm(1.6, 1.5, 1.7)},
+        },
+        "celery_over_threads": {"W1": 2.0, "W3": 1.78},
+        "per_step_overhead_ms": {"celery": 72.5, "threads": 31.0},
+        "worker_jobs": {"cached": 148, "built": 2},
+        "goals": {
+            "per_step_overhead_ms_max": 100.0,
+            "W3_celery_over_threads_max": 1.5,
+            "per_step_met": True,
+            "W3_met": False,
+        },
+        "load_average": {"before": [1.5, 1.0, 1.0], "after": [3.25, 2.0, 1.0]},
+        "executor": "celery_executor",
+        "backend": "sqlite",
+    }
+
+    text = render(results)
+
+    assert "| W1 | 0.6 s [0.5, 0.7] | 1.2 s [1.1, 1.5] | 2.0 |" in text
+    assert "2 `flowmaestro worker` processes of 4 pool processes each" in text
+    assert "launched runs on a real `dagster dev` (SQLite)" in text
+    assert "72.5 ms on Celery workers, 31.0 ms on the run's threads" in text
+    assert "from the worker's cache: 148; built: 2" in text
+    assert "Load average before / after: 1.50 / 3.25." in text
+    assert "| Celery per-step overhead (W1 chain) | 72.5 ms | ≤ 100 ms | yes |" in text
+    assert "| W3 on 2 Celery workers / threaded | 1.78 | ≤ 1.5 | **no** |" in text
+
+
+def test_celery_results_from_before_the_goals_still_render() -> None:
+    results = copy.deepcopy(RESULTS)
+    results["sections"]["celery"]["result"] = {
+        "measured": True,
+        "workers": 2,
         "broker": "redis://127.0.0.1:6379/13",
         "repeats": 5,
         "workloads": {"W1": {"threads": mm(0.6, 0.5, 0.7), "celery": mm(1.2, 1.1, 1.5)}},
@@ -621,6 +724,7 @@ def test_measured_celery_figures_render_side_by_side() -> None:
     text = render(results)
 
     assert "| W1 | 0.6 s [0.5, 0.7] | 1.2 s [1.1, 1.5] | 2.0 |" in text
+    assert "Celery per-step overhead" not in text
 
 
 def test_a_rerun_merged_into_a_full_run_is_named_in_the_header() -> None:

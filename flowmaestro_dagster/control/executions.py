@@ -22,9 +22,11 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Select, and_, case, delete, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session, aliased, object_session
 
 from flowmaestro_dagster.compile.compiler import (
     CONCURRENCY_KEY_TAG,
@@ -56,7 +58,9 @@ from flowmaestro_dagster.spec.configs import InputConfig
 from flowmaestro_dagster.spec.problems import error as problem_error
 from flowmaestro_dagster.store.models import (
     Execution,
+    ExecutionNodeStats,
     IdempotencyKey,
+    NodeAttempt,
     NodeOutput,
     User,
     Waitpoint,
@@ -531,7 +535,13 @@ def give_up_launches(
                 Execution.status == "queued",
                 unclaimed,
             )
-            .values(status="failed", finished_at=now, launch_retry_at=None, error=reason[:4000])
+            .values(
+                status="failed",
+                finished_at=now,
+                launch_retry_at=None,
+                error=reason[:4000],
+                facts_recorded_at=now,  # settled without a run: no duration, no node numbers
+            )
         ).rowcount  # type: ignore[attr-defined]
         if done:
             log.warning("execution %s failed: %s", execution_id, reason)
@@ -693,11 +703,105 @@ def refresh(session: Session, client: DagsterClient, execution: Execution) -> Ex
             changes["run_id"] = first.run_id
     if outputs != execution.outputs:
         changes["outputs"] = outputs
-    if changes:
-        for key, value in changes.items():
-            setattr(execution, key, value)
+    for key, value in changes.items():
+        setattr(execution, key, value)
+    if record_facts(session, execution, runs, changed=bool(changes)) or changes:
         session.commit()
     return ExecutionView(execution, runs, nodes)
+
+
+# -- analytics facts (issue 20): recorded where the status is synced ------------------------------
+
+# Statuses an execution rests in until something starts a run again.
+SETTLED = frozenset({*TERMINAL, "waiting", "paused"})
+ERROR_ATTEMPTS = ("retrying", "failed", "handled")
+
+
+def attempt_node_stats(*where: Any) -> Select[str, str, int, int, int]:
+    """Per execution and node, from its node attempts: failed attempts (`errors`: retried,
+    final and handled ones), retry requests, and steps or loop items whose last attempt failed
+    (`failures`). Migration 0015 backfills with the same query in SQL."""
+    later = aliased(NodeAttempt)
+    superseded = exists().where(
+        later.execution_id == NodeAttempt.execution_id,
+        later.node_id == NodeAttempt.node_id,
+        later.iteration == NodeAttempt.iteration,
+        or_(
+            later.started_at > NodeAttempt.started_at,
+            and_(later.started_at == NodeAttempt.started_at, later.attempt > NodeAttempt.attempt),
+        ),
+    )
+    failed_last = and_(NodeAttempt.status == "failed", ~superseded)
+    errors = func.sum(case((NodeAttempt.status.in_(ERROR_ATTEMPTS), 1), else_=0))
+    # The status is tested in the sums, not the WHERE: SQLite (without ANALYZE statistics)
+    # would otherwise walk every failed attempt by `ix_node_attempts_errors` instead of the
+    # execution's own by `ix_node_attempts_node`.
+    return (
+        select(
+            NodeAttempt.execution_id,
+            NodeAttempt.node_id,
+            errors.label("errors"),
+            func.sum(case((failed_last, 1), else_=0)).label("failures"),
+            func.sum(case((NodeAttempt.status == "retrying", 1), else_=0)).label("retries"),
+        )
+        .where(*where)
+        .group_by(NodeAttempt.execution_id, NodeAttempt.node_id)
+        .having(errors > 0)
+    )
+
+
+def record_facts(
+    session: Session, execution: Execution, runs: Sequence[RunInfo], *, changed: bool
+) -> bool:
+    """What workflow analytics read of an execution, written when it settles (its status
+    changed to, or was first synced as, a SETTLED one): its duration (submission to its last
+    run's end, finished executions only) and its nodes' numbers. Cleared while it runs again,
+    so analytics read its attempts meanwhile. Upserts: a sensor tick and a request may record
+    at once. True when something was written."""
+    settled = execution.status in SETTLED
+    if not settled and execution.facts_recorded_at is None:
+        return False
+    if settled and not changed and execution.facts_recorded_at is not None:
+        return False
+    rows = session.execute(attempt_node_stats(NodeAttempt.execution_id == execution.id)).all()
+    if settled and rows:
+        dialect = session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        statement = insert(ExecutionNodeStats).values(
+            [
+                {
+                    "execution_id": execution.id,
+                    "node_id": row.node_id,
+                    "workflow_id": execution.workflow_id,
+                    "created_at": execution.created_at,
+                    "errors": row.errors,
+                    "failures": row.failures,
+                    "retries": row.retries,
+                }
+                for row in rows
+            ]
+        )
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["execution_id", "node_id"],
+                set_={k: statement.excluded[k] for k in ("errors", "failures", "retries")},
+            )
+        )
+    kept = [row.node_id for row in rows] if settled else []
+    session.execute(
+        delete(ExecutionNodeStats).where(
+            ExecutionNodeStats.execution_id == execution.id, ExecutionNodeStats.node_id.not_in(kept)
+        )
+    )
+    ends = [run.end_time for run in runs if run.end_time]
+    created = execution.created_at.replace(tzinfo=execution.created_at.tzinfo or UTC)
+    execution.duration_ms = (
+        round(max(max(ends) - created.timestamp(), 0.0) * 1000, 3)
+        if execution.status in TERMINAL and ends
+        else None
+    )
+    execution.facts_recorded_at = utcnow() if settled else None
+    return True
 
 
 def _parked_nodes(session: Session, execution_id: str) -> dict[str, str]:

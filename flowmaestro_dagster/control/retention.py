@@ -41,6 +41,7 @@ from flowmaestro_dagster.store.models import (
     Checkpoint,
     Decision,
     Execution,
+    ExecutionNodeStats,
     IdempotencyKey,
     NodeAttempt,
     NodeOutput,
@@ -220,6 +221,7 @@ PER_EXECUTION: tuple[Any, ...] = (
     NodeOutput,
     IdempotencyKey,
     WebhookDelivery,
+    ExecutionNodeStats,  # workflow analytics' rolled-up node numbers (issue 20)
 )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -121,6 +122,24 @@ class Execution(Base):
         Index("ix_executions_workflow_created", "workflow_id", "created_at"),
         Index("ix_executions_pending_launch", "launched_at", "status"),
         Index("ix_executions_status_queue", "status", "queue", "priority", "created_at"),
+        # Workflow analytics (issue 20): a range of a workflow's executions read from the index
+        # alone (status, duration, replays), never the rows; and the few whose facts are not
+        # recorded yet (under way), whose node attempts analytics read instead.
+        Index(
+            "ix_executions_analytics",
+            "workflow_id",
+            "created_at",
+            "status",
+            "duration_ms",
+            "replays",
+        ),
+        Index(
+            "ix_executions_unsettled",
+            "workflow_id",
+            "created_at",
+            sqlite_where=text("facts_recorded_at IS NULL"),
+            postgresql_where=text("facts_recorded_at IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -158,6 +177,12 @@ class Execution(Base):
     # which is deleted when it expires: analytics count replays after that.
     replays: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_replayed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Analytics facts (issue 20), written where the status is synced (control/executions.py
+    # `refresh`) each time the execution settles: submission to its last run's end (finished
+    # executions only) and its nodes' numbers in `execution_node_stats`; None while a run is
+    # under way (analytics then read its node attempts).
+    duration_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    facts_recorded_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class IdempotencyKey(Base):
@@ -343,6 +368,37 @@ class NodeAttempt(Base):
     retry_delay_seconds: Mapped[float | None] = mapped_column(Float, default=None)
     max_attempts: Mapped[int | None] = mapped_column(Integer, default=None)
     handled_by: Mapped[str | None] = mapped_column(String(20), default=None)
+
+
+class ExecutionNodeStats(Base):
+    """One node's numbers in one settled execution, rolled up from its node attempts when the
+    execution's status is synced: failed attempts (`errors`: retried, final and handled),
+    retry requests, and loop items / steps whose last attempt failed (`failures`). Only nodes
+    with an error get a row; the workflow and creation time are copied from the execution so
+    a workflow's range is one index scan (workflow analytics)."""
+
+    __tablename__ = "execution_node_stats"
+    __table_args__ = (
+        Index(
+            "ix_execution_node_stats_range",
+            "workflow_id",
+            "created_at",
+            "node_id",
+            "errors",
+            "failures",
+            "retries",
+        ),
+    )
+
+    execution_id: Mapped[str] = mapped_column(
+        ForeignKey("executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    node_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column()
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class AlertRule(Base):

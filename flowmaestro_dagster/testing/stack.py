@@ -1,5 +1,6 @@
 """A real Dagster for tests and benchmarks: `dagster dev` (webserver + daemon + code locations)
-on a temporary DAGSTER_HOME, loading the platform location and deployed-workflow shards."""
+on a temporary DAGSTER_HOME, loading the platform location and deployed-workflow shards (served,
+as `flowmaestro dev` does by default, by one `flowmaestro code-server` process)."""
 
 import contextlib
 import os
@@ -13,8 +14,13 @@ from typing import Any
 
 import httpx
 
+from flowmaestro_dagster.orchestration.code_server import code_server_command, wait_until_ready
 from flowmaestro_dagster.orchestration.instance_config import prepare_storage
-from flowmaestro_dagster.orchestration.workspace import render_workspace
+from flowmaestro_dagster.orchestration.workspace import (
+    CodeServerAddress,
+    code_server_dir,
+    render_workspace,
+)
 from flowmaestro_dagster.store.db import migrate
 
 _WORKSPACE_STATUS = """
@@ -42,7 +48,8 @@ run_coordinator:
 
 class DagsterStack:
     """`dagster dev` (webserver + daemon) on a temporary home, loading the platform location
-    and one deployed-workflow shard that read `database_url`."""
+    and the deployed-workflow shards that read `database_url`; `shards` and `code_server`
+    default to the settings' defaults (FLOWMAESTRO_CODE_LOCATION_SHARDS, _CODE_SERVER)."""
 
     def __init__(
         self,
@@ -50,11 +57,17 @@ class DagsterStack:
         database_url: str,
         *,
         extra_env: dict[str, str] | None = None,
-        shards: int = 1,
+        shards: int | None = None,
         instance_yaml: str | None = None,
+        code_server: str | None = None,
     ) -> None:
+        from flowmaestro_dagster.settings import Settings
+
         self.home = home
-        self.shards = shards
+        self.shards = shards or Settings.model_fields["code_location_shards"].default
+        self.code_server = code_server or Settings.model_fields["code_server"].default
+        self.code_server_process: subprocess.Popen[bytes] | None = None
+        self.code_server_log = home / "code-server.log"
         # Default: what `flowmaestro dev` renders (run queue, limits, warm run launcher, retries;
         # the instance storage in PostgreSQL when `database_url` is a PostgreSQL URL).
         self.instance_yaml = instance_yaml if instance_yaml is not None else _rendered(database_url)
@@ -77,6 +90,7 @@ class DagsterStack:
                 "FLOWMAESTRO_RECONCILE_AFTER_SECONDS": "2",
                 "FLOWMAESTRO_RECONCILER_INTERVAL_SECONDS": "2",
                 "FLOWMAESTRO_CODE_LOCATION_SHARDS": str(self.shards),
+                "FLOWMAESTRO_CODE_SERVER": self.code_server,
                 **self.extra_env,
             }
         )
@@ -86,9 +100,12 @@ class DagsterStack:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "dagster.yaml").write_text(self.instance_yaml)
         workspace = self.home / "workspace.yaml"
-        workspace.write_text(render_workspace(self.shards, "# test stack", examples=False))
         migrate(self.database_url)
         prepare_storage(_settings(self.database_url))
+        address = self._start_code_server(timeout) if self.code_server == "shared" else None
+        workspace.write_text(
+            render_workspace(self.shards, "# test stack", examples=False, code_server=address)
+        )
         dagster = Path(sys.executable).with_name("dagster")
         signal.signal(signal.SIGINT, signal.default_int_handler)  # children must get SIGINT
         self.process = subprocess.Popen(
@@ -119,22 +136,52 @@ class DagsterStack:
             f"dagster dev did not come up in {timeout} s: {self.log.read_text()[-3000:]}"
         )
 
+    def _start_code_server(self, timeout: float) -> CodeServerAddress:
+        """`flowmaestro code-server` for the shard locations, answering before Dagster starts."""
+        address = CodeServerAddress(socket_dir=code_server_dir(self.home / "code-server"))
+        ready = self.home / "code-server.ready"
+        ready.unlink(missing_ok=True)
+        command = code_server_command(
+            address, self.shards, ready, [sys.executable, "-m", "flowmaestro_api.cli"]
+        )
+        self.code_server_process = subprocess.Popen(
+            command,
+            env=self.env(),
+            stdout=self.code_server_log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if not wait_until_ready(ready, self.code_server_process, timeout=timeout):
+            self.stop()
+            raise RuntimeError(
+                f"the code server did not start: {self.code_server_log.read_text()[-3000:]}"
+            )
+        return address
+
     def instance(self) -> Any:
         from dagster import DagsterInstance
 
         return DagsterInstance.from_config(str(self.home))
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGINT)
-            self.process.wait(timeout=60)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        self.process = None
+        """Dagster first (its daemon may be calling the code server), then the code server;
+        each one's process group is killed if it has not stopped within a minute."""
+        for process in (self.process, self.code_server_process):
+            if process is not None:
+                _stop(process)
+        self.process = self.code_server_process = None
+
+
+def _stop(process: "subprocess.Popen[bytes]") -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
 
 
 def _settings(database_url: str) -> Any:

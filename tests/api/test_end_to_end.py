@@ -167,7 +167,7 @@ def test_an_execution_committed_but_never_launched_is_launched_exactly_once(
             body=ExecutionCreate(inputs={"who": "crash"}),
             idempotency_key=None,
             default_ttl_seconds=3600,
-            shards=1,
+            shards=settings.code_location_shards,
         )
         execution_id = execution.id
     assert not replayed

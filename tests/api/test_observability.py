@@ -1,4 +1,5 @@
-"""Timeline, execution metrics, workflow analytics and /metrics through the API.
+"""Timeline, execution metrics and /metrics through the API (workflow analytics:
+test_analytics.py).
 
 The API reads Dagster's storage directly, so these tests run the executions' Dagster runs in
 process on a real (ephemeral) instance, tagged as the API tags them, and then ask the API.
@@ -19,7 +20,6 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import update
 
-from flowmaestro_api.services.analytics import ExecutionFacts, percentile, summarize
 from flowmaestro_api.services.metrics import NodeDurationHistogram, op_type
 from flowmaestro_dagster.control.timeline import NodeInfo, RunTrace, StepEvent, build_spans
 from flowmaestro_dagster.engines.jobs import build_job
@@ -143,85 +143,6 @@ def test_timeline_of_someone_elses_or_an_unknown_execution_is_404(
     assert api.get("/executions/nope/timeline").status_code == 401
     queued = api.get(f"/executions/{created['id']}/timeline", headers=other).json()
     assert queued["status"] == "queued" and queued["runs"] == [] and queued["spans"] == []
-
-
-def test_analytics_match_a_known_set_of_runs(
-    api: TestClient,
-    auth: dict[str, str],
-    instance: DagsterInstance,
-    database_url: str,
-) -> None:
-    workflow_id = deploy(api, auth, PARSE_FLOW)
-    inputs = ['{"a": 1}', "[1, 2]", "{broken", "{also broken", "3"]
-    executions = [
-        execute(api, auth, instance, workflow_id, PARSE_FLOW, {"raw": raw}) for raw in inputs
-    ]
-    old_id, _ = execute(api, auth, instance, workflow_id, PARSE_FLOW, {"raw": "{old"})
-    with session_scope(get_engine(database_url)) as session:  # created ten days ago: left out
-        session.execute(
-            update(Execution)
-            .where(Execution.id == old_id)
-            .values(created_at=datetime.now(UTC) - timedelta(days=10))
-        )
-    end = datetime.now(UTC) + timedelta(minutes=1)
-    start = end - timedelta(days=3)
-    response = api.get(
-        f"/workflows/{workflow_id}/analytics",
-        params={"from": start.isoformat(), "to": end.isoformat()},
-        headers=auth,
-    )
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["executions"] == 5 and body["finished"] == 5
-    assert body["by_status"] == {"failed": 2, "succeeded": 3}
-    assert body["success_rate"] == 0.6 and body["failure_rate"] == 0.4
-    nodes = {n["node_id"]: n for n in body["nodes"]}
-    assert nodes["parse"] == {
-        "node_id": "parse",
-        "errors": 2,
-        "failures": 2,
-        "retries": 0,
-        "executions_with_errors": 2,
-    }
-    # `safe` failed on the same inputs, but onError continue handled it: errors, no failures.
-    assert nodes["safe"]["errors"] == 2 and nodes["safe"]["failures"] == 0
-    assert [n["node_id"] for n in body["nodes"]][:1] in (["parse"], ["safe"])
-    # Durations: submission to the end of the run, nearest-rank percentiles.
-    with session_scope(get_engine(database_url)) as session:
-        created = {
-            e.id: e.created_at for e in session.query(Execution).filter(Execution.id != old_id)
-        }
-    durations = []
-    for execution_id, run_id in executions:
-        record = instance.get_run_record_by_id(run_id)
-        assert record is not None and record.end_time is not None
-        moment = created[execution_id]
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        durations.append(round((record.end_time - moment.timestamp()) * 1000, 3))
-    assert body["duration_p50_ms"] == pytest.approx(percentile(durations, 50), abs=0.01)
-    assert body["duration_p95_ms"] == pytest.approx(max(durations), abs=0.01)
-    today = [d for d in body["by_day"] if d["executions"]]
-    assert len(body["by_day"]) == 4 and len(today) == 1  # 3 days + a partial one
-    assert today[0]["succeeded"] == 3 and today[0]["failed"] == 2
-    everything = api.get(
-        f"/workflows/{workflow_id}/analytics",
-        params={"from": (end - timedelta(days=30)).isoformat(), "to": end.isoformat()},
-        headers=auth,
-    ).json()
-    assert everything["executions"] == 6 and everything["by_status"]["failed"] == 3
-
-
-def test_analytics_range_is_checked(api: TestClient, auth: dict[str, str]) -> None:
-    workflow_id = deploy(api, auth, PARSE_FLOW)
-    url = f"/workflows/{workflow_id}/analytics"
-    backwards = {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}
-    assert api.get(url, params=backwards, headers=auth).status_code == 422
-    too_long = {"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}
-    assert api.get(url, params=too_long, headers=auth).status_code == 422
-    assert api.get(url, params={"from": "yesterday"}, headers=auth).status_code == 422
-    default = api.get(url, headers=auth).json()
-    assert default["executions"] == 0 and len(default["by_day"]) in (7, 8)
-    assert default["success_rate"] is None
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
@@ -437,32 +358,6 @@ def test_a_failure_an_error_edge_handled_is_a_failed_span_with_a_handled_attempt
     ]
     run.steps["fetch"].insert(1, StepEvent(11.4, "output", output="result", handled_error="x"))
     assert build_spans([run], {})[0].status == "succeeded"  # continue / fallback: a value
-
-
-def test_summary_numbers_and_percentiles() -> None:
-    day = datetime(2026, 3, 2, 12, tzinfo=UTC)
-    facts = [
-        ExecutionFacts("a", day, "succeeded", 100.0, {}, {}, {}),
-        ExecutionFacts("b", day, "succeeded", 300.0, {"n": 1}, {}, {"n": 1}),
-        ExecutionFacts("c", day, "failed", 200.0, {"n": 3}, {"n": 1}, {"n": 2}),
-        ExecutionFacts("d", day + timedelta(days=1), "succeeded", 1000.0, {}, {}, {}),
-        ExecutionFacts("e", day + timedelta(days=1), "running", None, {}, {}, {}),
-    ]
-    summary = summarize(facts, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 4, tzinfo=UTC))
-    assert summary["executions"] == 5 and summary["finished"] == 4
-    assert summary["success_rate"] == 0.75 and summary["failure_rate"] == 0.25
-    assert summary["duration_p50_ms"] == 200.0 and summary["duration_p95_ms"] == 1000.0
-    assert [
-        (d["day"].isoformat(), d["executions"], d["duration_p50_ms"]) for d in summary["by_day"]
-    ] == [
-        ("2026-03-01", 0, None),
-        ("2026-03-02", 3, 200.0),
-        ("2026-03-03", 2, 1000.0),
-    ]
-    assert summary["nodes"] == [
-        {"node_id": "n", "errors": 4, "failures": 1, "retries": 3, "executions_with_errors": 2}
-    ]
-    assert percentile([1, 2, 3, 4], 50) == 2 and percentile(list(range(1, 21)), 95) == 19
 
 
 class OneFamily(Collector):
