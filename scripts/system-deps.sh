@@ -26,6 +26,13 @@ present() {
 needs+=("-:fonts-liberation:chartGeneration draws chart text with it")
 # Web nodes (docs/nodes.md#screenshotcapture): Playwright drives Debian's chromium.
 needs+=("chromium:chromium:screenshotCapture runs it (and the approval-page test)")
+# Tests only: the two-host test (tests/test_multi_host.py) builds network namespaces and forwards
+# PostgreSQL and Redis into them.
+if [ "${1:-}" != "runtime" ]; then
+  needs+=("ip:iproute2:the multi-host test creates network namespaces with it")
+  needs+=("socat:socat:the multi-host test forwards PostgreSQL and Redis to its hosts with it")
+  needs+=("unshare:util-linux:the multi-host test gives each host its own hostname with it")
+fi
 status=0
 for need in "${needs[@]}"; do
   IFS=: read -r command package why <<<"$need"

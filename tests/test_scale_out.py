@@ -269,7 +269,11 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
         stack = DagsterStack(workdir / "home", url, extra_env=celery_env)
         env = stack.env()
         workers = {
-            f"flowmaestro-w{i}@": _start_worker(f"w{i}", env, workdir / f"worker-{i}.log")
+            # Names unique to this run: Celery's broadcasts (pings, inspect) reach every worker
+            # on the Redis database, so another run's `w1` would answer for ours.
+            f"flowmaestro-w{i}-{queue[-10:]}@": _start_worker(
+                f"w{i}-{queue[-10:]}", env, workdir / f"worker-{i}.log"
+            )
             for i in (1, 2)
         }
         try:

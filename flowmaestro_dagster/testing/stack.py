@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,11 @@ run_coordinator:
 class DagsterStack:
     """`dagster dev` (webserver + daemon) on a temporary home, loading the platform location
     and the deployed-workflow shards that read `database_url`; `shards` and `code_server`
-    default to the settings' defaults (FLOWMAESTRO_CODE_LOCATION_SHARDS, _CODE_SERVER)."""
+    default to the settings' defaults (FLOWMAESTRO_CODE_LOCATION_SHARDS, _CODE_SERVER).
+
+    `command_prefix` goes before both commands it starts (e.g. `ip netns exec <ns>`: the
+    stack on another network namespace, tests/test_multi_host.py); `host` is the address the
+    webserver binds and its URLs name."""
 
     def __init__(
         self,
@@ -60,6 +65,8 @@ class DagsterStack:
         shards: int | None = None,
         instance_yaml: str | None = None,
         code_server: str | None = None,
+        command_prefix: Sequence[str] = (),
+        host: str = "127.0.0.1",
     ) -> None:
         from flowmaestro_dagster.settings import Settings
 
@@ -72,9 +79,11 @@ class DagsterStack:
         # the instance storage in PostgreSQL when `database_url` is a PostgreSQL URL).
         self.instance_yaml = instance_yaml if instance_yaml is not None else _rendered(database_url)
         self.database_url = database_url
+        self.command_prefix = list(command_prefix)
+        self.host = host
         self.port = free_port()
-        self.graphql_url = f"http://127.0.0.1:{self.port}/graphql"
-        self.ui_url = f"http://127.0.0.1:{self.port}"
+        self.graphql_url = f"http://{host}:{self.port}/graphql"
+        self.ui_url = f"http://{host}:{self.port}"
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.log = home / "dagster-dev.log"
@@ -107,9 +116,10 @@ class DagsterStack:
             render_workspace(self.shards, "# test stack", examples=False, code_server=address)
         )
         dagster = Path(sys.executable).with_name("dagster")
+        command = [str(dagster), "dev", "-w", str(workspace), "-h", self.host, "-p", str(self.port)]
         signal.signal(signal.SIGINT, signal.default_int_handler)  # children must get SIGINT
         self.process = subprocess.Popen(
-            [str(dagster), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(self.port)],
+            [*self.command_prefix, *command],
             env=self.env(),
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -145,7 +155,7 @@ class DagsterStack:
             address, self.shards, ready, [sys.executable, "-m", "flowmaestro_api.cli"]
         )
         self.code_server_process = subprocess.Popen(
-            command,
+            [*self.command_prefix, *command],
             env=self.env(),
             stdout=self.code_server_log.open("wb"),
             stderr=subprocess.STDOUT,
