@@ -317,7 +317,124 @@ def api_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     errors = sum(b[p]["errors"] for b in (sq, pg) for p in ("launch_excluded", "launch_included"))
     if errors:
         lines += ["", f"{errors} submissions were refused (not 201) during the runs."]
-    return lines, []
+    if "open_loop" not in sq or "goals" not in r:
+        return lines, []  # results from before the open-loop phase
+    open_lines, goals = api_open_loop(sq["open_loop"], pg["open_loop"], shape, r["goals"])
+    return [*lines, *open_lines], goals
+
+
+def api_open_loop(
+    sq: dict[str, Any], pg: dict[str, Any], shape: dict[str, Any], g: dict[str, Any]
+) -> tuple[Lines, list[Goal]]:
+    """The api section's open-loop phase (bench/api.py `open_loop`) and its goals."""
+    loop = shape.get("open_loop", {})
+    post_rate, get_rate = sq["post"]["offered_per_second"], sq["get"]["offered_per_second"]
+
+    def row(label: str, fn: Callable[[dict[str, Any]], str]) -> str:
+        return f"| {label} | {fn(sq)} | {fn(pg)} |"
+
+    def latency(kind: str) -> Callable[[dict[str, Any]], str]:
+        def text(b: dict[str, Any]) -> str:
+            d = b[kind]
+            figures = (d["p50_ms"], d["p99_ms"], d["max_ms"])
+            return "none answered" if None in figures else millis(*figures)
+
+        return text
+
+    def refused(b: dict[str, Any]) -> str:
+        found = {**b["post"]["errors"], **{f"GET {k}": v for k, v in b["get"]["errors"].items()}}
+        return ", ".join(f"{v} x {k}" for k, v in found.items()) or "none"
+
+    def trips(b: dict[str, Any]) -> str:
+        t = b["round_trips"]
+        return " / ".join(
+            f"{num(t[k]['round_trips'])} ({num(t[k]['statements'])} statements)"
+            for k in ("post", "replay", "get")
+        )
+
+    def database(b: dict[str, Any]) -> str:
+        found = b.get("database")
+        if not found:
+            return "in the API process"
+        return (
+            f"{num(found['cpu_ms_per_request'])} ms; {num(found['commits_per_request'])} commits "
+            f"a request; {found['sessions_opened']} connections opened"
+        )
+
+    lines = [
+        "",
+        f"**Open loop** (issue 20, goal 2): POSTs at a fixed {num(post_rate)}/s (fresh "
+        f"Idempotency-Keys) and GETs of {loop.get('reads', 20)} executions made before at "
+        f"{num(get_rate)}/s, interleaved, for {num(loop.get('seconds', sq['seconds']))} s, to "
+        f"the API as deployed ({shape.get('api_workers', 2)} workers, launch excluded, no "
+        "Dagster stack: a read's runs come from an idle Dagster home's storage), each phase on "
+        "a fresh database. The load generator is a process of its own (keep-alive HTTP/1.1 on "
+        f"up to {loop.get('connections', 256)} connections, uvloop); every request is due at a "
+        "time fixed in advance and its latency runs from then, so a server that falls behind "
+        "shows in the figures instead of slowing the load down (no coordinated omission). CPU: "
+        "the API processes' user + system time over the window, per request (POSTs and GETs); "
+        "PostgreSQL's backends of the database apart. Round trips: what one request sends to "
+        "the platform database (statements, plus BEGIN and COMMIT per transaction, plus pool "
+        "pings), counted in process.",
+        "",
+        "| measure | SQLite | PostgreSQL |",
+        "|---|---|---|",
+        row("POST → 201, p50 / p99 / max", latency("post")),
+        row("GET /executions/{id} → 200, p50 / p99 / max", latency("get")),
+        row(
+            "achieved: POSTs / GETs a second",
+            lambda b: (
+                f"{num(b['post']['achieved_per_second'])} / {num(b['get']['achieved_per_second'])}"
+            ),
+        ),
+        row("refused or failed", refused),
+        row("API CPU per request", lambda b: f"{num(b['api_cpu_ms_per_request'])} ms"),
+        row("PostgreSQL CPU per request", database),
+        row(
+            "round trips: submission / replay / read",
+            trips,
+        ),
+        row(
+            "load generator: CPU per request, lag p99",
+            lambda b: (
+                f"{num(b['client_cpu_ms_per_request'])} ms, "
+                f"{num(b['post'].get('client_lag_p99_ms') or 0)} ms"
+            ),
+        ),
+        row(
+            "load average (1 min) before → after",
+            lambda b: f"{num(b['load_average_before'])} → {num(b['load_average_after'])}",
+        ),
+    ]
+
+    def worse(key: str) -> str:
+        values = [b[key] for b in (sq, pg)]
+        return "none answered" if None in values else f"{num(max(values))} ms"
+
+    ratio = g.get("postgres_over_sqlite_post_p99")
+    goals: list[Goal] = [
+        (
+            f"API submission p99 at {num(post_rate)}/s, {shape.get('api_workers', 2)} workers, "
+            "launch excluded (worse of SQLite, PostgreSQL)",
+            worse("post_p99_ms"),
+            f"≤ {num(g['post_p99_ms_max'])} ms",
+            g["post_met"],
+        ),
+        (
+            f"GET of an execution p99 at the same load ({num(get_rate)}/s of GETs; worse of "
+            "SQLite, PostgreSQL)",
+            worse("get_p99_ms"),
+            f"≤ {num(g['get_p99_ms_max'])} ms",
+            g["get_met"],
+        ),
+        (
+            f"PostgreSQL / SQLite, submission p99 at {num(post_rate)}/s",
+            "n/a" if ratio is None else num(ratio),
+            "≤ 1 (at least as fast)",
+            g["postgres_met"],
+        ),
+    ]
+    return lines, goals
 
 
 def waitpoints_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:

@@ -17,6 +17,7 @@ from flowmaestro_api.routes.files import UPLOAD_PATH, upload_body_limit
 from flowmaestro_api.routes.files import router as files_router
 from flowmaestro_api.routes.knowledge_bases import router as knowledge_bases_router
 from flowmaestro_api.routes.observability import router as observability_router
+from flowmaestro_api.security import KeyCache
 from flowmaestro_api.services.events import EventFeed
 from flowmaestro_api.services.metrics import metrics_registry
 from flowmaestro_api.settings import ApiSettings, get_api_settings
@@ -25,6 +26,7 @@ from flowmaestro_dagster.control.executions import launch_execution
 from flowmaestro_dagster.store.db import get_engine, migrate, session_factory, session_scope
 
 log = logging.getLogger("flowmaestro.api")
+LAUNCH_THREADS = 4  # launches after the response (launch_on_submit), each a Dagster round trip
 
 
 def create_app(
@@ -32,11 +34,13 @@ def create_app(
 ) -> FastAPI:
     settings = settings or get_api_settings()
     migrate(settings.database_url)
-    engine = get_engine(settings.database_url)
+    # Connections for every thread that may hold one at once: requests, launches, and the
+    # event feed's and metrics' own.
+    engine = get_engine(settings.database_url, pool_size=settings.api_threads + LAUNCH_THREADS + 2)
     client = dagster or DagsterClient(
         settings.dagster_graphql_url, timeout=settings.graphql_timeout_seconds, long_lived=True
     )
-    launcher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
+    launcher = ThreadPoolExecutor(max_workers=LAUNCH_THREADS, thread_name_prefix="launch")
 
     def launch(execution_id: str) -> None:
         try:
@@ -67,6 +71,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
+    app.state.api_keys = KeyCache(settings.api_key_cache_seconds)
     app.state.dagster = client
     app.state.launcher = launcher
     app.state.launch = launch

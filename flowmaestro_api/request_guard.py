@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from email.message import Message as MediaType
 from typing import Any, NoReturn
 
+from anyio import to_thread
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +28,10 @@ from flowmaestro_api.errors import (
 )
 
 MAX_JSON_DEPTH = 64  # workflow definitions nest ~10 deep; Python's parser overflows near 1000
+# A body up to this size is checked on the event loop (tens of microseconds); a larger one, up to
+# FLOWMAESTRO_MAX_REQUEST_BYTES (milliseconds of parsing), on a request thread, so it does not
+# hold up every other request of the process meanwhile.
+PARSE_ON_LOOP_BYTES = 64 * 1024
 
 
 # -- request bodies: bounded while they stream, JSON read strictly -------------------------------
@@ -115,7 +120,11 @@ class RequestBodyGuard:
                 if not message.get("more_body", False):
                     break
             body = b"".join(chunks)
-            error = json_body_error(body, self.max_depth)
+            error = (
+                json_body_error(body, self.max_depth)
+                if len(body) <= PARSE_ON_LOOP_BYTES
+                else await to_thread.run_sync(json_body_error, body, self.max_depth)
+            )
             if error is not None:
                 await refuse(error)
             delivered = True

@@ -29,6 +29,13 @@ class ApiSettings(Settings):
         description="threads of one API worker process that wait on Dagster's code-location "
         "reloads (deploy, archive): apart from the request threads, so deploys cannot take them",
     )
+    api_key_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="how long one API worker process remembers an authenticated API key's "
+        "user, so its requests read neither from the database (0: every request reads them); "
+        "a key revoked in the database keeps working in a process that knew it for this long",
+    )
     hook_rate_limit: str = Field(
         default="20/second;600/minute",
         description="deliveries one webhook trigger accepts ('limits' notation, windows "

@@ -43,8 +43,53 @@ def submissions(per_second: float) -> dict[str, Any]:
     }
 
 
-def backend(per_second: float) -> dict[str, Any]:
+def open_requests(rate: float, p99: float) -> dict[str, Any]:
     return {
+        "offered_per_second": rate,
+        "sent": round(rate * 10),
+        "ok": round(rate * 10),
+        "errors": {},
+        "achieved_per_second": rate - 0.5,
+        "p50_ms": 8.0,
+        "p99_ms": p99,
+        "max_ms": p99 * 2,
+        "client_lag_p99_ms": 1.5,
+    }
+
+
+def open_loop(post_p99: float, get_p99: float, postgres: bool = False) -> dict[str, Any]:
+    trips = {"statements": 3.0, "transactions": 1.0, "pings": 0.0, "round_trips": 5.0}
+    found: dict[str, Any] = {
+        "requests": 2500,
+        "seconds": 10.1,
+        "sent_per_second": 250.0,
+        "api_cpu_s": 7.5,
+        "api_cpu_ms_per_request": 3.0,
+        "client_cpu_ms_per_request": 0.2,
+        "connections_opened": 40,
+        "load_average_before": 0.5,
+        "load_average_after": 1.5,
+        "post": open_requests(200.0, post_p99),
+        "get": open_requests(50.0, get_p99),
+        "round_trips": {"post": trips, "replay": trips, "get": trips},
+        "post_p99_ms": post_p99,
+        "get_p99_ms": get_p99,
+        "goal_met": {"post_p99": post_p99 <= 100, "get_p99": get_p99 <= 50},
+    }
+    if postgres:
+        found["database"] = {
+            "cpu_s": 2.5,
+            "sessions_opened": 0,
+            "commits": 2500,
+            "cpu_ms_per_request": 1.0,
+            "commits_per_request": 1.0,
+        }
+    return found
+
+
+def backend(per_second: float, postgres: bool = False) -> dict[str, Any]:
+    return {
+        "open_loop": open_loop(80.0 if postgres else 60.0, 30.0, postgres),
         "launch_excluded": submissions(per_second),
         "launch_included": {**submissions(per_second / 2), "launched": 200},
         "submit_to_node_running": {**timing(1.6), "timed_out": 0},
@@ -297,9 +342,30 @@ RESULTS: dict[str, Any] = {
             "seconds": 240.0,
             "result": {
                 "sqlite": backend(60.0),
-                "postgres": backend(90.0),
+                "postgres": backend(90.0, postgres=True),
                 "postgres_over_sqlite_per_second": {"launch_excluded": 1.5, "launch_included": 1.5},
-                "shape": {"seconds": 8, "clients": 16, "samples": 10},
+                "goals": {
+                    "post_p99_ms_max": 100.0,
+                    "get_p99_ms_max": 50.0,
+                    "rate_per_second": 200.0,
+                    "post_met": True,
+                    "get_met": True,
+                    "postgres_over_sqlite_post_p99": 1.33,
+                    "postgres_met": False,
+                },
+                "shape": {
+                    "seconds": 8,
+                    "clients": 16,
+                    "samples": 10,
+                    "api_workers": 2,
+                    "open_loop": {
+                        "seconds": 10,
+                        "post_per_second": 200.0,
+                        "get_per_second": 50.0,
+                        "connections": 256,
+                        "reads": 20,
+                    },
+                },
             },
         },
         "waitpoints": {
@@ -596,6 +662,20 @@ def test_render_shows_every_section_with_its_figures_and_goals() -> None:
         "PostgreSQL), every execution counted | 110 ms | ≤ 200 ms | yes |" in text
     )
     assert "| submissions per second, launch excluded | 60.0 | 90.0 | 1.5 |" in text
+    assert "| POST → 201, p50 / p99 / max | 8 / 60 / 120 ms | 8 / 80 / 160 ms |" in text
+    assert "| PostgreSQL CPU per request | in the API process | 1 ms; 1 commits a request" in text
+    assert (
+        "| API submission p99 at 200/s, 2 workers, launch excluded (worse of SQLite, "
+        "PostgreSQL) | 80 ms | ≤ 100 ms | yes |" in text
+    )
+    assert (
+        "| GET of an execution p99 at the same load (50/s of GETs; worse of SQLite, "
+        "PostgreSQL) | 30 ms | ≤ 50 ms | yes |" in text
+    )
+    assert (
+        "| PostgreSQL / SQLite, submission p99 at 200/s | 1.33 | ≤ 1 (at least as fast) "
+        "| **no** |" in text
+    )
     assert "200 queued" in text
     assert "Prefect 3.9.1" in text
     assert "adds **23.0 ms per node**" in text

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 
 from flowmaestro_api.deps import (
     CurrentUser,
@@ -50,6 +51,7 @@ from flowmaestro_dagster.control import lifecycle as control
 from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.requests import ExecutionCreate
 from flowmaestro_dagster.store.attempts import full_output, node_attempts
+from flowmaestro_dagster.store.db import session_scope
 from flowmaestro_dagster.store.models import Execution, User, Waitpoint
 
 router = APIRouter(route_class=SessionRoute, tags=["executions"])
@@ -102,12 +104,11 @@ def answer_submitted(
         200: {"description": "a replay of an earlier request with the same Idempotency-Key"}
     },
 )
-def start_execution(
+async def start_execution(
     workflow_id: str,
     body: ExecutionCreate,
     request: Request,
     response: Response,
-    session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
@@ -120,18 +121,26 @@ def start_execution(
     different body is 422. Keys are scoped to the user and the workflow and expire after the
     workflow's TTL (default 24 h).
     """
-    execution, replayed = service.start_execution(
-        session,
-        user=user,
-        workflow_id=workflow_id,
-        body=body,
-        idempotency_key=idempotency_key,
-        default_ttl_seconds=settings.idempotency_ttl_seconds,
-        shards=settings.code_location_shards,
-    )
-    answer_submitted(request, response, execution.id, replayed)
-    public = _public(service.ExecutionView(execution, [], []), settings)
-    public.idempotent_replayed = replayed
+
+    # One hop to a request thread for all of it (its own session and transaction, the ORM
+    # rows read into the answer); the answer is validated and written on the event loop.
+    def submit() -> tuple[ExecutionPublic, bool]:
+        with session_scope(request.app.state.sessions) as session:
+            execution, replayed = service.start_execution(
+                session,
+                user=user,
+                workflow_id=workflow_id,
+                body=body,
+                idempotency_key=idempotency_key,
+                default_ttl_seconds=settings.idempotency_ttl_seconds,
+                shards=settings.code_location_shards,
+            )
+            public = _public(service.ExecutionView(execution, [], []), settings)
+        public.idempotent_replayed = replayed
+        return public, replayed
+
+    public, replayed = await run_in_threadpool(submit)
+    answer_submitted(request, response, public.id, replayed)
     return public
 
 
@@ -159,23 +168,43 @@ def list_executions(
 
 
 @router.get("/executions/{execution_id}", response_model=ExecutionPublic)
-def get_execution(
-    execution: OwnExecution,
-    session: SessionDep,
+async def get_execution(
+    execution_id: str,
+    request: Request,
     user: CurrentUser,
     settings: SettingsDep,
     dagster: DagsterDep,
 ) -> ExecutionPublic:
     """Status, per-node status / attempts / durations / outputs, every Dagster run, and the
-    progress of batch nodes (`progress`: node id -> done / total / succeeded / failed)."""
-    view = service.refresh(session, dagster, execution)
-    public = _public(view, settings)
-    public.waitpoints = _waitpoints(session, settings, execution.id, user)
-    version = service.version_row(session, execution)
-    if version is not None and view.runs:
-        progress = node_progress(dagster, service.compiled_for(version), view.runs)
-        public.progress = {k: NodeProgressPublic.model_validate(v) for k, v in progress.items()}
-    return public
+    progress of batch nodes (`progress`: node id -> done / total / succeeded / failed). 404
+    for another user's."""
+
+    # One hop to a request thread for the whole read (the row, Dagster's runs, waitpoints), in
+    # a session of its own.
+    def read() -> ExecutionPublic:
+        with session_scope(request.app.state.sessions) as session:
+            execution = service.get_execution(session, user=user, execution_id=execution_id)
+            view = service.refresh(session, dagster, execution)
+            public = _public(view, settings)
+            public.waitpoints = _waitpoints(session, settings, execution.id, user)
+            if view.runs:
+                version = view.version or service.version_row(session, execution)
+                if version is not None:
+                    progress = node_progress(dagster, service.compiled_for(version), view.runs)
+                    public.progress = {
+                        k: NodeProgressPublic.model_validate(v) for k, v in progress.items()
+                    }
+        return public
+
+    return await run_in_threadpool(read)
+
+
+# Built once (every read of an execution runs it): SQLAlchemy keeps its cache key.
+_WAITPOINTS = (
+    select(Waitpoint)
+    .where(Waitpoint.execution_id == bindparam("execution_id"))
+    .order_by(Waitpoint.created_at)
+)
 
 
 def _waitpoints(
@@ -186,11 +215,7 @@ def _waitpoints(
     from flowmaestro_dagster.control.notifications import approval_api_url, approval_page_url
     from flowmaestro_dagster.control.waitpoints import may_decide, signed_token
 
-    rows = session.scalars(
-        select(Waitpoint)
-        .where(Waitpoint.execution_id == execution_id)
-        .order_by(Waitpoint.created_at)
-    ).all()
+    rows = session.scalars(_WAITPOINTS, {"execution_id": execution_id}).all()
     base = settings.public_api_url.rstrip("/")
     result = []
     for row in rows:

@@ -14,19 +14,35 @@ and otherwise terminates it (`stop_run`; cancel and retry are in control/lifecyc
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
-from typing import Any
+from functools import cache, lru_cache
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, case, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    Row,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased, object_session
+from sqlalchemy.orm import Session, aliased, make_transient_to_detached, object_session
+from sqlalchemy.sql.schema import CallableColumnDefault, ScalarElementColumnDefault
 
 from flowmaestro_dagster.compile.compiler import (
     CONCURRENCY_KEY_TAG,
@@ -35,7 +51,7 @@ from flowmaestro_dagster.compile.compiler import (
 )
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.control.requests import ExecutionCreate
-from flowmaestro_dagster.control.workflows import get_version, get_workflow, location_for
+from flowmaestro_dagster.control.workflows import location_for
 from flowmaestro_dagster.engines.jobs import build_job
 from flowmaestro_dagster.engines.local import run_config_for
 from flowmaestro_dagster.engines.results import NodeRun, final_outputs
@@ -47,6 +63,7 @@ from flowmaestro_dagster.errors import (
     InvalidInputs,
     InvalidRequest,
     NotFound,
+    PlatformError,
     Unprocessable,
 )
 from flowmaestro_dagster.lang.expressions import Budget, Limits
@@ -66,6 +83,7 @@ from flowmaestro_dagster.store.models import (
     Waitpoint,
     Workflow,
     WorkflowVersion,
+    new_id,
     utcnow,
 )
 from flowmaestro_dagster.tags import (
@@ -170,6 +188,117 @@ def check_inputs(compiled: CompiledWorkflow, inputs: Mapping[str, Any]) -> None:
         raise InvalidInputs("; ".join(p["message"] for p in problems[:5]), problems=problems)
 
 
+# Statements built once: SQLAlchemy then reuses their cache key (and compiled SQL) instead of
+# building both again for every submission.
+_WORKFLOWS = cast(Table, Workflow.__table__)
+_VERSIONS = cast(Table, WorkflowVersion.__table__)
+# The columns, not the entities: a Core row, no ORM instance to build (nothing here changes it).
+_WORKFLOW_AND_DEPLOYED = (
+    select(
+        _WORKFLOWS.c.id,
+        _WORKFLOWS.c.archived_at,
+        _WORKFLOWS.c.deployed_version,
+        _WORKFLOWS.c.priority,
+        _WORKFLOWS.c.queue,
+        _WORKFLOWS.c.idempotency_ttl_seconds,
+        _VERSIONS.c.id.label("version_id"),
+        _VERSIONS.c.version,
+        _VERSIONS.c.job_name,
+    )
+    .select_from(
+        _WORKFLOWS.outerjoin(
+            _VERSIONS,
+            and_(
+                _VERSIONS.c.workflow_id == _WORKFLOWS.c.id,
+                _VERSIONS.c.version == _WORKFLOWS.c.deployed_version,
+            ),
+        )
+    )
+    .where(
+        _WORKFLOWS.c.id == bindparam("workflow_id"),
+        _WORKFLOWS.c.owner_id == bindparam("owner_id"),
+    )
+)
+_DEFINITION = select(WorkflowVersion.definition).where(WorkflowVersion.id == bindparam("id"))
+_KEY = select(IdempotencyKey).where(
+    IdempotencyKey.user_id == bindparam("user_id"),
+    IdempotencyKey.workflow_id == bindparam("workflow_id"),
+    IdempotencyKey.key == bindparam("key"),
+)
+_KEY_COLUMNS = ("id", "user_id", "workflow_id", "key", "request_hash", "execution_id")
+_COMPILED_BY_ROW_SIZE = 512
+_compiled_by_row: OrderedDict[tuple[str, str, int], CompiledWorkflow] = OrderedDict()
+_compiled_lock = threading.Lock()
+
+
+@cache
+def _claim_key(dialect: str) -> Any:
+    """INSERT the key, or take over an expired one (the same row, new values); RETURNING the
+    execution it now names. A live key with the same (user, workflow, key) returns nothing: the
+    request is a replay. The unique constraint decides between concurrent requests (PostgreSQL
+    waits for the other transaction; SQLite's writers take turns)."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = cast(Table, IdempotencyKey.__table__)  # the table: no ORM bulk-insert machinery
+    values: dict[str, Any] = {
+        name: bindparam(name) for name in (*_KEY_COLUMNS, "created_at", "expires_at")
+    }
+    statement = insert(table).values(values)
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.user_id, table.c.workflow_id, table.c.key],
+        set_={
+            name: statement.excluded[name]
+            for name in ("request_hash", "execution_id", "created_at", "expires_at")
+        },
+        where=table.c.expires_at <= bindparam("created_at"),
+    ).returning(table.c.execution_id)
+
+
+def compiled_by_row(
+    session: Session, *, version_id: str, workflow_id: str, version: int
+) -> CompiledWorkflow:
+    """The compiled job of the version row `version_id`, its definition read only the first
+    time in this process: a row's definition never changes (an edit is a new version row), so
+    a submission does not load and re-serialize it to find the compiled job."""
+    key = (version_id, workflow_id, version)
+    with _compiled_lock:
+        found = _compiled_by_row.get(key)
+        if found is not None:
+            _compiled_by_row.move_to_end(key)
+            return found
+    definition = session.scalar(_DEFINITION, {"id": version_id})
+    compiled = compiled_version(workflow_id, version, json.dumps(definition, sort_keys=True))
+    with _compiled_lock:
+        _compiled_by_row[key] = compiled
+        while len(_compiled_by_row) > _COMPILED_BY_ROW_SIZE:
+            _compiled_by_row.popitem(last=False)
+    return compiled
+
+
+@dataclass(frozen=True)
+class _Deployed:
+    """What a submission takes from its workflow's deployed version."""
+
+    version: int
+    job_name: str
+    compiled: CompiledWorkflow
+
+
+def _deployed(session: Session, workflow: Row[*tuple[Any, ...]]) -> _Deployed:
+    """The deployed version of `workflow` (a `_WORKFLOW_AND_DEPLOYED` row: the version's
+    columns NULL when there is none), if new executions may start; else the refusal."""
+    version_id, number, job_name = workflow.version_id, workflow.version, workflow.job_name
+    if workflow.archived_at is not None:
+        raise Conflict("the workflow is archived")
+    if workflow.deployed_version is None:
+        raise Conflict("the workflow has no deployed version: deploy one first")
+    if version_id is None or number is None or job_name is None:
+        raise NotFound(f"workflow {workflow.id} has no version {workflow.deployed_version}")
+    compiled = compiled_by_row(
+        session, version_id=version_id, workflow_id=workflow.id, version=number
+    )
+    return _Deployed(number, job_name, compiled)
+
+
 def start_execution(
     session: Session,
     *,
@@ -181,33 +310,48 @@ def start_execution(
     shards: int,
 ) -> tuple[Execution, bool]:
     """The execution for this request (created, or replayed for a repeated key) and whether
-    it was replayed. Commits: the caller launches it afterwards."""
+    it was replayed. Commits: the caller launches it afterwards.
+
+    A new submission is one transaction: the workflow with its deployed version (one SELECT),
+    the execution's INSERT, the key's INSERT ... ON CONFLICT (`_claim_key`), COMMIT. A key
+    that is live already rolls that back and answers the replay (or 422 for another body); so
+    does a request refused (archived, not deployed, bad inputs) whose key names an earlier one."""
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY_LENGTH:
         raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
     fingerprint = request_fingerprint(body)
-    workflow = get_workflow(session, user=user, workflow_id=workflow_id)
-    if idempotency_key is not None:
-        replay = _replay(
-            session, user=user, workflow=workflow, key=idempotency_key, fingerprint=fingerprint
+    workflow = session.execute(
+        _WORKFLOW_AND_DEPLOYED, {"workflow_id": workflow_id, "owner_id": user.id}
+    ).first()
+    if workflow is None:
+        raise NotFound(f"no workflow {workflow_id}")
+    try:
+        deployed = _deployed(session, workflow)
+        check_inputs(deployed.compiled, body.inputs)
+        # The request's values, else the definition's queueConfig node, else the workflow's.
+        node = deployed.compiled.queue_settings
+        if node is not None and node.concurrency_key:
+            checked_concurrency_key(node, body.inputs)  # a hostile key: 422 now, not at launch
+    except PlatformError:
+        replay = (
+            _replay(
+                session,
+                user_id=user.id,
+                workflow_id=workflow.id,
+                key=idempotency_key,
+                fingerprint=fingerprint,
+            )
+            if idempotency_key is not None
+            else None
         )
         if replay is not None:
             return replay, True
-    if workflow.archived_at is not None:
-        raise Conflict("the workflow is archived")
-    if workflow.deployed_version is None:
-        raise Conflict("the workflow has no deployed version: deploy one first")
-    version = get_version(session, workflow=workflow, version=workflow.deployed_version)
-    compiled = compiled_for(version)
-    check_inputs(compiled, body.inputs)
-    # The request's values, else the definition's queueConfig node, else the workflow's.
-    node = compiled.queue_settings
-    if node is not None and node.concurrency_key:
-        checked_concurrency_key(node, body.inputs)  # a hostile key: 422 now, not at launch
+        raise
     node_priority = node.priority if node is not None else None
-    execution = Execution(
+    execution = _insert_execution(
+        session,
         id=str(uuid.uuid4()),
         workflow_id=workflow.id,
-        version=version.version,
+        version=deployed.version,
         user_id=user.id,
         status="queued",
         priority=next(
@@ -215,48 +359,88 @@ def start_execution(
         ),
         queue=body.queue or (node.queue if node is not None else None) or workflow.queue,
         inputs=body.inputs,
-        job_name=version.job_name,
+        job_name=deployed.job_name,
         location_name=location_for(workflow.id, shards),
     )
-    session.add(execution)
-    if idempotency_key is not None:
-        ttl = workflow.idempotency_ttl_seconds or default_ttl_seconds
-        session.add(
-            IdempotencyKey(
-                user_id=user.id,
-                workflow_id=workflow.id,
-                key=idempotency_key,
-                request_hash=fingerprint,
-                execution_id=execution.id,
-                expires_at=utcnow() + timedelta(seconds=ttl),
-            )
-        )
-    try:
+    if idempotency_key is None:
         session.commit()
-    except IntegrityError:
-        # Another request with the same key committed first: the constraint decided.
-        session.rollback()
-        if idempotency_key is None:
-            raise
-        replay = _replay(
-            session, user=user, workflow=workflow, key=idempotency_key, fingerprint=fingerprint
+        return execution, False
+    now = utcnow()
+    ttl = workflow.idempotency_ttl_seconds or default_ttl_seconds
+    claimed = session.execute(
+        _claim_key(session.get_bind().dialect.name),
+        {
+            "id": new_id(),
+            "user_id": user.id,
+            "workflow_id": workflow.id,
+            "key": idempotency_key,
+            "request_hash": fingerprint,
+            "execution_id": execution.id,
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=ttl),
+        },
+    ).scalar()
+    if claimed == execution.id:
+        session.commit()
+        return execution, False
+    # A live key: this request repeats an earlier one (or reuses its key with another body).
+    session.expunge(execution)  # its row goes with the rollback
+    session.rollback()
+    replay = _replay(
+        session,
+        user_id=user.id,
+        workflow_id=workflow.id,
+        key=idempotency_key,
+        fingerprint=fingerprint,
+    )
+    if replay is None:  # the key expired or went away between the two statements: again
+        return start_execution(
+            session,
+            user=user,
+            workflow_id=workflow_id,
+            body=body,
+            idempotency_key=idempotency_key,
+            default_ttl_seconds=default_ttl_seconds,
+            shards=shards,
         )
-        if replay is None:
-            raise
-        return replay, True
-    return execution, False
+    return replay, True
+
+
+_EXECUTIONS = cast(Table, Execution.__table__)
+
+
+def _insert_execution(session: Session, **given: Any) -> Execution:
+    """INSERT a new execution's row, each column its given value or its default, and return it
+    as a persistent, unchanged ORM object of `session` (what the row holds: no SELECT back).
+
+    One Core INSERT instead of the unit of work's flush, which cost a third of a submission's
+    CPU. Every column of `executions` has a Python-side default (or none): the ORM would
+    write the same row."""
+    values: dict[str, Any] = {}
+    for column in _EXECUTIONS.columns:
+        default = column.default
+        if column.key in given:
+            values[column.key] = given[column.key]
+        elif isinstance(default, ScalarElementColumnDefault):
+            values[column.key] = default.arg
+        elif isinstance(default, CallableColumnDefault):
+            # SQLAlchemy wraps a no-argument callable in one that takes (and ignores) a context
+            values[column.key] = default.arg(cast(Any, None))
+        else:
+            values[column.key] = None
+    session.execute(insert(_EXECUTIONS), values)
+    execution = Execution(**values)
+    make_transient_to_detached(execution)  # the row exists: a persistent object, never INSERTed
+    session.add(execution)
+    return execution
 
 
 def _replay(
-    session: Session, *, user: User, workflow: Workflow, key: str, fingerprint: str
+    session: Session, *, user_id: str, workflow_id: str, key: str, fingerprint: str
 ) -> Execution | None:
-    row = session.scalar(
-        select(IdempotencyKey).where(
-            IdempotencyKey.user_id == user.id,
-            IdempotencyKey.workflow_id == workflow.id,
-            IdempotencyKey.key == key,
-        )
-    )
+    """The execution an earlier request with this key started (its replay counted), None if
+    the key is not live; 422 if that request had another body."""
+    row = session.scalar(_KEY, {"user_id": user_id, "workflow_id": workflow_id, "key": key})
     if row is None:
         return None
     if _aware(row.expires_at) <= utcnow():  # type: ignore[operator]
@@ -267,21 +451,25 @@ def _replay(
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used with a different request body; use a new key"
         )
-    count_replay(session, execution_id=row.execution_id)
-    return session.get(Execution, row.execution_id)
+    return count_replay(session, execution_id=row.execution_id)
 
 
-def count_replay(session: Session, *, execution_id: str) -> None:
-    """Count one duplicate prevented: a request answered with `execution_id` as a replay.
+def count_replay(session: Session, *, execution_id: str) -> Execution | None:
+    """Count one duplicate prevented: a request answered with `execution_id` as a replay; the
+    execution as it is then (None if it is gone).
 
-    One `UPDATE ... SET replays = replays + 1` (the database adds, so concurrent replays are all
-    counted), committed. On the execution, not the key: a key is purged at its expiry."""
-    session.execute(
+    One `UPDATE ... SET replays = replays + 1 ... RETURNING` (the database adds, so concurrent
+    replays are all counted; no SELECT after), committed. On the execution, not the key: a key
+    is purged at its expiry."""
+    execution = session.scalars(
         update(Execution)
         .where(Execution.id == execution_id)
         .values(replays=Execution.replays + 1, last_replayed_at=utcnow())
-    )
+        .returning(Execution),
+        execution_options={"populate_existing": True},
+    ).one_or_none()
     session.commit()
+    return execution
 
 
 def purge_expired_keys(session: Session) -> int:
@@ -618,6 +806,8 @@ class ExecutionView:
     execution: Execution
     runs: list[RunInfo]
     nodes: list[dict[str, Any]]
+    # The execution's workflow version, when `refresh` read it (it does when there are runs).
+    version: WorkflowVersion | None = None
 
 
 def execution_status(execution: Execution, runs: Sequence[RunInfo]) -> str:
@@ -652,12 +842,15 @@ def _retry_pending(run: RunInfo, now: float | None = None) -> bool:
     return (time.time() if now is None else now) - run.end_time < RETRY_DECISION_GRACE_SECONDS
 
 
+_VERSION_ROW = select(WorkflowVersion).where(
+    WorkflowVersion.workflow_id == bindparam("workflow_id"),
+    WorkflowVersion.version == bindparam("version"),
+)
+
+
 def version_row(session: Session, execution: Execution) -> WorkflowVersion | None:
     return session.scalar(
-        select(WorkflowVersion).where(
-            WorkflowVersion.workflow_id == execution.workflow_id,
-            WorkflowVersion.version == execution.version,
-        )
+        _VERSION_ROW, {"workflow_id": execution.workflow_id, "version": execution.version}
     )
 
 
@@ -670,10 +863,12 @@ def refresh(session: Session, client: DagsterClient, execution: Execution) -> Ex
         log.warning("showing stored state of execution %s: %s", execution.id, exc)
         return ExecutionView(execution, [], [])
     status = execution_status(execution, runs)
-    parked = _parked_nodes(session, execution.id)
+    # Without runs nothing is parked or has a node status: neither is read (a queued execution's
+    # read is its row and its waitpoints, nothing more).
+    parked = _parked_nodes(session, execution.id) if runs else {}
     if parked and status in ("succeeded", "queued") and (status == "succeeded" or runs):
         status = "waiting"  # the run ended at a waitpoint, or its resume is queued
-    version = version_row(session, execution)
+    version = version_row(session, execution) if runs else None
     nodes: list[dict[str, Any]] = []
     outputs: dict[str, Any] | None = execution.outputs
     if version is not None and runs:
@@ -707,7 +902,7 @@ def refresh(session: Session, client: DagsterClient, execution: Execution) -> Ex
         setattr(execution, key, value)
     if record_facts(session, execution, runs, changed=bool(changes)) or changes:
         session.commit()
-    return ExecutionView(execution, runs, nodes)
+    return ExecutionView(execution, runs, nodes, version)
 
 
 # -- analytics facts (issue 20): recorded where the status is synced ------------------------------
@@ -804,14 +999,15 @@ def record_facts(
     return True
 
 
+_PARKED = select(Waitpoint.node_id, Waitpoint.status).where(
+    Waitpoint.execution_id == bindparam("execution_id"),
+    Waitpoint.status.in_(("pending", "resolved", "resuming")),
+)
+
+
 def _parked_nodes(session: Session, execution_id: str) -> dict[str, str]:
     """Nodes with a waitpoint not yet resumed: node id -> waitpoint status."""
-    rows = session.execute(
-        select(Waitpoint.node_id, Waitpoint.status).where(
-            Waitpoint.execution_id == execution_id,
-            Waitpoint.status.in_(("pending", "resolved", "resuming")),
-        )
-    ).all()
+    rows = session.execute(_PARKED, {"execution_id": execution_id}).all()
     return {str(node_id): str(status) for node_id, status in rows}
 
 
