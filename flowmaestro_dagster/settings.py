@@ -657,7 +657,12 @@ class Settings(BaseSettings):
         description="named queues and the runs each may have in progress ('default' is the "
         "queue of executions that name none; 0 pauses a queue)",
     )
-    dequeue_interval_seconds: int = Field(default=1, ge=1)
+    dequeue_interval_seconds: float = Field(
+        default=0.5,
+        ge=0.5,
+        description="seconds between the daemon's passes over the run queue (0.5 at least: "
+        "the daemon waits in half-second steps)",
+    )
     dequeue_use_threads: bool = Field(
         default=False, description="launch dequeued runs from a thread pool (faster bursts)"
     )

@@ -57,8 +57,8 @@ def test_the_committed_dagster_yaml_is_the_rendering_of_the_defaults() -> None:
 
 def test_dagster_reads_back_the_default_run_queue(instance: DagsterInstance) -> None:
     coordinator = instance.run_coordinator
-    assert isinstance(coordinator, QueuedRunCoordinator)
-    assert coordinator.dequeue_interval_seconds == 1
+    assert isinstance(coordinator, QueuedRunCoordinator)  # Dagster's, taking a fraction
+    assert coordinator.dequeue_interval_seconds == 0.5
     config = instance.get_concurrency_config()
     queue = config.run_queue_config
     assert queue is not None and queue.max_concurrent_runs == 10
@@ -99,7 +99,7 @@ def test_every_setting_reaches_dagster(tmp_path: Path) -> None:
         max_concurrent_runs=25,
         user_run_limit=None,
         queue_limits={"ai-workflows": 2, "default": 8, "nightly": 0},
-        dequeue_interval_seconds=3,
+        dequeue_interval_seconds=1.5,
         dequeue_use_threads=True,
         dequeue_num_workers=4,
         pool_granularity="op",
@@ -107,7 +107,7 @@ def test_every_setting_reaches_dagster(tmp_path: Path) -> None:
     with load(tmp_path, render_instance_yaml(custom)) as loaded:
         coordinator = loaded.run_coordinator
         assert isinstance(coordinator, QueuedRunCoordinator)
-        assert coordinator.dequeue_interval_seconds == 3
+        assert coordinator.dequeue_interval_seconds == 1.5
         assert coordinator.dequeue_use_threads and coordinator.dequeue_num_workers == 4
         config = loaded.get_concurrency_config()
         queue = config.run_queue_config
@@ -120,6 +120,28 @@ def test_every_setting_reaches_dagster(tmp_path: Path) -> None:
         assert config.pool_config.pool_granularity.value == "op"
 
 
+def test_dagsters_own_queue_daemon_passes_every_half_second(instance: DagsterInstance) -> None:
+    """The daemon Dagster builds for this instance: its own QueuedRunCoordinatorDaemon, with
+    the fractional interval (Dagster's coordinator alone would refuse 0.5)."""
+    from dagster._daemon.controller import create_daemon_of_type
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+        QueuedRunCoordinatorDaemon,
+    )
+
+    daemon = create_daemon_of_type(QueuedRunCoordinatorDaemon.daemon_type(), instance)
+    assert type(daemon) is QueuedRunCoordinatorDaemon
+    assert daemon.interval_seconds == 0.5  # type: ignore[attr-defined]
+    assert QueuedRunCoordinatorDaemon.daemon_type() in instance.get_required_daemon_types()
+
+
+def test_a_fraction_below_the_daemons_step_is_refused_by_the_coordinator() -> None:
+    from flowmaestro_dagster.engines.run_queue import SubsecondRunCoordinator
+
+    with pytest.raises(ValueError, match="at least 0.5"):
+        SubsecondRunCoordinator(dequeue_interval_seconds=0.1)
+    assert SubsecondRunCoordinator().dequeue_interval_seconds == 1.0  # Dagster's default is 5
+
+
 def test_no_instance_limit_renders_minus_one(tmp_path: Path) -> None:
     with load(tmp_path, render_instance_yaml(settings(max_concurrent_runs=-1))) as loaded:
         queue = loaded.get_concurrency_config().run_queue_config
@@ -129,12 +151,12 @@ def test_no_instance_limit_renders_minus_one(tmp_path: Path) -> None:
 def test_the_yaml_has_no_legacy_or_conflicting_keys() -> None:
     """`run_queue` excludes `run_coordinator`; run limits live only under `concurrency`."""
     data = yaml.safe_load(render_instance_yaml(settings()))
-    assert "run_coordinator" not in data
-    assert "max_concurrent_runs" not in data["run_queue"]
-    assert "tag_concurrency_limits" not in data["run_queue"]
+    assert "run_queue" not in data
+    assert "max_concurrent_runs" not in data["run_coordinator"]["config"]
+    assert "tag_concurrency_limits" not in data["run_coordinator"]["config"]
     assert list(data) == [
         "telemetry",
-        "run_queue",
+        "run_coordinator",
         "concurrency",
         "run_monitoring",
         "run_retries",
@@ -163,7 +185,7 @@ def test_dagster_rejects_what_the_renderer_must_not_produce(tmp_path: Path) -> N
     """The schema check is real: a stray key is refused by Dagster's loader."""
     from dagster._core.errors import DagsterInvalidConfigError
 
-    text = render_instance_yaml(settings()) + "\nrun_coordinator:\n  module: x\n  class: Y\n"
+    text = render_instance_yaml(settings()) + "\nrun_queue:\n  dequeue_interval_seconds: 1\n"
     with pytest.raises(DagsterInvalidConfigError):
         load(tmp_path, text)
 
@@ -182,6 +204,7 @@ def test_write_instance_yaml_writes_dagster_home(tmp_path: Path) -> None:
         ({"queue_limits": {"ok": -1}}, "0 or more"),
         ({"pool_granularity": "step"}, "run"),
         ({"max_concurrent_runs": -2}, "greater than or equal"),
+        ({"dequeue_interval_seconds": 0.2}, "greater than or equal to 0.5"),
     ],
 )
 def test_settings_that_would_break_the_queue_are_refused(

@@ -385,7 +385,7 @@ class QueueSnapshot:
     pools: Mapping[str, PoolState] = field(default_factory=dict)
     slot_buffer: int = 0
     block_on_pools: bool = True
-    dequeue_interval_seconds: int = 1
+    dequeue_interval_seconds: float = 1.0
     now: float = 0.0
 
 
@@ -395,7 +395,9 @@ def read_snapshot(instance: DagsterInstance) -> QueueSnapshot:
     config = instance.get_concurrency_config()
     queue = config.run_queue_config
     if not isinstance(coordinator, QueuedRunCoordinator) or queue is None:
-        raise PlatformError("the Dagster instance has no run queue (run_queue in dagster.yaml)")
+        raise PlatformError(
+            "the Dagster instance has no run queue (run_coordinator in dagster.yaml)"
+        )
     granularity = config.pool_config.pool_granularity
     granularity_name = granularity.value if granularity is not None else "op"
     queued = [
@@ -486,14 +488,14 @@ class Verdict:
     position: int  # 1-based, in the order the daemon considers queued runs
     queued: int
     holds: tuple[Hold, ...]
-    dequeue_interval_seconds: int = 1
+    dequeue_interval_seconds: float = 1.0
 
     @property
     def reason(self) -> str:
         if not self.holds:
             return (
                 "no limit holds it back: it starts at the next dequeue "
-                f"(every {self.dequeue_interval_seconds} s)"
+                f"(every {self.dequeue_interval_seconds:g} s)"
             )
         return "; ".join(hold.describe() for hold in self.holds)
 

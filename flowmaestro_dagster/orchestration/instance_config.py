@@ -8,12 +8,14 @@ The file is a list of sections; each is a function `settings -> {top-level key: 
 To add one (storage, run retries, run monitoring ...), write such a function and put it in
 `SECTIONS` — nothing else changes. Dagster rejects some combinations: `run_queue` excludes a
 `run_coordinator` entry, and with `concurrency: runs:` the run limits must not also appear
-under `run_queue` (see `dagster._core.instance.config`).
+under the coordinator's config (see `dagster._core.instance.config`).
 
 The run queue (see docs/queues.md):
 
-* `run_queue` — Dagster's QueuedRunCoordinator (its daemon dequeues every
-  `dequeue_interval_seconds`, highest `dagster/priority` first, FIFO among equals);
+* `run_coordinator` — Dagster's QueuedRunCoordinator, as `SubsecondRunCoordinator`
+  (flowmaestro_dagster/engines/run_queue.py: the same class, taking a fractional
+  `dequeue_interval_seconds`); its daemon dequeues every `dequeue_interval_seconds`, highest
+  `dagster/priority` first, FIFO among equals;
 * `concurrency: runs:` — `max_concurrent_runs`, and tag limits on the tags the API puts on
   every run (`run_tags` in flowmaestro_dagster/control/executions.py): one per user
   (`USER_TAG`, the hidden `.dagster/flowmaestro/user`: the user's id, per unique value), one for
@@ -64,8 +66,15 @@ def telemetry_section(settings: Settings) -> Mapping[str, Any]:
     return {"telemetry": {"enabled": False}}
 
 
+RUN_COORDINATOR = {
+    "module": "flowmaestro_dagster.engines.run_queue",
+    "class": "SubsecondRunCoordinator",
+}
+
+
 def run_queue_section(settings: Settings) -> Mapping[str, Any]:
-    """The QueuedRunCoordinator: `run_queue` implies it (no `run_coordinator` entry)."""
+    """The run queue: Dagster's QueuedRunCoordinator with a sub-second dequeue interval (the
+    limits are under `concurrency: runs:`)."""
     run_queue: dict[str, Any] = {
         "dequeue_interval_seconds": settings.dequeue_interval_seconds,
         # A deploy reloads a code location; a run dequeued meanwhile is put back in the queue
@@ -77,7 +86,7 @@ def run_queue_section(settings: Settings) -> Mapping[str, Any]:
         run_queue["dequeue_use_threads"] = True
         if settings.dequeue_num_workers is not None:
             run_queue["dequeue_num_workers"] = settings.dequeue_num_workers
-    return {"run_queue": run_queue}
+    return {"run_coordinator": {**RUN_COORDINATOR, "config": run_queue}}
 
 
 def tag_concurrency_limits(settings: Settings) -> list[dict[str, Any]]:
