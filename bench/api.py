@@ -14,8 +14,9 @@ executions that were never launched; on a database a Dagster stack reads, the pl
 reconciler would launch them all, and the submit → running samples would queue behind them: the
 "no median" failure this module had.)
 
-`python -m bench.api [--quick] [--open-loop]` prints the result as JSON (`--open-loop`: that
-phase alone, on both storages).
+`python -m bench.api [--quick] [--open-loop | --launch]` prints the result as JSON
+(`--open-loop`: that phase alone, on both storages; `--launch`: submit → first node running and
+run throughput alone, on both storages).
 """
 
 import asyncio
@@ -32,11 +33,13 @@ import uuid
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
+from dagster import DagsterRunStatus, RunsFilter
 from sqlalchemy import event
 
 from bench.common import (
@@ -44,8 +47,10 @@ from bench.common import (
     first_step_start,
     percentile,
     pg_database,
+    postgres_server_pid,
     tree_cpu_seconds,
     user_key,
+    wait_until,
 )
 from flowmaestro_api.main import create_app
 from flowmaestro_api.settings import ApiSettings
@@ -246,6 +251,95 @@ def submit_to_running(
         "min_s": round(min(delays), 2),
         "max_s": round(max(delays), 2),
     }
+
+
+THROUGHPUT_RUNS = 60  # executions submitted at once, spread over THROUGHPUT_USERS users
+THROUGHPUT_USERS = 4  # the default per-user limit (3) would otherwise cap one user's burst
+
+
+def run_throughput(stack: DagsterStack, settings: ApiSettings, runs: int) -> dict[str, Any]:
+    """Issue 20, goal 5: runs started per second from a burst of `runs` submissions (of the
+    2-node workflow, by 4 users, default queue limits), and the CPU seconds one run costs all
+    processes together: the API, the webserver (its launch), the daemon (dequeue), the code
+    servers, the run workers (through the forkserver) and, on PostgreSQL, the database server.
+    Cores divided by that cost is the rate the machine could reach; the ratio says how close."""
+    instance = stack.instance()
+    postgres = settings.database_url.startswith("postgresql")
+    server = ApiProcess(settings, stack.home, API_WORKERS)
+    with server as base, httpx.Client(base_url=base, timeout=60) as http:
+        assert server.process is not None and stack.process is not None
+        targets = []
+        for _ in range(THROUGHPUT_USERS):
+            auth = user_key(settings.database_url)
+            body = {"definition": WORKFLOW}
+            workflow_id = http.post("/workflows", json=body, headers=auth).json()["id"]
+            http.post(f"/workflows/{workflow_id}/versions/1/deploy", headers=auth)
+            targets.append((workflow_id, auth))
+
+        def submit(n: int) -> int:
+            workflow_id, auth = targets[n % len(targets)]
+            response = http.post(
+                f"/workflows/{workflow_id}/executions",
+                json={"inputs": {"who": f"b{n}"}},
+                headers={**auth, "Idempotency-Key": str(uuid.uuid4())},
+            )
+            return response.status_code
+
+        def finished_since(since: float) -> list[Any]:
+            records = instance.get_run_records(RunsFilter(created_after=since_dt(since)))
+            return [r for r in records if r.dagster_run.is_finished]
+
+        # Warm-up, not measured: every user's first run end to end (the API workers compile,
+        # the forkserver starts and preloads).
+        warm = time.time()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(submit, range(THROUGHPUT_USERS * 2)))
+        wait_until(lambda: len(finished_since(warm)) >= THROUGHPUT_USERS * 2, timeout=300)
+        time.sleep(2)
+
+        pids = [server.process.pid, stack.process.pid]
+        if stack.code_server_process is not None:
+            pids.append(stack.code_server_process.pid)
+        if postgres:
+            pids.append(postgres_server_pid())
+
+        def cpu() -> float:
+            return sum(tree_cpu_seconds(pid, reaped=True) for pid in pids)
+
+        cpu_before, load_before = cpu(), os.getloadavg()[0]
+        started = time.time()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            statuses = Counter(pool.map(submit, range(runs)))
+        submitted_s = time.time() - started
+        wait_until(lambda: len(finished_since(started)) >= runs, timeout=900, interval=0.5)
+        done_s = time.time() - started
+        spent, load_after = cpu() - cpu_before, os.getloadavg()[0]
+        records = finished_since(started)
+    starts = sorted(r.start_time for r in records if r.start_time)
+    succeeded = sum(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in records)
+    per_run = spent / runs
+    cores = os.cpu_count() or 1
+    started_per_s = (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 1 else 0.0
+    return {
+        "runs": runs,
+        "users": THROUGHPUT_USERS,
+        "statuses": dict(statuses),
+        "succeeded": succeeded,
+        "submitted_s": round(submitted_s, 2),
+        "all_finished_s": round(done_s, 2),
+        "started_per_second": round(started_per_s, 2),
+        "finished_per_second": round(runs / done_s, 2),
+        "cpu_s_per_run": round(per_run, 3),
+        "cpu_bound_per_second": round(cores / per_run, 2),
+        "of_cpu_bound": round(started_per_s * per_run / cores, 2),
+        "cores": cores,
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(load_after, 2),
+    }
+
+
+def since_dt(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=UTC)
 
 
 def fresh_database(kind: str, workdir: Path, phase: str, created: list[str]) -> str:
@@ -701,6 +795,7 @@ def run_backend(
     samples: int,
     launch_grace: float,
     open_seconds: float,
+    throughput_runs: int = THROUGHPUT_RUNS,
 ) -> dict[str, Any]:
     created: list[str] = []
     try:
@@ -725,6 +820,7 @@ def run_backend(
             )
             client = DagsterClient(stack.graphql_url, instance=stack.instance())
             running = submit_to_running(stack, settings, client, samples)
+            throughput = run_throughput(stack, settings, throughput_runs)
             included = submissions(
                 settings, stack.home, seconds=seconds, clients=clients, launch_grace=launch_grace
             )
@@ -735,6 +831,7 @@ def run_backend(
             "launch_excluded": excluded,
             "launch_included": included,
             "submit_to_node_running": running,
+            "run_throughput": throughput,
         }
     finally:
         for name in created:
@@ -776,12 +873,46 @@ def open_loop_only(seconds: float) -> dict[str, Any]:
     return found
 
 
+def launch_only(samples: int, runs: int) -> dict[str, Any]:
+    """`--launch`: submit → first node running and run throughput alone, on both storages
+    (before / after comparisons of goals 4 and 5)."""
+    warnings.filterwarnings("ignore")
+    found: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("sqlite", "postgres"):
+            created: list[str] = []
+            try:
+                url = fresh_database(kind, Path(tmp), "launch", created)
+                stack = DagsterStack(Path(tmp) / f"home-{kind}", url)
+                stack.start()
+                try:
+                    settings = ApiSettings(
+                        database_url=url,
+                        dagster_graphql_url=stack.graphql_url,
+                        reconcile_after_seconds=3600,
+                    )
+                    client = DagsterClient(stack.graphql_url, instance=stack.instance())
+                    found[kind] = {
+                        "submit_to_node_running": submit_to_running(
+                            stack, settings, client, samples
+                        ),
+                        "run_throughput": run_throughput(stack, settings, runs),
+                    }
+                finally:
+                    stack.stop()
+            finally:
+                for name in created:
+                    drop_pg(name)
+    return found
+
+
 def main(
     seconds: float = 8,
     clients: int = 16,
     samples: int = 10,
     launch_grace: float = 15,
     open_seconds: float = 10,
+    throughput_runs: int = THROUGHPUT_RUNS,
 ) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     with tempfile.TemporaryDirectory() as tmp:
@@ -794,6 +925,7 @@ def main(
                 samples=samples,
                 launch_grace=launch_grace,
                 open_seconds=open_seconds,
+                throughput_runs=throughput_runs,
             )
             for kind in ("sqlite", "postgres")
         }
@@ -825,13 +957,20 @@ def main(
 def run(quick: bool = False) -> dict[str, Any]:
     """The `api` section: full or smoke-sized (`quick`; the open loop keeps its rate, shorter)."""
     if quick:
-        return main(seconds=3, clients=8, samples=3, launch_grace=5, open_seconds=4)
+        return main(
+            seconds=3, clients=8, samples=3, launch_grace=5, open_seconds=4, throughput_runs=12
+        )
     return main()
 
 
 if __name__ == "__main__":
     if "--load-generator" in sys.argv:
         load_generator()
+    elif "--launch" in sys.argv:
+        quick = "--quick" in sys.argv
+        print(
+            json.dumps(launch_only(3 if quick else 10, 12 if quick else THROUGHPUT_RUNS), indent=2)
+        )
     elif "--open-loop" in sys.argv:
         print(json.dumps(open_loop_only(4 if "--quick" in sys.argv else 10), indent=2))
     else:

@@ -170,12 +170,23 @@ def started_at_ticks(pid: int) -> int | None:
         return None
 
 
-def tree_cpu_seconds(pid: int) -> float:
+def tree_cpu_seconds(pid: int, *, reaped: bool = False) -> float:
     """User + system CPU seconds of process `pid` and its living descendants: what an API's
-    uvicorn supervisor and workers spent, on a machine where wall times are noisy."""
+    uvicorn supervisor and workers spent, on a machine where wall times are noisy. `reaped`:
+    also what their children that have exited and been waited for spent (a forkserver's run
+    workers, PostgreSQL's backends): compare two readings, the difference is the work done."""
     ticks = 0
+    last = 15 if reaped else 13  # utime, stime (, cutime, cstime)
     for member in process_tree(pid):
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = _stat_fields(member)
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            ticks += sum(int(value) for value in fields[11:last])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_server_pid() -> int:
+    """The PostgreSQL server's main process (its data directory's postmaster.pid)."""
+    engine = sa.create_engine(PG_ADMIN, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        data = connection.execute(sa.text("SHOW data_directory")).scalar_one()
+    return int((Path(data) / "postmaster.pid").read_text().split()[0])

@@ -137,9 +137,23 @@ def test_dagsters_own_queue_daemon_passes_every_half_second(instance: DagsterIns
 def test_a_fraction_below_the_daemons_step_is_refused_by_the_coordinator() -> None:
     from flowmaestro_dagster.engines.run_queue import SubsecondRunCoordinator
 
-    with pytest.raises(ValueError, match="at least 0.5"):
+    with pytest.raises(ValueError, match=r"at least 0\.5"):
         SubsecondRunCoordinator(dequeue_interval_seconds=0.1)
     assert SubsecondRunCoordinator().dequeue_interval_seconds == 1.0  # Dagster's default is 5
+
+
+def test_run_workers_keep_connections_unless_told_not_to(tmp_path: Path) -> None:
+    from flowmaestro_dagster.engines.launcher import ForkserverRunLauncher
+
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    with load(tmp_path / "on", render_instance_yaml(settings())) as loaded:
+        launcher = loaded.run_launcher
+        assert isinstance(launcher, ForkserverRunLauncher) and launcher._keep_connections
+    off = render_instance_yaml(settings(run_keep_connections=False))
+    with load(tmp_path / "off", off) as loaded:
+        launcher = loaded.run_launcher
+        assert isinstance(launcher, ForkserverRunLauncher) and not launcher._keep_connections
 
 
 def test_no_instance_limit_renders_minus_one(tmp_path: Path) -> None:

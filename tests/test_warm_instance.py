@@ -13,13 +13,14 @@ import json, sys
 from dagster._core.instance.ref import InstanceRef
 from flowmaestro_dagster.engines import warm_instance
 
-warm = warm_instance._warm
+warm, ref = warm_instance._warm
 other = warm_instance.instance_for(InstanceRef.from_dir(sys.argv[1]))
 print(json.dumps({
     "built": warm is not None,
     "index_ready": "index" in warm.event_log_storage._initialized_dbs,
-    "same_ref_reused": warm_instance.instance_for(warm.get_ref()) is warm,
+    "same_ref_reused": warm_instance.instance_for(ref) is warm,
     "other_ref_new": other is not warm and other.root_directory == sys.argv[1],
+    "logs": [type(i.compute_log_manager).__name__ for i in (warm, other)],
 }))
 """
 
@@ -46,6 +47,7 @@ def test_importing_builds_the_instance_a_run_of_that_instance_reuses(tmp_path: P
         "index_ready": True,  # the event index's schema check is done before any fork
         "same_ref_reused": True,
         "other_ref_new": True,
+        "logs": ["MirroredComputeLogManager"] * 2,  # output captured without helper processes
     }
 
 
@@ -65,3 +67,33 @@ def test_without_a_home_nothing_is_built_and_each_run_builds_its_own(tmp_path: P
         timeout=120,
     )
     assert found.stdout.split() == ["True", "True"]
+
+
+MIRROR = """
+import os, subprocess, sys
+from flowmaestro_dagster.engines.compute_logs import mirrored
+
+print("before", flush=True)
+with mirrored(sys.stdout, sys.argv[1]):
+    print("from python", flush=True)
+    pid = os.getpid()
+    print("children:" + open(f"/proc/{pid}/task/{pid}/children").read(), file=sys.stderr)
+    os.write(1, b"from the descriptor\\n")
+    subprocess.run(["echo", "from a child"], check=True)
+print("after", flush=True)
+"""
+
+
+def test_captured_output_lands_in_the_file_and_on_the_original_stream(tmp_path: Path) -> None:
+    log = tmp_path / "run" / "compute.out"
+    found = subprocess.run(
+        [sys.executable, "-c", MIRROR, str(log)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    captured = ["from python", "from the descriptor", "from a child"]
+    assert log.read_text().splitlines() == captured
+    assert found.stdout.splitlines() == ["before", *captured, "after"]  # all, in order
+    assert found.stderr.strip() == "children:"  # no tail or watcher process while capturing

@@ -89,6 +89,7 @@ from flowmaestro_dagster.dagster_internals import (
     execute_plan_iterator,
     redirect_to_file,
 )
+from flowmaestro_dagster.engines.compute_logs import with_compute_logs
 from flowmaestro_dagster.errors import CeleryError, CeleryUnavailableError, CeleryWorkerLostError
 from flowmaestro_dagster.tags import NODE_TYPE_TAG, RUN_ON_TAG
 
@@ -116,11 +117,6 @@ ENDED_RUN_STATUSES = frozenset(
 # the broker's transport pulls in redis-py). A forkserver that preloads them
 # (`ForkserverRunLauncher`'s `preload`) saves that in every run that routes steps to Celery.
 CLIENT_MODULES = ("celery", "kombu.transport.redis", "celery.backends.redis", "billiard.exceptions")
-# Dagster's local compute-log manager, as instance references name it (old and new module).
-_LOCAL_COMPUTE_LOGS = {
-    ("dagster.core.storage.local_compute_log_manager", "LocalComputeLogManager"),
-    ("dagster._core.storage.local_compute_log_manager", "LocalComputeLogManager"),
-}
 
 
 @dataclass(frozen=True)
@@ -240,11 +236,7 @@ class WorkerComputeLogManager(LocalComputeLogManager):
 def worker_instance_ref(ref: InstanceRef) -> InstanceRef:
     """The instance reference a worker opens: Dagster's local compute-log manager becomes
     `WorkerComputeLogManager` (same configuration); any other manager is kept."""
-    logs = ref.compute_logs_data
-    if (logs.module_name, logs.class_name) not in _LOCAL_COMPUTE_LOGS:
-        return ref
-    swapped = ConfigurableClassData(__name__, WorkerComputeLogManager.__name__, logs.config_yaml)
-    return ref._replace(compute_logs_data=swapped)
+    return with_compute_logs(ref, WorkerComputeLogManager)
 
 
 def load_job(job: ReconstructableJob) -> JobDefinition:

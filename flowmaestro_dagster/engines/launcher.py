@@ -58,14 +58,15 @@ DEFAULT_PRELOAD: tuple[str, ...] = (
 WARM_INSTANCE = "flowmaestro_dagster.engines.warm_instance"
 
 
-def run_worker(run_id: str, instance_ref: Any) -> None:
+def run_worker(run_id: str, instance_ref: Any, keep_connections: bool = True) -> None:
     """The body of a run worker process: what `dagster api execute_run` does."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(PAUSE_SIGNAL, _pause_requested)
     from flowmaestro_dagster.engines import warm_instance  # the forkserver's, already built
 
     with capture_interrupts(), warm_instance.instance_for(instance_ref) as instance:
-        warm_instance.keep_connections(instance)
+        if keep_connections:
+            warm_instance.keep_connections(instance)
         execute_run_command_body(
             run_id, instance, lambda _event: None, set_exit_code_on_failure=False
         )
@@ -84,10 +85,14 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
     """Launches each run in a process forked from a warm, preloaded forkserver."""
 
     def __init__(
-        self, inst_data: ConfigurableClassData | None = None, preload: Sequence[str] | None = None
+        self,
+        inst_data: ConfigurableClassData | None = None,
+        preload: Sequence[str] | None = None,
+        keep_connections: bool = True,
     ) -> None:
         self._inst_data = inst_data
         self._preload = list(preload) if preload is not None else list(DEFAULT_PRELOAD)
+        self._keep_connections = keep_connections
         self._context: ForkServerContext | None = None
         self._lock = threading.Lock()
         self._processes: dict[str, multiprocessing.process.BaseProcess] = {}
@@ -105,14 +110,25 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
                 is_required=False,
                 description="Modules the forkserver imports once (defaults cover Dagster and "
                 "the FlowMaestro code locations).",
-            )
+            ),
+            "keep_connections": Field(
+                bool,
+                is_required=False,
+                default_value=True,
+                description="Run workers keep their PostgreSQL storage connections for the run "
+                "(two per running run) instead of one per storage operation.",
+            ),
         }
 
     @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
     ) -> Self:
-        return cls(inst_data=inst_data, preload=config_value.get("preload"))
+        return cls(
+            inst_data=inst_data,
+            preload=config_value.get("preload"),
+            keep_connections=config_value.get("keep_connections", True),
+        )
 
     def _forkserver(self) -> ForkServerContext:
         with self._lock:
@@ -126,7 +142,7 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
         run = context.dagster_run
         process = self._forkserver().Process(
             target=run_worker,
-            args=(run.run_id, self._instance.get_ref()),
+            args=(run.run_id, self._instance.get_ref(), self._keep_connections),
             name=f"dagster-run-{run.run_id[:8]}",
         )
         process.start()

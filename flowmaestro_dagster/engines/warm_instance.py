@@ -8,7 +8,8 @@ exists before any run worker is forked, and each fork inherits it ready. That is
 Dagster's storages hold no connection between operations (NullPool engines) and start no
 thread until something watches events: a fork copies no open socket and no held lock.
 
-A run launched for another instance (its ref differs) gets its own, as before.
+A run launched for another instance (its ref differs) gets its own, as before. Either way the
+instance captures the run's output in process (`compute_logs.MirroredComputeLogManager`).
 
 In the run worker (after the fork), `keep_connections` makes the PostgreSQL storages keep their
 connections open for the run, as Dagster's webserver does: a small run otherwise opens ~37
@@ -20,26 +21,31 @@ from typing import Any
 
 from dagster import DagsterEventType, DagsterInstance
 
+from flowmaestro_dagster.dagster_internals import InstanceRef
+from flowmaestro_dagster.engines.compute_logs import run_worker_ref
 
-def _build() -> DagsterInstance | None:
-    if not os.environ.get("DAGSTER_HOME"):
+
+def _build() -> tuple[DagsterInstance, InstanceRef] | None:
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
         return None
     try:
-        instance = DagsterInstance.get()
+        ref = InstanceRef.from_dir(home)
+        instance = DagsterInstance.from_ref(run_worker_ref(ref))
         # One read through the event index, so that (on SQLite) its schema check is done here
         # too; a run's own event shard is new per run and still checked in the run worker.
         instance.fetch_run_status_changes(DagsterEventType.RUN_SUCCESS, limit=1)
     except Exception:  # noqa: BLE001 - a warm-up only: each run worker builds its own instead
         return None
-    return instance
+    return instance, ref
 
 
 def instance_for(instance_ref: Any) -> DagsterInstance:
     """The forkserver's instance when it is the one the run was launched for, else a new one
     (used as a context manager: the run worker disposes it when the run ends)."""
-    if _warm is not None and _warm.get_ref() == instance_ref:
-        return _warm
-    return DagsterInstance.from_ref(instance_ref)
+    if _warm is not None and _warm[1] == instance_ref:
+        return _warm[0]
+    return DagsterInstance.from_ref(run_worker_ref(instance_ref))
 
 
 # A run's steps write events from several threads (the threaded executor): beyond the one kept

@@ -170,12 +170,13 @@ def run_launcher_section(settings: Settings) -> Mapping[str, Any]:
     """Warm run workers forked from a preloaded server (flowmaestro_dagster/engines/launcher.py)."""
     if settings.run_launcher != "forkserver":
         return {}
-    return {
-        "run_launcher": {
-            "module": "flowmaestro_dagster.engines.launcher",
-            "class": "ForkserverRunLauncher",
-        }
+    launcher: dict[str, Any] = {
+        "module": "flowmaestro_dagster.engines.launcher",
+        "class": "ForkserverRunLauncher",
     }
+    if not settings.run_keep_connections:
+        launcher["config"] = {"keep_connections": False}
+    return {"run_launcher": launcher}
 
 
 def storage_url(settings: Settings) -> str:
