@@ -320,7 +320,66 @@ def api_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     if "open_loop" not in sq or "goals" not in r:
         return lines, []  # results from before the open-loop phase
     open_lines, goals = api_open_loop(sq["open_loop"], pg["open_loop"], shape, r["goals"])
-    return [*lines, *open_lines], goals
+    if "run_throughput" not in sq:
+        return [*lines, *open_lines], goals  # results from before the throughput phase
+    launch_lines, launch = api_launch(sq, pg, r["goals"])
+    return [*lines, *open_lines, *launch_lines], [*goals, *launch]
+
+
+def api_launch(
+    sq: dict[str, Any], pg: dict[str, Any], g: dict[str, Any]
+) -> tuple[Lines, list[Goal]]:
+    """The api section's run throughput phase (bench/api.py `run_throughput`), goals 4 and 5."""
+    t = sq["run_throughput"]
+
+    def row(label: str, fn: Callable[[dict[str, Any]], str]) -> str:
+        return f"| {label} | {fn(sq['run_throughput'])} | {fn(pg['run_throughput'])} |"
+
+    base = g["baseline_started_per_second"]
+    lines = [
+        "",
+        f"**Runs started per second** (issue 20, goal 5): {t['runs']} executions of the 2-node "
+        f"workflow submitted at once through the API by {t['users']} users (default queue "
+        "limits: 10 runs in progress, 3 per user), after one warm-up run per user. Started: "
+        "the runs' start times, first to last. CPU: user + system seconds of every process "
+        "involved (API, webserver, daemon, code servers, run workers through the forkserver, "
+        "PostgreSQL's server), exited children included, over the burst, per run; cores / that "
+        "cost is the rate the machine could reach.",
+        "",
+        "| measure | SQLite | PostgreSQL |",
+        "|---|---|---|",
+        row("runs started per second", lambda b: num(b["started_per_second"])),
+        f"| before this work (commit {base.get('commit', '?')}) | {num(base['sqlite'])} | "
+        f"{num(base['postgres'])} |",
+        row("all finished after", lambda b: f"{num(b['all_finished_s'])} s"),
+        row("CPU seconds per run, all processes", lambda b: f"{num(b['cpu_s_per_run'])} s"),
+        row(
+            "cores / cost → share reached",
+            lambda b: f"{num(b['cpu_bound_per_second'])}/s → {num(b['of_cpu_bound'])}",
+        ),
+        row("succeeded", lambda b: f"{b['succeeded']} of {b['runs']}"),
+        row(
+            "load average (1 min) before → after",
+            lambda b: f"{num(b['load_average_before'])} → {num(b['load_average_after'])}",
+        ),
+    ]
+    p50, rates, ratios = g["first_node_p50_s"], g["started_per_second"], g["over_baseline"]
+    goals: list[Goal] = [
+        (
+            "submit → first node running p50 (worse of SQLite, PostgreSQL)",
+            f"{num(max(p50.values()))} s",
+            f"≤ {num(g['first_node_p50_s_max'])} s",
+            g["first_node_met"],
+        ),
+        (
+            "runs started per second, SQLite / PostgreSQL (x before)",
+            f"{num(rates['sqlite'])} / {num(rates['postgres'])} "
+            f"({num(ratios['sqlite'])}x / {num(ratios['postgres'])}x)",
+            "≥ 2x before on both",
+            g["throughput_met"],
+        ),
+    ]
+    return lines, goals
 
 
 def api_open_loop(
@@ -1105,6 +1164,149 @@ def analytics_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
     return lines, [goal]
 
 
+def scale_runs_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
+    """bench/scale_runs.py: 10,000 parked and levels of concurrent runs on PostgreSQL."""
+    shape, g = r["shape"], r["goals"]
+    levels = r["levels"]
+
+    def figure(d: dict[str, Any], key: str, unit: str) -> str:
+        if "error" in d:
+            return f"failed: `{d['error'][:120]}`"
+        value = d.get(key)
+        return "n/a" if value is None else f"{num(value)} {unit}"
+
+    def dequeue(d: dict[str, Any]) -> str:
+        if "error" in d:
+            return f"failed: `{d['error'][:120]}`"
+        q = d.get("enqueued_to_dequeued_s")
+        return f"{num(q['p50'])} / {num(q['p95'])} s" if q else "n/a"
+
+    def connections(d: Any) -> str:
+        if not isinstance(d, dict):
+            return f"failed: `{str(d)[:120]}`"
+        return f"{d['database']} of {d['max_connections']}"
+
+    def api(d: dict[str, Any], kind: str) -> str:
+        if "error" in d:
+            return f"failed: `{d['error'][:120]}`"
+        errors = sum(d[kind]["errors"].values())
+        text = "n/a" if d[kind]["p99_ms"] is None else f"{num(d[kind]['p99_ms'])} ms"
+        return text + (f" ({errors} errors)" if errors else "")
+
+    lines = [
+        f"A real `dagster dev` on one fresh PostgreSQL database (platform tables and Dagster's "
+        f"instance storage), {shape['parked']:,} parked executions seeded in it (half approvals, "
+        "half timers a day away, none due), then levels of concurrent runs: runs of `input → "
+        f"wait {shape['hold_s']} s → output` launched by the queue daemon through the "
+        "forkserver run launcher, each sleeping in its wait node (in progress, no CPU). At each "
+        "level, with all its runs in progress: the waitpoint sensor's tick in process (median of "
+        "5, as the Waitpoints section times it) and the daemon's own ticks; enqueued → dequeued "
+        f"of {shape['probes']} probe runs submitted one at a time (p50 / p95; Dagster writes "
+        "RUN_STARTING when it dequeues); the API (2 workers, launch excluded) under an open "
+        f"loop of {num(shape['api_post_per_second'])} POST/s and "
+        f"{num(shape['api_get_per_second'])} GET/s of running executions for "
+        f"{num(shape['api_seconds'])} s (lower than the API section's 200/s: the 2 cores are "
+        "shared with the stack); memory from /proc/<pid>/smaps_rollup of each run worker with "
+        "its child processes (USS = private pages, PSS = private + its share of shared pages).",
+        "",
+        "| runs in progress | ramp | tick (in process) | daemon tick | enqueued → dequeued "
+        "p50 / p95 | POST p99 | GET p99 | per run USS / PSS | rest of the stack USS | "
+        "PostgreSQL connections | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(levels, key=int):
+        level = levels[key]
+        mem, daemon = level["memory"], level.get("daemon_sensor_ticks", {})
+        lines.append(
+            f"| {int(key):,} | {num(level['ramp']['ramp_s'])} s | "
+            f"{figure(level['tick'], 'median_s', 's')} | "
+            f"{figure(daemon, 'median_s', 's') if daemon.get('ticks') else 'n/a'} | "
+            f"{dequeue(level['dequeue'])} | {api(level['api'], 'post')} | "
+            f"{api(level['api'], 'get')} | {num(mem['per_run_uss_mib'])} / "
+            f"{num(mem['per_run_pss_mib'])} MiB | {num(mem['stack_uss_mib'])} MiB | "
+            f"{connections(level['pg_connections'])} | {num(level['load_average'][0])} |"
+        )
+    broke = r.get("broke")
+    if broke:
+        why = broke.get("not_tried") or broke.get("stopped", "?")
+        if str(broke["level"]) in levels:
+            lines += ["", f"**At {broke['level']:,} runs the climb stopped**: {why}."]
+        elif broke.get("not_tried"):
+            lines += ["", f"**{broke['level']:,} runs were not tried**: {why}."]
+        else:
+            lines += ["", f"**{broke['level']:,} runs were not reached**: {why}."]
+        failures = broke.get("run_failures")
+        errors = [
+            *([broke["refused_connection"]] if broke.get("refused_connection") else []),
+            *(failures if isinstance(failures, list) else []),
+            *broke.get("log_errors", []),
+        ]
+        if errors:
+            lines.append(f"First error: `{errors[0][:300]}`.")
+    cost = levels[max(levels, key=int)].get("per_run_cost") if levels else None
+    if cost:
+        api_held = cost.get("api_connections")
+        lines += [
+            "",
+            f"Each running run keeps {num(cost['pg_connections'])} PostgreSQL connections open "
+            f"(over idle, per run, at the largest level)"
+            + (f"; the API's 2 workers {api_held} more" if api_held is not None else "")
+            + f". Dequeue interval {num(shape.get('dequeue_interval_s', '?'))} s.",
+        ]
+    for row in r.get("extrapolated", []):
+        if row["runs"] == g["target_runs"]:
+            lines += [
+                "",
+                f"Extrapolated to {row['runs']:,} runs at the largest level's cost per run: "
+                f"{num(row['uss_gib'])} GiB USS ({num(row['pss_gib'])} GiB PSS) and "
+                f"{row['pg_connections']:,} PostgreSQL connections.",
+            ]
+    top = g["runs_reached"]
+    at = f"{top:,} runs in progress, {shape['parked']:,} parked"
+    goals: list[Goal] = [
+        (
+            "concurrent runs in progress on PostgreSQL",
+            f"{top:,}",
+            f"{g['target_runs']:,}",
+            g["runs_met"],
+        ),
+    ]
+    if top:
+        goals += [
+            (
+                f"waitpoint sensor tick, {at}",
+                f"{num(g['tick_median_s'])} s" if g["tick_median_s"] is not None else "failed",
+                f"≤ {num(g['tick_s_max'])} s",
+                g["tick_met"],
+            ),
+            (
+                f"queue decision (enqueued → dequeued) p95, {at}",
+                f"{num(g['dequeue_p95_s'])} s" if g["dequeue_p95_s"] is not None else "failed",
+                f"≤ {num(g['dequeue_p95_s_max'])} s",
+                g["dequeue_met"],
+            ),
+            (
+                f"POST p99 at {num(shape['api_post_per_second'])}/s, {at}",
+                f"{num(g['post_p99_ms'])} ms" if g["post_p99_ms"] is not None else "failed",
+                f"≤ {num(g['post_p99_ms_max'])} ms",
+                g["post_met"],
+            ),
+            (
+                f"GET p99 at {num(shape['api_get_per_second'])}/s, {at}",
+                f"{num(g['get_p99_ms'])} ms" if g["get_p99_ms"] is not None else "failed",
+                f"≤ {num(g['get_p99_ms_max'])} ms",
+                g["get_met"],
+            ),
+            (
+                "memory per running run (USS / PSS, run worker and its children)",
+                f"{num(g['per_run_uss_mib'])} / {num(g['per_run_pss_mib'])} MiB",
+                "stated",
+                None,
+            ),
+        ]
+    return lines, goals
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[Lines, list[Goal]]]] = {
     "compile": compile_section,
     "overhead": overhead_section,
@@ -1120,6 +1322,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[Lines, list[Goal]]]] = {
     "events": events_section,
     "metrics": metrics_section,
     "analytics": analytics_section,
+    "scale_runs": scale_runs_section,
 }
 
 

@@ -50,6 +50,7 @@ SECTIONS = [
     Section("metrics", "Metrics scrape", "bench.metrics:run", 12, 3),
     Section("media", "Media nodes", "bench.media:run", 3, 2),
     Section("analytics", "Workflow analytics at scale", "bench.analytics:run", 8, 1),
+    Section("scale_runs", "10,000 parked and many concurrent runs", "bench.scale_runs:run", 12, 2),
 ]
 BY_NAME = {s.name: s for s in SECTIONS}
 

@@ -1,6 +1,8 @@
 """docs/benchmarks.md renders from a results dict covering every section (no benchmark runs)."""
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,6 +95,22 @@ def backend(per_second: float, postgres: bool = False) -> dict[str, Any]:
         "launch_excluded": submissions(per_second),
         "launch_included": {**submissions(per_second / 2), "launched": 200},
         "submit_to_node_running": {**timing(1.6), "timed_out": 0},
+        "run_throughput": {
+            "runs": 60,
+            "users": 4,
+            "statuses": {"201": 60},
+            "succeeded": 60,
+            "submitted_s": 0.7,
+            "all_finished_s": 17.0 if postgres else 15.0,
+            "started_per_second": 3.6 if postgres else 4.0,
+            "finished_per_second": 3.5,
+            "cpu_s_per_run": 0.5,
+            "cpu_bound_per_second": 4.0,
+            "of_cpu_bound": 0.9 if postgres else 1.0,
+            "cores": 2,
+            "load_average_before": 0.5,
+            "load_average_after": 2.0,
+        },
     }
 
 
@@ -338,6 +356,13 @@ RESULTS: dict[str, Any] = {
             "seconds": 1.0,
             "result": {"measured": False, "reason": "no Celery executor exposed yet"},
         },
+        "scale_runs": {
+            "seconds": 50.0,
+            # a real `python -m bench.scale_runs --quick` result (20 runs, 1,000 parked)
+            "result": json.loads(
+                (Path(__file__).parent / "bench_scale_runs_quick.json").read_text()
+            ),
+        },
         "api": {
             "seconds": 240.0,
             "result": {
@@ -352,6 +377,17 @@ RESULTS: dict[str, Any] = {
                     "get_met": True,
                     "postgres_over_sqlite_post_p99": 1.33,
                     "postgres_met": False,
+                    "first_node_p50_s": {"sqlite": 0.5, "postgres": 0.6},
+                    "first_node_p50_s_max": 1.0,
+                    "first_node_met": True,
+                    "started_per_second": {"sqlite": 4.0, "postgres": 3.6},
+                    "baseline_started_per_second": {
+                        "sqlite": 1.71,
+                        "postgres": 2.09,
+                        "commit": "6bd7a50",
+                    },
+                    "over_baseline": {"sqlite": 2.34, "postgres": 1.72},
+                    "throughput_met": False,
                 },
                 "shape": {
                     "seconds": 8,
@@ -662,6 +698,18 @@ def test_render_shows_every_section_with_its_figures_and_goals() -> None:
         "PostgreSQL), every execution counted | 110 ms | ≤ 200 ms | yes |" in text
     )
     assert "| submissions per second, launch excluded | 60.0 | 90.0 | 1.5 |" in text
+    assert "| runs started per second | 4 | 3.6 |" in text
+    assert "| before this work (commit 6bd7a50) | 1.71 | 2.09 |" in text
+    assert "| CPU seconds per run, all processes | 0.5 s | 0.5 s |" in text
+    assert (
+        "| submit → first node running p50 (worse of SQLite, PostgreSQL) | 0.6 s | ≤ 1 s | yes |"
+        in text
+    )
+    assert (
+        "| runs started per second, SQLite / PostgreSQL (x before) | 4 / 3.6 (2.34x / 1.72x) "
+        "| ≥ 2x before on both | **no** |" in text
+    )
+    assert "## 10,000 parked and many concurrent runs" in text
     assert "| POST → 201, p50 / p99 / max | 8 / 60 / 120 ms | 8 / 80 / 160 ms |" in text
     assert "| PostgreSQL CPU per request | in the API process | 1 ms; 1 commits a request" in text
     assert (
