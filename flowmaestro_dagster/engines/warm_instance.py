@@ -23,6 +23,7 @@ from dagster import DagsterEventType, DagsterInstance
 
 from flowmaestro_dagster.dagster_internals import InstanceRef
 from flowmaestro_dagster.engines.compute_logs import run_worker_ref
+from flowmaestro_dagster.settings import get_settings
 
 
 def _build() -> tuple[DagsterInstance, InstanceRef] | None:
@@ -30,6 +31,7 @@ def _build() -> tuple[DagsterInstance, InstanceRef] | None:
     if not home:
         return None
     try:
+        get_settings()  # the platform's settings, parsed once for every run worker
         ref = InstanceRef.from_dir(home)
         instance = DagsterInstance.from_ref(run_worker_ref(ref))
         # One read through the event index, so that (on SQLite) its schema check is done here
