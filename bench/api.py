@@ -32,7 +32,9 @@ import time
 import uuid
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -786,6 +788,24 @@ def round_trips(
     return found
 
 
+@contextmanager
+def launch_stack(
+    kind: str, workdir: Path, created: list[str]
+) -> Iterator[tuple[DagsterStack, ApiSettings, DagsterClient]]:
+    """A real Dagster on a fresh platform database (its name kept in `created` to drop), with
+    the API settings and client that launch on it; stopped after."""
+    url = fresh_database(kind, workdir, "stack", created)
+    stack = DagsterStack(workdir / f"home-{kind}", url)
+    stack.start()
+    try:
+        settings = ApiSettings(
+            database_url=url, dagster_graphql_url=stack.graphql_url, reconcile_after_seconds=3600
+        )
+        yield stack, settings, DagsterClient(stack.graphql_url, instance=stack.instance())
+    finally:
+        stack.stop()
+
+
 def run_backend(
     kind: str,
     workdir: Path,
@@ -809,23 +829,12 @@ def run_backend(
             seconds=seconds,
             clients=clients,
         )
-        url = fresh_database(kind, workdir, "stack", created)
-        stack = DagsterStack(workdir / f"home-{kind}", url)
-        stack.start()
-        try:
-            settings = ApiSettings(
-                database_url=url,
-                dagster_graphql_url=stack.graphql_url,
-                reconcile_after_seconds=3600,
-            )
-            client = DagsterClient(stack.graphql_url, instance=stack.instance())
+        with launch_stack(kind, workdir, created) as (stack, settings, client):
             running = submit_to_running(stack, settings, client, samples)
             throughput = run_throughput(stack, settings, throughput_runs)
             included = submissions(
                 settings, stack.home, seconds=seconds, clients=clients, launch_grace=launch_grace
             )
-        finally:
-            stack.stop()
         return {
             "open_loop": opened,
             "launch_excluded": excluded,
@@ -908,24 +917,13 @@ def launch_only(samples: int, runs: int) -> dict[str, Any]:
         for kind in ("sqlite", "postgres"):
             created: list[str] = []
             try:
-                url = fresh_database(kind, Path(tmp), "launch", created)
-                stack = DagsterStack(Path(tmp) / f"home-{kind}", url)
-                stack.start()
-                try:
-                    settings = ApiSettings(
-                        database_url=url,
-                        dagster_graphql_url=stack.graphql_url,
-                        reconcile_after_seconds=3600,
-                    )
-                    client = DagsterClient(stack.graphql_url, instance=stack.instance())
+                with launch_stack(kind, Path(tmp), created) as (stack, settings, client):
                     found[kind] = {
                         "submit_to_node_running": submit_to_running(
                             stack, settings, client, samples
                         ),
                         "run_throughput": run_throughput(stack, settings, runs),
                     }
-                finally:
-                    stack.stop()
             finally:
                 for name in created:
                     drop_pg(name)

@@ -131,6 +131,20 @@ def compile_workflow(
     )
 
 
+def queue_settings_of(spec: WorkflowSpec) -> QueueSettings | None:
+    """The (single: validation rejects a second) queueConfig node's settings."""
+    for node_id, node in spec.nodes.items():
+        config = node.config
+        if isinstance(config, QueueConfigConfig):
+            return QueueSettings(
+                node_id=node_id,
+                priority=config.priority,
+                queue=config.queue,
+                concurrency_key=config.concurrency_key,
+            )
+    return None
+
+
 def load_spec(definition: Any) -> WorkflowSpec:
     """Parse and validate; raises `InvalidWorkflowError` listing every problem."""
     return _spec_and_warnings(definition)[0]
@@ -365,17 +379,7 @@ class _Compiler:
         return CompiledWorkflow(self.spec, job, dict(self.aliases), warnings, queue_settings)
 
     def _queue_settings(self) -> QueueSettings | None:
-        """The (single: validation rejects a second) queueConfig node's settings."""
-        for node_id in self.order:
-            config = self.spec.nodes[node_id].config
-            if isinstance(config, QueueConfigConfig):
-                return QueueSettings(
-                    node_id=node_id,
-                    priority=config.priority,
-                    queue=config.queue,
-                    concurrency_key=config.concurrency_key,
-                )
-        return None
+        return queue_settings_of(self.spec)
 
     def _run_on_tag(self, node: NodeSpec) -> dict[str, str]:
         """Where the node's step runs, when the node or the workflow says (else the executor

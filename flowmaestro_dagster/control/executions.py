@@ -48,6 +48,8 @@ from flowmaestro_dagster.compile.compiler import (
     CONCURRENCY_KEY_TAG,
     CompiledWorkflow,
     QueueSettings,
+    load_spec,
+    queue_settings_of,
 )
 from flowmaestro_dagster.control.client import DagsterClient, RunInfo
 from flowmaestro_dagster.control.requests import ExecutionCreate
@@ -72,6 +74,7 @@ from flowmaestro_dagster.lang.templates import render_string
 from flowmaestro_dagster.nodes.io_nodes import coerce_input
 from flowmaestro_dagster.settings import get_settings
 from flowmaestro_dagster.spec.configs import InputConfig
+from flowmaestro_dagster.spec.models import WorkflowSpec
 from flowmaestro_dagster.spec.problems import error as problem_error
 from flowmaestro_dagster.store.models import (
     Execution,
@@ -149,10 +152,33 @@ def compiled_for(row: WorkflowVersion) -> CompiledWorkflow:
     )
 
 
-def check_inputs(compiled: CompiledWorkflow, inputs: Mapping[str, Any]) -> None:
+@dataclass(frozen=True)
+class Submittable:
+    """What a submission checks against a version: its validated spec and queue settings. Not
+    the Dagster job: building one costs 0.05-1 s of CPU (more on a busy machine), which each
+    API worker would spend on the first submission of every version, stalling its requests."""
+
+    spec: WorkflowSpec
+    queue_settings: QueueSettings | None
+
+
+@lru_cache(maxsize=512)
+def submittable_version(workflow_id: str, version: int, definition_json: str) -> Submittable:
+    """A version's spec and queue settings (versions never change: cached by content)."""
+    spec = load_spec(definition_json)
+    return Submittable(spec, queue_settings_of(spec))
+
+
+def submittable_for(row: WorkflowVersion) -> Submittable:
+    return submittable_version(
+        row.workflow_id, row.version, json.dumps(row.definition, sort_keys=True)
+    )
+
+
+def check_inputs(spec: WorkflowSpec, inputs: Mapping[str, Any]) -> None:
     """Required inputs present, typed inputs of the right type: else 422 before anything starts."""
     problems = []
-    for node in compiled.spec.nodes.values():
+    for node in spec.nodes.values():
         config = node.config
         if not isinstance(config, InputConfig) or not config.name:
             continue
@@ -226,9 +252,9 @@ _KEY = select(IdempotencyKey).where(
     IdempotencyKey.key == bindparam("key"),
 )
 _KEY_COLUMNS = ("id", "user_id", "workflow_id", "key", "request_hash", "execution_id")
-_COMPILED_BY_ROW_SIZE = 512
-_compiled_by_row: OrderedDict[tuple[str, str, int], CompiledWorkflow] = OrderedDict()
-_compiled_lock = threading.Lock()
+_SUBMITTABLE_BY_ROW_SIZE = 512
+_submittable_by_row: OrderedDict[tuple[str, str, int], Submittable] = OrderedDict()
+_submittable_lock = threading.Lock()
 
 
 @cache
@@ -253,25 +279,25 @@ def _claim_key(dialect: str) -> Any:
     ).returning(table.c.execution_id)
 
 
-def compiled_by_row(
+def submittable_by_row(
     session: Session, *, version_id: str, workflow_id: str, version: int
-) -> CompiledWorkflow:
-    """The compiled job of the version row `version_id`, its definition read only the first
-    time in this process: a row's definition never changes (an edit is a new version row), so
-    a submission does not load and re-serialize it to find the compiled job."""
+) -> Submittable:
+    """The spec and queue settings of the version row `version_id`, its definition read only
+    the first time in this process: a row's definition never changes (an edit is a new version
+    row), so a submission does not load and re-serialize it."""
     key = (version_id, workflow_id, version)
-    with _compiled_lock:
-        found = _compiled_by_row.get(key)
+    with _submittable_lock:
+        found = _submittable_by_row.get(key)
         if found is not None:
-            _compiled_by_row.move_to_end(key)
+            _submittable_by_row.move_to_end(key)
             return found
     definition = session.scalar(_DEFINITION, {"id": version_id})
-    compiled = compiled_version(workflow_id, version, json.dumps(definition, sort_keys=True))
-    with _compiled_lock:
-        _compiled_by_row[key] = compiled
-        while len(_compiled_by_row) > _COMPILED_BY_ROW_SIZE:
-            _compiled_by_row.popitem(last=False)
-    return compiled
+    found = submittable_version(workflow_id, version, json.dumps(definition, sort_keys=True))
+    with _submittable_lock:
+        _submittable_by_row[key] = found
+        while len(_submittable_by_row) > _SUBMITTABLE_BY_ROW_SIZE:
+            _submittable_by_row.popitem(last=False)
+    return found
 
 
 @dataclass(frozen=True)
@@ -280,7 +306,7 @@ class _Deployed:
 
     version: int
     job_name: str
-    compiled: CompiledWorkflow
+    submittable: Submittable
 
 
 def _deployed(session: Session, workflow: Row[*tuple[Any, ...]]) -> _Deployed:
@@ -293,10 +319,10 @@ def _deployed(session: Session, workflow: Row[*tuple[Any, ...]]) -> _Deployed:
         raise Conflict("the workflow has no deployed version: deploy one first")
     if version_id is None or number is None or job_name is None:
         raise NotFound(f"workflow {workflow.id} has no version {workflow.deployed_version}")
-    compiled = compiled_by_row(
+    found = submittable_by_row(
         session, version_id=version_id, workflow_id=workflow.id, version=number
     )
-    return _Deployed(number, job_name, compiled)
+    return _Deployed(number, job_name, found)
 
 
 def start_execution(
@@ -326,9 +352,9 @@ def start_execution(
         raise NotFound(f"no workflow {workflow_id}")
     try:
         deployed = _deployed(session, workflow)
-        check_inputs(deployed.compiled, body.inputs)
+        check_inputs(deployed.submittable.spec, body.inputs)
         # The request's values, else the definition's queueConfig node, else the workflow's.
-        node = deployed.compiled.queue_settings
+        node = deployed.submittable.queue_settings
         if node is not None and node.concurrency_key:
             checked_concurrency_key(node, body.inputs)  # a hostile key: 422 now, not at launch
     except PlatformError:
@@ -517,7 +543,7 @@ def concurrency_key_tags(execution: Execution) -> dict[str, str]:
     version = version_row(session, execution) if session is not None else None
     if version is None:
         return {}
-    settings = compiled_for(version).queue_settings
+    settings = submittable_for(version).queue_settings
     if settings is None or not settings.concurrency_key:
         return {}
     key = concurrency_key(settings, execution.inputs or {})
