@@ -39,14 +39,14 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import sqlalchemy as sa
-from dagster import DagsterEventType, DagsterInstance, EventRecordsFilter
+from dagster import DagsterInstance
 
 from flowmaestro_dagster.engines.celery import make_celery_app
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.settings import Settings
 from flowmaestro_dagster.tags import HOST_TAG
 from tests.api.conftest import make_key
-from tests.api.e2e import TERMINAL, runs_of, wait_for
+from tests.api.e2e import TERMINAL, celery_workers, runs_of, step_statuses, wait_for
 from tests.services import (
     PG_ADMIN_URL,
     REDIS_URL,
@@ -509,28 +509,6 @@ def _runs(hosts: TwoHosts, execution_id: str) -> list[Any]:
     return sorted(runs, key=lambda run: int(run.tags.get("dagster/retry_number", "0")))
 
 
-def _celery_workers(instance: DagsterInstance, run_id: str) -> dict[str, str]:
-    """Step key -> the worker that ran it, from the workers' own engine events (as
-    tests/test_scale_out.py's `_celery_hosts`, on an instance)."""
-    records = instance.get_event_records(
-        EventRecordsFilter(event_type=DagsterEventType.ENGINE_EVENT), limit=1000
-    )
-    workers = {}
-    for record in records:
-        entry = record.event_log_entry
-        if entry.run_id != run_id or entry.dagster_event is None:
-            continue
-        metadata = entry.dagster_event.engine_event_data.metadata
-        if "Celery worker" in metadata and entry.step_key:
-            workers[entry.step_key] = str(metadata["Celery worker"].value)
-    return workers
-
-
-def _step_statuses(instance: DagsterInstance, run_id: str) -> dict[str, str | None]:
-    stats = instance.get_run_step_stats(run_id)
-    return {s.step_key: s.status.value if s.status else None for s in stats}
-
-
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.redis
@@ -555,7 +533,7 @@ def test_celery_steps_run_on_the_worker_host(hosts: TwoHosts) -> None:
     assert execution["outputs"] == {"result": "5-10-15-50"}
     (run,) = _runs(hosts, execution_id)
     assert run.tags[HOST_TAG] == network.ns_a  # the run process: on host A
-    workers = _celery_workers(hosts.instance, run.run_id)
+    workers = celery_workers(hosts.instance, run.run_id)
     assert set(workers) == {"c1", "c2", "c3"}  # `local` (runOn) and input/output stayed on A
     assert set(workers.values()) == set(hosts.workers)  # both workers of host B served steps
 
@@ -568,7 +546,7 @@ def test_celery_steps_run_on_the_worker_host(hosts: TwoHosts) -> None:
 def test_a_worker_killed_mid_step_the_step_finishes_on_the_other(hosts: TwoHosts) -> None:
     execution_id = _start(hosts, "killed", {"n": 3})
     run = wait_for(lambda: next(iter(_runs(hosts, execution_id)), None), timeout=120)
-    worker = wait_for(lambda: _celery_workers(hosts.instance, run.run_id).get("slow"), timeout=120)
+    worker = wait_for(lambda: celery_workers(hosts.instance, run.run_id).get("slow"), timeout=120)
     victim = hosts.workers.pop(worker)
     assert _netns_inode(victim.pid) == os.stat(NETNS_DIR / hosts.network.ns_b).st_ino
     os.killpg(victim.pid, signal.SIGKILL)  # the worker, its pool child and the sandbox
@@ -583,10 +561,10 @@ def test_a_worker_killed_mid_step_the_step_finishes_on_the_other(hosts: TwoHosts
     assert first.tags[HOST_TAG] == retry.tags[HOST_TAG] == hosts.network.ns_a
     failure = hosts.instance.get_run_by_id(first.run_id)
     assert failure is not None and failure.tags.get("dagster/failure_reason") == "RUN_EXCEPTION"
-    killed = _step_statuses(hosts.instance, first.run_id)
+    killed = step_statuses(hosts.instance, first.run_id)
     assert killed["first"] == "SUCCESS" and killed.get("slow") != "SUCCESS"  # killed mid-step
-    stats = _step_statuses(hosts.instance, retry.run_id)
+    stats = step_statuses(hosts.instance, retry.run_id)
     assert "first" not in stats and "in" not in stats  # finished nodes are not re-run
     assert stats["slow"] == "SUCCESS" and stats["out"] == "SUCCESS"
     (survivor,) = hosts.workers
-    assert _celery_workers(hosts.instance, retry.run_id)["slow"] == survivor
+    assert celery_workers(hosts.instance, retry.run_id)["slow"] == survivor

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterEventType, EventRecordsFilter, RunsFilter
+from dagster import DagsterEventType, RunsFilter
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -31,7 +31,15 @@ from flowmaestro_dagster.errors import CeleryUnavailableError, InvalidWorkflowEr
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.store.models import NodeOutput
 from tests.api.conftest import make_key
-from tests.api.e2e import api_client, finished, stack_settings, start, wait_for
+from tests.api.e2e import (
+    api_client,
+    celery_workers,
+    finished,
+    stack_settings,
+    start,
+    step_statuses,
+    wait_for,
+)
 from tests.deploy import deploy
 from tests.services import (
     REDIS_URL,
@@ -321,22 +329,6 @@ def _runs(scaled: Scaled, execution_id: str) -> list[Any]:
     return sorted(runs, key=lambda run: run.tags.get("dagster/retry_number", "0"))
 
 
-def _celery_hosts(scaled: Scaled, run_id: str) -> dict[str, str]:
-    """Step key -> the worker that ran it, from the workers' own engine events."""
-    records = scaled.dagster.instance.get_event_records(
-        EventRecordsFilter(event_type=DagsterEventType.ENGINE_EVENT), limit=1000
-    )
-    hosts = {}
-    for record in records:
-        entry = record.event_log_entry
-        if entry.run_id != run_id or entry.dagster_event is None:
-            continue
-        metadata = entry.dagster_event.engine_event_data.metadata
-        if "Celery worker" in metadata and entry.step_key:
-            hosts[entry.step_key] = str(metadata["Celery worker"].value)
-    return hosts
-
-
 @pytest.mark.postgres
 @pytest.mark.redis
 @pytest.mark.slow
@@ -346,7 +338,7 @@ def test_steps_run_on_two_celery_workers_and_their_outputs_are_stored(scaled: Sc
     assert execution["status"] == "succeeded", execution
     assert execution["outputs"] == {"result": "5-10-15-50"}
     (run,) = _runs(scaled, execution_id)
-    hosts = _celery_hosts(scaled, run.run_id)
+    hosts = celery_workers(scaled.dagster.instance, run.run_id)
     assert set(hosts) == {"c1", "c2", "c3"}  # `local` (runOn) and input/output stayed in the run
     assert set(hosts.values()) == set(scaled.workers)  # both workers served steps
     # The workers' outputs went through the platform database (NodeOutputIOManager), where the
@@ -364,7 +356,9 @@ def test_steps_run_on_two_celery_workers_and_their_outputs_are_stored(scaled: Sc
 def test_a_worker_killed_mid_step_retries_the_run_from_failure(scaled: Scaled) -> None:
     execution_id = _execute(scaled, "killed", {"n": 3})
     run = wait_for(lambda: next(iter(_runs(scaled, execution_id)), None), timeout=60)
-    host = wait_for(lambda: _celery_hosts(scaled, run.run_id).get("slow"), timeout=60)
+    host = wait_for(
+        lambda: celery_workers(scaled.dagster.instance, run.run_id).get("slow"), timeout=60
+    )
     victim = scaled.workers.pop(host)
     os.killpg(victim.pid, signal.SIGKILL)  # the worker, its pool child and the sandbox
     victim.wait(timeout=10)
@@ -377,12 +371,12 @@ def test_a_worker_killed_mid_step_retries_the_run_from_failure(scaled: Scaled) -
     assert retry.parent_run_id == first.run_id
     failure = scaled.dagster.instance.get_run_by_id(first.run_id)
     assert failure is not None and failure.tags.get("dagster/failure_reason") == "RUN_EXCEPTION"
-    stats = {
-        s.step_key: s.status.value for s in scaled.dagster.instance.get_run_step_stats(retry.run_id)
-    }
+    stats = step_statuses(scaled.dagster.instance, retry.run_id)
     assert "first" not in stats and "in" not in stats  # finished nodes are not re-run
     assert stats["slow"] == "SUCCESS" and stats["out"] == "SUCCESS"
-    assert _celery_hosts(scaled, retry.run_id)["slow"] in scaled.workers  # the survivor
+    assert (
+        celery_workers(scaled.dagster.instance, retry.run_id)["slow"] in scaled.workers
+    )  # the survivor
 
 
 @pytest.mark.postgres
@@ -408,7 +402,5 @@ def test_with_no_worker_left_a_run_fails_at_once_saying_so(scaled: Scaled) -> No
         "CeleryUnavailableError" in error.cls_name or "CeleryUnavailableError" in error.to_string()
     )
     assert f"no Celery worker consumes queue '{scaled.queue}'" in error.to_string()
-    stats = {
-        s.step_key: s.status.value for s in scaled.dagster.instance.get_run_step_stats(run.run_id)
-    }
+    stats = step_statuses(scaled.dagster.instance, run.run_id)
     assert stats["first"] == "SUCCESS" and "slow" not in stats  # never submitted

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from dagster import DagsterInstance, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, EventRecordsFilter, RunsFilter
 from fastapi.testclient import TestClient
 
 from bench.common import wait_until
@@ -240,6 +240,28 @@ def decide(client: TestClient, auth: dict[str, str], approval_id: str, **decisio
 def runs_of(instance: DagsterInstance, execution_id: str) -> list[Any]:
     """The execution's Dagster runs (in the order Dagster lists them)."""
     return list(instance.get_runs(RunsFilter(tags={"flowmaestro/execution_id": execution_id})))
+
+
+def step_statuses(instance: DagsterInstance, run_id: str) -> dict[str, str | None]:
+    """Step key -> its status in the run (Dagster's step stats)."""
+    stats = instance.get_run_step_stats(run_id)
+    return {s.step_key: s.status.value if s.status else None for s in stats}
+
+
+def celery_workers(instance: DagsterInstance, run_id: str) -> dict[str, str]:
+    """Step key -> the Celery worker that ran it, from the workers' own engine events."""
+    records = instance.get_event_records(
+        EventRecordsFilter(event_type=DagsterEventType.ENGINE_EVENT), limit=1000
+    )
+    workers = {}
+    for record in records:
+        entry = record.event_log_entry
+        if entry.run_id != run_id or entry.dagster_event is None:
+            continue
+        metadata = entry.dagster_event.engine_event_data.metadata
+        if "Celery worker" in metadata and entry.step_key:
+            workers[entry.step_key] = str(metadata["Celery worker"].value)
+    return workers
 
 
 def step_keys(instance: DagsterInstance, run_id: str) -> set[str]:
