@@ -392,7 +392,7 @@ def get_node_output(
 
 def _known_node(session: Session, execution: Execution, node_id: str) -> None:
     version = service.version_row(session, execution)
-    if version is None or node_id not in service.compiled_for(version).spec.nodes:
+    if version is None or node_id not in service.submittable_for(version).spec.nodes:
         raise NotFound(f"execution {execution.id} has no node {node_id}")
 
 

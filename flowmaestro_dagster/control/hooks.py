@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 
 from flowmaestro_dagster.control.executions import (
     MAX_KEY_LENGTH,
-    compiled_for,
     count_replay,
     start_execution,
+    submittable_for,
 )
 from flowmaestro_dagster.control.hook_providers import (
     XML_MEDIA,
@@ -117,7 +117,7 @@ def hook_secret(secret_key: str, workflow_id: str, trigger_id: str) -> str:
 def triggers_of(version: WorkflowVersion) -> list[Trigger]:
     """The version's trigger nodes, in definition order."""
     result = []
-    for node in compiled_for(version).spec.nodes.values():
+    for node in submittable_for(version).spec.nodes.values():
         config = node.config
         if node.type == "trigger" and isinstance(config, TriggerConfig):
             result.append(
