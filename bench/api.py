@@ -32,7 +32,7 @@ import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -809,6 +809,7 @@ def launch_stack(
 def run_backend(
     kind: str,
     workdir: Path,
+    created: list[str],
     *,
     seconds: float,
     clients: int,
@@ -817,34 +818,30 @@ def run_backend(
     open_seconds: float,
     throughput_runs: int = THROUGHPUT_RUNS,
 ) -> dict[str, Any]:
-    created: list[str] = []
-    try:
-        opened = open_loop(kind, workdir, created, seconds=open_seconds)
-        url = fresh_database(kind, workdir, "excluded", created)
-        home = workdir / f"idle-home-{kind}"
-        home.mkdir(exist_ok=True)
-        excluded = submissions(
-            ApiSettings(database_url=url, dagster_graphql_url=UNREACHABLE, launch_on_submit=False),
-            home,
-            seconds=seconds,
-            clients=clients,
+    """Every phase on one storage (`kind`); each phase's database named in `created`."""
+    opened = open_loop(kind, workdir, created, seconds=open_seconds)
+    url = fresh_database(kind, workdir, "excluded", created)
+    home = workdir / f"idle-home-{kind}"
+    home.mkdir(exist_ok=True)
+    excluded = submissions(
+        ApiSettings(database_url=url, dagster_graphql_url=UNREACHABLE, launch_on_submit=False),
+        home,
+        seconds=seconds,
+        clients=clients,
+    )
+    with launch_stack(kind, workdir, created) as (stack, settings, client):
+        running = submit_to_running(stack, settings, client, samples)
+        throughput = run_throughput(stack, settings, throughput_runs)
+        included = submissions(
+            settings, stack.home, seconds=seconds, clients=clients, launch_grace=launch_grace
         )
-        with launch_stack(kind, workdir, created) as (stack, settings, client):
-            running = submit_to_running(stack, settings, client, samples)
-            throughput = run_throughput(stack, settings, throughput_runs)
-            included = submissions(
-                settings, stack.home, seconds=seconds, clients=clients, launch_grace=launch_grace
-            )
-        return {
-            "open_loop": opened,
-            "launch_excluded": excluded,
-            "launch_included": included,
-            "submit_to_node_running": running,
-            "run_throughput": throughput,
-        }
-    finally:
-        for name in created:
-            drop_pg(name)
+    return {
+        "open_loop": opened,
+        "launch_excluded": excluded,
+        "launch_included": included,
+        "submit_to_node_running": running,
+        "run_throughput": throughput,
+    }
 
 
 # Issue 20, goal 5: runs started per second before its work (commit 6bd7a50: dequeue every 1 s,
@@ -892,18 +889,31 @@ def open_loop_goals(found: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def open_loop_only(seconds: float) -> dict[str, Any]:
-    """`--open-loop`: that phase alone, on both storages (before / after comparisons)."""
+def on_both_storages(
+    phase: Callable[[str, Path, list[str]], dict[str, Any]],
+) -> dict[str, Any]:
+    """`phase(kind, workdir, created)` on SQLite, then PostgreSQL; the PostgreSQL databases it
+    names in `created` are dropped after it, whatever happened."""
     warnings.filterwarnings("ignore")
     found: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("sqlite", "postgres"):
             created: list[str] = []
             try:
-                found[kind] = {"open_loop": open_loop(kind, Path(tmp), created, seconds=seconds)}
+                found[kind] = phase(kind, Path(tmp), created)
             finally:
                 for name in created:
                     drop_pg(name)
+    return found
+
+
+def open_loop_only(seconds: float) -> dict[str, Any]:
+    """`--open-loop`: that phase alone, on both storages (before / after comparisons)."""
+    found = on_both_storages(
+        lambda kind, workdir, created: {
+            "open_loop": open_loop(kind, workdir, created, seconds=seconds)
+        }
+    )
     found["goals"] = open_loop_goals(found)
     return found
 
@@ -911,22 +921,15 @@ def open_loop_only(seconds: float) -> dict[str, Any]:
 def launch_only(samples: int, runs: int) -> dict[str, Any]:
     """`--launch`: submit → first node running and run throughput alone, on both storages
     (before / after comparisons of goals 4 and 5)."""
-    warnings.filterwarnings("ignore")
-    found: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("sqlite", "postgres"):
-            created: list[str] = []
-            try:
-                with launch_stack(kind, Path(tmp), created) as (stack, settings, client):
-                    found[kind] = {
-                        "submit_to_node_running": submit_to_running(
-                            stack, settings, client, samples
-                        ),
-                        "run_throughput": run_throughput(stack, settings, runs),
-                    }
-            finally:
-                for name in created:
-                    drop_pg(name)
+
+    def phase(kind: str, workdir: Path, created: list[str]) -> dict[str, Any]:
+        with launch_stack(kind, workdir, created) as (stack, settings, client):
+            return {
+                "submit_to_node_running": submit_to_running(stack, settings, client, samples),
+                "run_throughput": run_throughput(stack, settings, runs),
+            }
+
+    found = on_both_storages(phase)
     found["goals"] = launch_goals(found)
     return found
 
@@ -939,21 +942,19 @@ def main(
     open_seconds: float = 10,
     throughput_runs: int = THROUGHPUT_RUNS,
 ) -> dict[str, Any]:
-    warnings.filterwarnings("ignore")
-    with tempfile.TemporaryDirectory() as tmp:
-        found: dict[str, Any] = {
-            kind: run_backend(
-                kind,
-                Path(tmp),
-                seconds=seconds,
-                clients=clients,
-                samples=samples,
-                launch_grace=launch_grace,
-                open_seconds=open_seconds,
-                throughput_runs=throughput_runs,
-            )
-            for kind in ("sqlite", "postgres")
-        }
+    found = on_both_storages(
+        lambda kind, workdir, created: run_backend(
+            kind,
+            workdir,
+            created,
+            seconds=seconds,
+            clients=clients,
+            samples=samples,
+            launch_grace=launch_grace,
+            open_seconds=open_seconds,
+            throughput_runs=throughput_runs,
+        )
+    )
     found["postgres_over_sqlite_per_second"] = {
         phase: round(
             found["postgres"][phase]["per_second"] / found["sqlite"][phase]["per_second"], 2
