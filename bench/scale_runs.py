@@ -62,7 +62,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -79,7 +78,7 @@ import httpx
 import sqlalchemy as sa
 from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
 
-from bench.api import API_WORKERS, ROOT, ApiProcess
+from bench.api import API_WORKERS, ApiProcess, p99_goals_met, run_load_generator
 from bench.api import GOALS as API_GOALS
 from bench.common import (
     PG_ADMIN,
@@ -562,15 +561,10 @@ def api_latency(
             server.process.kill()  # it did not start (ApiProcess stops it once it has)
             server.process.wait(timeout=30)
     post, get = found["post"], found["get"]
-    errors = sum(post["errors"].values()) + sum(get["errors"].values())
     found["post_p99_ms"], found["get_p99_ms"] = post["p99_ms"], get["p99_ms"]
-    found["errors"] = errors
-    found["post_met"] = (
-        errors == 0 and post["p99_ms"] is not None and post["p99_ms"] <= GOALS["post_p99_ms_max"]
-    )
-    found["get_met"] = (
-        errors == 0 and get["p99_ms"] is not None and get["p99_ms"] <= GOALS["get_p99_ms_max"]
-    )
+    found["errors"] = sum(post["errors"].values()) + sum(get["errors"].values())
+    met = p99_goals_met(found)
+    found["post_met"], found["get_met"] = met["post_p99"], met["get_p99"]
     return found
 
 
@@ -587,33 +581,19 @@ def _load(
     """Start the API, run bench.api's load generator against it, count the database's
     connections, stop the API."""
     with server as _base:
-        assert server.process is not None
-        plan = {
-            "host": "127.0.0.1",
-            "port": server.port,
-            "authorization": auth["Authorization"],
-            "workflow_id": workflow_id,
-            "execution_ids": reads,
-            "post_rate": post_rate,
-            "get_rate": get_rate,
-            "seconds": seconds,
-            "connections": API_CONNECTIONS,
-            "api_pid": server.process.pid,
-            "database": None,
-        }
-        generator = subprocess.run(
-            [sys.executable, "-m", "bench.api", "--load-generator"],
-            input=json.dumps(plan).encode(),
-            capture_output=True,
-            cwd=ROOT,
+        found = run_load_generator(
+            server,
+            auth,
+            workflow_id,
+            reads,
+            post_rate=post_rate,
+            get_rate=get_rate,
+            seconds=seconds,
+            connections=API_CONNECTIONS,
+            database=None,
             timeout=seconds + 90,  # answers that never come: PostgreSQL refusing
-            check=False,
         )
-        with_api = _safe(partial(pg_connections, database))
-    if generator.returncode != 0:
-        raise RuntimeError(f"the load generator failed: {generator.stderr.decode()[-2000:]}")
-    found: dict[str, Any] = json.loads(generator.stdout)
-    found["pg_connections_with_api"] = with_api
+        found["pg_connections_with_api"] = _safe(partial(pg_connections, database))
     return found
 
 
