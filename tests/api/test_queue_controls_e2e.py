@@ -43,9 +43,15 @@ def operator(stack: QueueStack) -> dict[str, str]:
 
 
 def still_queued_after_passes(stack: QueueStack, ids: list[str], passes: int = 3) -> None:
-    """Several dequeue passes go by (1 s apart) and every run is still queued."""
+    """Once every run is in the queue, several dequeue passes go by and each is still queued.
+
+    The API launches in the background and the webserver creates a run (NOT_STARTED) before it
+    enqueues it, so the passes are counted from the moment all of them are QUEUED: on a loaded
+    machine that moment can come later than the passes themselves."""
+    queued = ["QUEUED"] * len(ids)
+    wait_for(lambda: run_statuses(stack.instance, ids) == queued)
     time.sleep(passes * stack.settings.dequeue_interval_seconds + 0.5)
-    assert run_statuses(stack.instance, ids) == ["QUEUED"] * len(ids)
+    assert run_statuses(stack.instance, ids) == queued
 
 
 def test_a_paused_queue_keeps_its_runs_until_resumed_then_each_runs_once(
