@@ -322,6 +322,26 @@ def test_summary_numbers_and_nearest_rank_percentiles(
     assert partial["executions"] == 3 and partial["by_day"][-1]["executions"] == 0
 
 
+def test_durations_come_back_exactly_whatever_their_size(
+    api: TestClient, auth: dict[str, str], database_url: str
+) -> None:
+    """Durations are stored to the microsecond; from a millisecond to a month they come back
+    as the very floats stored (SQLite hands the day's durations over as one text)."""
+    workflow_id = deployed_workflow(api, auth)
+    day = datetime(2026, 4, 7, 9, tzinfo=UTC)
+    durations = [0.001, 1234.567, 86_399_999.999, 2_591_999_999.999, 0.1 + 0.2 - 0.3 + 7.123]
+    facts = [
+        ExecutionFacts(str(uuid.uuid4()), day, "succeeded", round(d, 3), {}, {}, {})
+        for d in durations
+    ]
+    insert_facts(database_url, workflow_id, facts)
+    body = analytics(api, auth, workflow_id, day, day + timedelta(hours=1))
+    ordered = sorted(round(d, 3) for d in durations)
+    assert (body["duration_p50_ms"], body["duration_p95_ms"]) == (ordered[2], ordered[4])
+    assert body["by_day"][0]["duration_p50_ms"] == ordered[2]
+    assert body == expected_answer(workflow_id, facts, day, day + timedelta(hours=1))
+
+
 def test_every_execution_is_counted_beyond_five_thousand(
     api: TestClient, auth: dict[str, str], database_url: str
 ) -> None:
