@@ -88,6 +88,11 @@ from dagster._core.launcher import (
     WorkerStatus,
 )
 
+# engines/storage: Dagster's embedded storages, subclassed to check their schema once per process
+# (`storage: custom:` in dagster.yaml takes any DagsterStorage); Dagster exports none of them,
+# nor where the embedded storage keeps each part under its base directory. The event log's
+# subclass overrides `_initdb`, the per-run shard initialisation no public method exposes.
+
 # celery worker: Dagster's local compute-log manager captures a step's stdout/stderr by starting
 # two `tail -F` and two Python watcher processes per step (`mirror_stream_to_file`), about a
 # third of a short step's time on a worker; the worker's subclass captures to the same files in
@@ -97,6 +102,7 @@ from dagster._core.storage.compute_log_manager import CapturedLogContext, Comput
 # control/client: a cursor at a storage id, so a live-event follower reads a run's log after the
 # last event it sent (`get_records_for_run` takes only Dagster's own cursor strings).
 from dagster._core.storage.event_log.base import EventLogCursor
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 # control/client: taking tags off a run (a resumed run's waiting tags). Dagster has no public
 # tag delete (`add_run_tags` only adds or overwrites); every run storage it ships (SQLite,
@@ -113,6 +119,12 @@ from dagster._core.storage.local_compute_log_manager import (
 # control/client: the run tables a tag delete writes (why: legacy_storage, above).
 from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
 from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
+from dagster._core.storage.sqlite_storage import _event_logs_directory as event_logs_directory
+from dagster._core.storage.sqlite_storage import _runs_directory as runs_directory
+from dagster._core.storage.sqlite_storage import _schedule_directory as schedule_directory
 
 # code_server: where a shard location's definitions come from (module and attribute), as
 # `dagster api grpc -m ... -a ...` builds it for its servicer; Dagster exports no such type.
@@ -161,6 +173,7 @@ __all__ = [
     "ConfigurableClassData",
     "DagsterApiServer",
     "DagsterGrpcServer",
+    "DagsterSqliteStorage",
     "DynamicCollectDependencyDefinition",
     "EngineEventData",
     "ErrorSource",
@@ -192,6 +205,9 @@ __all__ = [
     "RunsTable",
     "SerializableErrorInfo",
     "SqlRunStorage",
+    "SqliteEventLogStorage",
+    "SqliteRunStorage",
+    "SqliteScheduleStorage",
     "StepFailureData",
     "WorkerStatus",
     "capture_interrupts",
@@ -200,10 +216,13 @@ __all__ = [
     "create_execution_plan",
     "cron_string_iterator",
     "dagster_event_sequence_for_step",
+    "event_logs_directory",
     "execute_plan_iterator",
     "execute_run_command_body",
     "get_retries_config",
     "redirect_to_file",
+    "runs_directory",
+    "schedule_directory",
     "serializable_error_info_from_exc_info",
     "trigger_hook",
 ]

@@ -15,6 +15,7 @@ from dagster import DagsterInstance, job, op
 from dagster_postgres import PostgresRunStorage
 
 from flowmaestro_dagster.orchestration.instance_config import (
+    STORAGE_MODULE,
     instance_config,
     prepare_storage,
     render_instance_yaml,
@@ -35,9 +36,26 @@ def test_sqlite_keeps_the_embedded_default_no_storage_section() -> None:
     assert "storage" not in instance_config(settings(database_url="sqlite:////tmp/x.db"))
 
 
+def test_with_its_home_sqlite_gets_the_embedded_storage_there(tmp_path: Path) -> None:
+    """Written into a home (`flowmaestro dev`, test stacks), the same files under it, through
+    the storage that checks its schema once (engines/storage.py)."""
+    storage = instance_config(settings(), home=tmp_path)["storage"]["custom"]
+    assert storage == {
+        "module": STORAGE_MODULE,
+        "class": "SqliteStorage",
+        "config": {"base_dir": str(tmp_path.resolve())},
+    }
+    postgres = settings(database_url="postgresql://fm@db/flows")
+    assert (
+        instance_config(postgres, home=tmp_path)["storage"]["custom"]["class"] == "PostgresStorage"
+    )
+
+
 def test_a_postgres_database_url_renders_postgres_storage_in_the_dagster_schema() -> None:
     config = instance_config(settings(database_url="postgresql://fm:s3cret@db:5432/flows"))
-    url = config["storage"]["postgres"]["postgres_url"]
+    storage = config["storage"]["custom"]
+    assert (storage["module"], storage["class"]) == (STORAGE_MODULE, "PostgresStorage")
+    url = storage["config"]["postgres_url"]
     # psycopg2 explicitly (SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3), the password
     # kept, Dagster's tables in their own schema
     assert url == "postgresql+psycopg2://fm:s3cret@db:5432/flows?options=-csearch_path%3Ddagster"
@@ -114,4 +132,4 @@ def test_a_dagster_instance_from_the_rendering_runs_on_postgres_beside_the_api(
     assert api_tables & dagster_tables == {"alembic_version"}
     assert revisions["public"] != revisions["dagster"]
     assert runs == [result.run_id]
-    assert yaml.safe_load(render_instance_yaml(platform))["storage"]["postgres"]
+    assert yaml.safe_load(render_instance_yaml(platform))["storage"]["custom"]["config"]

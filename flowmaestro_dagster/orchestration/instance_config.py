@@ -28,11 +28,12 @@ The run queue (see docs/queues.md):
   slot counts the API sets at runtime; `granularity: run` makes a slot a run, not an op.
 
 Storage (docs/deployment.md): SQLite under DAGSTER_HOME by default; with a PostgreSQL
-`FLOWMAESTRO_DATABASE_URL`, `storage: postgres:` in the same database, schema
+`FLOWMAESTRO_DATABASE_URL`, PostgreSQL storage in the same database, schema
 `FLOWMAESTRO_DAGSTER_SCHEMA` (`dagster`). Same database, so one server, one backup and one
 setting; own schema, because Dagster and the API's migrations both keep their revision in a
 table named `alembic_version` (no other table name is shared). `prepare_storage` creates the
-schema (Dagster creates its tables on first use, never the schema).
+schema (Dagster creates its tables on first use, never the schema). Both are Dagster's storages
+as `storage: custom:` subclasses that check their schema once (engines/storage.py).
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -186,12 +187,27 @@ def storage_url(settings: Settings) -> str:
     return url.render_as_string(hide_password=False)
 
 
+STORAGE_MODULE = "flowmaestro_dagster.engines.storage"
+
+
 def storage_section(settings: Settings) -> Mapping[str, Any]:
-    """Runs, event logs and schedules in PostgreSQL when the platform database is; else the
-    embedded default (SQLite files under DAGSTER_HOME, no section)."""
+    """Runs, event logs and schedules in PostgreSQL when the platform database is: Dagster's
+    PostgreSQL storage that checks its schema once (engines/storage.py). SQLite: see
+    `sqlite_storage`, which needs the home's path."""
     if not settings.postgres:
         return {}
-    return {"storage": {"postgres": {"postgres_url": storage_url(settings)}}}
+    return _custom_storage("PostgresStorage", postgres_url=storage_url(settings))
+
+
+def sqlite_storage(home: Path) -> Mapping[str, Any]:
+    """The embedded storage under `home`, checking its schema once (engines/storage.py). Where
+    the home is not known (the committed, portable file) the section is left out and Dagster's
+    own embedded storage, the same files, is used."""
+    return _custom_storage("SqliteStorage", base_dir=str(home.resolve()))
+
+
+def _custom_storage(name: str, **config: str) -> Mapping[str, Any]:
+    return {"storage": {"custom": {"module": STORAGE_MODULE, "class": name, "config": config}}}
 
 
 def prepare_storage(settings: Settings) -> None:
@@ -217,22 +233,28 @@ SECTIONS: tuple[Section, ...] = (
 )
 
 
-def instance_config(settings: Settings, sections: Sequence[Section] = SECTIONS) -> dict[str, Any]:
-    """The configuration as data; a key set by two sections is a bug, so it raises."""
+def instance_config(
+    settings: Settings, sections: Sequence[Section] = SECTIONS, home: Path | None = None
+) -> dict[str, Any]:
+    """The configuration as data; a key set by two sections is a bug, so it raises. With the
+    `home` it is written to, SQLite's storage section too (`sqlite_storage`)."""
     config: dict[str, Any] = {}
-    for section in sections:
-        for key, value in section(settings).items():
+    extra = [sqlite_storage(home)] if home is not None and not settings.postgres else []
+    for part in [*(section(settings) for section in sections), *extra]:
+        for key, value in part.items():
             if key in config:
                 raise ValueError(f"instance config key {key!r} is set by two sections")
             config[key] = value
     return config
 
 
-def render_instance_yaml(settings: Settings, sections: Sequence[Section] = SECTIONS) -> str:
+def render_instance_yaml(
+    settings: Settings, sections: Sequence[Section] = SECTIONS, home: Path | None = None
+) -> str:
     """`dagster.yaml` text: the header, then one block per top-level key."""
     blocks = [
         yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False)
-        for key, value in instance_config(settings, sections).items()
+        for key, value in instance_config(settings, sections, home).items()
     ]
     return HEADER + "\n" + "\n".join(blocks)
 
@@ -241,7 +263,7 @@ def write_instance_yaml(home: Path, settings: Settings) -> Path:
     """Write `dagster.yaml` (owner-only: a PostgreSQL URL may hold a password)."""
     path = home / "dagster.yaml"
     home.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_instance_yaml(settings))
+    path.write_text(render_instance_yaml(settings, home=home))
     if settings.postgres:
         path.chmod(0o600)
     return path

@@ -77,7 +77,9 @@ class DagsterStack:
         self.code_server_log = home / "code-server.log"
         # Default: what `flowmaestro dev` renders (run queue, limits, warm run launcher, retries;
         # the instance storage in PostgreSQL when `database_url` is a PostgreSQL URL).
-        self.instance_yaml = instance_yaml if instance_yaml is not None else _rendered(database_url)
+        self.instance_yaml = (
+            instance_yaml if instance_yaml is not None else _rendered(database_url, home)
+        )
         self.database_url = database_url
         self.command_prefix = list(command_prefix)
         self.host = host
@@ -200,7 +202,7 @@ def _settings(database_url: str) -> Any:
     return Settings(database_url=database_url)
 
 
-def _rendered(database_url: str) -> str:
+def _rendered(database_url: str, home: Path) -> str:
     from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 
-    return render_instance_yaml(_settings(database_url))
+    return render_instance_yaml(_settings(database_url), home=home)

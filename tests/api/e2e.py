@@ -302,7 +302,7 @@ def rendered_instance(home: Path, settings: ApiSettings) -> DagsterInstance:
     """A Dagster instance in `home` configured as the platform renders it for `settings` (its
     queues, tag limits and pools); the caller disposes of it."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(render_instance_yaml(settings))
+    (home / "dagster.yaml").write_text(render_instance_yaml(settings, home=home))
     return DagsterInstance.from_config(str(home))
 
 
