@@ -91,8 +91,8 @@ from dagster._core.launcher import (
 # engines/storage: Dagster's embedded storages, subclassed to check their schema once per process
 # (`storage: custom:` in dagster.yaml takes any DagsterStorage); Dagster exports none of them,
 # nor where the embedded storage keeps each part under its base directory. The event log's
-# subclass overrides `_initdb`, the per-run shard initialisation no public method exposes.
-
+# subclass overrides `_initdb` and `_connect` (per-run shard initialisation and connections), which
+# no public method exposes; it connects with Dagster's busy timeout.
 # celery worker: Dagster's local compute-log manager captures a step's stdout/stderr by starting
 # two `tail -F` and two Python watcher processes per step (`mirror_stream_to_file`), about a
 # third of a short step's time on a worker; the worker's subclass captures to the same files in
@@ -121,6 +121,7 @@ from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
 from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
 from dagster._core.storage.sqlite_storage import _event_logs_directory as event_logs_directory
 from dagster._core.storage.sqlite_storage import _runs_directory as runs_directory
@@ -165,6 +166,7 @@ from dagster._utils.schedules import cron_string_iterator
 
 __all__ = [
     "IO_TYPE_EXTENSION",
+    "SQLITE_BUSY_TIMEOUT_SECONDS",
     "ActiveExecution",
     "CapturedLogContext",
     "CheckRunHealthResult",

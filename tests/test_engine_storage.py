@@ -15,6 +15,7 @@ from dagster import DagsterInstance, job, op
 from dagster_postgres import PostgresRunStorage
 
 from flowmaestro_dagster.dagster_internals import SqliteEventLogStorage, SqliteRunStorage
+from flowmaestro_dagster.engines import storage as storage_module
 from flowmaestro_dagster.engines.storage import (
     KeptColumnsPostgresRunStorage,
     KeptColumnsSqliteRunStorage,
@@ -146,6 +147,34 @@ def test_a_shard_someone_else_started_is_left_to_dagsters_initialisation(tmp_pat
         pass
     objects, revision, _ = schema(tmp_path / "run.db")
     assert ("table", "event_logs") in objects and revision
+
+
+def test_a_shards_engine_is_kept_across_connections_for_the_last_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's event writes reuse its shard's engine (and its compiled statements); the engines
+    of runs long written are let go."""
+    monkeypatch.setattr(storage_module, "KEPT_ENGINES", 3)
+    storage = TemplateShardEventLogStorage(str(tmp_path))
+    built: list[str] = []
+    original = sa.create_engine
+
+    def counted(url: Any, **kwargs: Any) -> sa.Engine:
+        built.append(str(url))
+        return original(url, **kwargs)
+
+    monkeypatch.setattr(sa, "create_engine", counted)
+    for _ in range(5):
+        with storage.run_connection("run-a") as connection:
+            connection.execute(sa.text("SELECT count(*) FROM event_logs"))
+    assert [u for u in built if u.endswith("run-a.db")] == [built[0]]  # one engine, 5 uses
+    for name in ("run-b", "run-c", "run-d"):
+        with storage.run_connection(name):
+            pass
+    assert list(storage._engines) == ["run-b", "run-c", "run-d"]  # run-a's was let go
+    with storage.run_connection("run-a") as connection:  # and is built again when needed
+        assert connection.execute(sa.text("SELECT count(*) FROM event_logs")).scalar() == 0
+    assert len([u for u in built if u.endswith("run-a.db")]) == 2
 
 
 def test_many_writers_creating_one_shard_at_once_lose_no_event(tmp_path: Path) -> None:
