@@ -65,6 +65,17 @@ def create_pg_database(template: str | None = None) -> str:
     return name
 
 
+@contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after (skips without PostgreSQL)."""
+    require_postgres()
+    name = create_pg_database()
+    try:
+        yield pg_url(name)
+    finally:
+        drop_pg_database(name)
+
+
 def drop_pg_database(name: str) -> None:
     dispose_engines()
     with _admin().connect() as connection:

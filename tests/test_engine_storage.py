@@ -23,17 +23,23 @@ from flowmaestro_dagster.engines.storage import (
 )
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.settings import Settings
-from tests.services import create_pg_database, drop_pg_database, pg_url, require_postgres
+from tests.services import fresh_pg_database
 
 
 @op
-def answer() -> int:
+def produce() -> int:
     return 42
 
 
+@op
+def consume(value: int) -> int:
+    return value + 1
+
+
 @job
-def tiny() -> None:
-    answer()
+def handed_over() -> None:
+    """Two steps, one output passed on: the event kinds a run writes to its shard."""
+    consume(produce())
 
 
 @pytest.fixture
@@ -204,7 +210,7 @@ def test_runs_on_an_instance_rendered_for_its_home(tmp_path: Path) -> None:
     with DagsterInstance.from_config(str(tmp_path)) as instance:
         assert isinstance(instance.run_storage, KeptColumnsSqliteRunStorage)
         assert isinstance(instance.event_log_storage, TemplateShardEventLogStorage)
-        runs = [tiny.execute_in_process(instance=instance) for _ in range(2)]
+        runs = [handed_over.execute_in_process(instance=instance) for _ in range(2)]
         assert all(run.success for run in runs)
         for run in runs:
             kinds = [e.dagster_event_type for e in instance.all_logs(run.run_id) if e.dagster_event]
@@ -216,12 +222,8 @@ def test_runs_on_an_instance_rendered_for_its_home(tmp_path: Path) -> None:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    require_postgres()
-    name = create_pg_database()
-    try:
-        yield pg_url(name)
-    finally:
-        drop_pg_database(name)
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.mark.postgres

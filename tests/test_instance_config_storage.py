@@ -22,9 +22,9 @@ from flowmaestro_dagster.orchestration.instance_config import (
     storage_url,
 )
 from flowmaestro_dagster.settings import Settings
-from flowmaestro_dagster.store.db import dispose_engines, migrate
+from flowmaestro_dagster.store.db import migrate
 from flowmaestro_dagster.store.models import Base
-from tests.services import create_pg_database, drop_pg_database, pg_url, require_postgres
+from tests.services import fresh_pg_database
 
 
 def settings(**values: Any) -> Settings:
@@ -76,13 +76,8 @@ def test_the_schema_is_a_setting_and_existing_query_parameters_are_kept() -> Non
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    require_postgres()
-    name = create_pg_database()
-    try:
-        yield pg_url(name)
-    finally:
-        dispose_engines()
-        drop_pg_database(name)
+    with fresh_pg_database() as url:
+        yield url
 
 
 @op

@@ -56,7 +56,7 @@ from flowmaestro_dagster.testing import FakeLLMServer, FakeReply
 from tests.api.analytics_reference import ExecutionFacts, reference_analytics, summarize
 from tests.api.conftest import UNREACHABLE_DAGSTER, deployed_workflow
 from tests.builders import backend_flow, chain, flow, node
-from tests.services import create_pg_database, drop_pg_database, pg_url, require_postgres
+from tests.services import fresh_pg_database
 
 RETRIED = chain(
     node("in", "input", inputName="topic"),
@@ -591,12 +591,8 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'before.db'}"
         dispose_engines()
         return
-    require_postgres()
-    name = create_pg_database()
-    try:
-        yield pg_url(name)
-    finally:
-        drop_pg_database(name)
+    with fresh_pg_database() as url:
+        yield url
 
 
 def test_migration_0015_backfills_durations_node_numbers_and_settled_marks(
