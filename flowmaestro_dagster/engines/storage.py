@@ -87,11 +87,12 @@ class TemplateShardEventLogStorage(SqliteEventLogStorage):
     shard's engine is kept for the next connection (the last `KEPT_ENGINES` of them)."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+        # Set first: Dagster's __init__ may connect (it reindexes a new index shard).
         self._engines: OrderedDict[str, sa.Engine] = OrderedDict()
-        super().__init__(base_dir, inst_data)
         self._template = os.path.join(
             os.path.abspath(base_dir), f".run-shard-template-{dagster.__version__}.db"
         )
+        super().__init__(base_dir, inst_data)
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[sa.Connection]:
