@@ -50,15 +50,13 @@ Failures are loud, never a hang:
 """
 
 import os
-import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from dagster import (
     DagsterEvent,
@@ -70,10 +68,6 @@ from dagster import (
 )
 
 from flowmaestro_dagster.dagster_internals import (
-    IO_TYPE_EXTENSION,
-    CapturedLogContext,
-    ComputeIOType,
-    ConfigurableClassData,
     EngineEventData,
     ExecuteStepArgs,
     ExecutionStep,
@@ -81,7 +75,6 @@ from flowmaestro_dagster.dagster_internals import (
     InMemoryJob,
     InstanceRef,
     KnownExecutionState,
-    LocalComputeLogManager,
     PlanExecutionContext,
     ReconstructableJob,
     RetryMode,
@@ -89,7 +82,7 @@ from flowmaestro_dagster.dagster_internals import (
     execute_plan_iterator,
     redirect_to_file,
 )
-from flowmaestro_dagster.engines.compute_logs import with_compute_logs
+from flowmaestro_dagster.engines.compute_logs import InProcessComputeLogManager, with_compute_logs
 from flowmaestro_dagster.errors import CeleryError, CeleryUnavailableError, CeleryWorkerLostError
 from flowmaestro_dagster.tags import NODE_TYPE_TAG, RUN_ON_TAG
 
@@ -201,36 +194,14 @@ def make_celery_app(
 # -- the worker side: what a worker process keeps across tasks ---------------------------------
 
 
-class WorkerComputeLogManager(LocalComputeLogManager):
-    """Dagster's local compute-log manager without the `tail` mirror of every step.
+class WorkerComputeLogManager(InProcessComputeLogManager):
+    """Dagster's local compute-log manager without the `tail` mirror of every step: the step's
+    output goes to its log files only (the UI reads them alike). Dagster's would start a
+    `tail -F` plus a Python watcher per stream for every step, four processes. With the
+    `threads` pool (several steps at once in one process) output is not redirected."""
 
-    `LocalComputeLogManager.capture_logs` redirects the process's stdout/stderr into the step's
-    log files and starts a `tail -F` plus a Python watcher per stream to copy them back to the
-    worker's own output: four processes per step. Here the files are written the same way (the
-    UI reads them alike) and nothing is mirrored. File descriptors belong to the process, so
-    with the `threads` pool (several steps at once in one process) output is not redirected.
-    """
-
-    @classmethod
-    def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> "WorkerComputeLogManager":
-        # Dagster's builds a LocalComputeLogManager whatever the class it is called on.
-        return cls(inst_data=inst_data, **config_value)
-
-    @contextmanager
-    def capture_logs(self, log_key: Sequence[str]) -> Iterator[CapturedLogContext]:
-        out = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDOUT])
-        err = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDERR])
-        for path in (out, err):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).touch()
-        if threading.current_thread() is threading.main_thread():
-            with redirect_to_file(sys.stdout, out), redirect_to_file(sys.stderr, err):
-                yield CapturedLogContext(log_key)
-        else:
-            yield CapturedLogContext(log_key)
-        Path(self.complete_artifact_path(log_key)).touch()
+    def redirect(self, stream: TextIO, path: str) -> AbstractContextManager[None]:
+        return redirect_to_file(stream, path)
 
 
 def worker_instance_ref(ref: InstanceRef) -> InstanceRef:

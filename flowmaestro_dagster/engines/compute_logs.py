@@ -12,9 +12,9 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 from flowmaestro_dagster.dagster_internals import (
     IO_TYPE_EXTENSION,
@@ -34,32 +34,49 @@ LOCAL_COMPUTE_LOGS = {
 POLL_SECONDS = 0.2  # how soon output written by a node shows on the run worker's terminal
 
 
-class MirroredComputeLogManager(LocalComputeLogManager):
-    """LocalComputeLogManager whose mirror of the captured files is a thread, not processes."""
+class InProcessComputeLogManager(LocalComputeLogManager):
+    """Dagster's local compute-log manager, capturing into the same files (what the UI reads)
+    without its `tail -F` and watcher processes; `redirect` says what becomes of the original
+    stream. File descriptors belong to the process, so only the main thread redirects: steps
+    on other threads share the run's streams."""
 
     @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> "MirroredComputeLogManager":
+    ) -> Self:
         # Dagster's builds a LocalComputeLogManager whatever the class it is called on.
         return cls(inst_data=inst_data, **config_value)
+
+    def redirect(self, stream: TextIO, path: str) -> AbstractContextManager[None]:
+        raise NotImplementedError
 
     @contextmanager
     def capture_logs(self, log_key: Sequence[str]) -> Iterator[CapturedLogContext]:
         out = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDOUT])
         err = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDERR])
+        for path in (out, err):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).touch()
         with ExitStack() as stack:
             if threading.current_thread() is threading.main_thread():
-                stack.enter_context(mirrored(sys.stdout, out))
-                stack.enter_context(mirrored(sys.stderr, err))
+                stack.enter_context(self.redirect(sys.stdout, out))
+                stack.enter_context(self.redirect(sys.stderr, err))
             yield CapturedLogContext(log_key)
         Path(self.complete_artifact_path(log_key)).touch()
 
 
+class MirroredComputeLogManager(InProcessComputeLogManager):
+    """Captured output also goes on to the original stream, copied by a thread (`mirrored`)."""
+
+    def redirect(self, stream: TextIO, path: str) -> AbstractContextManager[None]:
+        return mirrored(stream, path)
+
+
 @contextmanager
 def mirrored(stream: TextIO, path: str) -> Iterator[None]:
-    """`stream`'s file descriptor redirected into `path` for the block, and what lands in the
-    file copied to the stream's original destination by a thread, to the last byte."""
+    """`stream`'s file descriptor redirected into `path` (created if need be) for the block,
+    and what lands in the file copied to the stream's original destination by a thread, to
+    the last byte."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).touch()
     try:
