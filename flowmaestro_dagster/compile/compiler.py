@@ -358,7 +358,7 @@ class _Compiler:
             dependencies=dependencies,
             description=self.spec.description or self.spec.name,
         )
-        queue_settings = self._queue_settings()
+        queue_settings = queue_settings_of(self.spec)
         job_tags = {f"{TAG_PREFIX}/workflow": self.spec.name[:255], **tags}
         if queue_settings is not None:  # runs launched outside the API (the UI) get them too
             job_tags.update(queue_job_tags(queue_settings))
@@ -377,9 +377,6 @@ class _Compiler:
             metadata={"flowmaestro/nodes": {a: n for n, a in self.aliases.items()}},
         )
         return CompiledWorkflow(self.spec, job, dict(self.aliases), warnings, queue_settings)
-
-    def _queue_settings(self) -> QueueSettings | None:
-        return queue_settings_of(self.spec)
 
     def _run_on_tag(self, node: NodeSpec) -> dict[str, str]:
         """Where the node's step runs, when the node or the workflow says (else the executor

@@ -35,7 +35,7 @@ def _build() -> tuple[DagsterInstance, InstanceRef] | None:
         ref = InstanceRef.from_dir(home)
         instance = DagsterInstance.from_ref(run_worker_ref(ref))
         # One read through the event index, so that (on SQLite) its schema check is done here
-        # too; a run's own event shard is new per run and still checked in the run worker.
+        # too; a run's own event shard is new per run (one query: engines/storage.py).
         instance.fetch_run_status_changes(DagsterEventType.RUN_SUCCESS, limit=1)
     except Exception:  # noqa: BLE001 - a warm-up only: each run worker builds its own instead
         return None
