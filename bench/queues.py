@@ -15,7 +15,6 @@ dagster.yaml is rendered from the settings by `flowmaestro_dagster.orchestration
 """
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.control.queues import read_snapshot, simulate
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.store.db import dispose_engines, migrate
-from flowmaestro_dagster.testing.stack import DagsterStack, free_port
+from flowmaestro_dagster.testing.stack import DagsterStack, dagster_home, free_port
 
 PROBES = 15
 BACKLOG = 200
@@ -140,15 +139,10 @@ def platform(workdir: Path, **queue_settings: Any) -> Iterator[Platform]:
         extra_env={"FLOWMAESTRO_HTTP__ALLOW_LOOPBACK": "true"},
     )
     stack.start()
-    previous = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(stack.home)  # the API reads the queue from here
     try:
-        yield Platform(stack, stack_settings(url, stack, **queue_settings))
+        with dagster_home(stack.home):  # the API reads the queue from there
+            yield Platform(stack, stack_settings(url, stack, **queue_settings))
     finally:
-        if previous is None:
-            os.environ.pop("DAGSTER_HOME", None)
-        else:
-            os.environ["DAGSTER_HOME"] = previous
         stack.stop()
         dispose_engines()
 

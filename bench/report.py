@@ -1272,31 +1272,40 @@ def scale_runs_section(r: dict[str, Any]) -> tuple[Lines, list[Goal]]:
         ),
     ]
     if top:
-        goals += [
-            (
-                f"waitpoint sensor tick, {at}",
-                f"{num(g['tick_median_s'])} s" if g["tick_median_s"] is not None else "failed",
-                f"≤ {num(g['tick_s_max'])} s",
-                g["tick_met"],
-            ),
+        measures = [  # label, the goals' key of the figure, of its ceiling, of met; unit
+            (f"waitpoint sensor tick, {at}", "tick_median_s", "tick_s_max", "tick_met", "s"),
             (
                 f"queue decision (enqueued → dequeued) p95, {at}",
-                f"{num(g['dequeue_p95_s'])} s" if g["dequeue_p95_s"] is not None else "failed",
-                f"≤ {num(g['dequeue_p95_s_max'])} s",
-                g["dequeue_met"],
+                "dequeue_p95_s",
+                "dequeue_p95_s_max",
+                "dequeue_met",
+                "s",
             ),
             (
                 f"POST p99 at {num(shape['api_post_per_second'])}/s, {at}",
-                f"{num(g['post_p99_ms'])} ms" if g["post_p99_ms"] is not None else "failed",
-                f"≤ {num(g['post_p99_ms_max'])} ms",
-                g["post_met"],
+                "post_p99_ms",
+                "post_p99_ms_max",
+                "post_met",
+                "ms",
             ),
             (
                 f"GET p99 at {num(shape['api_get_per_second'])}/s, {at}",
-                f"{num(g['get_p99_ms'])} ms" if g["get_p99_ms"] is not None else "failed",
-                f"≤ {num(g['get_p99_ms_max'])} ms",
-                g["get_met"],
+                "get_p99_ms",
+                "get_p99_ms_max",
+                "get_met",
+                "ms",
             ),
+        ]
+        goals += [
+            (
+                label,
+                f"{num(g[figure])} {unit}" if g[figure] is not None else "failed",
+                f"≤ {num(g[ceiling])} {unit}",
+                g[met_key],
+            )
+            for label, figure, ceiling, met_key, unit in measures
+        ]
+        goals += [
             (
                 "memory per running run (USS / PSS, run worker and its children)",
                 f"{num(g['per_run_uss_mib'])} / {num(g['per_run_pss_mib'])} MiB",

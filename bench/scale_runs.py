@@ -102,7 +102,7 @@ from flowmaestro_dagster.orchestration.instance_config import render_instance_ya
 from flowmaestro_dagster.store.db import POOL_SIZE, dispose_engines, get_engine, session_scope
 from flowmaestro_dagster.store.models import Waitpoint, utcnow
 from flowmaestro_dagster.tags import PID_TAG, WORKFLOW_ID_TAG
-from flowmaestro_dagster.testing.stack import DagsterStack
+from flowmaestro_dagster.testing.stack import DagsterStack, dagster_home
 
 HOLD_S = 3600  # the wait node's duration: longer than any measurement
 SLEEP_THRESHOLD_S = 7200  # waits up to this sleep in the op (default 30 s: they would park)
@@ -555,45 +555,27 @@ def api_latency(
     )
     server = ApiProcess(settings, home, API_WORKERS)
     try:
-        found = _load(server, auth, workflow_id, reads, seconds, post_rate, get_rate, database)
+        with server:
+            found = run_load_generator(
+                server,
+                auth,
+                workflow_id,
+                reads,
+                post_rate=post_rate,
+                get_rate=get_rate,
+                seconds=seconds,
+                connections=API_CONNECTIONS,
+                database=None,
+                timeout=seconds + 90,  # answers that never come: PostgreSQL refusing
+            )
+            # Counted with the API still up (its pools kept).
+            found["pg_connections_with_api"] = _safe(partial(pg_connections, database))
     finally:
         if server.process is not None and server.process.poll() is None:
             server.process.kill()  # it did not start (ApiProcess stops it once it has)
             server.process.wait(timeout=30)
-    post, get = found["post"], found["get"]
-    found["post_p99_ms"], found["get_p99_ms"] = post["p99_ms"], get["p99_ms"]
-    found["errors"] = sum(post["errors"].values()) + sum(get["errors"].values())
     met = p99_goals_met(found)
     found["post_met"], found["get_met"] = met["post_p99"], met["get_p99"]
-    return found
-
-
-def _load(
-    server: ApiProcess,
-    auth: dict[str, str],
-    workflow_id: str,
-    reads: list[str],
-    seconds: float,
-    post_rate: float,
-    get_rate: float,
-    database: str,
-) -> dict[str, Any]:
-    """Start the API, run bench.api's load generator against it, count the database's
-    connections, stop the API."""
-    with server as _base:
-        found = run_load_generator(
-            server,
-            auth,
-            workflow_id,
-            reads,
-            post_rate=post_rate,
-            get_rate=get_rate,
-            seconds=seconds,
-            connections=API_CONNECTIONS,
-            database=None,
-            timeout=seconds + 90,  # answers that never come: PostgreSQL refusing
-        )
-        found["pg_connections_with_api"] = _safe(partial(pg_connections, database))
     return found
 
 
@@ -683,10 +665,8 @@ def _platform(workdir: Path, url: str, max_runs: int) -> Iterator[tuple[Platform
             "FLOWMAESTRO_RECONCILE_AFTER_SECONDS": "86400",
         },
     )
-    previous = os.environ.get("DAGSTER_HOME")
     try:
         stack.start()
-        os.environ["DAGSTER_HOME"] = str(stack.home)  # the API reads the queue from here
         settings = stack_settings(
             url,
             stack,
@@ -694,12 +674,9 @@ def _platform(workdir: Path, url: str, max_runs: int) -> Iterator[tuple[Platform
             reconcile_after_seconds=86_400,
             **values,
         )
-        yield Platform(stack, settings), settings
+        with dagster_home(stack.home):  # the API reads the queue from there
+            yield Platform(stack, settings), settings
     finally:
-        if previous is None:
-            os.environ.pop("DAGSTER_HOME", None)
-        else:
-            os.environ["DAGSTER_HOME"] = previous
         stack.stop()
         dispose_engines()
 

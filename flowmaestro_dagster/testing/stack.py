@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,21 @@ run_coordinator:
     max_concurrent_runs: 10
     dequeue_interval_seconds: 1
 """
+
+
+@contextlib.contextmanager
+def dagster_home(home: Path) -> Iterator[None]:
+    """DAGSTER_HOME set to `home` in this process (an API in process reads the queue from its
+    instance), then restored."""
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = previous
 
 
 class DagsterStack:

@@ -6,7 +6,6 @@ what happened from Dagster's run storage and event log (enqueue, dequeue, start,
 """
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from flowmaestro_dagster.control.client import DagsterClient
 from flowmaestro_dagster.orchestration.instance_config import render_instance_yaml
 from flowmaestro_dagster.store.db import get_engine, session_scope
 from flowmaestro_dagster.tags import USER_TAG
+from flowmaestro_dagster.testing.stack import dagster_home
 from tests.api import e2e
 from tests.api.e2e import api_client, running_stack, start, wait_for
 from tests.builders import chain, node
@@ -44,20 +44,6 @@ class QueueStack:
     def instance(self) -> DagsterInstance:
         instance: DagsterInstance = self.dagster.instance
         return instance
-
-
-@contextlib.contextmanager
-def dagster_home(home: Path) -> Iterator[None]:
-    """DAGSTER_HOME set to `home` (the API reads the queue from its instance), then restored."""
-    previous = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("DAGSTER_HOME", None)
-        else:
-            os.environ["DAGSTER_HOME"] = previous
 
 
 @contextlib.contextmanager
